@@ -1,0 +1,56 @@
+// titan: one binary for training and its tools.
+#include <cstring>
+#include <iostream>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "titan/core/error.h"
+#include "titan/train/trainer.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: titan <command> [options]\n"
+    "commands:\n"
+    "  train      train a model: titan train --config FILE [--section.key VALUE ...]\n"
+    "  tokenizer  encode, decode, train tokenizers        (not built yet)\n"
+    "  data       pre-tokenize datasets                   (not built yet)\n"
+    "  convert    import Hugging Face weights             (not built yet)\n"
+    "  generate   sample from a checkpoint                (not built yet)\n"
+    "  inspect    show what a checkpoint holds            (not built yet)\n"
+    "  estimate   per-device memory estimate              (not built yet)\n"
+    "run 'titan train --help' for every config key.\n";
+
+int dispatch(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "train") return titan::train::train_main(args);
+  for (const char* planned : {"tokenizer", "data", "convert", "generate", "inspect", "estimate"})
+    if (command == planned) throw titan::UserError("'titan " + command + "' is not supported yet");
+  throw titan::UserError("unknown command '" + command + "' (run 'titan --help')");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return dispatch(argc, argv);
+  } catch (const titan::UserError& e) {
+    std::cerr << "titan: error: " << e.what() << "\n";
+    return 2;
+  } catch (const titan::InternalError& e) {
+    std::cerr << "titan: internal error (please report): " << e.what() << "\n";
+    return 3;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "titan: error: out of memory (try a smaller training.batch_size or training.seq_len)\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "titan: error: " << e.what() << "\n";
+    return 1;
+  }
+}

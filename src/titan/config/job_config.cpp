@@ -1,0 +1,377 @@
+#include "titan/config/job_config.h"
+
+#include <charconv>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "titan/core/error.h"
+
+namespace titan::config {
+
+namespace {
+using enum KeyType;
+using enum KeyStatus;
+
+const char* kNotBuilt = "has no effect until that feature is built";
+
+std::vector<KeySpec> make_schema() {
+  return {
+      {"job", "dump_folder", string, "./outputs", "folder for the resolved config, metrics and checkpoints"},
+      {"job", "description", string, "", "free text describing the job"},
+      {"job", "use_for_integration_test", boolean, "false", "torchtitan's CI marker; means nothing to titan", accepted_noop},
+
+      {"profiling", "enable_profiling", boolean, "false", "write a trace every profile_freq steps", default_only},
+      {"profiling", "save_traces_folder", string, "profile_trace", kNotBuilt, accepted_noop},
+      {"profiling", "profile_freq", integer, "10", kNotBuilt, accepted_noop},
+      {"profiling", "enable_memory_snapshot", boolean, "false", "write memory snapshots", default_only},
+      {"profiling", "save_memory_snapshot_folder", string, "memory_snapshot", kNotBuilt, accepted_noop},
+
+      {"metrics", "log_freq", integer, "10", "print metrics every N steps"},
+      {"metrics", "enable_tensorboard", boolean, "false", "write TensorBoard event files", default_only},
+      {"metrics", "save_tb_folder", string, "tb", kNotBuilt, accepted_noop},
+      {"metrics", "enable_color_printing", boolean, "false", "color the console metrics", accepted_noop},
+      {"metrics", "rank_0_only", boolean, "true", "log metrics from rank 0 only"},
+
+      {"model", "name", string, "llama3", "model family (llama3)"},
+      {"model", "flavor", string, "debugmodel", "debugmodel, 1B, 8B, 70B or 405B"},
+      {"model", "norm_type", string, "rmsnorm", "titan's Llama 3 always uses RMSNorm", accepted_noop},
+      {"model", "tokenizer_path", string, "", "tokenizer file (tiktoken or tokenizer.json)", default_only},
+      {"model", "vocab_size", integer, "0", "titan: vocabulary size; 0 = the tokenizer's (2048 without one)"},
+
+      {"optimizer", "name", string, "AdamW", "optimizer (AdamW)"},
+      {"optimizer", "lr", real, "0.0008", "peak learning rate"},
+      {"optimizer", "fused", boolean, "false", "torch's fused kernel switch; titan's CPU AdamW is one loop", accepted_noop},
+      {"optimizer", "beta1", real, "0.9", "titan: AdamW beta1"},
+      {"optimizer", "beta2", real, "0.95", "titan: AdamW beta2"},
+      {"optimizer", "eps", real, "1e-08", "titan: AdamW epsilon"},
+      {"optimizer", "weight_decay", real, "0.1", "titan: AdamW decoupled weight decay"},
+
+      {"training", "batch_size", integer, "8", "sequences per rank per step"},
+      {"training", "seq_len", integer, "2048", "tokens per sequence"},
+      {"training", "warmup_steps", integer, "200", "linear warmup steps"},
+      {"training", "max_norm", real, "1.0", "global gradient-norm clip (<= 0 disables)"},
+      {"training", "steps", integer, "10000", "optimizer steps to train"},
+      {"training", "lr_decay", string, "linear", "titan: decay after warmup, linear or cosine"},
+      {"training", "data_parallel_replicate_degree", integer, "1", "HSDP replicate groups", default_only},
+      {"training", "data_parallel_shard_degree", integer, "-1", "FSDP shard degree (-1 = all ranks)"},
+      {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
+      {"training", "compile", boolean, "false", "fused kernels and CUDA graphs", default_only},
+      {"training", "dataset", string, "c4", "c4, c4_test, synthetic, or a path"},
+      {"training", "dataset_path", string, "", "where the dataset lives"},
+      {"training", "enable_loss_parallel", boolean, "true", "only meaningful with tensor parallel", accepted_noop},
+      {"training", "mixed_precision_param", string, "bfloat16", "compute dtype on GPU (bfloat16 or float32)"},
+      {"training", "mixed_precision_reduce", string, "float32", "gradient reduce dtype (float32)"},
+      {"training", "gc_freq", integer, "50", "Python garbage collection; means nothing to titan", accepted_noop},
+      {"training", "seed", integer, "0", "seed for initialisation and synthetic data"},
+      {"training", "threads", integer, "0", "titan: CPU threads (0 = all cores)"},
+
+      {"experimental", "context_parallel_degree", integer, "1", "context parallel degree", default_only},
+      {"experimental", "pipeline_parallel_degree", integer, "1", "pipeline parallel degree", default_only},
+      {"experimental", "pipeline_parallel_split_points", string, "", "pipeline split points", default_only},
+      {"experimental", "pipeline_parallel_schedule", string, "1F1B", "pipeline schedule", accepted_noop},
+      {"experimental", "enable_async_tensor_parallel", boolean, "false", "async tensor parallel", default_only},
+
+      {"checkpoint", "enable_checkpoint", boolean, "false", "save checkpoints", default_only},
+      {"checkpoint", "folder", string, "checkpoint", kNotBuilt, accepted_noop},
+      {"checkpoint", "interval_type", string, "steps", kNotBuilt, accepted_noop},
+      {"checkpoint", "interval", integer, "500", kNotBuilt, accepted_noop},
+      {"checkpoint", "model_weights_only", boolean, "false", kNotBuilt, accepted_noop},
+      {"checkpoint", "export_dtype", string, "float32", kNotBuilt, accepted_noop},
+      {"checkpoint", "async_mode", string, "disabled", kNotBuilt, accepted_noop},
+      {"checkpoint", "create_seed_checkpoint", boolean, "false", "write a seed checkpoint and exit", default_only},
+      {"checkpoint", "keep_latest_k", integer, "0", kNotBuilt, accepted_noop},
+
+      {"activation_checkpoint", "mode", string, "none", "none, selective or full", default_only},
+      {"activation_checkpoint", "selective_ac_option", string_or_int, "2", kNotBuilt, accepted_noop},
+
+      {"float8", "enable_float8_linear", boolean, "false", "FP8 linears", default_only},
+      {"float8", "enable_fsdp_float8_all_gather", boolean, "false", "FP8 all-gather", default_only},
+      {"float8", "precompute_float8_dynamic_scale_for_fsdp", boolean, "false", "FP8 scale precompute", default_only},
+  };
+}
+
+const KeySpec* find_spec(const std::string& full_key) {
+  for (const auto& s : schema())
+    if (s.full() == full_key) return &s;
+  return nullptr;
+}
+
+std::string type_name(KeyType t) {
+  switch (t) {
+    case boolean: return "a boolean";
+    case integer: return "an integer";
+    case real: return "a number";
+    case string: return "a string";
+    case string_or_int: return "a string or an integer";
+  }
+  return "?";
+}
+
+std::string render(const Value& v) {
+  if (auto b = std::get_if<bool>(&v)) return *b ? "true" : "false";
+  if (auto i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+  if (auto d = std::get_if<double>(&v)) {
+    std::ostringstream os;
+    os.precision(17);
+    os << *d;
+    std::string s = os.str();
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+    return s;
+  }
+  return std::get<std::string>(v);
+}
+
+// Parses command-line text into a value of the key's type; nullopt-like false on failure.
+bool parse_text(KeyType type, const std::string& text, Value& out) {
+  switch (type) {
+    case boolean:
+      if (text == "true" || text == "1") { out = true; return true; }
+      if (text == "false" || text == "0") { out = false; return true; }
+      return false;
+    case integer: {
+      int64_t v = 0;
+      auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (ec != std::errc() || p != text.data() + text.size() || text.empty()) return false;
+      out = v;
+      return true;
+    }
+    case real: {
+      try {
+        size_t used = 0;
+        double v = std::stod(text, &used);
+        if (used != text.size() || !std::isfinite(v)) return false;
+        out = v;
+        return true;
+      } catch (const std::exception&) {
+        return false;
+      }
+    }
+    case string:
+    case string_or_int: out = text; return true;
+  }
+  return false;
+}
+
+// Converts a TOML node into a value of the key's type.
+bool parse_node(KeyType type, const toml::node& node, Value& out) {
+  switch (type) {
+    case boolean:
+      if (auto v = node.value_exact<bool>()) { out = *v; return true; }
+      return false;
+    case integer:
+      if (auto v = node.value_exact<int64_t>()) { out = *v; return true; }
+      return false;
+    case real:
+      if (node.is_integer()) { out = static_cast<double>(*node.value<int64_t>()); return true; }
+      if (auto v = node.value_exact<double>(); v && std::isfinite(*v)) { out = *v; return true; }
+      return false;
+    case string:
+      if (auto v = node.value_exact<std::string>()) { out = *v; return true; }
+      return false;
+    case string_or_int:
+      if (auto v = node.value_exact<std::string>()) { out = *v; return true; }
+      if (auto v = node.value_exact<int64_t>()) { out = std::to_string(*v); return true; }
+      return false;
+  }
+  return false;
+}
+
+std::string keys_of(const std::string& section) {
+  std::string out;
+  for (const auto& s : schema())
+    if (s.section == section) out += (out.empty() ? "" : ", ") + s.key;
+  return out;
+}
+
+std::string sections() {
+  std::string out;
+  std::set<std::string> seen;
+  for (const auto& s : schema())
+    if (seen.insert(s.section).second) out += (out.empty() ? "" : ", ") + s.section;
+  return out;
+}
+}  // namespace
+
+const std::vector<KeySpec>& schema() {
+  static const std::vector<KeySpec> table = make_schema();
+  return table;
+}
+
+JobConfig::JobConfig() {
+  for (const auto& s : schema()) {
+    Value v;
+    TITAN_CHECK(parse_text(s.type, s.default_value, v), "bad default for ", s.full());
+    values_[s.full()] = v;
+    origins_[s.full()] = "default";
+  }
+}
+
+void JobConfig::set(const KeySpec& spec, const std::string& text, const std::string& origin) {
+  Value v;
+  if (!parse_text(spec.type, text, v))
+    throw UserError(concat(origin, ": ", spec.full(), ": expected ", type_name(spec.type), ", found '", text, "'"));
+  values_[spec.full()] = v;
+  origins_[spec.full()] = origin;
+}
+
+void JobConfig::load_file(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    if (src.begin.line == 0) throw UserError(concat(path, ": cannot read config: ", e.description()));
+    throw UserError(concat(path, ":", src.begin.line, ": TOML syntax error: ", e.description()));
+  }
+  for (const auto& [section_key, section_node] : root) {
+    const std::string section(section_key.str());
+    const auto line = section_node.source().begin.line;
+    const auto* table = section_node.as_table();
+    if (keys_of(section).empty())
+      throw UserError(concat(path, ":", line, ": unknown section [", section, "] (expected one of: ", sections(), ")"));
+    if (!table) throw UserError(concat(path, ":", line, ": ", section, " must be a [section] table"));
+    for (const auto& [key, node] : *table) {
+      const std::string full = section + "." + std::string(key.str());
+      const auto kline = node.source().begin.line;
+      const KeySpec* spec = find_spec(full);
+      if (!spec)
+        throw UserError(concat(path, ":", kline, ": unknown key '", full, "' (section [", section,
+                               "] has: ", keys_of(section), ")"));
+      Value v;
+      if (!parse_node(spec->type, node, v))
+        throw UserError(concat(path, ":", kline, ": ", full, ": expected ", type_name(spec->type)));
+      values_[full] = v;
+      origins_[full] = concat(path, ":", kline);
+    }
+  }
+}
+
+void JobConfig::apply_overrides(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0) throw UserError(concat("unexpected argument '", arg, "' (flags look like --section.key value)"));
+    std::string name = arg.substr(2), text;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      text = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    const KeySpec* spec = find_spec(name);
+    if (!spec) throw UserError(concat("--", name, ": unknown option (titan train --help lists them)"));
+    if (!has_value) {
+      const bool next_is_value = i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0;
+      if (spec->type == KeyType::boolean && (!next_is_value || (args[i + 1] != "true" && args[i + 1] != "false"))) {
+        text = "true";  // a bare boolean flag
+      } else if (next_is_value) {
+        text = args[++i];
+      } else {
+        throw UserError(concat("--", name, ": missing value (expected ", type_name(spec->type), ")"));
+      }
+    }
+    set(*spec, text, "--" + name);
+  }
+}
+
+const Value& JobConfig::value(const std::string& full_key) const {
+  auto it = values_.find(full_key);
+  TITAN_CHECK(it != values_.end(), "config key ", full_key, " is not in the schema");
+  return it->second;
+}
+
+bool JobConfig::get_bool(const std::string& k) const { return std::get<bool>(value(k)); }
+int64_t JobConfig::get_int(const std::string& k) const { return std::get<int64_t>(value(k)); }
+double JobConfig::get_real(const std::string& k) const { return std::get<double>(value(k)); }
+std::string JobConfig::get_string(const std::string& k) const { return std::get<std::string>(value(k)); }
+
+bool JobConfig::is_default(const std::string& k) const {
+  const KeySpec* spec = find_spec(k);
+  TITAN_CHECK(spec, "config key ", k, " is not in the schema");
+  Value d;
+  parse_text(spec->type, spec->default_value, d);
+  return d == value(k);
+}
+
+std::string JobConfig::origin(const std::string& k) const { return origins_.at(k); }
+
+void JobConfig::validate() const {
+  auto fail = [&](const std::string& key, const std::string& what) {
+    throw UserError(concat(origin(key), ": ", key, " = ", render(value(key)), ": ", what));
+  };
+  for (const auto& s : schema())
+    if (s.status == KeyStatus::default_only && !is_default(s.full()))
+      fail(s.full(), concat("not supported yet (titan supports only ", s.default_value.empty() ? "\"\"" : s.default_value, ")"));
+  auto positive = [&](const std::string& key) {
+    if (get_int(key) <= 0) fail(key, "expected a positive integer");
+  };
+  positive("training.batch_size");
+  positive("training.seq_len");
+  positive("training.steps");
+  positive("metrics.log_freq");
+  if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
+  if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");
+  if (get_int("model.vocab_size") < 0) fail("model.vocab_size", "expected >= 0 (0 = from the tokenizer)");
+  if (get_int("model.vocab_size") > 2147483647) fail("model.vocab_size", "expected at most 2^31 - 1 (int32 token ids)");
+  if (!(get_real("optimizer.lr") > 0)) fail("optimizer.lr", "expected a positive number");
+  if (get_real("optimizer.beta1") < 0 || get_real("optimizer.beta1") >= 1) fail("optimizer.beta1", "expected 0 <= beta1 < 1");
+  if (get_real("optimizer.beta2") < 0 || get_real("optimizer.beta2") >= 1) fail("optimizer.beta2", "expected 0 <= beta2 < 1");
+  if (!(get_real("optimizer.eps") > 0)) fail("optimizer.eps", "expected a positive number");
+  if (get_real("optimizer.weight_decay") < 0) fail("optimizer.weight_decay", "expected >= 0");
+  if (get_string("model.name") != "llama3") fail("model.name", "expected llama3");
+  if (get_string("model.norm_type") != "rmsnorm") fail("model.norm_type", "expected rmsnorm");
+  if (get_string("optimizer.name") != "AdamW") fail("optimizer.name", "expected AdamW");
+  const auto decay = get_string("training.lr_decay");
+  if (decay != "linear" && decay != "cosine") fail("training.lr_decay", "expected linear or cosine");
+  const auto param = get_string("training.mixed_precision_param");
+  if (param != "bfloat16" && param != "float32") fail("training.mixed_precision_param", "expected bfloat16 or float32");
+  if (get_string("training.mixed_precision_reduce") != "float32") fail("training.mixed_precision_reduce", "expected float32");
+  const auto shard = get_int("training.data_parallel_shard_degree");
+  if (shard != -1 && shard != 1) fail("training.data_parallel_shard_degree", "not supported yet (single process: -1 or 1)");
+}
+
+std::vector<std::string> JobConfig::notices() const {
+  std::vector<std::string> out;
+  for (const auto& s : schema())
+    if (s.status == KeyStatus::accepted_noop && !is_default(s.full()))
+      out.push_back(concat(s.full(), " = ", render(value(s.full())), ": accepted, ", s.help));
+  return out;
+}
+
+std::string JobConfig::to_toml() const {
+  std::ostringstream os;
+  std::string section;
+  for (const auto& s : schema()) {
+    if (s.section != section) {
+      os << (section.empty() ? "" : "\n") << "[" << s.section << "]\n";
+      section = s.section;
+    }
+    const Value& v = value(s.full());
+    os << s.key << " = ";
+    if (std::holds_alternative<std::string>(v)) {
+      os << toml::value<std::string>(std::get<std::string>(v));
+    } else {
+      os << render(v);
+    }
+    os << "\n";
+  }
+  return os.str();
+}
+
+std::string help_text() {
+  std::ostringstream os;
+  os << "usage: titan train [--config FILE] [--section.key VALUE | --section.key=VALUE | --bool.flag]...\n\n"
+     << "Keys (torchtitan's schema; 'titan:' marks titan's own):\n";
+  for (const auto& s : schema()) {
+    os << "  --" << s.full() << " (" << type_name(s.type).substr(type_name(s.type).find(' ') + 1) << ", default "
+       << (s.default_value.empty() ? "\"\"" : s.default_value) << "): " << s.help;
+    if (s.status == KeyStatus::default_only) os << " [not supported yet: default only]";
+    if (s.status == KeyStatus::accepted_noop) os << " [accepted, no effect]";
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace titan::config

@@ -1,0 +1,18 @@
+#include "titan/metrics/flops.h"
+
+namespace titan::metrics {
+
+int64_t parameter_count(const llama3::ModelArgs& a) {
+  const int64_t d = a.dim, hd = a.head_dim(), f = a.ffn_hidden();
+  const int64_t per_layer = d * a.n_heads * hd * 2 + 2 * d * a.kv_dim() + 3 * d * f + 2 * d;
+  return 2 * a.vocab_size * d + a.n_layers * per_layer + d;
+}
+
+int64_t embedding_parameter_count(const llama3::ModelArgs& a) { return a.vocab_size * a.dim; }
+
+double flops_per_token(const llama3::ModelArgs& a, int64_t seq_len) {
+  const double dense = 6.0 * static_cast<double>(parameter_count(a) - embedding_parameter_count(a));
+  return dense + 12.0 * static_cast<double>(a.n_layers * a.n_heads * a.head_dim() * seq_len);
+}
+
+}  // namespace titan::metrics

@@ -1,0 +1,169 @@
+#include "titan/models/llama3/transformer.h"
+
+#include <cstring>
+
+#include "titan/models/llama3/init.h"
+
+namespace titan::llama3 {
+
+TransformerBlock::Saved TransformerBlock::make_saved(BatchShape s, int64_t dim) const {
+  const int64_t n = s.rows();
+  return {Tensor::zeros({n, dim}), Tensor::zeros({n}),         Tensor::zeros({n, dim}),
+          Tensor::zeros({n, dim}), Tensor::zeros({n}),         attention_.make_saved(s),
+          feed_forward_.make_saved(s)};
+}
+
+TransformerBlock::Workspace TransformerBlock::make_workspace(BatchShape s, int64_t dim) const {
+  const int64_t n = s.rows();
+  return {Tensor::zeros({n, dim}), Tensor::zeros({n, dim}), attention_.make_workspace(s),
+          feed_forward_.make_workspace(s)};
+}
+
+void TransformerBlock::forward(const float* x, float* out, Saved& sv, const RopeTables& rope,
+                               BatchShape s) const {
+  const int64_t n = s.rows(), d = attention_norm_.dim();
+  attention_norm_.forward(x, sv.xn.f32(), sv.rstd1.f32(), n);
+  float* h = sv.h.f32();
+  attention_.forward(sv.xn.f32(), h, sv.attn, rope, s);
+  cpu::add_inplace(h, x, n * d);
+  ffn_norm_.forward(h, sv.hn.f32(), sv.rstd2.f32(), n);
+  feed_forward_.forward(sv.hn.f32(), out, sv.ffn, n);
+  cpu::add_inplace(out, h, n * d);
+}
+
+void TransformerBlock::backward(const float* x, float* d_resid, const Saved& sv, Workspace& ws,
+                                const RopeTables& rope, BatchShape s) const {
+  const int64_t n = s.rows(), d = attention_norm_.dim();
+  // d_resid = d(out) = d(h) through the residual; add the path through the feed-forward.
+  feed_forward_.backward(sv.hn.f32(), d_resid, ws.dxn.f32(), sv.ffn, ws.ffn, n);
+  ffn_norm_.backward(sv.h.f32(), sv.rstd2.f32(), ws.dxn.f32(), ws.dnorm.f32(), n);
+  cpu::add_inplace(d_resid, ws.dnorm.f32(), n * d);
+  // Now d_resid = d(h) = d(x) through the residual; add the path through attention.
+  attention_.backward(sv.xn.f32(), d_resid, ws.dxn.f32(), sv.attn, ws.attn, rope, s);
+  attention_norm_.backward(x, sv.rstd1.f32(), ws.dxn.f32(), ws.dnorm.f32(), n);
+  cpu::add_inplace(d_resid, ws.dnorm.f32(), n * d);
+}
+
+Transformer::Transformer(const ModelArgs& args, int rank, int world)
+    : args_(args),
+      tok_embeddings_(&params_.emplace_back(make_parameter("tok_embeddings.weight", {args.vocab_size, args.dim}, rank, world))),
+      norm_(nullptr, args.norm_eps),
+      output_(nullptr) {
+  args_.validate("model");
+  const int64_t d = args.dim, hd = args.head_dim(), kv = args.kv_dim(), f = args.ffn_hidden();
+  for (int64_t i = 0; i < args.n_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    auto add = [&](const std::string& name, Shape shape) {
+      return &params_.emplace_back(make_parameter(p + name, std::move(shape), rank, world));
+    };
+    Parameter* wq = add("attention.wq.weight", {args.n_heads * hd, d});
+    Parameter* wk = add("attention.wk.weight", {kv, d});
+    Parameter* wv = add("attention.wv.weight", {kv, d});
+    Parameter* wo = add("attention.wo.weight", {d, args.n_heads * hd});
+    Parameter* w1 = add("feed_forward.w1.weight", {f, d});
+    Parameter* w2 = add("feed_forward.w2.weight", {d, f});
+    Parameter* w3 = add("feed_forward.w3.weight", {f, d});
+    Parameter* n1 = add("attention_norm.weight", {d});
+    Parameter* n2 = add("ffn_norm.weight", {d});
+    layers_.emplace_back(Attention(wq, wk, wv, wo, args.n_heads, args.n_kv_heads),
+                         FeedForward(w1, w2, w3), RMSNorm(n1, args.norm_eps), RMSNorm(n2, args.norm_eps));
+  }
+  norm_ = RMSNorm(&params_.emplace_back(make_parameter("norm.weight", {d}, rank, world)), args.norm_eps);
+  output_ = &params_.emplace_back(make_parameter("output.weight", {args.vocab_size, d}, rank, world));
+}
+
+Parameter& Transformer::parameter(const std::string& name) {
+  for (auto& p : params_)
+    if (p.name == name) return p;
+  throw InternalError("no parameter named " + name);
+}
+
+void Transformer::init_weights(uint64_t seed) {
+  for (auto& p : params_) init_parameter(p, init_rule(p.name, args_), seed);
+}
+
+void Transformer::zero_grad() {
+  for (auto& p : params_) {
+    p.grad.zero_();
+    if (!p.full_grad.shares_storage(p.grad) && p.full_grad.defined()) p.full_grad.zero_();
+  }
+}
+
+void Transformer::plan(BatchShape s) {
+  if (s == planned_) return;
+  TITAN_CHECK(s.batch > 0 && s.seq > 0, "empty batch shape");
+  const int64_t n = s.rows(), d = args_.dim, half = args_.head_dim() / 2;
+  rope_ = {Tensor::zeros({s.seq, half}), Tensor::zeros({s.seq, half})};
+  cpu::rope_tables(rope_.cos.f32(), rope_.sin.f32(), s.seq, args_.head_dim(), args_.rope_theta);
+  residual_.clear();
+  saved_.clear();
+  for (int64_t i = 0; i <= args_.n_layers; ++i) residual_.push_back(Tensor::zeros({n, d}));
+  for (const auto& layer : layers_) saved_.push_back(layer.make_saved(s, d));
+  ws_ = layers_.front().make_workspace(s, d);
+  final_norm_out_ = Tensor::zeros({n, d});
+  final_rstd_ = Tensor::zeros({n});
+  d_hidden_ = Tensor::zeros({n, d});
+  d_resid_ = Tensor::zeros({n, d});
+  planned_ = s;
+}
+
+void Transformer::forward_hidden(const int32_t* tokens, BatchShape s) {
+  plan(s);
+  const int64_t n = s.rows();
+  tok_embeddings_.forward(tokens, residual_[0].f32(), n);
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i].forward(residual_[i].f32(), residual_[i + 1].f32(), saved_[i], rope_, s);
+  norm_.forward(residual_.back().f32(), final_norm_out_.f32(), final_rstd_.f32(), n);
+}
+
+cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const int32_t* labels,
+                                                    BatchShape s, float grad_scale, int32_t ignore_index) {
+  forward_hidden(tokens, s);
+  const int64_t n = s.rows();
+  auto result = cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, n,
+                                                 args_.dim, args_.vocab_size, ignore_index, grad_scale,
+                                                 d_hidden_.f32(), output_->full_grad.f32());
+  norm_.backward(residual_.back().f32(), final_rstd_.f32(), d_hidden_.f32(), d_resid_.f32(), n);
+  for (size_t i = layers_.size(); i-- > 0;)
+    layers_[i].backward(residual_[i].f32(), d_resid_.f32(), saved_[i], ws_, rope_, s);
+  tok_embeddings_.backward(tokens, d_resid_.f32(), n);
+  return result;
+}
+
+cpu::ClassifierResult Transformer::forward_loss(const int32_t* tokens, const int32_t* labels,
+                                                BatchShape s, int32_t ignore_index) {
+  forward_hidden(tokens, s);
+  return cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, s.rows(),
+                                          args_.dim, args_.vocab_size, ignore_index, 0.0f, nullptr, nullptr);
+}
+
+void Transformer::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
+  forward_hidden(tokens, s);
+  cpu::linear_forward(final_norm_out_.f32(), output_->full.f32(), logits, s.rows(), args_.dim,
+                      args_.vocab_size);
+}
+
+MemoryReport Transformer::memory() const {
+  MemoryReport r;
+  for (const auto& p : params_) {
+    r.parameters += p.numel();
+    r.parameter_bytes += p.master.bytes();
+    r.gradient_bytes += p.grad.bytes();
+    r.optimizer_bytes += p.exp_avg.bytes() + p.exp_avg_sq.bytes();
+  }
+  r.embedding_parameters = params_.front().numel();
+  auto add = [&r](const Tensor& t) { r.activation_bytes += t.defined() ? t.bytes() : 0; };
+  for (const auto& t : residual_) add(t);
+  for (const auto& sv : saved_) {
+    for (const Tensor* t : {&sv.xn, &sv.rstd1, &sv.h, &sv.hn, &sv.rstd2, &sv.attn.q, &sv.attn.k,
+                            &sv.attn.v, &sv.attn.out, &sv.attn.lse, &sv.ffn.a1, &sv.ffn.a3, &sv.ffn.g})
+      add(*t);
+  }
+  for (const Tensor* t : {&ws_.dxn, &ws_.dnorm, &ws_.attn.d_out, &ws_.attn.dq, &ws_.attn.dk, &ws_.attn.dv,
+                          &ws_.ffn.dg, &ws_.ffn.da1, &ws_.ffn.da3, &final_norm_out_, &final_rstd_,
+                          &d_hidden_, &d_resid_, &rope_.cos, &rope_.sin})
+    add(*t);
+  return r;
+}
+
+}  // namespace titan::llama3
