@@ -1,0 +1,217 @@
+// Runs one titan CPU computation on random inputs and writes inputs, outputs and gradients to
+// a TTNS file, for the PyTorch oracle scripts beside this file to check.
+//   oracle_dump op NAME key=value... out=FILE
+//   oracle_dump model key=value... out=FILE
+//   oracle_dump train key=value... out=FILE
+#include <cmath>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tensor_file.h"
+#include "titan/core/rng.h"
+#include "titan/models/llama3/transformer.h"
+#include "titan/ops/ops.h"
+#include "titan/optim/adamw.h"
+#include "titan/optim/grad_clip.h"
+#include "titan/optim/lr_schedule.h"
+
+using namespace titan;
+using titan::testing::TensorFile;
+
+namespace {
+
+struct Args {
+  std::map<std::string, std::string> kv;
+  int64_t i(const std::string& k) const { return std::stoll(kv.at(k)); }
+  double f(const std::string& k) const { return std::stod(kv.at(k)); }
+  std::string s(const std::string& k) const { return kv.at(k); }
+};
+
+std::vector<float> randn(uint64_t seed, const std::string& name, int64_t n, float scale = 1.0f, float shift = 0.0f) {
+  NamedStream s(seed, name);
+  std::vector<float> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = shift + scale * s.normal(i);
+  return v;
+}
+
+std::vector<int32_t> randint(uint64_t seed, const std::string& name, int64_t n, int64_t hi) {
+  NamedStream s(seed, name);
+  std::vector<int32_t> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = static_cast<int32_t>(std::min<int64_t>(hi - 1, static_cast<int64_t>(s.uniform(i) * hi)));
+  return v;
+}
+
+void run_op(const std::string& op, const Args& a, TensorFile& f) {
+  const uint64_t seed = a.i("seed");
+  if (op == "linear") {
+    const int64_t n = a.i("n"), in = a.i("in_features"), out = a.i("out_features");
+    auto x = randn(seed, "x", n * in), w = randn(seed, "w", out * in, 0.2f), dy = randn(seed, "dy", n * out);
+    std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.0f);
+    cpu::linear_forward(x.data(), w.data(), y.data(), n, in, out);
+    cpu::linear_backward(x.data(), w.data(), dy.data(), dx.data(), dw.data(), n, in, out, 0.0f);
+    f.add("x", {n, in}, x.data()); f.add("w", {out, in}, w.data()); f.add("dy", {n, out}, dy.data());
+    f.add("y", {n, out}, y.data()); f.add("dx", {n, in}, dx.data()); f.add("dw", {out, in}, dw.data());
+  } else if (op == "rmsnorm") {
+    const int64_t n = a.i("n"), d = a.i("d");
+    auto x = randn(seed, "x", n * d, 2.0f), w = randn(seed, "w", d, 0.1f, 1.0f), dy = randn(seed, "dy", n * d);
+    std::vector<float> y(n * d), rstd(n), dx(n * d), dw(d, 0.0f);
+    cpu::rmsnorm_forward(x.data(), w.data(), y.data(), rstd.data(), n, d, 1e-5f);
+    cpu::rmsnorm_backward(x.data(), w.data(), rstd.data(), dy.data(), dx.data(), dw.data(), n, d);
+    f.add("x", {n, d}, x.data()); f.add("w", {d}, w.data()); f.add("dy", {n, d}, dy.data());
+    f.add("y", {n, d}, y.data()); f.add("dx", {n, d}, dx.data()); f.add("dw", {d}, dw.data());
+  } else if (op == "rope") {
+    const int64_t b = a.i("batch"), t = a.i("seq"), h = a.i("heads"), hd = a.i("head_dim");
+    const double theta = a.f("theta");
+    auto x = randn(seed, "x", b * t * h * hd), dy = randn(seed, "dy", b * t * h * hd);
+    std::vector<float> cos(t * hd / 2), sin(t * hd / 2), y = x, dx = dy;
+    cpu::rope_tables(cos.data(), sin.data(), t, hd, theta);
+    cpu::rope_forward(y.data(), cos.data(), sin.data(), b, t, h, hd);
+    cpu::rope_backward(dx.data(), cos.data(), sin.data(), b, t, h, hd);
+    f.add("x", {b, t, h, hd}, x.data()); f.add("dy", {b, t, h, hd}, dy.data());
+    f.add("y", {b, t, h, hd}, y.data()); f.add("dx", {b, t, h, hd}, dx.data());
+  } else if (op == "attention") {
+    cpu::AttentionShape s{a.i("batch"), a.i("seq"), a.i("heads"), a.i("kv_heads"), a.i("head_dim")};
+    const int64_t nq = s.batch * s.seq * s.heads * s.head_dim, nk = s.batch * s.seq * s.kv_heads * s.head_dim;
+    auto q = randn(seed, "q", nq), k = randn(seed, "k", nk), v = randn(seed, "v", nk), dy = randn(seed, "dy", nq);
+    std::vector<float> o(nq), lse(s.batch * s.heads * s.seq), dq(nq), dk(nk), dv(nk);
+    cpu::attention_forward(q.data(), k.data(), v.data(), o.data(), lse.data(), s);
+    cpu::attention_backward(q.data(), k.data(), v.data(), o.data(), lse.data(), dy.data(), dq.data(), dk.data(), dv.data(), s);
+    const std::vector<int64_t> qs{s.batch, s.seq, s.heads, s.head_dim}, ks{s.batch, s.seq, s.kv_heads, s.head_dim};
+    f.add("q", qs, q.data()); f.add("k", ks, k.data()); f.add("v", ks, v.data()); f.add("dy", qs, dy.data());
+    f.add("o", qs, o.data()); f.add("dq", qs, dq.data()); f.add("dk", ks, dk.data()); f.add("dv", ks, dv.data());
+  } else if (op == "swiglu") {
+    const int64_t n = a.i("n");
+    auto x = randn(seed, "a", n, 3.0f), y = randn(seed, "b", n), dg = randn(seed, "dg", n);
+    std::vector<float> g(n), da(n), db(n);
+    cpu::swiglu_forward(x.data(), y.data(), g.data(), n);
+    cpu::swiglu_backward(x.data(), y.data(), dg.data(), da.data(), db.data(), n);
+    f.add("a", {n}, x.data()); f.add("b", {n}, y.data()); f.add("dg", {n}, dg.data());
+    f.add("g", {n}, g.data()); f.add("da", {n}, da.data()); f.add("db", {n}, db.data());
+  } else if (op == "embedding") {
+    const int64_t n = a.i("n"), vocab = a.i("vocab"), d = a.i("d");
+    auto tok = randint(seed, "tok", n, vocab);
+    auto w = randn(seed, "w", vocab * d), dy = randn(seed, "dy", n * d);
+    std::vector<float> y(n * d), dw(vocab * d, 0.0f);
+    cpu::embedding_forward(tok.data(), w.data(), y.data(), n, vocab, d);
+    cpu::embedding_backward(tok.data(), dy.data(), dw.data(), n, d);
+    f.add("tokens", {n}, tok.data()); f.add("w", {vocab, d}, w.data()); f.add("dy", {n, d}, dy.data());
+    f.add("y", {n, d}, y.data()); f.add("dw", {vocab, d}, dw.data());
+  } else if (op == "cross_entropy") {
+    const int64_t n = a.i("n"), d = a.i("d"), vocab = a.i("vocab");
+    auto h = randn(seed, "h", n * d), w = randn(seed, "w", vocab * d, 0.3f);
+    auto labels = randint(seed, "labels", n, vocab);
+    for (int64_t i = 0; i < n; i += 7) labels[i] = -100;  // some ignored positions
+    int64_t counted = 0;
+    for (auto l : labels) counted += l != -100;
+    std::vector<float> dh(n * d), dw(vocab * d, 0.0f);
+    auto r = cpu::classifier_forward_backward(h.data(), w.data(), labels.data(), n, d, vocab, -100,
+                                              1.0f / static_cast<float>(counted), dh.data(), dw.data());
+    float loss = static_cast<float>(r.loss_sum / static_cast<double>(r.count));
+    f.add("h", {n, d}, h.data()); f.add("w", {vocab, d}, w.data()); f.add("labels", {n}, labels.data());
+    f.add("loss", {1}, &loss); f.add("dh", {n, d}, dh.data()); f.add("dw", {vocab, d}, dw.data());
+  } else {
+    throw std::runtime_error("unknown op " + op);
+  }
+}
+
+llama3::ModelArgs model_args(const Args& a) {
+  llama3::ModelArgs m;
+  m.dim = a.i("dim");
+  m.n_layers = a.i("layers");
+  m.n_heads = a.i("heads");
+  m.n_kv_heads = a.i("kv_heads");
+  m.vocab_size = a.i("vocab");
+  m.multiple_of = a.i("multiple_of");
+  if (a.kv.count("ffn_mult")) m.ffn_dim_multiplier = a.f("ffn_mult");
+  m.rope_theta = a.f("theta");
+  return m;
+}
+
+void add_params(llama3::Transformer& model, TensorFile& f, const std::string& prefix, bool grads) {
+  for (auto& p : model.parameters()) {
+    const Tensor& t = grads ? p.grad : p.master;
+    f.add(prefix + p.name, p.global_shape, t.f32());
+  }
+}
+
+void run_model(const Args& a, TensorFile& f) {
+  const auto args = model_args(a);
+  const uint64_t seed = a.i("seed");
+  const llama3::BatchShape s{a.i("batch"), a.i("seq")};
+  llama3::Transformer model(args);
+  model.init_weights(seed);
+  auto tokens = randint(seed, "tokens", s.rows(), args.vocab_size);
+  auto labels = randint(seed, "labels", s.rows(), args.vocab_size);
+  labels[0] = -100;
+  std::vector<float> logits(s.rows() * args.vocab_size);
+  model.forward_logits(tokens.data(), s, logits.data());
+  model.zero_grad();
+  auto r = model.forward_backward(tokens.data(), labels.data(), s, 1.0f / static_cast<float>(s.rows() - 1));
+  float loss = static_cast<float>(r.loss_sum / static_cast<double>(r.count));
+  add_params(model, f, "param.", false);
+  add_params(model, f, "grad.", true);
+  f.add("tokens", {s.batch, s.seq}, tokens.data());
+  f.add("labels", {s.batch, s.seq}, labels.data());
+  f.add("logits", {s.batch, s.seq, args.vocab_size}, logits.data());
+  f.add("loss", {1}, &loss);
+}
+
+void run_train(const Args& a, TensorFile& f) {
+  const auto args = model_args(a);
+  const uint64_t seed = a.i("seed");
+  const int64_t steps = a.i("steps");
+  const llama3::BatchShape s{a.i("batch"), a.i("seq")};
+  llama3::Transformer model(args);
+  model.init_weights(seed);
+  add_params(model, f, "param.", false);
+  optim::AdamW opt({a.f("lr"), 0.9, 0.95, 1e-8, a.f("weight_decay")});
+  optim::LrSchedule sched{a.i("warmup"), steps, optim::DecayKind::linear};
+  std::vector<float> losses, norms;
+  std::vector<int32_t> all_tokens, all_labels;
+  for (int64_t step = 0; step < steps; ++step) {
+    auto tokens = randint(seed + step, "tokens", s.rows(), args.vocab_size);
+    auto labels = randint(seed + step, "labels", s.rows(), args.vocab_size);
+    all_tokens.insert(all_tokens.end(), tokens.begin(), tokens.end());
+    all_labels.insert(all_labels.end(), labels.begin(), labels.end());
+    model.zero_grad();
+    auto r = model.forward_backward(tokens.data(), labels.data(), s, 1.0f / static_cast<float>(s.rows()));
+    losses.push_back(static_cast<float>(r.loss_sum / static_cast<double>(r.count)));
+    double norm = std::sqrt(optim::grad_sq_sum(model.parameters()));
+    norms.push_back(static_cast<float>(norm));
+    optim::clip_grads(model.parameters(), norm, a.f("max_norm"));
+    opt.step(model.parameters(), a.f("lr") * sched.factor(step));
+  }
+  f.add("tokens", {steps, s.batch, s.seq}, all_tokens.data());
+  f.add("labels", {steps, s.batch, s.seq}, all_labels.data());
+  f.add("losses", {steps}, losses.data());
+  f.add("grad_norms", {steps}, norms.data());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 2) throw std::runtime_error("usage: oracle_dump op NAME|model|train key=value... out=FILE");
+    const std::string mode = argv[1];
+    int first = mode == "op" ? 3 : 2;
+    Args a;
+    for (int i = first; i < argc; ++i) {
+      std::string s = argv[i];
+      auto eq = s.find('=');
+      if (eq == std::string::npos) throw std::runtime_error("expected key=value, got " + s);
+      a.kv[s.substr(0, eq)] = s.substr(eq + 1);
+    }
+    TensorFile f;
+    if (mode == "op") run_op(argv[2], a, f);
+    else if (mode == "model") run_model(a, f);
+    else if (mode == "train") run_train(a, f);
+    else throw std::runtime_error("unknown mode " + mode);
+    f.save(a.s("out"));
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "oracle_dump: " << e.what() << "\n";
+    return 1;
+  }
+}
