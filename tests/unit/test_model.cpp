@@ -1,2 +1,92 @@
 #include <gtest/gtest.h>
-TEST(Placeholder, Builds) { EXPECT_TRUE(true); }
+
+#include <cmath>
+#include <cstring>
+
+#include "titan/models/llama3/init.h"
+#include "titan/models/llama3/transformer.h"
+#include "titan/metrics/flops.h"
+
+using namespace titan;
+using namespace titan::llama3;
+
+namespace {
+ModelArgs small_args() {
+  ModelArgs a;
+  a.dim = 48;
+  a.n_layers = 2;
+  a.n_heads = 6;
+  a.n_kv_heads = 2;
+  a.vocab_size = 37;  // odd, so dim-0 shards are uneven
+  a.multiple_of = 32;
+  return a;
+}
+}  // namespace
+
+TEST(Init, ValuesDoNotDependOnHowParametersAreSplit) {
+  const ModelArgs a = small_args();
+  Transformer whole(a);
+  whole.init_weights(42);
+  for (int world : {2, 3, 5}) {
+    for (int rank = 0; rank < world; ++rank) {
+      Transformer shard(a, rank, world);
+      shard.init_weights(42);
+      for (auto& p : shard.parameters()) {
+        const Parameter& w = whole.parameter(p.name);
+        const float* expect = w.master.f32() + p.rows.begin * p.row_elems();
+        ASSERT_EQ(0, std::memcmp(p.master.f32(), expect, p.master.bytes()))
+            << p.name << " rank " << rank << " of " << world;
+      }
+    }
+  }
+}
+
+TEST(Init, FollowsTorchtitanRules) {
+  ModelArgs a = small_args();
+  a.n_layers = 4;
+  EXPECT_EQ(init_rule("tok_embeddings.weight", a).std, 1.0f);
+  EXPECT_EQ(init_rule("layers.0.attention.wq.weight", a).std, 0.02f);
+  EXPECT_FLOAT_EQ(init_rule("layers.3.feed_forward.w2.weight", a).std, 0.02f / std::sqrt(8.0f));
+  EXPECT_EQ(init_rule("layers.3.ffn_norm.weight", a).kind, InitRule::ones);
+  const InitRule out = init_rule("output.weight", a);
+  EXPECT_FLOAT_EQ(out.bound, 3.0f * out.std);
+  EXPECT_THROW(init_rule("layers.0.mystery.weight", a), InternalError);
+}
+
+TEST(Flavors, MatchReferenceShapes) {
+  EXPECT_EQ(flavor("debugmodel").ffn_hidden(), 768);
+  EXPECT_EQ(flavor("1B").ffn_hidden(), 8192);
+  EXPECT_EQ(flavor("8B").ffn_hidden(), 14336);
+  EXPECT_EQ(flavor("70B").ffn_hidden(), 28672);
+  EXPECT_EQ(flavor("405B").ffn_hidden(), 53248);
+  // Llama 3 8B has 8.03 billion parameters.
+  EXPECT_NEAR(static_cast<double>(metrics::parameter_count(flavor("8B"))), 8.03e9, 0.01e9);
+  EXPECT_THROW(flavor("13B"), UserError);
+}
+
+TEST(Flavors, RejectInconsistentShapes) {
+  ModelArgs a = small_args();
+  a.n_kv_heads = 4;  // 6 heads are not divisible by 4 kv heads
+  EXPECT_THROW(a.validate("model"), UserError);
+  a = small_args();
+  a.dim = 50;  // not divisible by 6 heads
+  EXPECT_THROW(a.validate("model"), UserError);
+}
+
+TEST(Transformer, ParameterCountMatchesFormulaAndNames) {
+  const ModelArgs a = small_args();
+  Transformer m(a);
+  EXPECT_EQ(m.memory().parameters, metrics::parameter_count(a));
+  EXPECT_EQ(m.parameters().front().name, "tok_embeddings.weight");
+  EXPECT_EQ(m.parameters().back().name, "output.weight");
+  EXPECT_NO_THROW(m.parameter("layers.1.attention.wk.weight"));
+}
+
+TEST(Transformer, RejectsTokensOutsideTheVocabulary) {
+  const ModelArgs a = small_args();
+  Transformer m(a);
+  m.init_weights(1);
+  std::vector<int32_t> tokens(8, 3), labels(8, 4);
+  tokens[5] = 37;
+  EXPECT_THROW(m.forward_loss(tokens.data(), labels.data(), {1, 8}), InternalError);
+}

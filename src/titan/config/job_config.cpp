@@ -205,7 +205,7 @@ JobConfig::JobConfig() {
     Value v;
     TITAN_CHECK(parse_text(s.type, s.default_value, v), "bad default for ", s.full());
     values_[s.full()] = v;
-    origins_[s.full()] = "default";
+    origins_[s.full()] = "(default)";
   }
 }
 
@@ -230,9 +230,10 @@ void JobConfig::load_file(const std::string& path) {
     const std::string section(section_key.str());
     const auto line = section_node.source().begin.line;
     const auto* table = section_node.as_table();
+    if (!table)
+      throw UserError(concat(path, ":", line, ": '", section, "' must be a key inside a [section] table"));
     if (keys_of(section).empty())
       throw UserError(concat(path, ":", line, ": unknown section [", section, "] (expected one of: ", sections(), ")"));
-    if (!table) throw UserError(concat(path, ":", line, ": ", section, " must be a [section] table"));
     for (const auto& [key, node] : *table) {
       const std::string full = section + "." + std::string(key.str());
       const auto kline = node.source().begin.line;

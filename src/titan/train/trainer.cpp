@@ -30,7 +30,12 @@ double peak_rss_gib() {
 }
 
 llama3::ModelArgs model_args(const config::JobConfig& cfg) {
-  llama3::ModelArgs a = llama3::flavor(cfg.get_string("model.flavor"));
+  llama3::ModelArgs a;
+  try {
+    a = llama3::flavor(cfg.get_string("model.flavor"));
+  } catch (const UserError& e) {
+    throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
+  }
   const int64_t vocab = cfg.get_int("model.vocab_size");
   a.vocab_size = vocab > 0 ? vocab : kDefaultVocab;
   a.max_seq_len = std::max(a.max_seq_len, cfg.get_int("training.seq_len"));
@@ -72,6 +77,9 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16")
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
+  if (args_.vocab_size < data::SyntheticStream::kPeriod)
+    throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", args_.vocab_size,
+                           ": synthetic data needs at least ", data::SyntheticStream::kPeriod, " ids"));
   data_ = std::make_unique<data::SyntheticStream>(dataset_kind(cfg, log_), args_.vocab_size,
                                                   static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_ = std::make_unique<llama3::Transformer>(args_);

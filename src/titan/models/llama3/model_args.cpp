@@ -59,7 +59,7 @@ ModelArgs flavor(const std::string& name) {
   if (it == flavors().end()) {
     std::string known;
     for (const auto& n : flavor_names()) known += (known.empty() ? "" : ", ") + n;
-    throw UserError(concat("model.flavor: unknown flavor '", name, "' (expected one of: ", known, ")"));
+    throw UserError(concat("model.flavor = " + name + ": unknown flavor (expected one of: ", known, ")"));
   }
   return it->second;
 }
