@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what titan needs from Debian's packages; quiet and quick when all is there.
+#   scripts/install_deps.sh         build and run (compiler, CMake, OpenBLAS, toml++)
+#   scripts/install_deps.sh --test  also what the tests need (GoogleTest, PyTorch on CPU)
+set -euo pipefail
+
+packages=(g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev)
+if [[ "${1:-}" == "--test" ]]; then
+  # python3-torch is the CPU oracle; libopenblas0-pthread keeps it off the slow reference BLAS.
+  packages+=(libgtest-dev python3 python3-torch python3-numpy)
+elif [[ -n "${1:-}" ]]; then
+  echo "install_deps.sh: unknown option '$1' (expected --test or nothing)" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=""
+[[ $(id -u) -ne 0 ]] && sudo="sudo"
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
