@@ -105,9 +105,10 @@ void run_op(const std::string& op, const Args& a, TensorFile& f) {
     for (int64_t i = 0; i < n; i += 7) labels[i] = -100;  // some ignored positions
     int64_t counted = 0;
     for (auto l : labels) counted += l != -100;
-    std::vector<float> dh(n * d), dw(vocab * d, 0.0f);
+    std::vector<float> dh(n * d), dw(vocab * d, 0.0f), scratch(cpu::classifier_scratch_floats(n, vocab));
     auto r = cpu::classifier_forward_backward(h.data(), w.data(), labels.data(), n, d, vocab, -100,
-                                              1.0f / static_cast<float>(counted), dh.data(), dw.data());
+                                              1.0f / static_cast<float>(counted), dh.data(), dw.data(),
+                                              scratch.data());
     float loss = static_cast<float>(r.loss_sum / static_cast<double>(r.count));
     f.add("h", {n, d}, h.data()); f.add("w", {vocab, d}, w.data()); f.add("labels", {n}, labels.data());
     f.add("loss", {1}, &loss); f.add("dh", {n, d}, dh.data()); f.add("dw", {vocab, d}, dw.data());

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "titan/core/rng.h"
+#include "titan/ops/cpu/vec_math.h"
 #include "titan/ops/ops.h"
 
 using namespace titan;
@@ -98,9 +99,10 @@ TEST(Classifier, SeveralChunksMatchNaiveCrossEntropy) {
   std::vector<int32_t> labels(n);
   for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<int32_t>((i * 7919) % vocab);
   labels[3] = -100;
-  std::vector<float> dh(n * d), dw(vocab * d, 0.0f);
+  std::vector<float> dh(n * d), dw(vocab * d, 0.0f), scratch(cpu::classifier_scratch_floats(n, vocab));
+  EXPECT_LT(static_cast<int64_t>(scratch.size()), n * vocab);  // really chunked
   auto r = cpu::classifier_forward_backward(h.data(), w.data(), labels.data(), n, d, vocab, -100,
-                                            1.0f / (n - 1), dh.data(), dw.data());
+                                            1.0f / (n - 1), dh.data(), dw.data(), scratch.data());
   double loss = 0;
   std::vector<double> dh_ref(n * d, 0.0);
   std::vector<double> z(vocab);
@@ -143,4 +145,15 @@ TEST(Reductions, GradientsDoNotDependOnThreadCount) {
   omp_set_num_threads(original);
   EXPECT_EQ(one, two);
   EXPECT_EQ(one, three);
+}
+
+TEST(ExpApprox, WithinThreeUlpOfLibm) {
+  double worst = 0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+    const double want = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(cpu::exp_approx(x) - want) / want);
+  }
+  EXPECT_LT(worst, 3.6e-7);  // 3 ulp of float
+  EXPECT_EQ(cpu::exp_approx(0.0f), 1.0f);
+  EXPECT_LT(cpu::exp_approx(-1e30f), 1e-37f);  // far below: clamps towards zero, never NaN
 }

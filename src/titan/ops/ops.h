@@ -60,10 +60,12 @@ struct ClassifierResult {
 // Output projection + cross-entropy, chunked over rows so the fp32 logits of the whole batch
 // are never alive at once. With dh != nullptr also writes dh = d(loss * grad_scale)/dh and
 // accumulates dw; grad_scale is usually 1 / (counted tokens of the global batch).
+// `scratch` holds classifier_scratch_floats(n, vocab) floats for one chunk of logits.
+int64_t classifier_scratch_floats(int64_t n, int64_t vocab);
 ClassifierResult classifier_forward_backward(const float* h, const float* w, const int32_t* labels,
                                              int64_t n, int64_t d, int64_t vocab,
                                              int32_t ignore_index, float grad_scale, float* dh,
-                                             float* dw);
+                                             float* dw, float* scratch);
 
 // y += x
 void add_inplace(float* y, const float* x, int64_t count);

@@ -8,7 +8,6 @@
 #include <fstream>
 #include <iostream>
 
-#include <cblas.h>
 #include <omp.h>
 
 #include "titan/core/error.h"
@@ -72,7 +71,6 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
       max_norm_(cfg.get_real("training.max_norm")) {
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) {
     omp_set_num_threads(static_cast<int>(threads));
-    openblas_set_num_threads(static_cast<int>(threads));
   }
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16")

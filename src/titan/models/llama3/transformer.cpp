@@ -104,6 +104,7 @@ void Transformer::plan(BatchShape s) {
   final_rstd_ = Tensor::zeros({n});
   d_hidden_ = Tensor::zeros({n, d});
   d_resid_ = Tensor::zeros({n, d});
+  classifier_scratch_ = Tensor::zeros({cpu::classifier_scratch_floats(n, args_.vocab_size)});
   planned_ = s;
 }
 
@@ -122,7 +123,8 @@ cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const
   const int64_t n = s.rows();
   auto result = cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, n,
                                                  args_.dim, args_.vocab_size, ignore_index, grad_scale,
-                                                 d_hidden_.f32(), output_->full_grad.f32());
+                                                 d_hidden_.f32(), output_->full_grad.f32(),
+                                                 classifier_scratch_.f32());
   norm_.backward(residual_.back().f32(), final_rstd_.f32(), d_hidden_.f32(), d_resid_.f32(), n);
   for (size_t i = layers_.size(); i-- > 0;)
     layers_[i].backward(residual_[i].f32(), d_resid_.f32(), saved_[i], ws_, rope_, s);
@@ -134,7 +136,8 @@ cpu::ClassifierResult Transformer::forward_loss(const int32_t* tokens, const int
                                                 BatchShape s, int32_t ignore_index) {
   forward_hidden(tokens, s);
   return cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, s.rows(),
-                                          args_.dim, args_.vocab_size, ignore_index, 0.0f, nullptr, nullptr);
+                                          args_.dim, args_.vocab_size, ignore_index, 0.0f, nullptr, nullptr,
+                                          classifier_scratch_.f32());
 }
 
 void Transformer::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
@@ -161,7 +164,7 @@ MemoryReport Transformer::memory() const {
   }
   for (const Tensor* t : {&ws_.dxn, &ws_.dnorm, &ws_.attn.d_out, &ws_.attn.dq, &ws_.attn.dk, &ws_.attn.dv,
                           &ws_.ffn.dg, &ws_.ffn.da1, &ws_.ffn.da3, &final_norm_out_, &final_rstd_,
-                          &d_hidden_, &d_resid_, &rope_.cos, &rope_.sin})
+                          &d_hidden_, &d_resid_, &classifier_scratch_, &rope_.cos, &rope_.sin})
     add(*t);
   return r;
 }

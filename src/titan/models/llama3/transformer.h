@@ -98,6 +98,7 @@ class Transformer {
   std::vector<TransformerBlock::Saved> saved_;
   TransformerBlock::Workspace ws_;
   Tensor final_norm_out_, final_rstd_, d_hidden_, d_resid_;
+  Tensor classifier_scratch_;  // one chunk of fp32 logits
 };
 
 }  // namespace titan::llama3

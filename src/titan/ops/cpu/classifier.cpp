@@ -2,20 +2,25 @@
 #include <cmath>
 #include <vector>
 
-#include <cblas.h>
-
 #include "titan/core/error.h"
+#include "titan/ops/cpu/gemm.h"
 #include "titan/ops/ops.h"
 
 namespace titan::cpu {
 
+namespace {
+// Rows per chunk: about 16 MiB of fp32 logits, at least 16 rows.
+int64_t chunk_rows(int64_t vocab) { return std::max<int64_t>(16, (int64_t{4} << 20) / std::max<int64_t>(vocab, 1)); }
+}  // namespace
+
+int64_t classifier_scratch_floats(int64_t n, int64_t vocab) { return std::min(chunk_rows(vocab), n) * vocab; }
+
 ClassifierResult classifier_forward_backward(const float* h, const float* w, const int32_t* labels,
                                              int64_t n, int64_t d, int64_t vocab,
                                              int32_t ignore_index, float grad_scale, float* dh,
-                                             float* dw) {
-  // Rows per chunk: about 16 MiB of fp32 logits, at least 16 rows.
-  const int64_t chunk = std::max<int64_t>(16, (int64_t{4} << 20) / std::max<int64_t>(vocab, 1));
-  std::vector<float> logits(std::min(chunk, n) * vocab);
+                                             float* dw, float* scratch) {
+  const int64_t chunk = chunk_rows(vocab);
+  float* logits = scratch;
   std::vector<double> row_loss(std::min(chunk, n));
   for (int64_t i = 0; i < n; ++i)
     TITAN_CHECK(labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < vocab), "label ",
@@ -23,11 +28,10 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
   ClassifierResult result;
   for (int64_t r0 = 0; r0 < n; r0 += chunk) {
     int64_t rows = std::min(chunk, n - r0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, vocab, d, 1.0f, h + r0 * d, d, w, d,
-                0.0f, logits.data(), vocab);
+    gemm(false, true, rows, vocab, d, 1.0f, h + r0 * d, d, w, d, 0.0f, logits, vocab);
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
-      float* z = logits.data() + r * vocab;
+      float* z = logits + r * vocab;
       int32_t label = labels[r0 + r];
       if (label == ignore_index) {
         row_loss[r] = 0;
@@ -51,10 +55,8 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
       result.count += 1;
     }
     if (dh) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, d, vocab, 1.0f, logits.data(),
-                  vocab, w, d, 0.0f, dh + r0 * d, d);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, vocab, d, rows, 1.0f, logits.data(),
-                  vocab, h + r0 * d, d, 1.0f, dw, d);
+      gemm(false, false, rows, d, vocab, 1.0f, logits, vocab, w, d, 0.0f, dh + r0 * d, d);
+      gemm(true, false, vocab, d, rows, 1.0f, logits, vocab, h + r0 * d, d, 1.0f, dw, d);
     }
   }
   return result;
