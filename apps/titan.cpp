@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/cli/tokenizer_command.h"
 #include "titan/core/error.h"
 #include "titan/train/trainer.h"
 
@@ -14,7 +15,7 @@ const char* kUsage =
     "usage: titan <command> [options]\n"
     "commands:\n"
     "  train      train a model: titan train --config FILE [--section.key VALUE ...]\n"
-    "  tokenizer  encode, decode, train tokenizers        (not built yet)\n"
+    "  tokenizer  encode, decode, train tokenizers\n"
     "  data       pre-tokenize datasets                   (not built yet)\n"
     "  convert    import Hugging Face weights             (not built yet)\n"
     "  generate   sample from a checkpoint                (not built yet)\n"
@@ -30,7 +31,8 @@ int dispatch(int argc, char** argv) {
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "train") return titan::train::train_main(args);
-  for (const char* planned : {"tokenizer", "data", "convert", "generate", "inspect", "estimate"})
+  if (command == "tokenizer") return titan::cli::tokenizer_main(args);
+  for (const char* planned : {"data", "convert", "generate", "inspect", "estimate"})
     if (command == planned) throw titan::UserError("'titan " + command + "' is not supported yet");
   throw titan::UserError("unknown command '" + command + "' (run 'titan --help')");
 }

@@ -4,10 +4,11 @@
 #   scripts/install_deps.sh --test  also what the tests need (GoogleTest, PyTorch on CPU)
 set -euo pipefail
 
-packages=(g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev)
+packages=(g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev
+  libpcre2-dev nlohmann-json3-dev zlib1g-dev libzstd-dev)
 if [[ "${1:-}" == "--test" ]]; then
   # python3-torch is the CPU oracle; libopenblas0-pthread keeps it off the slow reference BLAS.
-  packages+=(libgtest-dev python3 python3-torch python3-numpy)
+  packages+=(libgtest-dev python3 python3-torch python3-numpy python3-venv)
 elif [[ -n "${1:-}" ]]; then
   echo "install_deps.sh: unknown option '$1' (expected --test or nothing)" >&2
   exit 2

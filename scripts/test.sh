@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh --test
+# PyPI packages for the reference tokenizers, in a venv that also sees Debian's torch.
+if [[ ! -x build/venv/bin/python ]]; then
+  mkdir -p build
+  /usr/bin/python3 -m venv --system-site-packages build/venv
+fi
+build/venv/bin/python -c "import tiktoken, tokenizers" 2>/dev/null ||
+  build/venv/bin/pip install -q "tiktoken==0.14.0" "tokenizers==0.23.3"
 cmake --preset cpu >/dev/null
 cmake --build --preset cpu
 ctest --preset cpu "$@"

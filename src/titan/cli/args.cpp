@@ -1,0 +1,45 @@
+#include "titan/cli/args.h"
+
+#include "titan/core/error.h"
+
+namespace titan::cli {
+
+std::string ParsedArgs::required(const std::string& f, const std::string& command) const {
+  auto it = values.find(f);
+  if (it == values.end() || it->second.empty()) throw UserError(concat(command, ": missing --", f));
+  if (it->second.size() > 1) throw UserError(concat(command, ": --", f, " given more than once"));
+  return it->second.front();
+}
+
+std::string ParsedArgs::get(const std::string& f, const std::string& fallback) const {
+  return values.count(f) ? required(f, "") : fallback;
+}
+
+ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::string>& valued,
+                      const std::set<std::string>& bare, const std::string& command) {
+  ParsedArgs out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].rfind("--", 0) != 0) throw UserError(concat(command, ": unexpected argument '", args[i], "'"));
+    std::string name = args[i].substr(2), value;
+    const size_t eq = name.find('=');
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    if (bare.count(name) && !inline_value) {
+      out.flags.insert(name);
+    } else if (valued.count(name)) {
+      if (!inline_value) {
+        if (i + 1 >= args.size()) throw UserError(concat(command, ": --", name, " needs a value"));
+        value = args[++i];
+      }
+      out.values[name].push_back(value);
+    } else {
+      throw UserError(concat(command, ": unknown option --", name));
+    }
+  }
+  return out;
+}
+
+}  // namespace titan::cli

@@ -1,0 +1,24 @@
+// Small helpers for sub-command flags: --name value, --name=value, bare --flag.
+#pragma once
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace titan::cli {
+
+struct ParsedArgs {
+  std::map<std::string, std::vector<std::string>> values;  // flag -> values in order
+  std::set<std::string> flags;                             // bare flags present
+  bool has(const std::string& f) const { return flags.count(f) || values.count(f); }
+  // The single value of a required flag; UserError naming `command` when absent.
+  std::string required(const std::string& f, const std::string& command) const;
+  std::string get(const std::string& f, const std::string& fallback) const;
+};
+
+// `valued` flags take one value each (repeatable); `bare` flags take none. Anything else is a
+// UserError naming `command`.
+ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::string>& valued,
+                      const std::set<std::string>& bare, const std::string& command);
+
+}  // namespace titan::cli
