@@ -6,6 +6,8 @@
 
 #include "titan/cli/args.h"
 #include "titan/core/error.h"
+#include "titan/data/bpe_trainer.h"
+#include "titan/data/text_source.h"
 #include "titan/data/tokenizer.h"
 
 namespace titan::cli {
@@ -69,6 +71,40 @@ int decode(const ParsedArgs& a) {
   }
   return 0;
 }
+int train(const ParsedArgs& a) {
+  const std::string cmd = "tokenizer train";
+  const std::string output = a.required("output", cmd);
+  const std::string size_text = a.required("vocab-size", cmd);
+  int64_t ranks = 0;
+  try {
+    size_t used = 0;
+    ranks = std::stoll(size_text, &used);
+    if (used != size_text.size()) throw std::invalid_argument("");
+  } catch (const std::exception&) {
+    throw UserError(concat(cmd, ": --vocab-size: expected an integer, found '", size_text, "'"));
+  }
+  if (ranks < 256 + 1 || ranks > 1000000)
+    throw UserError(concat(cmd, ": --vocab-size ", ranks, ": expected 257 to 1000000 ranks (special tokens come on top)"));
+  if (!a.values.count("input")) throw UserError(concat(cmd, ": missing --input"));
+  data::SourceOptions opts;
+  opts.field = a.get("field", "text");
+  data::DocumentReader reader(data::expand_data_paths(a.values.at("input")), opts);
+  data::PreTokenizer pre(data::kLlama3Pattern, cmd);
+  data::BpeTrainer trainer(pre);
+  data::Document doc;
+  int64_t docs = 0, bytes = 0;
+  while (reader.next(doc)) {
+    trainer.add_text(doc.text);
+    ++docs;
+    bytes += static_cast<int64_t>(doc.text.size());
+  }
+  if (docs == 0) throw UserError(concat(cmd, ": the input holds no documents"));
+  const auto result = trainer.train(ranks);
+  data::write_tiktoken(result, output);
+  std::cerr << "trained " << result.size() << " ranks (+256 special tokens) on " << docs << " documents, "
+            << bytes << " bytes, " << trainer.distinct_words() << " distinct words -> " << output << "\n";
+  return 0;
+}
 }  // namespace
 
 int tokenizer_main(const std::vector<std::string>& args) {
@@ -79,6 +115,7 @@ int tokenizer_main(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "encode") return encode(parse_args(rest, {"tokenizer"}, {"bos", "eos", "allow-special"}, "tokenizer encode"));
   if (args[0] == "decode") return decode(parse_args(rest, {"tokenizer"}, {}, "tokenizer decode"));
+  if (args[0] == "train") return train(parse_args(rest, {"input", "vocab-size", "output", "field"}, {}, "tokenizer train"));
   throw UserError(concat("tokenizer: unknown sub-command '", args[0], "' (expected encode, decode or train)"));
 }
 
