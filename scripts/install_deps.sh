@@ -4,7 +4,7 @@
 #   scripts/install_deps.sh --test  also what the tests need (GoogleTest, PyTorch on CPU)
 set -euo pipefail
 
-packages=(g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev
+packages=(python3 g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev
   libpcre2-dev nlohmann-json3-dev zlib1g-dev libzstd-dev)
 if [[ "${1:-}" == "--test" ]]; then
   # python3-torch is the CPU oracle; libopenblas0-pthread keeps it off the slow reference BLAS.

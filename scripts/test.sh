@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh --test
+scripts/build_default_corpus.sh
 # PyPI packages for the reference tokenizers, in a venv that also sees Debian's torch.
 if [[ ! -x build/venv/bin/python ]]; then
   mkdir -p build

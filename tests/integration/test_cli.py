@@ -59,7 +59,24 @@ def test_training(titan, configs, tmp):
     r = run(titan, "train", "--config", os.path.join(configs, "debug_model.toml"), "--job.dump_folder",
             os.path.join(tmp, "main"), "--training.steps", "1", "--training.seq_len", "32")
     check(r.returncode == 0 and "parameters: 6163712" in r.stdout and "memory (GiB)" in r.stdout,
-          "debug_model.toml runs and prints parameter count and memory")
+          f"debug_model.toml runs on the default corpus and prints parameter count and memory {r.stderr.strip()}")
+
+
+def test_real_text(titan, configs, data, tmp):
+    """The debug model on real text: 50 steps on small.jsonl fall at least 1 nat."""
+    folder = os.path.join(tmp, "text")
+    r = run(titan, "train", "--config", os.path.join(configs, "debug_model.toml"), "--job.dump_folder", folder,
+            "--training.dataset", os.path.join(data, "corpus/small.jsonl"), "--training.steps", "50",
+            "--metrics.log_freq", "10", "--validation.enabled", "--validation.freq", "50",
+            "--validation.dataset_path", os.path.join(data, "corpus/validation-00000-of-00001.json.gz"))
+    check(r.returncode == 0, f"50-step run on small.jsonl succeeds {r.stderr.strip()}")
+    if r.returncode == 0:
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        l = [row["loss"] for row in rows if "loss" in row]
+        val = [row["val_loss"] for row in rows if "val_loss" in row]
+        check(l[-1] <= l[0] - 1.0, f"loss falls at least 1.0 nat in 50 steps: {l[0]:.3f} -> {l[-1]:.3f}")
+        check(len(val) == 1 and val[0] < l[0], f"validation loss logged and below the first loss: {val}")
 
 
 BAD = [
@@ -76,15 +93,22 @@ BAD = [
     ("flag without value", None, ["--training.steps"], "missing value"),
     ("bad flag value", None, ["--training.steps", "ten"], "expected an integer"),
     ("missing config file", None, ["--config", "/nonexistent.toml"], "/nonexistent.toml"),
-    ("dataset not built yet", None, ["--training.dataset", "c4"], "training.dataset"),
-    ("vocabulary too small for synthetic data", None, ["--model.vocab_size", "5"], "model.vocab_size"),
+    ("vocabulary too small for synthetic data", None, ["--model.vocab_size", "5", "--training.dataset", "synthetic"], "model.vocab_size"),
+    ("c4 without a path", None, ["--training.dataset", "c4"], "needs training.dataset_path"),
+    ("dataset path missing", None, ["--training.dataset", "/nonexistent/data.jsonl"], "no such file"),
+    ("unknown dataset name", None, ["--training.dataset", "wiki", "--training.dataset_path", "/tmp"], "unknown dataset name"),
+    ("tokenizer file missing", None, ["--model.tokenizer_path", "/nonexistent.model", "--training.dataset", "synthetic"], "model.tokenizer_path"),
+    ("vocab smaller than tokenizer", None, ["--model.vocab_size", "100", "--training.dataset", "c4_test",
+                                           "--training.dataset_path", "DATA/corpus/small.jsonl"], "smaller than the tokenizer"),
     ("unwritable dump folder", None, ["--job.dump_folder", "/proc/titan", "--training.dataset", "synthetic"], "job.dump_folder"),
 ]
 
 
-def test_bad_input(titan, tmp):
+def test_bad_input(titan, data, tmp):
     for i, (what, body, flags, expect) in enumerate(BAD):
-        args = ["train", "--training.steps", "1", "--training.seq_len", "16", "--job.dump_folder", os.path.join(tmp, f"bad{i}")]
+        flags = [f.replace("DATA", data) for f in flags]
+        args = ["train", "--training.steps", "1", "--training.seq_len", "16", "--training.dataset", "synthetic",
+                "--job.dump_folder", os.path.join(tmp, f"bad{i}")]
         if body is not None:
             path = os.path.join(tmp, f"bad{i}.toml")
             with open(path, "w") as f:
@@ -106,10 +130,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--titan", required=True)
     ap.add_argument("--configs", required=True)
+    ap.add_argument("--data", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        test_bad_input(a.titan, tmp)
+        test_bad_input(a.titan, a.data, tmp)
         test_training(a.titan, a.configs, tmp)
+        test_real_text(a.titan, a.configs, a.data, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 

@@ -38,8 +38,8 @@ std::vector<KeySpec> make_schema() {
       {"model", "name", string, "llama3", "model family (llama3)"},
       {"model", "flavor", string, "debugmodel", "debugmodel, 1B, 8B, 70B or 405B"},
       {"model", "norm_type", string, "rmsnorm", "titan's Llama 3 always uses RMSNorm", accepted_noop},
-      {"model", "tokenizer_path", string, "", "tokenizer file (tiktoken or tokenizer.json)", default_only},
-      {"model", "vocab_size", integer, "0", "titan: vocabulary size; 0 = the tokenizer's (2048 without one)"},
+      {"model", "tokenizer_path", string, "", "tokenizer file (tiktoken or tokenizer.json); \"\" = the built-in 2,048-id debug tokenizer"},
+      {"model", "vocab_size", integer, "0", "titan: vocabulary size; 0 = the tokenizer's (the flavor's for synthetic data)"},
 
       {"optimizer", "name", string, "AdamW", "optimizer (AdamW)"},
       {"optimizer", "lr", real, "0.0008", "peak learning rate"},
@@ -59,14 +59,21 @@ std::vector<KeySpec> make_schema() {
       {"training", "data_parallel_shard_degree", integer, "-1", "FSDP shard degree (-1 = all ranks)"},
       {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
       {"training", "compile", boolean, "false", "fused kernels and CUDA graphs", default_only},
-      {"training", "dataset", string, "c4", "c4, c4_test, synthetic, or a path"},
-      {"training", "dataset_path", string, "", "where the dataset lives"},
+      {"training", "dataset", string, "c4", "c4, c4_test, synthetic, synthetic_pattern, or a file, folder or glob"},
+      {"training", "dataset_path", string, "", "where the dataset lives (c4: the folder of en/c4-train.*.json.gz)"},
+      {"training", "dataset_field", string, "text", "titan: the JSON field holding each document's text"},
+      {"training", "skip_bad_records", boolean, "false", "titan: skip (and count) bad JSON lines instead of stopping"},
       {"training", "enable_loss_parallel", boolean, "true", "only meaningful with tensor parallel", accepted_noop},
       {"training", "mixed_precision_param", string, "bfloat16", "compute dtype on GPU (bfloat16 or float32)"},
       {"training", "mixed_precision_reduce", string, "float32", "gradient reduce dtype (float32)"},
       {"training", "gc_freq", integer, "50", "Python garbage collection; means nothing to titan", accepted_noop},
       {"training", "seed", integer, "0", "seed for initialisation and synthetic data"},
       {"training", "threads", integer, "0", "titan: CPU threads (0 = all cores)"},
+
+      {"validation", "enabled", boolean, "false", "evaluate a validation loss every freq steps"},
+      {"validation", "dataset_path", string, "", "validation files; \"\" = the dataset's validation split"},
+      {"validation", "freq", integer, "10", "steps between validation runs"},
+      {"validation", "steps", integer, "1", "batches per validation run"},
 
       {"experimental", "context_parallel_degree", integer, "1", "context parallel degree", default_only},
       {"experimental", "pipeline_parallel_degree", integer, "1", "pipeline parallel degree", default_only},
@@ -312,6 +319,8 @@ void JobConfig::validate() const {
   positive("training.seq_len");
   positive("training.steps");
   positive("metrics.log_freq");
+  positive("validation.freq");
+  positive("validation.steps");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
   if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");
   if (get_int("model.vocab_size") < 0) fail("model.vocab_size", "expected >= 0 (0 = from the tokenizer)");

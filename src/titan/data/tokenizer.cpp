@@ -116,6 +116,10 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return text[first] == '{' ? load_hf_json(path, text) : load_tiktoken(path, text);
 }
 
+Tokenizer Tokenizer::builtin_default() {
+  return load_tiktoken("<built-in titan_debug_2048.tiktoken>", default_tokenizer_text());
+}
+
 Tokenizer Tokenizer::from_ranks(std::vector<std::string> ranks, const std::string& where) {
   const auto n = static_cast<int32_t>(ranks.size());
   Tokenizer t(BytePairEncoder::from_ranks(std::move(ranks), where), PreTokenizer(kLlama3Pattern, where));

@@ -21,6 +21,9 @@ class Tokenizer {
   // Reads either format (tokenizer.json when the file starts with '{'). Throws UserError
   // naming the file (and line or key) when it is missing or malformed.
   static Tokenizer load(const std::string& path);
+  // The debug model's built-in tokenizer: 1,792 ranks trained on the default corpus
+  // (assets/tokenizers/titan_debug_2048.tiktoken) plus the 256 special tokens: 2,048 ids.
+  static Tokenizer builtin_default();
   // Builds a tiktoken-style tokenizer from ranks (id = rank) plus Llama 3's special tokens.
   static Tokenizer from_ranks(std::vector<std::string> ranks, const std::string& where);
 
@@ -53,6 +56,9 @@ class Tokenizer {
   int64_t vocab_size_ = 0;
   int32_t bos_ = -1, eos_ = -1;
 };
+
+// The text of assets/tokenizers/titan_debug_2048.tiktoken, compiled in.
+const char* default_tokenizer_text();
 
 // RFC 4648 base64 (the tiktoken file format); false on malformed input.
 bool base64_decode(std::string_view in, std::string& out);

@@ -18,7 +18,7 @@
 namespace titan::train {
 
 namespace {
-constexpr int64_t kDefaultVocab = 2048;  // the debug model's tokenizer size
+constexpr int64_t kDefaultVocab = 2048;  // the debug model's built-in tokenizer
 
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
@@ -28,32 +28,31 @@ double peak_rss_gib() {
   return static_cast<double>(u.ru_maxrss) / (1024.0 * 1024.0);
 }
 
-llama3::ModelArgs model_args(const config::JobConfig& cfg) {
+// The flavor's shapes with the vocabulary from, in order: model.vocab_size, the tokenizer,
+// the flavor (debugmodel: 2,048).
+llama3::ModelArgs model_args(const config::JobConfig& cfg, const DataSetup& data) {
   llama3::ModelArgs a;
   try {
     a = llama3::flavor(cfg.get_string("model.flavor"));
   } catch (const UserError& e) {
     throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
   }
+  if (cfg.get_string("model.flavor") == "debugmodel") a.vocab_size = kDefaultVocab;
   const int64_t vocab = cfg.get_int("model.vocab_size");
-  a.vocab_size = vocab > 0 ? vocab : kDefaultVocab;
+  if (data.tokenizer) {
+    if (vocab > 0 && vocab < data.tokenizer->vocab_size())
+      throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", vocab,
+                             " is smaller than the tokenizer's ", data.tokenizer->vocab_size(), " ids"));
+    a.vocab_size = vocab > 0 ? vocab : data.tokenizer->vocab_size();
+  } else if (vocab > 0) {
+    a.vocab_size = vocab;
+  }
+  if (data.synthetic && a.vocab_size < data::SyntheticStream::kPeriod)
+    throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", a.vocab_size,
+                           ": synthetic data needs at least ", data::SyntheticStream::kPeriod, " ids"));
   a.max_seq_len = std::max(a.max_seq_len, cfg.get_int("training.seq_len"));
   a.validate(cfg.origin("model.flavor") + ": model." + cfg.get_string("model.flavor"));
   return a;
-}
-
-data::SyntheticKind dataset_kind(const config::JobConfig& cfg, std::ostream& log) {
-  const std::string name = cfg.get_string("training.dataset");
-  if (name == "synthetic") return data::SyntheticKind::random;
-  if (name == "synthetic_pattern") return data::SyntheticKind::pattern;
-  if (name == "c4_test") {
-    log << "notice: training.dataset = c4_test: the text data pipeline is not built yet; "
-           "training on synthetic pattern tokens (period 16) instead\n";
-    return data::SyntheticKind::pattern;
-  }
-  throw UserError(concat(cfg.origin("training.dataset"), ": training.dataset = ", name,
-                         ": not supported yet (titan reads synthetic, synthetic_pattern or c4_test until "
-                         "the text data pipeline lands)"));
 }
 
 optim::AdamWConfig adamw_config(const config::JobConfig& cfg) {
@@ -63,28 +62,16 @@ optim::AdamWConfig adamw_config(const config::JobConfig& cfg) {
 }  // namespace
 
 Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
-    : cfg_(cfg), log_(log), args_(model_args(cfg)),
+    : cfg_(cfg), log_(log), data_(resolve_data(cfg)), args_(model_args(cfg, data_)),
       shape_{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")},
       optimizer_(adamw_config(cfg)),
       schedule_{cfg.get_int("training.warmup_steps"), cfg.get_int("training.steps"),
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
       max_norm_(cfg.get_real("training.max_norm")) {
-  if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) {
-    omp_set_num_threads(static_cast<int>(threads));
-  }
+  if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16")
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
-  if (args_.vocab_size < data::SyntheticStream::kPeriod)
-    throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", args_.vocab_size,
-                           ": synthetic data needs at least ", data::SyntheticStream::kPeriod, " ids"));
-  data_ = std::make_unique<data::SyntheticStream>(dataset_kind(cfg, log_), args_.vocab_size,
-                                                  static_cast<uint64_t>(cfg.get_int("training.seed")));
-  model_ = std::make_unique<llama3::Transformer>(args_);
-  model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
-  model_->plan(shape_);
-  tokens_.resize(shape_.rows());
-  labels_.resize(shape_.rows());
 
   const std::filesystem::path dump(cfg.get_string("job.dump_folder"));
   std::error_code ec;
@@ -94,6 +81,14 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   metrics_path_ = (dump / "metrics.jsonl").string();
   std::ofstream truncate(metrics_path_);
   if (!truncate) throw UserError(concat("job.dump_folder: cannot write '", metrics_path_, "'"));
+
+  model_ = std::make_unique<llama3::Transformer>(args_);
+  model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
+  model_->plan(shape_);
+  log_ << "data: " << data_.description << "\n";
+  auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
+  loader_ = std::make_unique<data::DataLoader>(make_train_source(data_, cfg, args_.vocab_size, log_line),
+                                               shape_.seq, shape_.batch, 0, shape_.batch);
   print_start_summary();
 }
 
@@ -119,14 +114,13 @@ void Trainer::print_start_summary() {
 
 StepMetrics Trainer::train_step(int64_t step) {
   Timer timer;
-  const int64_t b = shape_.batch, t = shape_.seq;
-  for (int64_t r = 0; r < b; ++r)
-    data_->window((step - 1) * b + r, t, tokens_.data() + r * t, labels_.data() + r * t);
-  model_->zero_grad();
-  const float grad_scale = 1.0f / static_cast<float>(shape_.rows());
-  const auto result = model_->forward_backward(tokens_.data(), labels_.data(), shape_, grad_scale);
+  const data::Batch batch = loader_->next();
   StepMetrics m;
   m.step = step;
+  m.data_seconds = timer.seconds();
+  model_->zero_grad();
+  const float grad_scale = 1.0f / static_cast<float>(shape_.rows());
+  const auto result = model_->forward_backward(batch.tokens.data(), batch.labels.data(), shape_, grad_scale);
   m.loss = result.loss_sum / static_cast<double>(std::max<int64_t>(1, result.count));
   m.grad_norm = std::sqrt(optim::grad_sq_sum(model_->parameters()));
   if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm))
@@ -137,6 +131,25 @@ StepMetrics Trainer::train_step(int64_t step) {
   optimizer_.step(model_->parameters(), m.lr);
   m.step_seconds = timer.seconds();
   return m;
+}
+
+double Trainer::validation_loss() {
+  auto source = make_validation_source(data_, cfg_, args_.vocab_size);
+  const int64_t steps = cfg_.get_int("validation.steps"), seq = shape_.seq;
+  std::vector<int32_t> window(seq + 1), tokens(shape_.rows()), labels(shape_.rows());
+  double loss_sum = 0;
+  int64_t count = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int64_t r = 0; r < shape_.batch; ++r) {
+      source->next(window.data());
+      std::copy_n(window.begin(), seq, tokens.begin() + r * seq);
+      std::copy_n(window.begin() + 1, seq, labels.begin() + r * seq);
+    }
+    const auto res = model_->forward_loss(tokens.data(), labels.data(), shape_);
+    loss_sum += res.loss_sum;
+    count += res.count;
+  }
+  return loss_sum / static_cast<double>(std::max<int64_t>(1, count));
 }
 
 void Trainer::log_step(const StepMetrics& m, double tps, double elapsed) {
@@ -155,8 +168,19 @@ void Trainer::log_step(const StepMetrics& m, double tps, double elapsed) {
   out << line;
 }
 
+void Trainer::log_validation(int64_t step) {
+  const double val = validation_loss();
+  char line[200];
+  std::snprintf(line, sizeof line, "validate %lld  loss %8.4f\n", static_cast<long long>(step), val);
+  log_ << line << std::flush;
+  std::snprintf(line, sizeof line, "{\"step\": %lld, \"val_loss\": %.9g}\n", static_cast<long long>(step), val);
+  std::ofstream(metrics_path_, std::ios::app) << line;
+}
+
 std::vector<StepMetrics> Trainer::run() {
   const int64_t steps = cfg_.get_int("training.steps"), log_freq = cfg_.get_int("metrics.log_freq");
+  const bool validate = cfg_.get_bool("validation.enabled");
+  const int64_t val_freq = cfg_.get_int("validation.freq");
   std::vector<StepMetrics> history;
   Timer total;
   double window_seconds = 0;
@@ -171,6 +195,7 @@ std::vector<StepMetrics> Trainer::run() {
       window_seconds = 0;
       window_steps = 0;
     }
+    if (validate && (step % val_freq == 0 || step == steps)) log_validation(step);
   }
   return history;
 }

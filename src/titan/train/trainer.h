@@ -1,4 +1,4 @@
-// The training loop: config -> model, data, optimizer, schedule; step; log.
+// The training loop: config -> data, model, optimizer, schedule; step; log.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -6,10 +6,11 @@
 #include <vector>
 
 #include "titan/config/job_config.h"
-#include "titan/data/synthetic.h"
+#include "titan/data/loader.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/optim/adamw.h"
 #include "titan/optim/lr_schedule.h"
+#include "titan/train/datasets.h"
 
 namespace titan::train {
 
@@ -17,6 +18,7 @@ struct StepMetrics {
   int64_t step = 0;
   double loss = 0, grad_norm = 0, lr = 0;
   double step_seconds = 0;
+  double data_seconds = 0;  // waiting for the batch
 };
 
 class Trainer {
@@ -25,24 +27,27 @@ class Trainer {
   Trainer(const config::JobConfig& cfg, std::ostream& log);
   // Runs training.steps steps; returns each step's metrics.
   std::vector<StepMetrics> run();
-  // One optimizer step on global batch number `step - 1`.
+  // One optimizer step on the loader's next batch.
   StepMetrics train_step(int64_t step);
+  // Mean loss over validation.steps batches from the start of the validation data.
+  double validation_loss();
   llama3::Transformer& model() { return *model_; }
 
  private:
   void print_start_summary();
   void log_step(const StepMetrics& m, double tokens_per_s, double elapsed);
+  void log_validation(int64_t step);
 
   const config::JobConfig& cfg_;
   std::ostream& log_;
+  DataSetup data_;
   llama3::ModelArgs args_;
   llama3::BatchShape shape_;
   std::unique_ptr<llama3::Transformer> model_;
-  std::unique_ptr<data::SyntheticStream> data_;
+  std::unique_ptr<data::DataLoader> loader_;
   optim::AdamW optimizer_;
   optim::LrSchedule schedule_;
   double max_norm_;
-  std::vector<int32_t> tokens_, labels_;
   std::string metrics_path_;
 };
 

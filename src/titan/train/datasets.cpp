@@ -1,0 +1,106 @@
+#include "titan/train/datasets.h"
+
+#include <filesystem>
+
+#include "titan/core/error.h"
+
+namespace titan::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string base(const std::string& p) { return fs::path(p).filename().string(); }
+
+// Splits files by name into train (names holding "train", or all when none do) and validation
+// (names holding "validation").
+void split_by_name(const std::vector<std::string>& files, DataSetup& d) {
+  for (const auto& f : files) {
+    if (base(f).find("validation") != std::string::npos) d.validation_files.push_back(f);
+    else if (base(f).find("train") != std::string::npos) d.train_files.push_back(f);
+  }
+  if (d.train_files.empty()) {
+    d.train_files = files;
+    d.validation_files.clear();
+  }
+}
+
+std::vector<std::string> expand(const std::string& spec, const config::JobConfig& cfg, const std::string& key) {
+  try {
+    return data::expand_data_paths({spec});
+  } catch (const UserError& e) {
+    throw UserError(concat(cfg.origin(key), ": ", key, ": ", e.what()));
+  }
+}
+}  // namespace
+
+DataSetup resolve_data(const config::JobConfig& cfg) {
+  DataSetup d;
+  const std::string name = cfg.get_string("training.dataset"), path = cfg.get_string("training.dataset_path");
+  if (name == "synthetic" || name == "synthetic_pattern") {
+    d.synthetic = true;
+    d.synthetic_kind = name == "synthetic" ? data::SyntheticKind::random : data::SyntheticKind::pattern;
+    d.description = name == "synthetic" ? "synthetic (uniform random tokens)" : "synthetic_pattern (period 16)";
+  } else if (name == "c4_test") {
+    const std::string dir = path.empty() ? "data/c4_test" : path;
+    if (!fs::exists(dir))
+      throw UserError(concat(cfg.origin("training.dataset"), ": training.dataset = c4_test: '", dir,
+                             "' not found; run scripts/build_default_corpus.sh or set training.dataset_path"));
+    split_by_name(expand(dir, cfg, "training.dataset_path"), d);
+    d.description = concat("c4_test (", dir, ")");
+  } else if (name == "c4") {
+    if (path.empty())
+      throw UserError(concat(cfg.origin("training.dataset"), ": training.dataset = c4 needs training.dataset_path "
+                             "(the folder holding en/c4-train.*.json.gz)"));
+    const std::string dir = fs::is_directory(fs::path(path) / "en") ? (fs::path(path) / "en").string() : path;
+    split_by_name(expand(dir, cfg, "training.dataset_path"), d);
+    d.description = concat("c4 (", dir, ")");
+  } else {
+    if (!path.empty())
+      throw UserError(concat(cfg.origin("training.dataset"), ": training.dataset = ", name,
+                             ": unknown dataset name (expected c4, c4_test, synthetic or synthetic_pattern; "
+                             "or give a path as training.dataset with dataset_path empty)"));
+    split_by_name(expand(name, cfg, "training.dataset"), d);
+    d.description = name;
+  }
+  if (!d.synthetic) d.description += concat(": ", d.train_files.size(), " training files");
+  if (const std::string vpath = cfg.get_string("validation.dataset_path"); !vpath.empty())
+    d.validation_files = expand(vpath, cfg, "validation.dataset_path");
+  if (cfg.get_bool("validation.enabled") && d.validation_files.empty() && !d.synthetic)
+    throw UserError(concat(cfg.origin("validation.enabled"), ": validation.enabled: no validation files found; "
+                           "set validation.dataset_path"));
+
+  const std::string tok = cfg.get_string("model.tokenizer_path");
+  if (!tok.empty()) {
+    try {
+      d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::load(tok));
+    } catch (const UserError& e) {
+      throw UserError(concat(cfg.origin("model.tokenizer_path"), ": model.tokenizer_path: ", e.what()));
+    }
+  } else if (!d.synthetic) {
+    d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());
+  }
+  return d;
+}
+
+std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobConfig& cfg,
+                                                      int64_t vocab, data::Logger log) {
+  const int64_t window = cfg.get_int("training.seq_len") + 1;
+  if (d.synthetic)
+    return data::make_synthetic_source(d.synthetic_kind, vocab, static_cast<uint64_t>(cfg.get_int("training.seed")),
+                                       window);
+  data::SourceOptions opts{cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records")};
+  return data::make_text_source(d.train_files, opts, d.tokenizer, window, std::move(log));
+}
+
+std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobConfig& cfg,
+                                                           int64_t vocab) {
+  const int64_t window = cfg.get_int("training.seq_len") + 1;
+  if (d.synthetic && d.validation_files.empty())  // held-apart synthetic windows: another seed
+    return data::make_synthetic_source(d.synthetic_kind, vocab,
+                                       static_cast<uint64_t>(cfg.get_int("training.seed")) + 0x5eed, window);
+  data::SourceOptions opts{cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records")};
+  auto tok = d.tokenizer ? d.tokenizer : std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());
+  return data::make_text_source(d.validation_files, opts, tok, window, nullptr);
+}
+
+}  // namespace titan::train

@@ -1,0 +1,31 @@
+// From the config's dataset keys to a tokenizer and window sources for training and validation.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "titan/config/job_config.h"
+#include "titan/data/tokenizer.h"
+#include "titan/data/window_source.h"
+
+namespace titan::train {
+
+struct DataSetup {
+  std::shared_ptr<const data::Tokenizer> tokenizer;  // null for synthetic data without tokenizer_path
+  std::vector<std::string> train_files, validation_files;
+  bool synthetic = false;
+  data::SyntheticKind synthetic_kind = data::SyntheticKind::random;
+  std::string description;  // one line for the start-up log
+};
+
+// Resolves training.dataset / dataset_path / validation.dataset_path and loads the tokenizer.
+// Throws UserError naming the key when something is missing or malformed.
+DataSetup resolve_data(const config::JobConfig& cfg);
+
+// A fresh stream over the training (or validation) data, windows of seq_len + 1 tokens.
+std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobConfig& cfg,
+                                                      int64_t vocab, data::Logger log);
+std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobConfig& cfg,
+                                                           int64_t vocab);
+
+}  // namespace titan::train
