@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/cli/data_command.h"
 #include "titan/cli/tokenizer_command.h"
 #include "titan/core/error.h"
 #include "titan/train/trainer.h"
@@ -16,7 +17,7 @@ const char* kUsage =
     "commands:\n"
     "  train      train a model: titan train --config FILE [--section.key VALUE ...]\n"
     "  tokenizer  encode, decode, train tokenizers\n"
-    "  data       pre-tokenize datasets                   (not built yet)\n"
+    "  data       pre-tokenize datasets\n"
     "  convert    import Hugging Face weights             (not built yet)\n"
     "  generate   sample from a checkpoint                (not built yet)\n"
     "  inspect    show what a checkpoint holds            (not built yet)\n"
@@ -32,7 +33,8 @@ int dispatch(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   if (command == "train") return titan::train::train_main(args);
   if (command == "tokenizer") return titan::cli::tokenizer_main(args);
-  for (const char* planned : {"data", "convert", "generate", "inspect", "estimate"})
+  if (command == "data") return titan::cli::data_main(args);
+  for (const char* planned : { "convert", "generate", "inspect", "estimate"})
     if (command == planned) throw titan::UserError("'titan " + command + "' is not supported yet");
   throw titan::UserError("unknown command '" + command + "' (run 'titan --help')");
 }

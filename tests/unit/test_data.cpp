@@ -9,6 +9,7 @@
 #include "titan/core/error.h"
 #include "titan/data/loader.h"
 #include "titan/data/text_source.h"
+#include "titan/data/token_shards.h"
 #include "titan/data/tokenizer.h"
 #include "titan/data/window_source.h"
 
@@ -245,4 +246,43 @@ TEST(DataLoader, BackgroundErrorsReachTheCaller) {
     err = e.what();
   }
   EXPECT_NE(err.find("b.jsonl:2: invalid JSON"), std::string::npos) << err;
+}
+
+TEST(TokenShards, GiveTheSameWindowsAsOnTheFlyPackingInConstantTime) {
+  TempDir d;
+  std::string text;
+  for (int i = 0; i < 30; ++i) text += "{\"text\": \"shard doc " + std::to_string(i * 7919) + "\"}\n";
+  const auto f = d.write("s.jsonl", text);
+  const auto tok = std::make_shared<Tokenizer>(Tokenizer::builtin_default());
+  const auto dir = (d.path / "shards").string();
+  const auto st = write_token_shards({f}, {}, *tok, dir, 50);  // several small shards
+  EXPECT_GT(st.shards, 2);
+  EXPECT_TRUE(is_token_shard_dir(dir));
+  const int64_t window = 13;
+  auto text_src = make_text_source({f}, {}, tok, window, nullptr);
+  auto shard_src = make_shard_source(dir, tok->fingerprint(), window);
+  std::vector<int32_t> a(window), b(window);
+  for (int i = 0; i < 100; ++i) {  // several epochs
+    text_src->next(a.data());
+    shard_src->next(b.data());
+    ASSERT_EQ(a, b) << "window " << i;
+  }
+  auto jump = make_shard_source(dir, tok->fingerprint(), window);
+  jump->restore(shard_src->state());
+  text_src->next(a.data());
+  jump->next(b.data());
+  EXPECT_EQ(a, b);
+}
+
+TEST(TokenShards, RefuseAnotherTokenizerAndDamagedShards) {
+  TempDir d;
+  const auto f = d.write("s.jsonl", kJsonl);
+  const auto tok = Tokenizer::builtin_default();
+  const auto dir = (d.path / "shards").string();
+  write_token_shards({f}, {}, tok, dir, 1000);
+  EXPECT_NE(error_of([&] { make_shard_source(dir, tok.fingerprint() + 1, 4); }).find("another tokenizer"), std::string::npos);
+  fs::resize_file(fs::path(dir) / "shard-00000.bin", 8);
+  EXPECT_NE(error_of([&] { make_shard_source(dir, tok.fingerprint(), 4); }).find("the index says"), std::string::npos);
+  fs::remove(fs::path(dir) / "shard-00000.bin");
+  EXPECT_NE(error_of([&] { make_shard_source(dir, tok.fingerprint(), 4); }).find("missing shard"), std::string::npos);
 }

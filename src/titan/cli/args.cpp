@@ -16,7 +16,8 @@ std::string ParsedArgs::get(const std::string& f, const std::string& fallback) c
 }
 
 ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::string>& valued,
-                      const std::set<std::string>& bare, const std::string& command) {
+                      const std::set<std::string>& bare, const std::string& command,
+                      const std::set<std::string>& multi) {
   ParsedArgs out;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i].rfind("--", 0) != 0) throw UserError(concat(command, ": unexpected argument '", args[i], "'"));
@@ -29,6 +30,10 @@ ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::
     }
     if (bare.count(name) && !inline_value) {
       out.flags.insert(name);
+    } else if (multi.count(name)) {
+      if (inline_value) out.values[name].push_back(value);
+      while (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) out.values[name].push_back(args[++i]);
+      if (!out.values.count(name)) throw UserError(concat(command, ": --", name, " needs a value"));
     } else if (valued.count(name)) {
       if (!inline_value) {
         if (i + 1 >= args.size()) throw UserError(concat(command, ": --", name, " needs a value"));

@@ -16,9 +16,11 @@ struct ParsedArgs {
   std::string get(const std::string& f, const std::string& fallback) const;
 };
 
-// `valued` flags take one value each (repeatable); `bare` flags take none. Anything else is a
+// `valued` flags take one value each (repeatable); `bare` flags take none; `multi` flags take
+// every following argument up to the next --flag (so a shell glob works). Anything else is a
 // UserError naming `command`.
 ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::string>& valued,
-                      const std::set<std::string>& bare, const std::string& command);
+                      const std::set<std::string>& bare, const std::string& command,
+                      const std::set<std::string>& multi = {});
 
 }  // namespace titan::cli

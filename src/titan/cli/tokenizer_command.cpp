@@ -115,7 +115,7 @@ int tokenizer_main(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "encode") return encode(parse_args(rest, {"tokenizer"}, {"bos", "eos", "allow-special"}, "tokenizer encode"));
   if (args[0] == "decode") return decode(parse_args(rest, {"tokenizer"}, {}, "tokenizer decode"));
-  if (args[0] == "train") return train(parse_args(rest, {"input", "vocab-size", "output", "field"}, {}, "tokenizer train"));
+  if (args[0] == "train") return train(parse_args(rest, {"vocab-size", "output", "field"}, {}, "tokenizer train", {"input"}));
   throw UserError(concat("tokenizer: unknown sub-command '", args[0], "' (expected encode, decode or train)"));
 }
 

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "titan/core/error.h"
+#include "titan/core/rng.h"
 
 namespace titan::data {
 
@@ -244,6 +245,13 @@ void Tokenizer::add_special(const std::string& name, int32_t id) {
   specials_[name] = id;
   special_names_[id] = name;
   vocab_size_ = std::max<int64_t>(vocab_size_, std::max<int64_t>(bpe_.size(), id + 1));
+}
+
+uint64_t Tokenizer::fingerprint() const {
+  std::string all = pre_.pattern();
+  for (int32_t i = 0; i < bpe_.size(); ++i) all += bpe_.bytes(i) + '\x1f';
+  for (const auto& [name, id] : specials_) all += name + '=' + std::to_string(id) + '\x1e';
+  return fnv1a64(all) >> 11;  // 53 bits: survives JSON readers that use doubles
 }
 
 int32_t Tokenizer::special_id(const std::string& name) const {

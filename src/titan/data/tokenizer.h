@@ -41,6 +41,9 @@ class Tokenizer {
   int32_t bos_id() const { return bos_; }  // -1 when the tokenizer has none
   int32_t eos_id() const { return eos_; }
   int32_t special_id(const std::string& name) const;  // -1 when absent
+  // Identifies the vocabulary (every token's bytes and id, the specials, the pattern): a
+  // dataset tokenized with one tokenizer is refused by a model using another.
+  uint64_t fingerprint() const;
   const std::map<std::string, int32_t>& special_tokens() const { return specials_; }
 
  private:

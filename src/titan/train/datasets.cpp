@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "titan/core/error.h"
+#include "titan/data/token_shards.h"
 
 namespace titan::train {
 
@@ -54,6 +55,9 @@ DataSetup resolve_data(const config::JobConfig& cfg) {
     const std::string dir = fs::is_directory(fs::path(path) / "en") ? (fs::path(path) / "en").string() : path;
     split_by_name(expand(dir, cfg, "training.dataset_path"), d);
     d.description = concat("c4 (", dir, ")");
+  } else if (path.empty() && data::is_token_shard_dir(name)) {
+    d.train_shards = name;
+    d.description = concat(name, ": pre-tokenized shards");
   } else {
     if (!path.empty())
       throw UserError(concat(cfg.origin("training.dataset"), ": training.dataset = ", name,
@@ -62,10 +66,12 @@ DataSetup resolve_data(const config::JobConfig& cfg) {
     split_by_name(expand(name, cfg, "training.dataset"), d);
     d.description = name;
   }
-  if (!d.synthetic) d.description += concat(": ", d.train_files.size(), " training files");
-  if (const std::string vpath = cfg.get_string("validation.dataset_path"); !vpath.empty())
-    d.validation_files = expand(vpath, cfg, "validation.dataset_path");
-  if (cfg.get_bool("validation.enabled") && d.validation_files.empty() && !d.synthetic)
+  if (!d.synthetic && d.train_shards.empty()) d.description += concat(": ", d.train_files.size(), " training files");
+  if (const std::string vpath = cfg.get_string("validation.dataset_path"); !vpath.empty()) {
+    if (data::is_token_shard_dir(vpath)) d.validation_shards = vpath;
+    else d.validation_files = expand(vpath, cfg, "validation.dataset_path");
+  }
+  if (cfg.get_bool("validation.enabled") && d.validation_files.empty() && d.validation_shards.empty() && !d.synthetic)
     throw UserError(concat(cfg.origin("validation.enabled"), ": validation.enabled: no validation files found; "
                            "set validation.dataset_path"));
 
@@ -88,6 +94,7 @@ std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const 
   if (d.synthetic)
     return data::make_synthetic_source(d.synthetic_kind, vocab, static_cast<uint64_t>(cfg.get_int("training.seed")),
                                        window);
+  if (!d.train_shards.empty()) return data::make_shard_source(d.train_shards, d.tokenizer->fingerprint(), window);
   data::SourceOptions opts{cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records")};
   return data::make_text_source(d.train_files, opts, d.tokenizer, window, std::move(log));
 }
@@ -95,11 +102,12 @@ std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const 
 std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobConfig& cfg,
                                                            int64_t vocab) {
   const int64_t window = cfg.get_int("training.seq_len") + 1;
-  if (d.synthetic && d.validation_files.empty())  // held-apart synthetic windows: another seed
+  if (d.synthetic && d.validation_files.empty() && d.validation_shards.empty())  // held-apart synthetic windows: another seed
     return data::make_synthetic_source(d.synthetic_kind, vocab,
                                        static_cast<uint64_t>(cfg.get_int("training.seed")) + 0x5eed, window);
   data::SourceOptions opts{cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records")};
   auto tok = d.tokenizer ? d.tokenizer : std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());
+  if (!d.validation_shards.empty()) return data::make_shard_source(d.validation_shards, tok->fingerprint(), window);
   return data::make_text_source(d.validation_files, opts, tok, window, nullptr);
 }
 

@@ -13,6 +13,7 @@ namespace titan::train {
 struct DataSetup {
   std::shared_ptr<const data::Tokenizer> tokenizer;  // null for synthetic data without tokenizer_path
   std::vector<std::string> train_files, validation_files;
+  std::string train_shards, validation_shards;  // pre-tokenized directories, when given
   bool synthetic = false;
   data::SyntheticKind synthetic_kind = data::SyntheticKind::random;
   std::string description;  // one line for the start-up log
