@@ -22,4 +22,7 @@ HARD = [
     "\u200b zero width \u200d joiner \ufeff bom",
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕄𝕒𝕥𝕙 𝒮𝒸𝓇𝒾𝓅𝓉 math alphanumerics",
     "ﬁ ﬂ ligatures ﬀ and ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ",
+    # letters new in Unicode 15/16 (PCRE2 10.42 knows Unicode 14): Kawi, Cyrillic modifiers,
+    # CJK Extension H, Nag Mundari, Garay
+    "a\U00011F04\U00011F05b x\U0001E030\U0001E031y \U00031350\U00031351 z \U0001E4D0 q \U00010D50 w",
 ]

@@ -6,6 +6,7 @@
 
 #include "titan/cli/args.h"
 #include "titan/core/error.h"
+#include "titan/core/timer.h"
 #include "titan/data/bpe_trainer.h"
 #include "titan/data/text_source.h"
 #include "titan/data/tokenizer.h"
@@ -22,7 +23,9 @@ const char* kUsage =
     "  titan tokenizer decode --tokenizer FILE\n"
     "      stdin: JSON lines {\"ids\": [...]}; stdout: {\"text\": ...} (invalid UTF-8 as U+FFFD)\n"
     "  titan tokenizer train --input PATH [--input PATH ...] --vocab-size N --output FILE\n"
-    "      [--field text]\n";
+    "      [--field text]\n"
+    "  titan tokenizer bench --tokenizer FILE --input PATH [--input PATH ...]\n"
+    "      times encoding (one thread) of the documents, after reading them into memory\n";
 
 json parse_line(const std::string& line, int64_t lineno) {
   try {
@@ -105,6 +108,31 @@ int train(const ParsedArgs& a) {
             << bytes << " bytes, " << trainer.distinct_words() << " distinct words -> " << output << "\n";
   return 0;
 }
+int bench(const ParsedArgs& a) {
+  const std::string cmd = "tokenizer bench";
+  const auto tok = data::Tokenizer::load(a.required("tokenizer", cmd));
+  if (!a.values.count("input")) throw UserError(concat(cmd, ": missing --input"));
+  data::DocumentReader reader(data::expand_data_paths(a.values.at("input")), {a.get("field", "text"), false});
+  std::vector<std::string> docs;
+  data::Document doc;
+  int64_t bytes = 0;
+  while (reader.next(doc)) {
+    bytes += static_cast<int64_t>(doc.text.size());
+    docs.push_back(std::move(doc.text));
+  }
+  std::vector<int32_t> ids;
+  int64_t tokens = 0;
+  Timer t;
+  for (const auto& d : docs) {
+    ids.clear();
+    tok.encode_ordinary(d, ids);
+    tokens += static_cast<int64_t>(ids.size());
+  }
+  const double s = t.seconds();
+  std::cout << json{{"bytes", bytes}, {"tokens", tokens}, {"seconds", s}, {"mb_per_s", bytes / s / 1e6},
+                    {"tokens_per_s", tokens / s}}.dump() << "\n";
+  return 0;
+}
 }  // namespace
 
 int tokenizer_main(const std::vector<std::string>& args) {
@@ -115,6 +143,7 @@ int tokenizer_main(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "encode") return encode(parse_args(rest, {"tokenizer"}, {"bos", "eos", "allow-special"}, "tokenizer encode"));
   if (args[0] == "decode") return decode(parse_args(rest, {"tokenizer"}, {}, "tokenizer decode"));
+  if (args[0] == "bench") return bench(parse_args(rest, {"tokenizer", "field"}, {}, "tokenizer bench", {"input"}));
   if (args[0] == "train") return train(parse_args(rest, {"vocab-size", "output", "field"}, {}, "tokenizer train", {"input"}));
   throw UserError(concat("tokenizer: unknown sub-command '", args[0], "' (expected encode, decode or train)"));
 }
