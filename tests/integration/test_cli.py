@@ -62,6 +62,25 @@ def test_training(titan, configs, tmp):
           f"debug_model.toml runs on the default corpus and prints parameter count and memory {r.stderr.strip()}")
 
 
+def test_c4_layout(titan, data, tmp):
+    """A folder laid out as allenai/c4 (en/c4-train.*.json.gz, en/c4-validation.*) reads unchanged."""
+    import shutil
+    en = os.path.join(tmp, "c4", "en")
+    os.makedirs(en)
+    src = os.path.join(data, "corpus/validation-00000-of-00001.json.gz")
+    shutil.copy(src, os.path.join(en, "c4-train.00000-of-01024.json.gz"))
+    shutil.copy(src, os.path.join(en, "c4-validation.00000-of-00008.json.gz"))
+    folder = os.path.join(tmp, "c4run")
+    r = run(titan, "train", "--training.dataset", "c4", "--training.dataset_path", os.path.join(tmp, "c4"),
+            "--training.steps", "2", "--training.seq_len", "64", "--training.batch_size", "2",
+            "--validation.enabled", "--validation.freq", "2", "--job.dump_folder", folder)
+    ok = r.returncode == 0 and "1 training files" in r.stdout
+    if ok:
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            ok = any("val_loss" in json.loads(line) for line in f)
+    check(ok, f"C4 layout trains with its validation split {r.stderr.strip()}")
+
+
 def test_real_text(titan, configs, data, tmp):
     """The debug model on real text: 50 steps on small.jsonl fall at least 1 nat."""
     folder = os.path.join(tmp, "text")
@@ -136,6 +155,7 @@ def main():
         test_bad_input(a.titan, a.data, tmp)
         test_training(a.titan, a.configs, tmp)
         test_real_text(a.titan, a.configs, a.data, tmp)
+        test_c4_layout(a.titan, a.data, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 
