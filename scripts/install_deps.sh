@@ -5,10 +5,10 @@
 set -euo pipefail
 
 packages=(python3 g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev
-  libpcre2-dev nlohmann-json3-dev zlib1g-dev libzstd-dev)
+  libpcre2-dev nlohmann-json3-dev zlib1g-dev libzstd-dev libprotobuf-dev protobuf-compiler)
 if [[ "${1:-}" == "--test" ]]; then
   # python3-torch is the CPU oracle; libopenblas0-pthread keeps it off the slow reference BLAS.
-  packages+=(libgtest-dev python3 python3-torch python3-numpy python3-venv)
+  packages+=(libgtest-dev python3 python3-torch python3-numpy python3-venv python3-matplotlib)
 elif [[ -n "${1:-}" ]]; then
   echo "install_deps.sh: unknown option '$1' (expected --test or nothing)" >&2
   exit 2

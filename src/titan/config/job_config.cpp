@@ -23,16 +23,17 @@ std::vector<KeySpec> make_schema() {
       {"job", "description", string, "", "free text describing the job"},
       {"job", "use_for_integration_test", boolean, "false", "torchtitan's CI marker; means nothing to titan", accepted_noop},
 
-      {"profiling", "enable_profiling", boolean, "false", "write a trace every profile_freq steps", default_only},
-      {"profiling", "save_traces_folder", string, "profile_trace", kNotBuilt, accepted_noop},
-      {"profiling", "profile_freq", integer, "10", kNotBuilt, accepted_noop},
+      {"profiling", "enable_profiling", boolean, "false", "write a Chrome trace of every profile_freq-th step"},
+      {"profiling", "save_traces_folder", string, "profile_trace", "trace folder under dump_folder"},
+      {"profiling", "profile_freq", integer, "10", "steps between traced steps"},
       {"profiling", "enable_memory_snapshot", boolean, "false", "write memory snapshots", default_only},
       {"profiling", "save_memory_snapshot_folder", string, "memory_snapshot", kNotBuilt, accepted_noop},
 
       {"metrics", "log_freq", integer, "10", "print metrics every N steps"},
-      {"metrics", "enable_tensorboard", boolean, "false", "write TensorBoard event files", default_only},
-      {"metrics", "save_tb_folder", string, "tb", kNotBuilt, accepted_noop},
-      {"metrics", "enable_color_printing", boolean, "false", "color the console metrics", accepted_noop},
+      {"metrics", "enable_tensorboard", boolean, "false", "write TensorBoard event files"},
+      {"metrics", "save_tb_folder", string, "tb", "TensorBoard folder under dump_folder"},
+      {"metrics", "enable_color_printing", boolean, "false", "color the console metrics"},
+      {"metrics", "peak_tflops", real, "0", "titan: the device's peak TFLOP/s for MFU; 0 = from the device table (none for CPUs: MFU n/a)"},
       {"metrics", "rank_0_only", boolean, "true", "log metrics from rank 0 only"},
 
       {"model", "name", string, "llama3", "model family (llama3)"},
@@ -54,6 +55,8 @@ std::vector<KeySpec> make_schema() {
       {"training", "warmup_steps", integer, "200", "linear warmup steps"},
       {"training", "max_norm", real, "1.0", "global gradient-norm clip (<= 0 disables)"},
       {"training", "steps", integer, "10000", "optimizer steps to train"},
+      {"training", "global_batch_size", integer, "-1", "titan: sequences per optimizer step over all ranks; more than batch_size x ranks accumulates gradients (-1 = no accumulation)"},
+      {"training", "on_nonfinite", string, "stop", "titan: a NaN/Inf loss or grad norm stops the run (stop) or skips the update (skip)"},
       {"training", "lr_decay", string, "linear", "titan: decay after warmup, linear or cosine"},
       {"training", "data_parallel_replicate_degree", integer, "1", "HSDP replicate groups", default_only},
       {"training", "data_parallel_shard_degree", integer, "-1", "FSDP shard degree (-1 = all ranks)"},
@@ -320,6 +323,13 @@ void JobConfig::validate() const {
   positive("training.steps");
   positive("metrics.log_freq");
   positive("validation.freq");
+  positive("profiling.profile_freq");
+  if (get_real("metrics.peak_tflops") < 0) fail("metrics.peak_tflops", "expected >= 0");
+  if (const auto g = get_int("training.global_batch_size"); g != -1 && (g <= 0 || g % get_int("training.batch_size") != 0))
+    fail("training.global_batch_size", concat("expected -1 or a positive multiple of training.batch_size (",
+                                              get_int("training.batch_size"), ")"));
+  if (const auto o = get_string("training.on_nonfinite"); o != "stop" && o != "skip")
+    fail("training.on_nonfinite", "expected stop or skip");
   positive("validation.steps");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
   if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");

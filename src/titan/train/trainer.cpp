@@ -1,18 +1,23 @@
 #include "titan/train/trainer.h"
 
-#include <sys/resource.h>
-
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <thread>
 
 #include <omp.h>
 
 #include "titan/core/error.h"
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
+#include "titan/metrics/memory.h"
 #include "titan/optim/grad_clip.h"
 
 namespace titan::train {
@@ -22,11 +27,46 @@ constexpr int64_t kDefaultVocab = 2048;  // the debug model's built-in tokenizer
 
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
-double peak_rss_gib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / (1024.0 * 1024.0);
-}
+// Set by SIGINT/SIGTERM: a signal handler can only reach state of this kind.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void request_stop(int sig) { g_stop_signal = sig; }
+
+// Prints "step N still running" every `every` seconds while a step takes long.
+class ProgressIndicator {
+ public:
+  ProgressIndicator(std::ostream& out, double every) : out_(out), every_(every), thread_([this] { loop(); }) {}
+  ~ProgressIndicator() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void start_step(int64_t step) {
+    std::lock_guard<std::mutex> lock(mu_);
+    step_ = step;
+    started_ = std::chrono::steady_clock::now();
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!cv_.wait_for(lock, std::chrono::duration<double>(every_), [&] { return done_; })) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+      if (step_ > 0 && s >= every_)
+        out_ << "  ... step " << step_ << " still running (" << static_cast<int64_t>(s) << " s)\n" << std::flush;
+    }
+  }
+  std::ostream& out_;
+  double every_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  int64_t step_ = 0;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::thread thread_;
+};
 
 // The flavor's shapes with the vocabulary from, in order: model.vocab_size, the tokenizer,
 // the flavor (debugmodel: 2,048).
@@ -69,6 +109,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
       max_norm_(cfg.get_real("training.max_norm")) {
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) accumulation_ = global / shape_.batch;
+  peak_flops_ = cfg.get_real("metrics.peak_tflops") * 1e12;
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16")
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
@@ -78,17 +120,19 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   std::filesystem::create_directories(dump, ec);
   if (ec) throw UserError(concat("job.dump_folder: cannot create '", dump.string(), "': ", ec.message()));
   std::ofstream(dump / "config.toml") << cfg.to_toml();
-  metrics_path_ = (dump / "metrics.jsonl").string();
-  std::ofstream truncate(metrics_path_);
-  if (!truncate) throw UserError(concat("job.dump_folder: cannot write '", metrics_path_, "'"));
+  logger_ = std::make_unique<metrics::MetricsLogger>(
+      metrics::LoggerOptions{dump.string(), cfg.get_bool("metrics.enable_tensorboard"),
+                             cfg.get_string("metrics.save_tb_folder"), cfg.get_bool("metrics.enable_color_printing"), 0},
+      log);
 
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->plan(shape_);
   log_ << "data: " << data_.description << "\n";
   auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
-  loader_ = std::make_unique<data::DataLoader>(make_train_source(data_, cfg, args_.vocab_size, log_line),
-                                               shape_.seq, shape_.batch, 0, shape_.batch);
+  const int64_t global_rows = shape_.batch * accumulation_;
+  loader_ = std::make_unique<data::DataLoader>(make_train_source(data_, cfg, args_.vocab_size, log_line), shape_.seq,
+                                               global_rows, 0, global_rows);
   print_start_summary();
 }
 
@@ -109,26 +153,50 @@ void Trainer::print_start_summary() {
                 gib(mem.activation_bytes), static_cast<long long>(shape_.batch),
                 static_cast<long long>(shape_.seq));
   log_ << line;
+  if (accumulation_ > 1)
+    log_ << "gradient accumulation: " << accumulation_ << " micro-batches of " << shape_.batch
+         << " per step (global batch " << accumulation_ * shape_.batch << ")\n";
   log_ << "device: cpu, float32, " << omp_get_max_threads() << " threads\n" << std::flush;
 }
 
 StepMetrics Trainer::train_step(int64_t step) {
   Timer timer;
-  const data::Batch batch = loader_->next();
   StepMetrics m;
   m.step = step;
+  data::Batch batch;
+  {
+    Tracer::Span span(&tracer_, "data");
+    batch = loader_->next();
+  }
   m.data_seconds = timer.seconds();
   model_->zero_grad();
-  const float grad_scale = 1.0f / static_cast<float>(shape_.rows());
-  const auto result = model_->forward_backward(batch.tokens.data(), batch.labels.data(), shape_, grad_scale);
-  m.loss = result.loss_sum / static_cast<double>(std::max<int64_t>(1, result.count));
+  // Every micro-batch's loss is scaled by 1 / (tokens of the global batch), so the accumulated
+  // gradient is that of the global batch's mean loss.
+  const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_);
+  double loss_sum = 0;
+  int64_t count = 0;
+  for (int64_t micro = 0; micro < accumulation_; ++micro) {
+    const int64_t offset = micro * shape_.rows();
+    const auto r = model_->forward_backward(batch.tokens.data() + offset, batch.labels.data() + offset, shape_,
+                                            grad_scale, -100, &tracer_);
+    loss_sum += r.loss_sum;
+    count += r.count;
+  }
+  m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
+  Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
   m.grad_norm = std::sqrt(optim::grad_sq_sum(model_->parameters()));
-  if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm))
-    throw std::runtime_error(concat("step ", step, ": loss ", m.loss, ", grad norm ", m.grad_norm,
-                                    " is not finite; stopping (try a lower optimizer.lr)"));
-  if (max_norm_ > 0) optim::clip_grads(model_->parameters(), m.grad_norm, max_norm_);
   m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
-  optimizer_.step(model_->parameters(), m.lr);
+  if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
+    if (cfg_.get_string("training.on_nonfinite") == "stop")
+      throw std::runtime_error(concat("step ", step, ": loss ", m.loss, ", grad norm ", m.grad_norm,
+                                      " is not finite; stopping (lower optimizer.lr, or set training.on_nonfinite = skip)"));
+    log_ << "warning: step " << step << ": loss " << m.loss << ", grad norm " << m.grad_norm
+         << " is not finite; update skipped\n";
+    m.skipped = true;
+  } else {
+    if (max_norm_ > 0) optim::clip_grads(model_->parameters(), m.grad_norm, max_norm_);
+    optimizer_.step(model_->parameters(), m.lr);
+  }
   m.step_seconds = timer.seconds();
   return m;
 }
@@ -152,51 +220,74 @@ double Trainer::validation_loss() {
   return loss_sum / static_cast<double>(std::max<int64_t>(1, count));
 }
 
-void Trainer::log_step(const StepMetrics& m, double tps, double elapsed) {
-  const double tflops = metrics::flops_per_token(args_, shape_.seq) * tps / 1e12;
-  char line[320];
-  std::snprintf(line, sizeof line,
-                "step %5lld  loss %8.4f  grad_norm %7.4f  lr %.3e  tps %8.0f  tflops %.4f  mfu n/a  "
-                "rss %.2f GiB\n",
-                static_cast<long long>(m.step), m.loss, m.grad_norm, m.lr, tps, tflops, peak_rss_gib());
-  log_ << line << std::flush;
-  std::ofstream out(metrics_path_, std::ios::app);
-  std::snprintf(line, sizeof line,
-                "{\"step\": %lld, \"loss\": %.9g, \"grad_norm\": %.9g, \"lr\": %.9g, \"tps\": %.3f, "
-                "\"tflops\": %.6f, \"elapsed_s\": %.3f}\n",
-                static_cast<long long>(m.step), m.loss, m.grad_norm, m.lr, tps, tflops, elapsed);
-  out << line;
+metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seconds, double window_data_seconds,
+                                        int64_t window_steps, double elapsed) const {
+  metrics::LogRecord r;
+  r.step = m.step;
+  r.steps = cfg_.get_int("training.steps");
+  r.loss = r.loss_max = m.loss;  // one rank: the mean and the max across ranks are the same
+  r.grad_norm = m.grad_norm;
+  r.lr = m.lr;
+  r.tps = static_cast<double>(window_steps * shape_.rows() * accumulation_) / window_seconds;
+  r.tflops = metrics::flops_per_token(args_, shape_.seq) * r.tps / 1e12;
+  if (peak_flops_ > 0) r.mfu = 100.0 * r.tflops * 1e12 / peak_flops_;
+  const auto mem = metrics::sample_host_memory();
+  r.mem_active_gib = mem.active_gib;
+  r.mem_reserved_gib = mem.reserved_gib;
+  r.mem_active_pct = 100.0 * mem.active_gib / mem.total_gib;
+  r.mem_reserved_pct = 100.0 * mem.reserved_gib / mem.total_gib;
+  r.step_seconds = window_seconds / static_cast<double>(window_steps);
+  r.data_seconds = window_data_seconds / static_cast<double>(window_steps);
+  r.data_pct = 100.0 * window_data_seconds / window_seconds;
+  r.elapsed_s = elapsed;
+  r.eta_s = r.step_seconds * static_cast<double>(r.steps - m.step);
+  return r;
 }
 
-void Trainer::log_validation(int64_t step) {
-  const double val = validation_loss();
-  char line[200];
-  std::snprintf(line, sizeof line, "validate %lld  loss %8.4f\n", static_cast<long long>(step), val);
-  log_ << line << std::flush;
-  std::snprintf(line, sizeof line, "{\"step\": %lld, \"val_loss\": %.9g}\n", static_cast<long long>(step), val);
-  std::ofstream(metrics_path_, std::ios::app) << line;
+void Trainer::write_trace(int64_t step) {
+  const auto dir = std::filesystem::path(cfg_.get_string("job.dump_folder")) /
+                   cfg_.get_string("profiling.save_traces_folder") / ("iteration_" + std::to_string(step));
+  tracer_.write_chrome_trace((dir / "rank0_trace.json").string());
+  tracer_.clear();
 }
 
 std::vector<StepMetrics> Trainer::run() {
   const int64_t steps = cfg_.get_int("training.steps"), log_freq = cfg_.get_int("metrics.log_freq");
-  const bool validate = cfg_.get_bool("validation.enabled");
-  const int64_t val_freq = cfg_.get_int("validation.freq");
+  const bool validate = cfg_.get_bool("validation.enabled"), profile = cfg_.get_bool("profiling.enable_profiling");
+  const int64_t val_freq = cfg_.get_int("validation.freq"), profile_freq = cfg_.get_int("profiling.profile_freq");
+  g_stop_signal = 0;
+  const auto old_int = std::signal(SIGINT, request_stop);
+  const auto old_term = std::signal(SIGTERM, request_stop);
+  ProgressIndicator progress(std::cerr, 10.0);
   std::vector<StepMetrics> history;
   Timer total;
-  double window_seconds = 0;
+  double window_seconds = 0, window_data = 0;
   int64_t window_steps = 0;
   for (int64_t step = 1; step <= steps; ++step) {
+    const bool trace = profile && step % profile_freq == 0;
+    tracer_.set_recording(trace);
+    progress.start_step(step);
     history.push_back(train_step(step));
+    if (trace) write_trace(step);
+    tracer_.set_recording(false);
     window_seconds += history.back().step_seconds;
+    window_data += history.back().data_seconds;
     ++window_steps;
-    if (step == 1 || step % log_freq == 0 || step == steps) {
-      log_step(history.back(), static_cast<double>(window_steps * shape_.rows()) / window_seconds,
-               total.seconds());
-      window_seconds = 0;
+    const bool stopping = g_stop_signal != 0;
+    if (step == 1 || step % log_freq == 0 || step == steps || stopping) {
+      logger_->log(make_record(history.back(), window_seconds, window_data, window_steps, total.seconds()));
+      window_seconds = window_data = 0;
       window_steps = 0;
     }
-    if (validate && (step % val_freq == 0 || step == steps)) log_validation(step);
+    if (validate && (step % val_freq == 0 || step == steps)) logger_->log_validation(step, validation_loss());
+    if (stopping) {
+      log_ << "received " << (g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM") << ": stopped cleanly after step "
+           << step << " of " << steps << "\n" << std::flush;
+      break;
+    }
   }
+  std::signal(SIGINT, old_int);
+  std::signal(SIGTERM, old_term);
   return history;
 }
 

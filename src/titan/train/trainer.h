@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "titan/config/job_config.h"
+#include "titan/core/trace.h"
 #include "titan/data/loader.h"
+#include "titan/metrics/logger.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/optim/adamw.h"
 #include "titan/optim/lr_schedule.h"
@@ -18,16 +20,18 @@ struct StepMetrics {
   int64_t step = 0;
   double loss = 0, grad_norm = 0, lr = 0;
   double step_seconds = 0;
-  double data_seconds = 0;  // waiting for the batch
+  double data_seconds = 0;  // waiting for batches
+  bool skipped = false;     // non-finite: update skipped (training.on_nonfinite = skip)
 };
 
 class Trainer {
  public:
   // Validates the config and builds everything; throws UserError on bad settings.
   Trainer(const config::JobConfig& cfg, std::ostream& log);
-  // Runs training.steps steps; returns each step's metrics.
+  // Runs training.steps steps (fewer when SIGINT/SIGTERM asks to stop); returns each step's metrics.
   std::vector<StepMetrics> run();
-  // One optimizer step on the loader's next batch.
+  // One optimizer step over the next global batch: micro-batches of batch_size rows, their
+  // gradients accumulated, then clipping and AdamW.
   StepMetrics train_step(int64_t step);
   // Mean loss over validation.steps batches from the start of the validation data.
   double validation_loss();
@@ -35,20 +39,24 @@ class Trainer {
 
  private:
   void print_start_summary();
-  void log_step(const StepMetrics& m, double tokens_per_s, double elapsed);
-  void log_validation(int64_t step);
+  metrics::LogRecord make_record(const StepMetrics& m, double window_seconds, double window_data_seconds,
+                                 int64_t window_steps, double elapsed) const;
+  void write_trace(int64_t step);
 
   const config::JobConfig& cfg_;
   std::ostream& log_;
   DataSetup data_;
   llama3::ModelArgs args_;
-  llama3::BatchShape shape_;
+  llama3::BatchShape shape_;  // one micro-batch
+  int64_t accumulation_ = 1;  // micro-batches per optimizer step
   std::unique_ptr<llama3::Transformer> model_;
   std::unique_ptr<data::DataLoader> loader_;
   optim::AdamW optimizer_;
   optim::LrSchedule schedule_;
   double max_norm_;
-  std::string metrics_path_;
+  double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
+  std::unique_ptr<metrics::MetricsLogger> logger_;
+  Tracer tracer_;
 };
 
 // `titan train` with parsed flags; returns the process exit code.

@@ -108,26 +108,38 @@ void Transformer::plan(BatchShape s) {
   planned_ = s;
 }
 
-void Transformer::forward_hidden(const int32_t* tokens, BatchShape s) {
+void Transformer::forward_hidden(const int32_t* tokens, BatchShape s, Tracer* tracer) {
   plan(s);
   const int64_t n = s.rows();
-  tok_embeddings_.forward(tokens, residual_[0].f32(), n);
-  for (size_t i = 0; i < layers_.size(); ++i)
+  {
+    Tracer::Span span(tracer, "forward embedding");
+    tok_embeddings_.forward(tokens, residual_[0].f32(), n);
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Tracer::Span span(tracer, "forward layers." + std::to_string(i));
     layers_[i].forward(residual_[i].f32(), residual_[i + 1].f32(), saved_[i], rope_, s);
+  }
   norm_.forward(residual_.back().f32(), final_norm_out_.f32(), final_rstd_.f32(), n);
 }
 
 cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const int32_t* labels,
-                                                    BatchShape s, float grad_scale, int32_t ignore_index) {
-  forward_hidden(tokens, s);
+                                                    BatchShape s, float grad_scale, int32_t ignore_index,
+                                                    Tracer* tracer) {
+  forward_hidden(tokens, s, tracer);
   const int64_t n = s.rows();
-  auto result = cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, n,
-                                                 args_.dim, args_.vocab_size, ignore_index, grad_scale,
-                                                 d_hidden_.f32(), output_->full_grad.f32(),
-                                                 classifier_scratch_.f32());
-  norm_.backward(residual_.back().f32(), final_rstd_.f32(), d_hidden_.f32(), d_resid_.f32(), n);
-  for (size_t i = layers_.size(); i-- > 0;)
+  cpu::ClassifierResult result;
+  {
+    Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
+    result = cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, n, args_.dim,
+                                              args_.vocab_size, ignore_index, grad_scale, d_hidden_.f32(),
+                                              output_->full_grad.f32(), classifier_scratch_.f32());
+    norm_.backward(residual_.back().f32(), final_rstd_.f32(), d_hidden_.f32(), d_resid_.f32(), n);
+  }
+  for (size_t i = layers_.size(); i-- > 0;) {
+    Tracer::Span span(tracer, "backward layers." + std::to_string(i));
     layers_[i].backward(residual_[i].f32(), d_resid_.f32(), saved_[i], ws_, rope_, s);
+  }
+  Tracer::Span span(tracer, "backward embedding");
   tok_embeddings_.backward(tokens, d_resid_.f32(), n);
   return result;
 }

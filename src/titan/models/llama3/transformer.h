@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/core/trace.h"
 #include "titan/models/llama3/attention.h"
 #include "titan/models/llama3/feed_forward.h"
 #include "titan/models/llama3/model_args.h"
@@ -72,8 +73,10 @@ class Transformer {
   void plan(BatchShape s);
   // Forward, fused loss, backward. Parameter grads accumulate the gradient of
   // loss_sum * grad_scale (grad_scale = 1 / counted tokens gives the mean loss).
+  // A recording tracer gets one span per block forward and backward, the loss and the embedding.
   cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels,
-                                         BatchShape s, float grad_scale, int32_t ignore_index = -100);
+                                         BatchShape s, float grad_scale, int32_t ignore_index = -100,
+                                         Tracer* tracer = nullptr);
   // Forward and loss only.
   cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                      int32_t ignore_index = -100);
@@ -83,7 +86,7 @@ class Transformer {
   MemoryReport memory() const;
 
  private:
-  void forward_hidden(const int32_t* tokens, BatchShape s);
+  void forward_hidden(const int32_t* tokens, BatchShape s, Tracer* tracer = nullptr);
 
   ModelArgs args_;
   std::deque<Parameter> params_;  // deque: modules keep pointers, so elements never move

@@ -1,0 +1,98 @@
+#include "titan/metrics/logger.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "titan/core/error.h"
+
+namespace titan::metrics {
+
+namespace {
+struct Colors {
+  const char *dim, *cyan, *green, *yellow, *blue, *magenta, *reset;
+};
+constexpr Colors kColor{"\033[2m", "\033[36m", "\033[32m", "\033[33m", "\033[34m", "\033[35m", "\033[0m"};
+constexpr Colors kPlain{"", "", "", "", "", "", ""};
+
+// JSON has no NaN: unknown values are null.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.9g", v);
+  return b;
+}
+}  // namespace
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto t = static_cast<int64_t>(s + 0.5);
+  char b[32];
+  if (t >= 3600) std::snprintf(b, sizeof b, "%lldh%02lldm", static_cast<long long>(t / 3600), static_cast<long long>(t % 3600 / 60));
+  else if (t >= 60) std::snprintf(b, sizeof b, "%lldm%02llds", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
+  else std::snprintf(b, sizeof b, "%llds", static_cast<long long>(t));
+  return b;
+}
+
+MetricsLogger::MetricsLogger(const LoggerOptions& options, std::ostream& console)
+    : opt_(options), console_(console) {
+  jsonl_path_ = (std::filesystem::path(opt_.dump_folder) / "metrics.jsonl").string();
+  std::ofstream truncate(jsonl_path_);
+  if (!truncate) throw UserError(concat("job.dump_folder: cannot write '", jsonl_path_, "'"));
+  if (opt_.tensorboard)
+    tb_ = std::make_unique<TensorBoardWriter>((std::filesystem::path(opt_.dump_folder) / opt_.tb_folder).string(), opt_.rank);
+}
+
+void MetricsLogger::log(const LogRecord& r) {
+  const Colors& c = opt_.color ? kColor : kPlain;
+  char mfu[16] = "n/a";
+  if (std::isfinite(r.mfu)) std::snprintf(mfu, sizeof mfu, "%.2f%%", r.mfu);
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "%sstep %5lld%s  %sloss %7.4f%s  grad_norm %7.4f  lr %.3e  %smemory %.2f GiB (%.1f%%)%s  "
+                "%stps %.0f%s  %stflops %.3f  mfu %s%s  data %.1f%%  %seta %s%s\n",
+                c.dim, static_cast<long long>(r.step), c.reset, c.cyan, r.loss, c.reset, r.grad_norm, r.lr, c.yellow,
+                r.mem_reserved_gib, r.mem_reserved_pct, c.reset, c.blue, r.tps, c.reset, c.magenta, r.tflops, mfu,
+                c.reset, r.data_pct, c.dim, format_duration(r.eta_s).c_str(), c.reset);
+  console_ << line << std::flush;
+
+  std::ofstream out(jsonl_path_, std::ios::app);
+  out << "{\"step\": " << r.step << ", \"loss\": " << json_number(r.loss) << ", \"loss_max\": " << json_number(r.loss_max)
+      << ", \"grad_norm\": " << json_number(r.grad_norm) << ", \"lr\": " << json_number(r.lr)
+      << ", \"tps\": " << json_number(r.tps) << ", \"tflops\": " << json_number(r.tflops)
+      << ", \"mfu\": " << json_number(r.mfu) << ", \"mem_active_gib\": " << json_number(r.mem_active_gib)
+      << ", \"mem_reserved_gib\": " << json_number(r.mem_reserved_gib) << ", \"data_pct\": " << json_number(r.data_pct)
+      << ", \"elapsed_s\": " << json_number(r.elapsed_s) << "}\n";
+
+  if (tb_) {
+    tb_->scalar("loss_metrics/global_avg_loss", r.loss, r.step);
+    tb_->scalar("loss_metrics/global_max_loss", r.loss_max, r.step);
+    tb_->scalar("wps", r.tps, r.step);
+    if (std::isfinite(r.mfu)) tb_->scalar("mfu(%)", r.mfu, r.step);
+    tb_->scalar("time_metrics/end_to_end(s)", r.step_seconds, r.step);
+    tb_->scalar("time_metrics/data_loading(s)", r.data_seconds, r.step);
+    tb_->scalar("time_metrics/data_loading(%)", r.data_pct, r.step);
+    tb_->scalar("memory/max_active(GiB)", r.mem_active_gib, r.step);
+    tb_->scalar("memory/max_active(%)", r.mem_active_pct, r.step);
+    tb_->scalar("memory/max_reserved(GiB)", r.mem_reserved_gib, r.step);
+    tb_->scalar("memory/max_reserved(%)", r.mem_reserved_pct, r.step);
+    tb_->scalar("memory/num_alloc_retries", 0, r.step);  // the host allocator never retries
+    tb_->scalar("memory/num_ooms", 0, r.step);
+    tb_->scalar("grad_norm", r.grad_norm, r.step);
+    tb_->scalar("lr", r.lr, r.step);
+    tb_->flush();
+  }
+}
+
+void MetricsLogger::log_validation(int64_t step, double loss) {
+  char line[128];
+  std::snprintf(line, sizeof line, "validate %lld  loss %8.4f\n", static_cast<long long>(step), loss);
+  console_ << line << std::flush;
+  std::ofstream(jsonl_path_, std::ios::app) << "{\"step\": " << step << ", \"val_loss\": " << json_number(loss) << "}\n";
+  if (tb_) {
+    tb_->scalar("validation_metrics/loss", loss, step);
+    tb_->flush();
+  }
+}
+
+}  // namespace titan::metrics

@@ -1,0 +1,50 @@
+// Where logged steps go: the console (optionally colored), dump_folder/metrics.jsonl, and
+// TensorBoard event files with torchtitan's tag names.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+
+#include "titan/metrics/tensorboard.h"
+
+namespace titan::metrics {
+
+struct LogRecord {
+  int64_t step = 0, steps = 0;
+  double loss = 0, loss_max = 0, grad_norm = 0, lr = 0;
+  double tps = 0, tflops = 0;
+  double mfu = NAN;  // percent; NaN when the peak is unknown
+  double mem_active_gib = 0, mem_reserved_gib = 0, mem_active_pct = 0, mem_reserved_pct = 0;
+  double data_seconds = 0, data_pct = 0;  // per step, and share of step time
+  double step_seconds = 0, elapsed_s = 0, eta_s = 0;
+};
+
+struct LoggerOptions {
+  std::string dump_folder;
+  bool tensorboard = false;
+  std::string tb_folder = "tb";  // under dump_folder
+  bool color = false;
+  int rank = 0;
+};
+
+class MetricsLogger {
+ public:
+  // Creates metrics.jsonl (and the TensorBoard file); throws UserError when it cannot.
+  MetricsLogger(const LoggerOptions& options, std::ostream& console);
+  void log(const LogRecord& r);
+  void log_validation(int64_t step, double loss);
+  const std::string& jsonl_path() const { return jsonl_path_; }
+
+ private:
+  LoggerOptions opt_;
+  std::ostream& console_;
+  std::string jsonl_path_;
+  std::unique_ptr<TensorBoardWriter> tb_;
+};
+
+// "1h02m", "3m05s", "12s".
+std::string format_duration(double seconds);
+
+}  // namespace titan::metrics
