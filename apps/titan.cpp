@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/cli/checkpoint_commands.h"
 #include "titan/cli/data_command.h"
 #include "titan/cli/tokenizer_command.h"
 #include "titan/core/error.h"
@@ -34,8 +35,10 @@ int dispatch(int argc, char** argv) {
   if (command == "train") return titan::train::train_main(args);
   if (command == "tokenizer") return titan::cli::tokenizer_main(args);
   if (command == "data") return titan::cli::data_main(args);
-  for (const char* planned : { "convert", "generate", "inspect", "estimate"})
-    if (command == planned) throw titan::UserError("'titan " + command + "' is not supported yet");
+  if (command == "inspect") return titan::cli::inspect_main(args);
+  if (command == "convert") return titan::cli::convert_main(args);
+  if (command == "generate") return titan::cli::generate_main(args);
+  if (command == "estimate") throw titan::UserError("'titan estimate' is not supported yet");
   throw titan::UserError("unknown command '" + command + "' (run 'titan --help')");
 }
 

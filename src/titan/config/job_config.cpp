@@ -84,15 +84,16 @@ std::vector<KeySpec> make_schema() {
       {"experimental", "pipeline_parallel_schedule", string, "1F1B", "pipeline schedule", accepted_noop},
       {"experimental", "enable_async_tensor_parallel", boolean, "false", "async tensor parallel", default_only},
 
-      {"checkpoint", "enable_checkpoint", boolean, "false", "save checkpoints", default_only},
-      {"checkpoint", "folder", string, "checkpoint", kNotBuilt, accepted_noop},
-      {"checkpoint", "interval_type", string, "steps", kNotBuilt, accepted_noop},
-      {"checkpoint", "interval", integer, "500", kNotBuilt, accepted_noop},
-      {"checkpoint", "model_weights_only", boolean, "false", kNotBuilt, accepted_noop},
-      {"checkpoint", "export_dtype", string, "float32", kNotBuilt, accepted_noop},
-      {"checkpoint", "async_mode", string, "disabled", kNotBuilt, accepted_noop},
-      {"checkpoint", "create_seed_checkpoint", boolean, "false", "write a seed checkpoint and exit", default_only},
-      {"checkpoint", "keep_latest_k", integer, "0", kNotBuilt, accepted_noop},
+      {"checkpoint", "enable_checkpoint", boolean, "false", "save checkpoints and resume from the latest one"},
+      {"checkpoint", "folder", string, "checkpoint", "checkpoint folder under dump_folder"},
+      {"checkpoint", "interval_type", string, "steps", "steps (the only kind)"},
+      {"checkpoint", "interval", integer, "500", "steps between checkpoints (and one at the last step)"},
+      {"checkpoint", "model_weights_only", boolean, "false", "at the end, export the model as Hugging Face safetensors + config.json"},
+      {"checkpoint", "export_dtype", string, "float32", "dtype of the exported weights: float32 or bfloat16"},
+      {"checkpoint", "async_mode", string, "disabled", "disabled, async (background writes), async_with_pinned_mem (same on the CPU)"},
+      {"checkpoint", "create_seed_checkpoint", boolean, "false", "write step 0 (the initialised model) and exit"},
+      {"checkpoint", "keep_latest_k", integer, "0", "keep only the newest k checkpoints (0 = all)"},
+      {"checkpoint", "load_step", integer, "-1", "resume from step-N (-1 = the latest complete checkpoint)"},
 
       {"activation_checkpoint", "mode", string, "none", "none, selective or full", default_only},
       {"activation_checkpoint", "selective_ac_option", string_or_int, "2", kNotBuilt, accepted_noop},
@@ -328,6 +329,16 @@ void JobConfig::validate() const {
   if (const auto g = get_int("training.global_batch_size"); g != -1 && (g <= 0 || g % get_int("training.batch_size") != 0))
     fail("training.global_batch_size", concat("expected -1 or a positive multiple of training.batch_size (",
                                               get_int("training.batch_size"), ")"));
+  if (get_string("checkpoint.interval_type") != "steps") fail("checkpoint.interval_type", "expected steps");
+  positive("checkpoint.interval");
+  if (get_int("checkpoint.keep_latest_k") < 0) fail("checkpoint.keep_latest_k", "expected >= 0");
+  if (get_int("checkpoint.load_step") < -1) fail("checkpoint.load_step", "expected -1 or a step");
+  if (const auto d = get_string("checkpoint.export_dtype"); d != "float32" && d != "bfloat16")
+    fail("checkpoint.export_dtype", "expected float32 or bfloat16");
+  if (const auto m = get_string("checkpoint.async_mode"); m != "disabled" && m != "async" && m != "async_with_pinned_mem")
+    fail("checkpoint.async_mode", "expected disabled, async or async_with_pinned_mem");
+  if (get_bool("checkpoint.create_seed_checkpoint") && !get_bool("checkpoint.enable_checkpoint"))
+    fail("checkpoint.create_seed_checkpoint", "needs checkpoint.enable_checkpoint = true");
   if (const auto o = get_string("training.on_nonfinite"); o != "stop" && o != "skip")
     fail("training.on_nonfinite", "expected stop or skip");
   positive("validation.steps");

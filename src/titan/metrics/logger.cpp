@@ -37,8 +37,8 @@ std::string format_duration(double s) {
 MetricsLogger::MetricsLogger(const LoggerOptions& options, std::ostream& console)
     : opt_(options), console_(console) {
   jsonl_path_ = (std::filesystem::path(opt_.dump_folder) / "metrics.jsonl").string();
-  std::ofstream truncate(jsonl_path_);
-  if (!truncate) throw UserError(concat("job.dump_folder: cannot write '", jsonl_path_, "'"));
+  std::ofstream open(jsonl_path_, opt_.append ? std::ios::app : std::ios::trunc);
+  if (!open) throw UserError(concat("job.dump_folder: cannot write '", jsonl_path_, "'"));
   if (opt_.tensorboard)
     tb_ = std::make_unique<TensorBoardWriter>((std::filesystem::path(opt_.dump_folder) / opt_.tb_folder).string(), opt_.rank);
 }

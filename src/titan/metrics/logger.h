@@ -27,6 +27,7 @@ struct LoggerOptions {
   std::string tb_folder = "tb";  // under dump_folder
   bool color = false;
   int rank = 0;
+  bool append = false;  // a resumed run adds to metrics.jsonl instead of starting it anew
 };
 
 class MetricsLogger {

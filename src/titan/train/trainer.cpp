@@ -9,11 +9,16 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <omp.h>
 
+#include <nlohmann/json.hpp>
+
+#include "titan/checkpoint/hf_llama.h"
 #include "titan/core/error.h"
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
@@ -120,20 +125,103 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   std::filesystem::create_directories(dump, ec);
   if (ec) throw UserError(concat("job.dump_folder: cannot create '", dump.string(), "': ", ec.message()));
   std::ofstream(dump / "config.toml") << cfg.to_toml();
-  logger_ = std::make_unique<metrics::MetricsLogger>(
-      metrics::LoggerOptions{dump.string(), cfg.get_bool("metrics.enable_tensorboard"),
-                             cfg.get_string("metrics.save_tb_folder"), cfg.get_bool("metrics.enable_color_printing"), 0},
-      log);
+  log_ << "resolved config (saved as " << (dump / "config.toml").string() << "):\n";
+  std::istringstream resolved(cfg.to_toml());
+  for (std::string line; std::getline(resolved, line);)
+    if (!line.empty()) log_ << "  " << line << "\n";
 
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->plan(shape_);
   log_ << "data: " << data_.description << "\n";
   auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
+  auto source = make_train_source(data_, cfg, args_.vocab_size, log_line);
+  if (cfg.get_bool("checkpoint.enable_checkpoint")) {
+    checkpoint::ManagerOptions opt;
+    opt.folder = (dump / cfg.get_string("checkpoint.folder")).string();
+    opt.interval = cfg.get_int("checkpoint.interval");
+    opt.keep_latest_k = cfg.get_int("checkpoint.keep_latest_k");
+    opt.async = cfg.get_string("checkpoint.async_mode") != "disabled";
+    opt.load_step = cfg.get_int("checkpoint.load_step");
+    checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
+    if (auto dir = checkpoints_->resume_dir()) resume_from(*dir, *source);
+  }
   const int64_t global_rows = shape_.batch * accumulation_;
-  loader_ = std::make_unique<data::DataLoader>(make_train_source(data_, cfg, args_.vocab_size, log_line), shape_.seq,
-                                               global_rows, 0, global_rows);
+  loader_ = std::make_unique<data::DataLoader>(std::move(source), shape_.seq, global_rows, 0, global_rows);
+  logger_ = std::make_unique<metrics::MetricsLogger>(
+      metrics::LoggerOptions{dump.string(), cfg.get_bool("metrics.enable_tensorboard"),
+                             cfg.get_string("metrics.save_tb_folder"), cfg.get_bool("metrics.enable_color_printing"), 0,
+                             start_step_ > 1},
+      log);
   print_start_summary();
+}
+
+std::string Trainer::model_signature() const {
+  nlohmann::json j = {{"flavor", cfg_.get_string("model.flavor")},
+                      {"dim", args_.dim},
+                      {"n_layers", args_.n_layers},
+                      {"n_heads", args_.n_heads},
+                      {"n_kv_heads", args_.n_kv_heads},
+                      {"vocab_size", args_.vocab_size},
+                      {"multiple_of", args_.multiple_of},
+                      {"ffn_hidden", args_.ffn_hidden()},
+                      {"rope_theta", args_.rope_theta},
+                      {"norm_eps", args_.norm_eps},
+                      {"tokenizer", data_.tokenizer ? std::to_string(data_.tokenizer->fingerprint()) : "none"},
+                      {"dtype", "float32"}};
+  if (args_.ffn_dim_multiplier) j["ffn_dim_multiplier"] = *args_.ffn_dim_multiplier;
+  return j.dump();
+}
+
+void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
+  const auto meta = checkpoint::read_metadata(dir);
+  const auto saved = nlohmann::json::parse(meta.state.model_signature), now = nlohmann::json::parse(model_signature());
+  for (const auto& [key, value] : now.items()) {
+    // A converted (imported) checkpoint does not know the tokenizer; everything else must match.
+    if (key == "tokenizer" && saved.value("tokenizer", "") == "unknown") continue;
+    if (!saved.contains(key) || saved[key] != value)
+      throw UserError(concat(dir, ": saved for a different model: ", key, " was ",
+                             saved.contains(key) ? saved[key].dump() : "absent", ", this run has ", value.dump(),
+                             " (start a new dump_folder, or set checkpoint.enable_checkpoint = false)"));
+  }
+  checkpoint::load_parameters(dir, meta, model_->parameters(), true);
+  optimizer_.set_steps_taken(meta.has_optimizer ? meta.state.step : 0);
+  if (!meta.state.data_state.empty())
+    source.restore(data::StreamState::from_json(meta.state.data_state, dir + "/metadata.json"));
+  start_step_ = meta.state.step + 1;
+  // Report what changed since the checkpoint (steps, schedule, logging may; the model may not).
+  std::istringstream before(meta.state.config_toml), after(cfg_.to_toml());
+  std::map<std::string, std::string> old_values;
+  std::string section, line;
+  for (; std::getline(before, line);) {
+    if (line.rfind('[', 0) == 0) section = line;
+    else if (auto eq = line.find(" = "); eq != std::string::npos) old_values[section + line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  for (section.clear(); std::getline(after, line);) {
+    if (line.rfind('[', 0) == 0) section = line;
+    else if (auto eq = line.find(" = "); eq != std::string::npos) {
+      auto it = old_values.find(section + line.substr(0, eq));
+      if (it != old_values.end() && it->second != line.substr(eq + 3) && line.rfind("load_step", 0) != 0)
+        log_ << "checkpoint: config changed since the save: " << section << " " << line.substr(0, eq) << ": "
+             << it->second << " -> " << line.substr(eq + 3) << "\n";
+    }
+  }
+  log_ << "checkpoint: resumed from " << dir << " (step " << meta.state.step << (meta.has_optimizer ? "" : ", weights only")
+       << (meta.world != 1 ? concat(", saved by ", meta.world, " ranks") : "") << ")\n" << std::flush;
+}
+
+void Trainer::save_checkpoint(int64_t step) {
+  checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml()};
+  checkpoints_->save(step, model_->parameters(), st);
+}
+
+void Trainer::export_weights(int64_t step) {
+  checkpoints_->wait();
+  const auto dir = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder") /
+                   ("export-step-" + std::to_string(step));
+  checkpoint::export_hf(model_->parameters(), args_, dir.string(), cfg_.get_string("checkpoint.export_dtype") == "bfloat16",
+                        data_.tokenizer ? data_.tokenizer->bos_id() : -1, data_.tokenizer ? data_.tokenizer->eos_id() : -1);
+  log_ << "checkpoint: exported the model (Hugging Face safetensors + config.json) to " << dir.string() << "\n";
 }
 
 void Trainer::print_start_summary() {
@@ -258,12 +346,19 @@ std::vector<StepMetrics> Trainer::run() {
   g_stop_signal = 0;
   const auto old_int = std::signal(SIGINT, request_stop);
   const auto old_term = std::signal(SIGTERM, request_stop);
-  ProgressIndicator progress(std::cerr, 10.0);
   std::vector<StepMetrics> history;
+  if (checkpoints_ && cfg_.get_bool("checkpoint.create_seed_checkpoint")) {
+    save_checkpoint(0);
+    checkpoints_->wait();
+    log_ << "checkpoint: wrote the seed checkpoint (step 0); exiting\n";
+    return history;
+  }
+  if (start_step_ > steps) log_ << "nothing to do: the checkpoint is at step " << start_step_ - 1 << " of " << steps << "\n";
+  ProgressIndicator progress(std::cerr, 10.0);
   Timer total;
   double window_seconds = 0, window_data = 0;
   int64_t window_steps = 0;
-  for (int64_t step = 1; step <= steps; ++step) {
+  for (int64_t step = start_step_; step <= steps; ++step) {
     const bool trace = profile && step % profile_freq == 0;
     tracer_.set_recording(trace);
     progress.start_step(step);
@@ -280,12 +375,15 @@ std::vector<StepMetrics> Trainer::run() {
       window_steps = 0;
     }
     if (validate && (step % val_freq == 0 || step == steps)) logger_->log_validation(step, validation_loss());
+    if (checkpoints_ && (checkpoints_->due(step) || step == steps || stopping)) save_checkpoint(step);
+    if (checkpoints_ && step == steps && cfg_.get_bool("checkpoint.model_weights_only")) export_weights(step);
     if (stopping) {
       log_ << "received " << (g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM") << ": stopped cleanly after step "
            << step << " of " << steps << "\n" << std::flush;
       break;
     }
   }
+  if (checkpoints_) checkpoints_->wait();
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
   return history;

@@ -5,6 +5,7 @@
 #include <ostream>
 #include <vector>
 
+#include "titan/checkpoint/manager.h"
 #include "titan/config/job_config.h"
 #include "titan/core/trace.h"
 #include "titan/data/loader.h"
@@ -36,12 +37,17 @@ class Trainer {
   // Mean loss over validation.steps batches from the start of the validation data.
   double validation_loss();
   llama3::Transformer& model() { return *model_; }
+  // Model shape, tokenizer and dtype as JSON: a checkpoint loads only into the same.
+  std::string model_signature() const;
 
  private:
   void print_start_summary();
   metrics::LogRecord make_record(const StepMetrics& m, double window_seconds, double window_data_seconds,
                                  int64_t window_steps, double elapsed) const;
   void write_trace(int64_t step);
+  void resume_from(const std::string& dir, data::WindowSource& source);
+  void save_checkpoint(int64_t step);
+  void export_weights(int64_t step);
 
   const config::JobConfig& cfg_;
   std::ostream& log_;
@@ -57,6 +63,8 @@ class Trainer {
   double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
   std::unique_ptr<metrics::MetricsLogger> logger_;
   Tracer tracer_;
+  std::unique_ptr<checkpoint::CheckpointManager> checkpoints_;
+  int64_t start_step_ = 1;
 };
 
 // `titan train` with parsed flags; returns the process exit code.

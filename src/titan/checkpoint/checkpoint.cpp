@@ -1,0 +1,236 @@
+#include "titan/checkpoint/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "titan/core/error.h"
+
+namespace titan::checkpoint {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+constexpr const char* kFormat = "titan-checkpoint-v1";
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw UserError(concat(path, ": cannot open to sync"));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw UserError(concat(path, ": fsync failed"));
+}
+
+// Writes all bytes or throws naming the file.
+void write_all(int fd, const void* data, size_t n, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) throw UserError(concat(path, ": write failed: ", std::strerror(errno)));
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+struct Piece {
+  std::string tensor;
+  const Tensor* t;
+};
+
+std::vector<Piece> pieces(const std::deque<Parameter>& params, bool optimizer) {
+  std::vector<Piece> out;
+  for (const auto& p : params) out.push_back({"model/" + p.name, &p.master});
+  if (optimizer) {
+    for (const auto& p : params) out.push_back({"optim/exp_avg/" + p.name, &p.exp_avg});
+    for (const auto& p : params) out.push_back({"optim/exp_avg_sq/" + p.name, &p.exp_avg_sq});
+  }
+  return out;
+}
+}  // namespace
+
+std::string rank_file_name(int rank) {
+  char b[32];
+  std::snprintf(b, sizeof b, "rank-%05d.bin", rank);
+  return b;
+}
+
+std::string step_dir_name(int64_t step) { return "step-" + std::to_string(step); }
+
+std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
+                                        bool optimizer) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));
+  const std::string path = (fs::path(dir) / rank_file_name(rank)).string();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw UserError(concat(path, ": cannot create: ", std::strerror(errno)));
+  std::vector<ShardEntry> entries;
+  int64_t offset = 0;
+  try {
+    const auto list = pieces(params, optimizer);
+    for (size_t i = 0; i < list.size(); ++i) {
+      const Parameter& p = params[i % params.size()];
+      const Tensor& t = *list[i].t;
+      ShardEntry e{list[i].tensor, p.global_shape, rank, p.rows.begin, p.rows.end, offset,
+                   static_cast<int64_t>(t.bytes()), XXH3_64bits(t.data<char>(), t.bytes())};
+      write_all(fd, t.data<char>(), t.bytes(), path);
+      offset += e.bytes;
+      entries.push_back(std::move(e));
+    }
+    if (::fsync(fd) != 0) throw UserError(concat(path, ": fsync failed"));
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  return entries;
+}
+
+void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta) {
+  json shards = json::array();
+  for (const auto& e : meta.shards)
+    shards.push_back({{"tensor", e.tensor}, {"global_shape", e.global_shape}, {"dtype", "float32"}, {"rank", e.rank},
+                      {"rows", {e.row_begin, e.row_end}}, {"offset", e.offset}, {"bytes", e.bytes},
+                      {"xxh3", concat(std::hex, e.checksum)}});
+  const json j = {{"format", kFormat},
+                  {"world", meta.world},
+                  {"has_optimizer", meta.has_optimizer},
+                  {"state",
+                   {{"step", meta.state.step},
+                    {"data", meta.state.data_state},
+                    {"model_signature", meta.state.model_signature},
+                    {"config", meta.state.config_toml}}},
+                  {"shards", shards}};
+  const std::string path = (fs::path(dir) / "metadata.json").string();
+  {
+    std::ofstream out(path);
+    out << j.dump(1) << "\n";
+    if (!out) throw UserError(concat(path, ": write failed"));
+  }
+  fsync_path(path, false);
+  fsync_path(dir, true);
+  std::error_code ec;
+  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // a re-save of the same step
+  fs::rename(dir, final_dir, ec);
+  if (ec) throw UserError(concat(final_dir, ": cannot rename into place: ", ec.message()));
+  fsync_path(fs::path(final_dir).parent_path().string(), true);
+}
+
+Metadata read_metadata(const std::string& step_dir) {
+  const std::string path = (fs::path(step_dir) / "metadata.json").string();
+  std::ifstream in(path);
+  if (!in) throw UserError(concat(path, ": missing (not a titan checkpoint, or an incomplete one)"));
+  try {
+    const json j = json::parse(in);
+    if (j.at("format") != kFormat) throw UserError(concat(path, ": not a titan checkpoint (format ", j.at("format").dump(), ")"));
+    Metadata m;
+    m.world = j.at("world").get<int>();
+    m.has_optimizer = j.at("has_optimizer").get<bool>();
+    const json& s = j.at("state");
+    m.state.step = s.at("step").get<int64_t>();
+    m.state.data_state = s.at("data").get<std::string>();
+    m.state.model_signature = s.at("model_signature").get<std::string>();
+    m.state.config_toml = s.at("config").get<std::string>();
+    for (const auto& e : j.at("shards")) {
+      ShardEntry x;
+      x.tensor = e.at("tensor").get<std::string>();
+      x.global_shape = e.at("global_shape").get<Shape>();
+      if (e.at("dtype") != "float32") throw UserError(concat(path, ": tensor ", x.tensor, " has dtype ", e.at("dtype").dump(), ", expected float32"));
+      x.rank = e.at("rank").get<int>();
+      x.row_begin = e.at("rows").at(0).get<int64_t>();
+      x.row_end = e.at("rows").at(1).get<int64_t>();
+      x.offset = e.at("offset").get<int64_t>();
+      x.bytes = e.at("bytes").get<int64_t>();
+      x.checksum = std::stoull(e.at("xxh3").get<std::string>(), nullptr, 16);
+      m.shards.push_back(std::move(x));
+    }
+    return m;
+  } catch (const json::exception& e) {
+    throw UserError(concat(path, ": malformed metadata: ", e.what()));
+  } catch (const std::logic_error& e) {
+    throw UserError(concat(path, ": malformed metadata: ", e.what()));
+  }
+}
+
+void load_parameters(const std::string& step_dir, const Metadata& meta, std::deque<Parameter>& params, bool optimizer) {
+  std::map<std::string, std::vector<const ShardEntry*>> by_tensor;
+  for (const auto& e : meta.shards) by_tensor[e.tensor].push_back(&e);
+  std::map<int, std::ifstream> files;
+  auto file = [&](int rank) -> std::ifstream& {
+    auto it = files.find(rank);
+    if (it != files.end()) return it->second;
+    const std::string path = (fs::path(step_dir) / rank_file_name(rank)).string();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw UserError(concat(path, ": missing rank file"));
+    return files.emplace(rank, std::move(in)).first->second;
+  };
+  std::vector<char> buf;
+  auto load = [&](const std::string& tensor, const Parameter& p, Tensor& dst) {
+    auto it = by_tensor.find(tensor);
+    if (it == by_tensor.end()) throw UserError(concat(step_dir, ": the checkpoint has no tensor ", tensor));
+    const int64_t row_bytes = p.row_elems() * 4;
+    int64_t covered = 0;
+    for (const ShardEntry* e : it->second) {
+      if (e->global_shape != p.global_shape)
+        throw UserError(concat(step_dir, ": tensor ", tensor, " has shape ", shape_str(e->global_shape),
+                               ", the model expects ", shape_str(p.global_shape)));
+      if (e->bytes != (e->row_end - e->row_begin) * row_bytes)
+        throw UserError(concat(step_dir, ": tensor ", tensor, " rank ", e->rank, ": size does not match its rows"));
+      const int64_t a = std::max(e->row_begin, p.rows.begin), b = std::min(e->row_end, p.rows.end);
+      if (a >= b) continue;
+      buf.resize(static_cast<size_t>(e->bytes));
+      std::ifstream& in = file(e->rank);
+      in.seekg(e->offset);
+      in.read(buf.data(), e->bytes);
+      if (in.gcount() != e->bytes) {
+        in.clear();
+        throw UserError(concat(step_dir, "/", rank_file_name(e->rank), ": truncated (tensor ", tensor, ")"));
+      }
+      if (XXH3_64bits(buf.data(), buf.size()) != e->checksum)
+        throw UserError(concat(step_dir, "/", rank_file_name(e->rank), ": checksum mismatch in tensor ", tensor));
+      std::memcpy(dst.data<char>() + (a - p.rows.begin) * row_bytes, buf.data() + (a - e->row_begin) * row_bytes,
+                  static_cast<size_t>((b - a) * row_bytes));
+      covered += b - a;
+    }
+    if (covered != p.rows.rows())
+      throw UserError(concat(step_dir, ": tensor ", tensor, ": rows [", p.rows.begin, ", ", p.rows.end, ") not all saved"));
+  };
+  for (auto& p : params) {
+    load("model/" + p.name, p, p.master);
+    if (optimizer && meta.has_optimizer) {
+      load("optim/exp_avg/" + p.name, p, p.exp_avg);
+      load("optim/exp_avg_sq/" + p.name, p, p.exp_avg_sq);
+    }
+  }
+}
+
+std::vector<int64_t> list_steps(const std::string& folder) {
+  std::vector<int64_t> steps;
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec)) return steps;
+  for (const auto& e : fs::directory_iterator(folder, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;
+    if (!fs::exists(e.path() / "metadata.json")) continue;
+    try {
+      size_t used = 0;
+      const int64_t s = std::stoll(name.substr(5), &used);
+      if (used == name.size() - 5) steps.push_back(s);
+    } catch (const std::exception&) {
+    }
+  }
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+}  // namespace titan::checkpoint

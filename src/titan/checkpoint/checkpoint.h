@@ -1,0 +1,62 @@
+// Sharded checkpoints: dump_folder/<checkpoint.folder>/step-N/ holds one data file per rank
+// (raw little-endian shards of every tensor) and metadata.json (every tensor's name, global
+// shape, dtype, which rank file holds which dim-0 rows at which offset, an XXH3 checksum; the
+// training state). Written under step-N.tmp, fsync'd, renamed when complete: a crash at any
+// moment leaves the previous checkpoint loadable. Any saved rank count loads at any other.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "titan/core/parameter.h"
+
+namespace titan::checkpoint {
+
+// One dim-0 slice of a tensor inside a rank file.
+struct ShardEntry {
+  std::string tensor;  // "model/<name>", "optim/exp_avg/<name>", "optim/exp_avg_sq/<name>"
+  Shape global_shape;
+  int rank = 0;
+  int64_t row_begin = 0, row_end = 0;
+  int64_t offset = 0, bytes = 0;  // within rank-RRRRR.bin
+  uint64_t checksum = 0;          // XXH3-64 of those bytes
+};
+
+// Everything besides tensors that an exact resume needs.
+struct TrainState {
+  int64_t step = 0;             // optimizer steps completed
+  std::string data_state;       // the data loader's StreamState as JSON
+  std::string model_signature;  // model shape + tokenizer + dtype, JSON; must match to load
+  std::string config_toml;      // the run's resolved config, to report what changed
+};
+
+struct Metadata {
+  int world = 1;
+  TrainState state;
+  bool has_optimizer = true;
+  std::vector<ShardEntry> shards;
+};
+
+std::string rank_file_name(int rank);
+std::string step_dir_name(int64_t step);
+
+// Writes this rank's file into `dir` (a step-N.tmp folder) and returns its entries. With
+// optimizer = false only the model weights are written.
+std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
+                                        bool optimizer);
+// Writes metadata.json into `dir`, fsyncs the folder and renames it to `final_dir`.
+void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta);
+
+// Reads metadata.json; UserError naming the file when it is missing or malformed.
+Metadata read_metadata(const std::string& step_dir);
+// Fills each parameter's shard (master, and moments when the checkpoint has them and
+// `optimizer` is set) from the checkpoint, whatever rank layout saved it. Verifies checksums;
+// errors name the tensor or file.
+void load_parameters(const std::string& step_dir, const Metadata& meta, std::deque<Parameter>& params, bool optimizer);
+
+// Complete checkpoints (step-N folders with metadata.json) in `folder`, ascending.
+std::vector<int64_t> list_steps(const std::string& folder);
+
+}  // namespace titan::checkpoint

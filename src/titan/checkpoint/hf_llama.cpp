@@ -1,0 +1,199 @@
+#include "titan/checkpoint/hf_llama.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "titan/checkpoint/safetensors.h"
+#include "titan/core/dtype.h"
+#include "titan/core/error.h"
+
+namespace titan::checkpoint {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string hf_name(const std::string& n) {
+  static const std::vector<std::pair<std::string, std::string>> layer_map = {
+      {"attention.wq.weight", "self_attn.q_proj.weight"},   {"attention.wk.weight", "self_attn.k_proj.weight"},
+      {"attention.wv.weight", "self_attn.v_proj.weight"},   {"attention.wo.weight", "self_attn.o_proj.weight"},
+      {"feed_forward.w1.weight", "mlp.gate_proj.weight"},   {"feed_forward.w3.weight", "mlp.up_proj.weight"},
+      {"feed_forward.w2.weight", "mlp.down_proj.weight"},   {"attention_norm.weight", "input_layernorm.weight"},
+      {"ffn_norm.weight", "post_attention_layernorm.weight"}};
+  if (n == "tok_embeddings.weight") return "model.embed_tokens.weight";
+  if (n == "norm.weight") return "model.norm.weight";
+  if (n == "output.weight") return "lm_head.weight";
+  static const std::regex layer(R"(layers\.(\d+)\.(.+))");
+  std::smatch m;
+  if (std::regex_match(n, m, layer))
+    for (const auto& [t, h] : layer_map)
+      if (m[2] == t) return "model.layers." + m[1].str() + "." + h;
+  return "";
+}
+
+void permute_rope_rows(const float* in, float* out, int64_t heads, int64_t head_dim, int64_t cols, bool to_hf) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < half; ++i)
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t meta = h * head_dim + 2 * i + j, hf = h * head_dim + j * half + i;
+        const int64_t src = to_hf ? meta : hf, dst = to_hf ? hf : meta;
+        std::copy_n(in + src * cols, cols, out + dst * cols);
+      }
+}
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, const std::string& dir, bool bf16,
+               int32_t bos_id, int32_t eos_id) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));
+  std::map<std::string, StTensor> tensors;
+  for (const auto& p : params) {
+    TITAN_CHECK(p.world == 1, "export needs whole parameters");
+    const int64_t n = p.numel();
+    std::vector<float> w(p.master.f32(), p.master.f32() + n);
+    if (ends_with(p.name, "attention.wq.weight") || ends_with(p.name, "attention.wk.weight")) {
+      const int64_t heads = ends_with(p.name, "wq.weight") ? a.n_heads : a.n_kv_heads;
+      permute_rope_rows(p.master.f32(), w.data(), heads, a.head_dim(), a.dim, true);
+    }
+    StTensor t;
+    t.dtype = bf16 ? "BF16" : "F32";
+    t.shape = p.global_shape;
+    t.data.resize(static_cast<size_t>(n) * (bf16 ? 2 : 4));
+    if (bf16) {
+      auto* out = reinterpret_cast<uint16_t*>(t.data.data());
+      for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16(w[i]);
+    } else {
+      std::memcpy(t.data.data(), w.data(), t.data.size());
+    }
+    tensors.emplace(hf_name(p.name), std::move(t));
+  }
+  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  const json config = {{"architectures", {"LlamaForCausalLM"}},
+                       {"model_type", "llama"},
+                       {"hidden_size", a.dim},
+                       {"intermediate_size", a.ffn_hidden()},
+                       {"num_hidden_layers", a.n_layers},
+                       {"num_attention_heads", a.n_heads},
+                       {"num_key_value_heads", a.n_kv_heads},
+                       {"head_dim", a.head_dim()},
+                       {"vocab_size", a.vocab_size},
+                       {"rms_norm_eps", std::stod(std::to_string(a.norm_eps * 1e6)) / 1e6},  // 1e-05, not 9.99999975e-06
+                       {"rope_theta", a.rope_theta},
+                       {"max_position_embeddings", a.max_seq_len},
+                       {"hidden_act", "silu"},
+                       {"attention_bias", false},
+                       {"mlp_bias", false},
+                       {"tie_word_embeddings", false},
+                       {"bos_token_id", bos_id >= 0 ? json(bos_id) : json(nullptr)},
+                       {"eos_token_id", eos_id >= 0 ? json(eos_id) : json(nullptr)},
+                       {"torch_dtype", bf16 ? "bfloat16" : "float32"}};
+  std::ofstream((fs::path(dir) / "config.json").string()) << config.dump(2) << "\n";
+}
+
+HfModel import_hf(const std::string& dir) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  std::ifstream in(config_path);
+  if (!in) throw UserError(concat(config_path, ": missing (expected a Hugging Face Llama folder)"));
+  json c;
+  try {
+    c = json::parse(in);
+  } catch (const json::exception& e) {
+    throw UserError(concat(config_path, ": invalid JSON: ", e.what()));
+  }
+  auto refuse = [&](const std::string& key, const std::string& why) {
+    throw UserError(concat(config_path, ": ", key, ": ", why));
+  };
+  if (c.value("model_type", "") != "llama") refuse("model_type", "expected llama, found " + c.value("model_type", std::string("none")));
+  if (c.contains("rope_scaling") && !c["rope_scaling"].is_null())
+    refuse("rope_scaling", "not supported yet (Llama 3.1+ frequency scaling); loading it without would be silently wrong");
+  if (c.value("tie_word_embeddings", false))
+    refuse("tie_word_embeddings", "not supported yet (titan's Llama has a separate output projection)");
+  if (c.value("attention_bias", false) || c.value("mlp_bias", false)) refuse("attention_bias/mlp_bias", "Llama 3 has no biases");
+  if (c.value("hidden_act", "silu") != "silu") refuse("hidden_act", "expected silu");
+  HfModel m;
+  try {
+    const int64_t dim = c.at("hidden_size"), layers = c.at("num_hidden_layers"), heads = c.at("num_attention_heads");
+    const int64_t kv = c.value("num_key_value_heads", heads), inter = c.at("intermediate_size"), vocab = c.at("vocab_size");
+    for (const auto& name : llama3::flavor_names()) {
+      llama3::ModelArgs f = llama3::flavor(name);
+      if (f.dim == dim && f.n_layers == layers && f.n_heads == heads && f.n_kv_heads == kv && f.ffn_hidden() == inter) {
+        m.args = f;
+        m.flavor = name;
+      }
+    }
+    if (m.flavor.empty())
+      throw UserError(concat(config_path, ": no titan flavor has this shape (hidden_size ", dim, ", layers ", layers, ", heads ",
+                             heads, ", kv heads ", kv, ", intermediate_size ", inter, ")"));
+    m.args.vocab_size = vocab;
+    m.args.rope_theta = c.value("rope_theta", 10000.0);
+    m.args.norm_eps = c.value("rms_norm_eps", 1e-5f);
+  } catch (const json::exception& e) {
+    throw UserError(concat(config_path, ": ", e.what()));
+  }
+
+  std::vector<std::string> files;
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    std::ifstream ii(index);
+    std::set<std::string> unique;
+    try {
+      for (const auto& [k, f] : json::parse(ii).at("weight_map").items()) unique.insert(f.get<std::string>());
+    } catch (const json::exception& e) {
+      throw UserError(concat(index.string(), ": ", e.what()));
+    }
+    for (const auto& f : unique) files.push_back((fs::path(dir) / f).string());
+  } else {
+    files.push_back((fs::path(dir) / "model.safetensors").string());
+  }
+  std::map<std::string, std::pair<StTensor, std::string>> hf;
+  for (const auto& f : files)
+    for (auto& [name, t] : read_safetensors(f)) hf.emplace(name, std::make_pair(std::move(t), f));
+
+  // The parameter list of the flavor, by titan name, with the expected shapes.
+  const auto& a = m.args;
+  std::vector<std::pair<std::string, Shape>> wanted = {{"tok_embeddings.weight", {a.vocab_size, a.dim}}};
+  for (int64_t i = 0; i < a.n_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    wanted.push_back({p + "attention.wq.weight", {a.n_heads * a.head_dim(), a.dim}});
+    wanted.push_back({p + "attention.wk.weight", {a.kv_dim(), a.dim}});
+    wanted.push_back({p + "attention.wv.weight", {a.kv_dim(), a.dim}});
+    wanted.push_back({p + "attention.wo.weight", {a.dim, a.n_heads * a.head_dim()}});
+    wanted.push_back({p + "feed_forward.w1.weight", {a.ffn_hidden(), a.dim}});
+    wanted.push_back({p + "feed_forward.w2.weight", {a.dim, a.ffn_hidden()}});
+    wanted.push_back({p + "feed_forward.w3.weight", {a.ffn_hidden(), a.dim}});
+    wanted.push_back({p + "attention_norm.weight", {a.dim}});
+    wanted.push_back({p + "ffn_norm.weight", {a.dim}});
+  }
+  wanted.push_back({"norm.weight", {a.dim}});
+  wanted.push_back({"output.weight", {a.vocab_size, a.dim}});
+  for (const auto& [name, shape] : wanted) {
+    const std::string key = hf_name(name);
+    auto it = hf.find(key);
+    if (it == hf.end()) throw UserError(concat(dir, ": missing tensor ", key));
+    const auto& [t, file] = it->second;
+    if (t.shape != shape)
+      throw UserError(concat(file, ": tensor ", key, " has shape ", shape_str(t.shape), ", expected ", shape_str(shape)));
+    std::vector<float> w = to_f32(t, key);
+    if (ends_with(name, "attention.wq.weight") || ends_with(name, "attention.wk.weight")) {
+      std::vector<float> meta(w.size());
+      permute_rope_rows(w.data(), meta.data(), ends_with(name, "wq.weight") ? a.n_heads : a.n_kv_heads, a.head_dim(),
+                        a.dim, false);
+      w = std::move(meta);
+    }
+    m.weights.emplace(name, std::move(w));
+  }
+  return m;
+}
+
+}  // namespace titan::checkpoint

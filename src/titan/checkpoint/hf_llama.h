@@ -1,0 +1,35 @@
+// Hugging Face Llama checkpoints: key names, the RoPE row permutation of wq/wk (Meta's
+// interleaved pairs vs HF's half-split), config.json. Export writes model.safetensors +
+// config.json; import reads them (single file or an index of shards).
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "titan/core/parameter.h"
+#include "titan/models/llama3/model_args.h"
+
+namespace titan::checkpoint {
+
+// "layers.3.attention.wq.weight" -> "model.layers.3.self_attn.q_proj.weight"; "" if none.
+std::string hf_name(const std::string& titan_name);
+// Rows of a [heads * head_dim, cols] projection, per head: Meta (2i, 2i+1) <-> HF (i, i + head_dim/2).
+void permute_rope_rows(const float* in, float* out, int64_t heads, int64_t head_dim, int64_t cols, bool to_hf);
+
+// Writes dir/model.safetensors (float32 or bfloat16) and dir/config.json (LlamaForCausalLM).
+void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& args, const std::string& dir,
+               bool bf16, int32_t bos_id, int32_t eos_id);
+
+struct HfModel {
+  llama3::ModelArgs args;
+  std::string flavor;                                 // the titan flavor with this shape
+  std::map<std::string, std::vector<float>> weights;  // titan names, Meta RoPE layout
+};
+// Reads an HF Llama folder. Refuses, naming the key, what titan would load wrongly:
+// rope_scaling (Llama 3.1+), tied embeddings (Llama 3.2 1B/3B), biases, other architectures,
+// shapes of no titan flavor.
+HfModel import_hf(const std::string& dir);
+
+}  // namespace titan::checkpoint

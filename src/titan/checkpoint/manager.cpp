@@ -1,0 +1,113 @@
+#include "titan/checkpoint/manager.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "titan/core/error.h"
+#include "titan/core/timer.h"
+
+namespace titan::checkpoint {
+
+namespace fs = std::filesystem;
+
+CheckpointManager::CheckpointManager(ManagerOptions options, std::ostream& log) : opt_(std::move(options)), log_(log) {
+  std::error_code ec;
+  fs::create_directories(opt_.folder, ec);
+  if (ec) throw UserError(concat("checkpoint.folder: cannot create '", opt_.folder, "': ", ec.message()));
+  // Left-overs of saves that never completed (a crash mid-save) are not checkpoints.
+  for (const auto& e : fs::directory_iterator(opt_.folder, ec)) {
+    const std::string name = e.path().filename().string();
+    const bool tmp = name.size() > 4 && name.substr(name.size() - 4) == ".tmp";
+    const bool deleting = name.size() > 9 && name.substr(name.size() - 9) == ".deleting";
+    if (name.rfind("step-", 0) == 0 && (tmp || deleting)) {
+      log_ << "checkpoint: removing " << (tmp ? "incomplete save " : "half-deleted ") << e.path().string() << "\n";
+      fs::remove_all(e.path(), ec);
+    }
+  }
+}
+
+CheckpointManager::~CheckpointManager() {
+  if (worker_.joinable()) worker_.join();
+}
+
+std::optional<std::string> CheckpointManager::resume_dir() const {
+  const auto steps = list_steps(opt_.folder);
+  if (opt_.load_step >= 0) {
+    if (std::find(steps.begin(), steps.end(), opt_.load_step) == steps.end())
+      throw UserError(concat("checkpoint.load_step = ", opt_.load_step, ": no complete checkpoint ",
+                             step_dir_name(opt_.load_step), " in ", opt_.folder));
+    return (fs::path(opt_.folder) / step_dir_name(opt_.load_step)).string();
+  }
+  if (steps.empty()) return std::nullopt;
+  return (fs::path(opt_.folder) / step_dir_name(steps.back())).string();
+}
+
+void CheckpointManager::write(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer) {
+  const std::string final_dir = (fs::path(opt_.folder) / step_dir_name(step)).string();
+  const std::string tmp = final_dir + ".tmp";
+  Metadata meta;
+  meta.world = opt_.world;
+  meta.state = state;
+  meta.has_optimizer = optimizer;
+  meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer);
+  commit(tmp, final_dir, meta);
+  prune();
+}
+
+double CheckpointManager::save(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer) {
+  Timer stall;
+  wait();
+  if (!opt_.async) {
+    write(step, params, state, optimizer);
+    log_ << "checkpoint: saved step " << step << " in " << stall.seconds() << " s\n" << std::flush;
+    return stall.seconds();
+  }
+  // Host snapshot: the loop may change the parameters as soon as this returns.
+  snapshot_ = std::make_unique<std::deque<Parameter>>();
+  for (const auto& p : params) {
+    Parameter c = make_parameter(p.name, p.global_shape, p.rank, p.world);
+    std::memcpy(c.master.data<char>(), p.master.data<char>(), p.master.bytes());
+    if (optimizer) {
+      std::memcpy(c.exp_avg.data<char>(), p.exp_avg.data<char>(), p.exp_avg.bytes());
+      std::memcpy(c.exp_avg_sq.data<char>(), p.exp_avg_sq.data<char>(), p.exp_avg_sq.bytes());
+    }
+    snapshot_->push_back(std::move(c));
+  }
+  const double stalled = stall.seconds();
+  worker_ = std::thread([this, step, state, optimizer] {
+    try {
+      Timer t;
+      write(step, *snapshot_, state, optimizer);
+      log_ << "checkpoint: saved step " << step << " in the background in " << t.seconds() << " s\n" << std::flush;
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  });
+  return stalled;
+}
+
+void CheckpointManager::wait() {
+  if (worker_.joinable()) worker_.join();
+  snapshot_.reset();
+  if (error_) {
+    auto e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+void CheckpointManager::prune() {
+  if (opt_.keep_latest_k <= 0) return;
+  const auto steps = list_steps(opt_.folder);
+  for (size_t i = 0; i + static_cast<size_t>(opt_.keep_latest_k) < steps.size(); ++i) {
+    // Renamed first, so a crash mid-delete never leaves a half-deleted folder that looks complete.
+    const fs::path dir = fs::path(opt_.folder) / step_dir_name(steps[i]);
+    const fs::path doomed = dir.string() + ".deleting";
+    std::error_code ec;
+    fs::rename(dir, doomed, ec);
+    if (!ec) fs::remove_all(doomed, ec);
+  }
+}
+
+}  // namespace titan::checkpoint

@@ -1,0 +1,258 @@
+#include "titan/cli/checkpoint_commands.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "titan/checkpoint/checkpoint.h"
+#include "titan/checkpoint/hf_llama.h"
+#include "titan/cli/args.h"
+#include "titan/core/error.h"
+#include "titan/core/rng.h"
+#include "titan/data/tokenizer.h"
+#include "titan/models/llama3/decoder.h"
+
+namespace titan::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+// A checkpoint folder given as step-N itself or as the folder holding step-N folders (latest).
+std::string resolve_step_dir(const std::string& path) {
+  if (fs::exists(fs::path(path) / "metadata.json")) return path;
+  const auto steps = checkpoint::list_steps(path);
+  if (steps.empty()) throw UserError(concat(path, ": no titan checkpoint here (no metadata.json, no step-N folders)"));
+  return (fs::path(path) / checkpoint::step_dir_name(steps.back())).string();
+}
+
+llama3::ModelArgs args_from_signature(const std::string& signature, const std::string& where) {
+  try {
+    const json j = json::parse(signature);
+    llama3::ModelArgs a;
+    a.dim = j.at("dim");
+    a.n_layers = j.at("n_layers");
+    a.n_heads = j.at("n_heads");
+    a.n_kv_heads = j.at("n_kv_heads");
+    a.vocab_size = j.at("vocab_size");
+    a.multiple_of = j.at("multiple_of");
+    if (j.contains("ffn_dim_multiplier")) a.ffn_dim_multiplier = j["ffn_dim_multiplier"].get<double>();
+    a.rope_theta = j.at("rope_theta");
+    a.norm_eps = j.at("norm_eps");
+    a.validate(where);
+    if (a.ffn_hidden() != j.at("ffn_hidden").get<int64_t>()) throw UserError(concat(where, ": inconsistent ffn_hidden"));
+    return a;
+  } catch (const json::exception& e) {
+    throw UserError(concat(where, ": malformed model signature: ", e.what()));
+  }
+}
+
+int64_t int_flag(const ParsedArgs& a, const std::string& f, int64_t fallback, const std::string& cmd) {
+  if (!a.values.count(f)) return fallback;
+  const std::string v = a.required(f, cmd);
+  try {
+    size_t used = 0;
+    const int64_t x = std::stoll(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw UserError(concat(cmd, ": --", f, ": expected an integer, found '", v, "'"));
+}
+
+double real_flag(const ParsedArgs& a, const std::string& f, double fallback, const std::string& cmd) {
+  if (!a.values.count(f)) return fallback;
+  const std::string v = a.required(f, cmd);
+  try {
+    size_t used = 0;
+    const double x = std::stod(v, &used);
+    if (used == v.size() && std::isfinite(x)) return x;
+  } catch (const std::exception&) {
+  }
+  throw UserError(concat(cmd, ": --", f, ": expected a number, found '", v, "'"));
+}
+
+// The model of a checkpoint, weights loaded (no optimizer state).
+std::unique_ptr<llama3::Transformer> load_model(const std::string& step_dir, checkpoint::Metadata& meta) {
+  meta = checkpoint::read_metadata(step_dir);
+  auto model = std::make_unique<llama3::Transformer>(args_from_signature(meta.state.model_signature, step_dir));
+  checkpoint::load_parameters(step_dir, meta, model->parameters(), false);
+  return model;
+}
+}  // namespace
+
+int inspect_main(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "--help") {
+    std::cout << "usage: titan inspect CHECKPOINT [--verify] [--tensors]\n"
+                 "  CHECKPOINT: a step-N folder, or a checkpoint folder (its latest step)\n";
+    return args.empty() ? 2 : 0;
+  }
+  const auto a = parse_args({args.begin() + 1, args.end()}, {}, {"verify", "tensors"}, "inspect");
+  const std::string dir = resolve_step_dir(args[0]);
+  const auto meta = checkpoint::read_metadata(dir);
+  std::map<std::string, int64_t> bytes_by_kind;
+  std::map<std::string, std::pair<Shape, int>> tensors;
+  int64_t total = 0;
+  for (const auto& e : meta.shards) {
+    bytes_by_kind[e.tensor.substr(0, e.tensor.find('/', e.tensor.rfind("optim/", 0) == 0 ? 6 : 0))] += e.bytes;
+    tensors[e.tensor].first = e.global_shape;
+    tensors[e.tensor].second += 1;
+    total += e.bytes;
+  }
+  std::cout << "checkpoint: " << dir << "\n"
+            << "step: " << meta.state.step << "\n"
+            << "saved by: " << meta.world << " rank(s)\n"
+            << "contents: model weights" << (meta.has_optimizer ? " + AdamW moments" : " only") << ", "
+            << tensors.size() << " tensors, " << total / (1024.0 * 1024.0) << " MiB\n"
+            << "model: " << meta.state.model_signature << "\n"
+            << "data loader state: " << (meta.state.data_state.empty() ? "none" : meta.state.data_state.substr(0, 120)) << "\n";
+  for (const auto& [kind, b] : bytes_by_kind) std::cout << "  " << kind << ": " << b / (1024.0 * 1024.0) << " MiB\n";
+  if (a.has("tensors"))
+    for (const auto& [name, v] : tensors) std::cout << "  " << name << " " << shape_str(v.first) << " in " << v.second << " shard(s)\n";
+  if (a.has("verify")) {
+    for (const auto& e : meta.shards) {
+      const std::string path = (fs::path(dir) / checkpoint::rank_file_name(e.rank)).string();
+      std::ifstream in(path, std::ios::binary);
+      if (!in) throw UserError(concat(path, ": missing rank file"));
+      std::vector<char> buf(static_cast<size_t>(e.bytes));
+      in.seekg(e.offset);
+      in.read(buf.data(), e.bytes);
+      if (in.gcount() != e.bytes) throw UserError(concat(path, ": truncated (tensor ", e.tensor, ")"));
+      if (XXH3_64bits(buf.data(), buf.size()) != e.checksum) throw UserError(concat(path, ": checksum mismatch in tensor ", e.tensor));
+    }
+    std::cout << "verified: every shard's checksum matches\n";
+  }
+  return 0;
+}
+
+int convert_main(const std::vector<std::string>& args) {
+  const std::string cmd = "convert";
+  if (args.empty() || args[0] == "--help") {
+    std::cout << "usage:\n"
+                 "  titan convert --hf HF_DIR --output CHECKPOINT_FOLDER [--tokenizer FILE]\n"
+                 "      Hugging Face Llama (safetensors + config.json) -> titan checkpoint step-0 (weights only)\n"
+                 "  titan convert --checkpoint CHECKPOINT --to-hf HF_DIR [--dtype float32|bfloat16]\n"
+                 "      titan checkpoint -> Hugging Face safetensors + config.json\n";
+    return args.empty() ? 2 : 0;
+  }
+  const auto a = parse_args(args, {"hf", "output", "tokenizer", "checkpoint", "to-hf", "dtype"}, {}, cmd);
+  if (a.values.count("hf")) {
+    const auto m = checkpoint::import_hf(a.required("hf", cmd));
+    const std::string out = a.required("output", cmd);
+    std::string tok_fp = "unknown";
+    const std::string tok_path = a.get("tokenizer", (fs::path(a.required("hf", cmd)) / "tokenizer.json").string());
+    if (fs::exists(tok_path)) tok_fp = std::to_string(data::Tokenizer::load(tok_path).fingerprint());
+    llama3::Transformer model(m.args);
+    for (auto& p : model.parameters()) {
+      const auto& w = m.weights.at(p.name);
+      std::copy(w.begin(), w.end(), p.master.f32());
+    }
+    json sig = {{"flavor", m.flavor},         {"dim", m.args.dim},           {"n_layers", m.args.n_layers},
+                {"n_heads", m.args.n_heads},  {"n_kv_heads", m.args.n_kv_heads}, {"vocab_size", m.args.vocab_size},
+                {"multiple_of", m.args.multiple_of}, {"ffn_hidden", m.args.ffn_hidden()}, {"rope_theta", m.args.rope_theta},
+                {"norm_eps", m.args.norm_eps}, {"tokenizer", tok_fp}, {"dtype", "float32"}};
+    if (m.args.ffn_dim_multiplier) sig["ffn_dim_multiplier"] = *m.args.ffn_dim_multiplier;
+    const std::string final_dir = (fs::path(out) / checkpoint::step_dir_name(0)).string();
+    checkpoint::Metadata meta;
+    meta.has_optimizer = false;
+    meta.state = {0, "", sig.dump(), ""};
+    meta.shards = checkpoint::write_rank_file(final_dir + ".tmp", 0, model.parameters(), false);
+    checkpoint::commit(final_dir + ".tmp", final_dir, meta);
+    std::cerr << "converted " << a.required("hf", cmd) << " (titan flavor " << m.flavor << ", vocab " << m.args.vocab_size
+              << ") -> " << final_dir << "\n";
+    return 0;
+  }
+  if (a.values.count("checkpoint")) {
+    checkpoint::Metadata meta;
+    const std::string dir = resolve_step_dir(a.required("checkpoint", cmd));
+    auto model = load_model(dir, meta);
+    const std::string dtype = a.get("dtype", "float32");
+    if (dtype != "float32" && dtype != "bfloat16") throw UserError(concat(cmd, ": --dtype: expected float32 or bfloat16"));
+    checkpoint::export_hf(model->parameters(), model->args(), a.required("to-hf", cmd), dtype == "bfloat16", -1, -1);
+    std::cerr << "exported " << dir << " -> " << a.required("to-hf", cmd) << "\n";
+    return 0;
+  }
+  throw UserError(concat(cmd, ": give --hf DIR --output FOLDER, or --checkpoint PATH --to-hf DIR"));
+}
+
+int generate_main(const std::vector<std::string>& args) {
+  const std::string cmd = "generate";
+  const auto a = parse_args(args, {"checkpoint", "prompt", "tokenizer", "max-tokens", "temperature", "top-k", "top-p", "seed"},
+                            {"help"}, cmd);
+  if (a.has("help") || args.empty()) {
+    std::cout << "usage: titan generate --checkpoint PATH --prompt TEXT [--tokenizer FILE] [--max-tokens 64]\n"
+                 "       [--temperature 0.8] [--top-k 0] [--top-p 1.0] [--seed 0]\n"
+                 "  temperature 0 is greedy; top-k 0 and top-p 1 keep every token\n";
+    return args.empty() ? 2 : 0;
+  }
+  const std::string dir = resolve_step_dir(a.required("checkpoint", cmd));
+  const int64_t max_tokens = int_flag(a, "max-tokens", 64, cmd), top_k = int_flag(a, "top-k", 0, cmd);
+  const double temperature = real_flag(a, "temperature", 0.8, cmd), top_p = real_flag(a, "top-p", 1.0, cmd);
+  const uint64_t seed = static_cast<uint64_t>(int_flag(a, "seed", 0, cmd));
+  if (max_tokens <= 0) throw UserError(concat(cmd, ": --max-tokens must be positive"));
+  if (temperature < 0) throw UserError(concat(cmd, ": --temperature must be >= 0"));
+  if (top_k < 0) throw UserError(concat(cmd, ": --top-k must be >= 0"));
+  if (!(top_p > 0 && top_p <= 1)) throw UserError(concat(cmd, ": --top-p must be in (0, 1]"));
+  checkpoint::Metadata meta;
+  auto model = load_model(dir, meta);
+  const std::string tok_path = a.get("tokenizer", "");
+  const auto tok = tok_path.empty() ? data::Tokenizer::builtin_default() : data::Tokenizer::load(tok_path);
+  const std::string saved_fp = json::parse(meta.state.model_signature).value("tokenizer", "unknown");
+  if (saved_fp != "unknown" && saved_fp != "none" && saved_fp != std::to_string(tok.fingerprint()))
+    throw UserError(concat(dir, ": the model was trained with another tokenizer than ",
+                           tok_path.empty() ? "the built-in one" : tok_path, " (give it with --tokenizer)"));
+  const auto prompt = tok.encode(a.required("prompt", cmd), true, false);
+  if (tok.vocab_size() > model->args().vocab_size)
+    throw UserError(concat("the tokenizer has ", tok.vocab_size(), " ids, the model ", model->args().vocab_size));
+  llama3::KvCacheDecoder decoder(*model, static_cast<int64_t>(prompt.size()) + max_tokens);
+  const std::vector<float>* logits = nullptr;
+  for (int32_t t : prompt) logits = &decoder.step(t);
+  NamedStream rng(seed, "generate");
+  std::vector<int32_t> out;
+  std::vector<int32_t> order(model->args().vocab_size);
+  std::vector<double> probs(model->args().vocab_size);
+  for (int64_t i = 0; i < max_tokens; ++i) {
+    const auto& z = *logits;
+    int32_t next;
+    if (temperature == 0) {
+      next = static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin());
+    } else {
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return z[x] > z[y]; });
+      const size_t keep = top_k > 0 ? std::min<size_t>(static_cast<size_t>(top_k), order.size()) : order.size();
+      double sum = 0;
+      for (size_t j = 0; j < keep; ++j) sum += probs[j] = std::exp((z[order[j]] - z[order[0]]) / temperature);
+      size_t nucleus = keep;  // the smallest prefix holding top_p of the mass
+      double acc = 0;
+      for (size_t j = 0; j < keep; ++j)
+        if ((acc += probs[j] / sum) >= top_p) {
+          nucleus = j + 1;
+          break;
+        }
+      double total = 0;
+      for (size_t j = 0; j < nucleus; ++j) total += probs[j];
+      double u = rng.uniform(static_cast<uint64_t>(i)) * total;
+      next = order[nucleus - 1];
+      for (size_t j = 0; j < nucleus; ++j)
+        if ((u -= probs[j]) <= 0) {
+          next = order[j];
+          break;
+        }
+    }
+    if (next == tok.eos_id() || next == tok.special_id("<|eot_id|>")) break;
+    out.push_back(next);
+    if (next >= tok.vocab_size()) break;  // an id the tokenizer cannot spell
+    if (i + 1 < max_tokens) logits = &decoder.step(next);
+  }
+  std::cout << a.required("prompt", cmd) << tok.decode(out) << "\n";
+  return 0;
+}
+
+}  // namespace titan::cli

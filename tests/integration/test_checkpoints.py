@@ -1,0 +1,224 @@
+"""Checkpoints end to end: exact resume, SIGKILL during saves, keep_latest_k, async saves, config
+changes, the Hugging Face export read with PyPI safetensors and run by a small numpy Llama in
+HF's layout (against the PyTorch oracle in Meta's layout), conversion back, generation."""
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "oracle"))
+import torch_llama as ref  # noqa: E402
+
+FAILURES, PASSED = [], [0]
+
+
+def check(ok, what):
+    print(f"{'ok  ' if ok else 'FAIL'} {what}")
+    (PASSED.__setitem__(0, PASSED[0] + 1) if ok else FAILURES.append(what))
+
+
+def train(titan, folder, *extra, **kw):
+    return subprocess.run([titan, "train", "--training.dataset", "synthetic", "--training.seq_len", "32",
+                           "--training.batch_size", "2", "--metrics.log_freq", "1", "--training.warmup_steps", "2",
+                           "--checkpoint.enable_checkpoint", "--job.dump_folder", folder, *extra],
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def losses(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def steps_in(folder):
+    d = os.path.join(folder, "checkpoint")
+    return sorted(int(n[5:]) for n in os.listdir(d) if n.startswith("step-") and n[5:].isdigit())
+
+
+def test_exact_resume(titan, tmp):
+    a = os.path.join(tmp, "resume")
+    r = train(titan, a, "--training.steps", "8", "--checkpoint.interval", "4")
+    check(r.returncode == 0 and steps_in(a) == [4, 8], f"saves at the interval and the last step {r.stderr[-200:]}")
+    full = losses(a)
+    os.system(f"rm -rf {a}/checkpoint/step-8")
+    r = train(titan, a, "--training.steps", "8", "--checkpoint.interval", "4")
+    again = losses(a)
+    check(r.returncode == 0 and "resumed from" in r.stdout and all(again[s] == full[s] for s in range(5, 9)),
+          f"4 steps + resume + 4 steps = 8 steps, bit for bit: {[again.get(s) for s in range(5, 9)]} vs {[full[s] for s in range(5, 9)]}")
+    r = train(titan, a, "--training.steps", "10", "--checkpoint.interval", "4", "--optimizer.lr", "1e-4")
+    check(r.returncode == 0 and "[training] steps: 8 -> 10" in r.stdout and "resumed from" in r.stdout,
+          "steps and lr may change on resume, and the change is logged")
+    r = train(titan, a, "--training.steps", "12", "--model.vocab_size", "4000")
+    check(r.returncode == 2 and "saved for a different model: vocab_size" in r.stderr,
+          f"a changed model shape is refused: {r.stderr.strip()[:160]}")
+    r = train(titan, a, "--training.steps", "12", "--checkpoint.load_step", "7")
+    check(r.returncode == 2 and "no complete checkpoint step-7" in r.stderr, "a missing load_step is refused")
+
+
+def test_sigkill_during_save(titan, tmp):
+    rng = random.Random(4)
+    folder = os.path.join(tmp, "kill")
+    base = ["--training.steps", "100000", "--checkpoint.interval", "1", "--checkpoint.keep_latest_k", "3",
+            "--training.seq_len", "16"]
+    survived = 0
+    for trial in range(6):
+        p = subprocess.Popen([titan, "train", "--training.dataset", "synthetic", "--training.batch_size", "1",
+                              "--metrics.log_freq", "1", "--checkpoint.enable_checkpoint", "--job.dump_folder", folder, *base],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5 + rng.random() * 1.5)  # saves run back to back: the kill lands inside one most times
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        latest = steps_in(folder)
+        if not latest:
+            continue
+        v = subprocess.run([titan, "inspect", os.path.join(folder, "checkpoint"), "--verify"], capture_output=True, text=True)
+        r = subprocess.run([titan, "train", "--training.dataset", "synthetic", "--training.batch_size", "1",
+                            "--checkpoint.enable_checkpoint", "--job.dump_folder", folder, "--training.steps",
+                            str(latest[-1] + 1), "--checkpoint.interval", "1", "--training.seq_len", "16"],
+                           capture_output=True, text=True, timeout=120)
+        if v.returncode == 0 and r.returncode == 0 and f"step-{latest[-1]} (step {latest[-1]})" in r.stdout:
+            survived += 1
+        else:
+            print(v.stdout[-300:], v.stderr[-300:], r.stdout[-300:], r.stderr[-300:])
+    check(survived == 6, f"after SIGKILL at random moments the latest checkpoint verifies and resumes ({survived}/6)")
+    check(len(steps_in(folder)) <= 4, f"keep_latest_k bounds the folder: {steps_in(folder)}")
+
+
+def test_async(titan, tmp):
+    a, s = os.path.join(tmp, "async"), os.path.join(tmp, "sync")
+    ra = train(titan, a, "--training.steps", "6", "--checkpoint.interval", "2", "--checkpoint.async_mode", "async")
+    rs = train(titan, s, "--training.steps", "6", "--checkpoint.interval", "2")
+    check(ra.returncode == 0 and steps_in(a) == [2, 4, 6] and "in the background" in ra.stdout,
+          f"async saves complete {ra.stderr[-200:]}")
+    check(rs.returncode == 0 and losses(a) == losses(s), "async and sync runs train identically")
+    v = subprocess.run([titan, "inspect", os.path.join(a, "checkpoint", "step-4"), "--verify"], capture_output=True, text=True)
+    check(v.returncode == 0 and "verified" in v.stdout, "an async checkpoint verifies")
+
+
+def read_titan_weights(step_dir):
+    meta = json.load(open(os.path.join(step_dir, "metadata.json")))
+    out = {}
+    for e in meta["shards"]:
+        if not e["tensor"].startswith("model/"):
+            continue
+        with open(os.path.join(step_dir, "rank-%05d.bin" % e["rank"]), "rb") as f:
+            f.seek(e["offset"])
+            out[e["tensor"][6:]] = np.frombuffer(f.read(e["bytes"]), np.float32).reshape(e["global_shape"])
+    return out
+
+
+def hf_forward(w, cfg, tokens):
+    """A Llama forward in Hugging Face's layout (rotate_half RoPE), numpy, float64."""
+    d, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, eps, t = d // nh, cfg["rms_norm_eps"], len(tokens)
+    g = lambda k: w[k].astype(np.float64)
+    norm = lambda x, k: x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g(k)
+    inv = 1.0 / (cfg["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float32) / hd)).astype(np.float64)
+    ang = np.outer(np.arange(t), inv)
+    cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
+    rot = lambda x: np.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+    rope = lambda x: x * cos[:, None] + rot(x) * sin[:, None]
+    x = g("model.embed_tokens.weight")[tokens]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = norm(x, p + "input_layernorm.weight")
+        q = rope((h @ g(p + "self_attn.q_proj.weight").T).reshape(t, nh, hd))
+        k = rope((h @ g(p + "self_attn.k_proj.weight").T).reshape(t, nkv, hd))
+        v = (h @ g(p + "self_attn.v_proj.weight").T).reshape(t, nkv, hd)
+        k, v = np.repeat(k, nh // nkv, 1), np.repeat(v, nh // nkv, 1)
+        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + np.triu(np.full((t, t), -np.inf), 1)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        o = np.einsum("hqk,khd->qhd", s / s.sum(-1, keepdims=True), v).reshape(t, d)
+        x = x + o @ g(p + "self_attn.o_proj.weight").T
+        h = norm(x, p + "post_attention_layernorm.weight")
+        a, b = h @ g(p + "mlp.gate_proj.weight").T, h @ g(p + "mlp.up_proj.weight").T
+        x = x + (a / (1 + np.exp(-a)) * b) @ g(p + "mlp.down_proj.weight").T
+    return norm(x, "model.norm.weight") @ g("lm_head.weight").T
+
+
+def test_hf_export(titan, tmp):
+    folder = os.path.join(tmp, "export")
+    r = train(titan, folder, "--training.steps", "3", "--checkpoint.model_weights_only", "--checkpoint.interval", "3")
+    exp = os.path.join(folder, "checkpoint", "export-step-3")
+    ok = r.returncode == 0 and os.path.exists(os.path.join(exp, "model.safetensors"))
+    check(ok, f"model_weights_only exports safetensors + config.json {r.stderr[-200:]}")
+    if not ok:
+        return
+    hf = load_file(os.path.join(exp, "model.safetensors"))
+    cfg = json.load(open(os.path.join(exp, "config.json")))
+    check(cfg["architectures"] == ["LlamaForCausalLM"] and "model.layers.0.self_attn.q_proj.weight" in hf,
+          "Hugging Face key names and config")
+    tokens = np.array([5, 17, 300, 2, 99, 1000, 7, 7, 64, 12, 1500, 3])
+    got = hf_forward(hf, cfg, tokens)
+    meta = {k: torch.tensor(v, dtype=torch.float64) for k, v in read_titan_weights(os.path.join(folder, "checkpoint", "step-3")).items()}
+    want = ref.Llama(meta, cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+                     cfg["num_key_value_heads"], cfg["rope_theta"]).logits(torch.tensor(tokens)[None])[0].numpy()
+    err = np.linalg.norm(got - want) / np.linalg.norm(want)
+    check(err < 1e-6, f"HF-layout numpy forward of the export equals the oracle on titan's weights (rel err {err:.1e})")
+
+    r = subprocess.run([titan, "train", "--training.dataset", "synthetic", "--training.seq_len", "32",
+                        "--training.steps", "1", "--checkpoint.enable_checkpoint", "--checkpoint.model_weights_only",
+                        "--checkpoint.export_dtype", "bfloat16", "--job.dump_folder", os.path.join(tmp, "bf16")],
+                       capture_output=True, text=True)
+    ok = r.returncode == 0
+    if ok:
+        bf = load_torch(os.path.join(tmp, "bf16", "checkpoint", "export-step-1", "model.safetensors"))["lm_head.weight"]
+        w = torch.tensor(read_titan_weights(os.path.join(tmp, "bf16", "checkpoint", "step-1"))["output.weight"])
+        ok = bf.dtype == torch.bfloat16 and ref.rel_err(bf.float(), w) < 4e-3
+    check(ok, "export_dtype = bfloat16 writes bfloat16 weights equal to the fp32 ones to bf16 precision")
+
+    out = os.path.join(tmp, "imported")
+    c = subprocess.run([titan, "convert", "--hf", exp, "--output", out], capture_output=True, text=True)
+    back = read_titan_weights(os.path.join(out, "step-0")) if c.returncode == 0 else {}
+    orig = read_titan_weights(os.path.join(folder, "checkpoint", "step-3"))
+    check(c.returncode == 0 and all(np.array_equal(back[k], orig[k]) for k in orig),
+          f"titan convert --hf brings the export back bit for bit {c.stderr.strip()[-200:]}")
+    cont = os.path.join(tmp, "continued")
+    os.makedirs(os.path.join(cont), exist_ok=True)
+    os.system(f"cp -r {out} {cont}/checkpoint")
+    r = train(titan, cont, "--training.steps", "2")
+    check(r.returncode == 0 and "weights only" in r.stdout, f"training continues from converted weights {r.stderr.strip()[-200:]}")
+
+    g = subprocess.run([titan, "generate", "--checkpoint", os.path.join(folder, "checkpoint"), "--prompt", "Hello",
+                        "--max-tokens", "8", "--seed", "1", "--top-k", "40", "--top-p", "0.9"], capture_output=True, text=True)
+    g2 = subprocess.run([titan, "generate", "--checkpoint", os.path.join(folder, "checkpoint"), "--prompt", "Hello",
+                         "--max-tokens", "8", "--seed", "1", "--top-k", "40", "--top-p", "0.9"], capture_output=True, text=True)
+    check(g.returncode == 0 and g.stdout.startswith("Hello") and g.stdout == g2.stdout, "generate samples, same seed same text")
+    bad = subprocess.run([titan, "generate", "--checkpoint", os.path.join(folder, "checkpoint"), "--prompt", "x",
+                          "--top-p", "2"], capture_output=True, text=True)
+    check(bad.returncode == 2 and "--top-p" in bad.stderr, "bad sampling flags are refused")
+
+
+def test_seed_checkpoint(titan, tmp):
+    folder = os.path.join(tmp, "seed")
+    r = train(titan, folder, "--training.steps", "5", "--checkpoint.create_seed_checkpoint")
+    check(r.returncode == 0 and steps_in(folder) == [0] and not os.path.exists(os.path.join(folder, "metrics.jsonl")) or
+          (r.returncode == 0 and steps_in(folder) == [0] and losses(folder) == {}),
+          f"create_seed_checkpoint writes step 0 and exits {r.stderr[-200:]}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--titan", required=True)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        test_exact_resume(a.titan, tmp)
+        test_async(a.titan, tmp)
+        test_hf_export(a.titan, tmp)
+        test_seed_checkpoint(a.titan, tmp)
+        test_sigkill_during_save(a.titan, tmp)
+    print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
