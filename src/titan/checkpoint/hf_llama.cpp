@@ -3,7 +3,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -27,11 +26,13 @@ std::string hf_name(const std::string& n) {
   if (n == "tok_embeddings.weight") return "model.embed_tokens.weight";
   if (n == "norm.weight") return "model.norm.weight";
   if (n == "output.weight") return "lm_head.weight";
-  static const std::regex layer(R"(layers\.(\d+)\.(.+))");
-  std::smatch m;
-  if (std::regex_match(n, m, layer))
-    for (const auto& [t, h] : layer_map)
-      if (m[2] == t) return "model.layers." + m[1].str() + "." + h;
+  // "layers.<digits>.<rest>"
+  if (n.rfind("layers.", 0) != 0) return "";
+  const size_t dot = n.find('.', 7);
+  if (dot == std::string::npos || dot == 7 || n.find_first_not_of("0123456789", 7) != dot) return "";
+  const std::string id = n.substr(7, dot - 7), rest = n.substr(dot + 1);
+  for (const auto& [t, h] : layer_map)
+    if (rest == t) return "model.layers." + id + "." + h;
   return "";
 }
 
