@@ -4,6 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh --test
 scripts/build_default_corpus.sh
+# transformers (to load titan's Hugging Face export) pins an older tokenizers: its own venv.
+if [[ ! -x build/venv-hf/bin/python ]]; then
+  /usr/bin/python3 -m venv --system-site-packages build/venv-hf
+fi
+build/venv-hf/bin/python -c "import transformers" 2>/dev/null || build/venv-hf/bin/pip install -q "transformers==4.36.2"
 # PyPI packages for the reference tokenizers, in a venv that also sees Debian's torch.
 if [[ ! -x build/venv/bin/python ]]; then
   mkdir -p build

@@ -31,14 +31,28 @@ void fsync_path(const std::string& path, bool directory) {
   if (rc != 0) throw UserError(concat(path, ": fsync failed"));
 }
 
-// Writes all bytes or throws naming the file.
-void write_all(int fd, const void* data, size_t n, const std::string& path) {
+// Writes all bytes at `offset` or throws naming the file. Every 64 MiB it starts writeback of
+// what came before and drops the previous chunk from the page cache: measured on the CI
+// machine, letting 4 GiB of dirty pages pile up until the final fsync ran 4-5x below the disk's
+// speed (dirty-page throttling), while dd alone ran at full speed.
+void write_all(int fd, const void* data, size_t n, int64_t offset, const std::string& path) {
+  constexpr int64_t kChunk = 64 << 20;
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
+    const size_t len = std::min<size_t>(n, kChunk - offset % kChunk);
+    const ssize_t w = ::write(fd, p, len);
     if (w < 0) throw UserError(concat(path, ": write failed: ", std::strerror(errno)));
     p += w;
     n -= static_cast<size_t>(w);
+    offset += w;
+    if (offset % kChunk == 0) {
+      ::sync_file_range(fd, offset - kChunk, kChunk, SYNC_FILE_RANGE_WRITE);
+      if (offset >= 2 * kChunk) {
+        ::sync_file_range(fd, offset - 2 * kChunk, kChunk,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+        ::posix_fadvise(fd, offset - 2 * kChunk, kChunk, POSIX_FADV_DONTNEED);
+      }
+    }
   }
 }
 
@@ -83,7 +97,7 @@ std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const 
       const Tensor& t = *list[i].t;
       ShardEntry e{list[i].tensor, p.global_shape, rank, p.rows.begin, p.rows.end, offset,
                    static_cast<int64_t>(t.bytes()), XXH3_64bits(t.data<char>(), t.bytes())};
-      write_all(fd, t.data<char>(), t.bytes(), path);
+      write_all(fd, t.data<char>(), t.bytes(), offset, path);
       offset += e.bytes;
       entries.push_back(std::move(e));
     }

@@ -63,16 +63,18 @@ double CheckpointManager::save(int64_t step, const std::deque<Parameter>& params
     log_ << "checkpoint: saved step " << step << " in " << stall.seconds() << " s\n" << std::flush;
     return stall.seconds();
   }
-  // Host snapshot: the loop may change the parameters as soon as this returns.
-  snapshot_ = std::make_unique<std::deque<Parameter>>();
-  for (const auto& p : params) {
-    Parameter c = make_parameter(p.name, p.global_shape, p.rank, p.world);
+  // Host snapshot: the loop may change the parameters as soon as this returns. The buffers are
+  // kept for the next save: allocating (and first-touching) gigabytes each time cost more than
+  // writing synchronously.
+  prepare(params);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Parameter& p = params[i];
+    Parameter& c = (*snapshot_)[i];
     std::memcpy(c.master.data<char>(), p.master.data<char>(), p.master.bytes());
     if (optimizer) {
       std::memcpy(c.exp_avg.data<char>(), p.exp_avg.data<char>(), p.exp_avg.bytes());
       std::memcpy(c.exp_avg_sq.data<char>(), p.exp_avg_sq.data<char>(), p.exp_avg_sq.bytes());
     }
-    snapshot_->push_back(std::move(c));
   }
   const double stalled = stall.seconds();
   worker_ = std::thread([this, step, state, optimizer] {
@@ -87,9 +89,25 @@ double CheckpointManager::save(int64_t step, const std::deque<Parameter>& params
   return stalled;
 }
 
+void CheckpointManager::prepare(const std::deque<Parameter>& params) {
+  if (!opt_.async || (snapshot_ && snapshot_->size() == params.size())) return;
+  snapshot_ = std::make_unique<std::deque<Parameter>>();
+  for (const auto& p : params) {
+    Parameter c;
+    c.name = p.name;
+    c.global_shape = p.global_shape;
+    c.rank = p.rank;
+    c.world = p.world;
+    c.rows = p.rows;
+    c.master = Tensor::zeros(p.master.shape());
+    c.exp_avg = Tensor::zeros(p.exp_avg.shape());
+    c.exp_avg_sq = Tensor::zeros(p.exp_avg_sq.shape());
+    snapshot_->push_back(std::move(c));
+  }
+}
+
 void CheckpointManager::wait() {
   if (worker_.joinable()) worker_.join();
-  snapshot_.reset();
   if (error_) {
     auto e = error_;
     error_ = nullptr;

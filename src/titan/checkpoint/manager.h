@@ -36,6 +36,9 @@ class CheckpointManager {
   // Saves step `step`. Async: copies the state to host buffers, then writes in the background
   // (a second save first waits for the first). Returns the seconds the caller was stalled.
   double save(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer = true);
+  // Async only: allocates the host snapshot buffers now (at start-up) rather than at the first
+  // save, where first-touching gigabytes would stall the loop.
+  void prepare(const std::deque<Parameter>& params);
   // Waits for a background save; rethrows its failure.
   void wait();
 

@@ -145,6 +145,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
     opt.load_step = cfg.get_int("checkpoint.load_step");
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
     if (auto dir = checkpoints_->resume_dir()) resume_from(*dir, *source);
+    checkpoints_->prepare(model_->parameters());
   }
   const int64_t global_rows = shape_.batch * accumulation_;
   loader_ = std::make_unique<data::DataLoader>(std::move(source), shape_.seq, global_rows, 0, global_rows);
