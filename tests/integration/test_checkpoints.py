@@ -74,23 +74,28 @@ def test_sigkill_during_save(titan, tmp):
         p = subprocess.Popen([titan, "train", "--training.dataset", "synthetic", "--training.batch_size", "1",
                               "--metrics.log_freq", "1", "--checkpoint.enable_checkpoint", "--job.dump_folder", folder, *base],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.5 + rng.random() * 1.5)  # saves run back to back: the kill lands inside one most times
+        deadline = time.time() + 120  # a loaded machine starts slowly: wait for a first checkpoint
+        while time.time() < deadline and not (os.path.isdir(os.path.join(folder, "checkpoint")) and steps_in(folder)):
+            time.sleep(0.05)
+        time.sleep(rng.random() * 1.5)  # saves run back to back: the kill lands inside one most times
         p.send_signal(signal.SIGKILL)
         p.wait()
         latest = steps_in(folder)
         if not latest:
+            print("no checkpoint was written before the kill")
             continue
         v = subprocess.run([titan, "inspect", os.path.join(folder, "checkpoint"), "--verify"], capture_output=True, text=True)
         r = subprocess.run([titan, "train", "--training.dataset", "synthetic", "--training.batch_size", "1",
                             "--checkpoint.enable_checkpoint", "--job.dump_folder", folder, "--training.steps",
-                            str(latest[-1] + 1), "--checkpoint.interval", "1", "--training.seq_len", "16"],
+                            str(latest[-1] + 1), "--checkpoint.interval", "1", "--training.seq_len", "16",
+                            "--checkpoint.keep_latest_k", "3"],
                            capture_output=True, text=True, timeout=120)
         if v.returncode == 0 and r.returncode == 0 and f"step-{latest[-1]} (step {latest[-1]})" in r.stdout:
             survived += 1
         else:
             print(v.stdout[-300:], v.stderr[-300:], r.stdout[-300:], r.stderr[-300:])
     check(survived == 6, f"after SIGKILL at random moments the latest checkpoint verifies and resumes ({survived}/6)")
-    check(len(steps_in(folder)) <= 4, f"keep_latest_k bounds the folder: {steps_in(folder)}")
+    check(len(steps_in(folder)) <= 3, f"keep_latest_k bounds the folder: {steps_in(folder)}")
 
 
 def test_async(titan, tmp):

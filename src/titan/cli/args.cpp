@@ -1,5 +1,7 @@
 #include "titan/cli/args.h"
 
+#include <cmath>
+
 #include "titan/core/error.h"
 
 namespace titan::cli {
@@ -13,6 +15,30 @@ std::string ParsedArgs::required(const std::string& f, const std::string& comman
 
 std::string ParsedArgs::get(const std::string& f, const std::string& fallback) const {
   return values.count(f) ? required(f, "") : fallback;
+}
+
+int64_t ParsedArgs::get_int(const std::string& f, int64_t fallback, const std::string& command) const {
+  if (!values.count(f)) return fallback;
+  const std::string v = required(f, command);
+  try {
+    size_t used = 0;
+    const int64_t x = std::stoll(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw UserError(concat(command, ": --", f, ": expected an integer, found '", v, "'"));
+}
+
+double ParsedArgs::get_real(const std::string& f, double fallback, const std::string& command) const {
+  if (!values.count(f)) return fallback;
+  const std::string v = required(f, command);
+  try {
+    size_t used = 0;
+    const double x = std::stod(v, &used);
+    if (used == v.size() && std::isfinite(x)) return x;
+  } catch (const std::exception&) {
+  }
+  throw UserError(concat(command, ": --", f, ": expected a number, found '", v, "'"));
 }
 
 ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::string>& valued,

@@ -1,5 +1,6 @@
 // Small helpers for sub-command flags: --name value, --name=value, bare --flag.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -14,6 +15,10 @@ struct ParsedArgs {
   // The single value of a required flag; UserError naming `command` when absent.
   std::string required(const std::string& f, const std::string& command) const;
   std::string get(const std::string& f, const std::string& fallback) const;
+  // The flag's value as a number, `fallback` when absent; UserError naming `command` and the
+  // flag when it is not one.
+  int64_t get_int(const std::string& f, int64_t fallback, const std::string& command) const;
+  double get_real(const std::string& f, double fallback, const std::string& command) const;
 };
 
 // `valued` flags take one value each (repeatable); `bare` flags take none; `multi` flags take

@@ -55,30 +55,6 @@ llama3::ModelArgs args_from_signature(const std::string& signature, const std::s
   }
 }
 
-int64_t int_flag(const ParsedArgs& a, const std::string& f, int64_t fallback, const std::string& cmd) {
-  if (!a.values.count(f)) return fallback;
-  const std::string v = a.required(f, cmd);
-  try {
-    size_t used = 0;
-    const int64_t x = std::stoll(v, &used);
-    if (used == v.size()) return x;
-  } catch (const std::exception&) {
-  }
-  throw UserError(concat(cmd, ": --", f, ": expected an integer, found '", v, "'"));
-}
-
-double real_flag(const ParsedArgs& a, const std::string& f, double fallback, const std::string& cmd) {
-  if (!a.values.count(f)) return fallback;
-  const std::string v = a.required(f, cmd);
-  try {
-    size_t used = 0;
-    const double x = std::stod(v, &used);
-    if (used == v.size() && std::isfinite(x)) return x;
-  } catch (const std::exception&) {
-  }
-  throw UserError(concat(cmd, ": --", f, ": expected a number, found '", v, "'"));
-}
-
 // The model of a checkpoint, weights loaded (no optimizer state).
 std::unique_ptr<llama3::Transformer> load_model(const std::string& step_dir, checkpoint::Metadata& meta) {
   meta = checkpoint::read_metadata(step_dir);
@@ -193,9 +169,9 @@ int generate_main(const std::vector<std::string>& args) {
     return args.empty() ? 2 : 0;
   }
   const std::string dir = resolve_step_dir(a.required("checkpoint", cmd));
-  const int64_t max_tokens = int_flag(a, "max-tokens", 64, cmd), top_k = int_flag(a, "top-k", 0, cmd);
-  const double temperature = real_flag(a, "temperature", 0.8, cmd), top_p = real_flag(a, "top-p", 1.0, cmd);
-  const uint64_t seed = static_cast<uint64_t>(int_flag(a, "seed", 0, cmd));
+  const int64_t max_tokens = a.get_int("max-tokens", 64, cmd), top_k = a.get_int("top-k", 0, cmd);
+  const double temperature = a.get_real("temperature", 0.8, cmd), top_p = a.get_real("top-p", 1.0, cmd);
+  const uint64_t seed = static_cast<uint64_t>(a.get_int("seed", 0, cmd));
   if (max_tokens <= 0) throw UserError(concat(cmd, ": --max-tokens must be positive"));
   if (temperature < 0) throw UserError(concat(cmd, ": --temperature must be >= 0"));
   if (top_k < 0) throw UserError(concat(cmd, ": --top-k must be >= 0"));

@@ -21,23 +21,19 @@ const char* kUsage =
     "      [--batch 8] [--batches 200]\n"
     "      times the training loader alone (reading, tokenizing, packing, prefetching)\n";
 
+int64_t positive_int(const ParsedArgs& a, const std::string& flag, int64_t fallback, const std::string& cmd) {
+  const int64_t x = a.get_int(flag, fallback, cmd);
+  if (x <= 0) throw UserError(concat(cmd, ": --", flag, ": expected a positive integer, found ", x));
+  return x;
+}
+
 int tokenize(const ParsedArgs& a) {
   const std::string cmd = "data tokenize";
   if (!a.values.count("input")) throw UserError(concat(cmd, ": missing --input"));
   const std::string out = a.required("output", cmd);
   const std::string tok_path = a.get("tokenizer", "");
   const auto tok = tok_path.empty() ? data::Tokenizer::builtin_default() : data::Tokenizer::load(tok_path);
-  int64_t per_shard = 64 << 20;
-  if (a.values.count("shard-tokens")) {
-    const std::string v = a.required("shard-tokens", cmd);
-    try {
-      size_t used = 0;
-      per_shard = std::stoll(v, &used);
-      if (used != v.size() || per_shard <= 0) throw std::invalid_argument("");
-    } catch (const std::exception&) {
-      throw UserError(concat(cmd, ": --shard-tokens: expected a positive integer, found '", v, "'"));
-    }
-  }
+  const int64_t per_shard = positive_int(a, "shard-tokens", 64 << 20, cmd);
   data::SourceOptions opts{a.get("field", "text"), a.has("skip-bad-records")};
   Timer t;
   const auto st = data::write_token_shards(data::expand_data_paths(a.values.at("input")), opts, tok, out, per_shard);
@@ -46,19 +42,6 @@ int tokenize(const ParsedArgs& a) {
             << (st.skipped ? concat(", ", st.skipped, " bad records skipped") : "") << ")\n";
   return 0;
 }
-int64_t positive_int(const ParsedArgs& a, const std::string& flag, int64_t fallback, const std::string& cmd) {
-  if (!a.values.count(flag)) return fallback;
-  const std::string v = a.required(flag, cmd);
-  try {
-    size_t used = 0;
-    const int64_t x = std::stoll(v, &used);
-    if (used != v.size() || x <= 0) throw std::invalid_argument("");
-    return x;
-  } catch (const std::exception&) {
-    throw UserError(concat(cmd, ": --", flag, ": expected a positive integer, found '", v, "'"));
-  }
-}
-
 int bench(const ParsedArgs& a) {
   const std::string cmd = "data bench";
   if (!a.values.count("input")) throw UserError(concat(cmd, ": missing --input"));

@@ -77,15 +77,8 @@ int decode(const ParsedArgs& a) {
 int train(const ParsedArgs& a) {
   const std::string cmd = "tokenizer train";
   const std::string output = a.required("output", cmd);
-  const std::string size_text = a.required("vocab-size", cmd);
-  int64_t ranks = 0;
-  try {
-    size_t used = 0;
-    ranks = std::stoll(size_text, &used);
-    if (used != size_text.size()) throw std::invalid_argument("");
-  } catch (const std::exception&) {
-    throw UserError(concat(cmd, ": --vocab-size: expected an integer, found '", size_text, "'"));
-  }
+  a.required("vocab-size", cmd);
+  const int64_t ranks = a.get_int("vocab-size", 0, cmd);
   if (ranks < 256 + 1 || ranks > 1000000)
     throw UserError(concat(cmd, ": --vocab-size ", ranks, ": expected 257 to 1000000 ranks (special tokens come on top)"));
   if (!a.values.count("input")) throw UserError(concat(cmd, ": missing --input"));
