@@ -62,6 +62,31 @@ def test_training(titan, configs, tmp):
           f"debug_model.toml runs on the default corpus and prints parameter count and memory {r.stderr.strip()}")
 
 
+def test_tool_bad_input(titan, data, tmp):
+    """The tokenizer, data and checkpoint commands: one-line errors, exit 2."""
+    tok = os.path.join(data, "tokenizers/llama3.tiktoken")
+    cases = [
+        (["tokenizer", "encode", "--tokenizer", tok], '{"text": "fine"}\nnot json\n', "stdin:2: invalid JSON"),
+        (["tokenizer", "encode", "--tokenizer", tok], '{"txt": "x"}\n', 'stdin:1: expected an object with a string field "text"'),
+        (["tokenizer", "encode"], "", "missing --tokenizer"),
+        (["tokenizer", "decode", "--tokenizer", tok], '{"ids": [1, 999999]}\n', "stdin:1: token id 999999"),
+        (["tokenizer", "encode", "--tokenizer", "/nonexistent.model"], "", "cannot open tokenizer file"),
+        (["tokenizer", "train", "--input", os.path.join(data, "corpus/small.jsonl"), "--vocab-size", "100",
+          "--output", os.path.join(tmp, "t.tiktoken")], "", "--vocab-size 100"),
+        (["tokenizer", "frobnicate"], "", "unknown sub-command"),
+        (["data", "tokenize", "--input", os.path.join(data, "corpus/small.jsonl")], "", "missing --output"),
+        (["data", "tokenize", "--input", "/nonexistent.jsonl", "--output", os.path.join(tmp, "sh")], "", "no such file"),
+        (["inspect", tmp], "", "no titan checkpoint here"),
+        (["convert", "--hf", "/nonexistent", "--output", os.path.join(tmp, "cv")], "", "config.json: missing"),
+        (["generate", "--checkpoint", tmp, "--prompt", "x"], "", "no titan checkpoint here"),
+    ]
+    for args, stdin, expect in cases:
+        r = subprocess.run([titan, *args], input=stdin, capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        ok = r.returncode == 2 and len(lines) == 1 and lines[0].startswith("titan: error:") and expect in lines[0]
+        check(ok, f"titan {' '.join(args[:2])}: {expect!r}: exit {r.returncode}, stderr {lines}")
+
+
 def test_c4_layout(titan, data, tmp):
     """A folder laid out as allenai/c4 (en/c4-train.*.json.gz, en/c4-validation.*) reads unchanged."""
     import shutil
@@ -156,6 +181,7 @@ def main():
         test_training(a.titan, a.configs, tmp)
         test_real_text(a.titan, a.configs, a.data, tmp)
         test_c4_layout(a.titan, a.data, tmp)
+        test_tool_bad_input(a.titan, a.data, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 
