@@ -14,6 +14,7 @@
 
 #include "titan/checkpoint/checkpoint.h"
 #include "titan/checkpoint/hf_llama.h"
+#include "titan/checkpoint/model_signature.h"
 #include "titan/cli/args.h"
 #include "titan/core/error.h"
 #include "titan/core/rng.h"
@@ -34,31 +35,10 @@ std::string resolve_step_dir(const std::string& path) {
   return (fs::path(path) / checkpoint::step_dir_name(steps.back())).string();
 }
 
-llama3::ModelArgs args_from_signature(const std::string& signature, const std::string& where) {
-  try {
-    const json j = json::parse(signature);
-    llama3::ModelArgs a;
-    a.dim = j.at("dim");
-    a.n_layers = j.at("n_layers");
-    a.n_heads = j.at("n_heads");
-    a.n_kv_heads = j.at("n_kv_heads");
-    a.vocab_size = j.at("vocab_size");
-    a.multiple_of = j.at("multiple_of");
-    if (j.contains("ffn_dim_multiplier")) a.ffn_dim_multiplier = j["ffn_dim_multiplier"].get<double>();
-    a.rope_theta = j.at("rope_theta");
-    a.norm_eps = j.at("norm_eps");
-    a.validate(where);
-    if (a.ffn_hidden() != j.at("ffn_hidden").get<int64_t>()) throw UserError(concat(where, ": inconsistent ffn_hidden"));
-    return a;
-  } catch (const json::exception& e) {
-    throw UserError(concat(where, ": malformed model signature: ", e.what()));
-  }
-}
-
 // The model of a checkpoint, weights loaded (no optimizer state).
 std::unique_ptr<llama3::Transformer> load_model(const std::string& step_dir, checkpoint::Metadata& meta) {
   meta = checkpoint::read_metadata(step_dir);
-  auto model = std::make_unique<llama3::Transformer>(args_from_signature(meta.state.model_signature, step_dir));
+  auto model = std::make_unique<llama3::Transformer>(checkpoint::args_from_signature(meta.state.model_signature, step_dir));
   checkpoint::load_parameters(step_dir, meta, model->parameters(), false);
   return model;
 }
@@ -130,15 +110,10 @@ int convert_main(const std::vector<std::string>& args) {
       const auto& w = m.weights.at(p.name);
       std::copy(w.begin(), w.end(), p.master.f32());
     }
-    json sig = {{"flavor", m.flavor},         {"dim", m.args.dim},           {"n_layers", m.args.n_layers},
-                {"n_heads", m.args.n_heads},  {"n_kv_heads", m.args.n_kv_heads}, {"vocab_size", m.args.vocab_size},
-                {"multiple_of", m.args.multiple_of}, {"ffn_hidden", m.args.ffn_hidden()}, {"rope_theta", m.args.rope_theta},
-                {"norm_eps", m.args.norm_eps}, {"tokenizer", tok_fp}, {"dtype", "float32"}};
-    if (m.args.ffn_dim_multiplier) sig["ffn_dim_multiplier"] = *m.args.ffn_dim_multiplier;
     const std::string final_dir = (fs::path(out) / checkpoint::step_dir_name(0)).string();
     checkpoint::Metadata meta;
     meta.has_optimizer = false;
-    meta.state = {0, "", sig.dump(), ""};
+    meta.state = {0, "", checkpoint::model_signature(m.args, m.flavor, tok_fp), ""};
     meta.shards = checkpoint::write_rank_file(final_dir + ".tmp", 0, model.parameters(), false);
     checkpoint::commit(final_dir + ".tmp", final_dir, meta);
     std::cerr << "converted " << a.required("hf", cmd) << " (titan flavor " << m.flavor << ", vocab " << m.args.vocab_size

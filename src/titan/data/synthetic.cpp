@@ -31,11 +31,4 @@ int32_t SyntheticStream::token(int64_t w, int64_t t) const {
   return static_cast<int32_t>(std::min(id, vocab_ - 1));
 }
 
-void SyntheticStream::window(int64_t w, int64_t seq, int32_t* tokens, int32_t* labels) const {
-  for (int64_t t = 0; t < seq; ++t) {
-    tokens[t] = token(w, t);
-    labels[t] = token(w, t + 1);
-  }
-}
-
 }  // namespace titan::data

@@ -14,11 +14,10 @@ class SyntheticStream {
  public:
   static constexpr int64_t kPeriod = 16;
   SyntheticStream(SyntheticKind kind, int64_t vocab, uint64_t seed);
-  // Fills tokens[seq] and labels[seq] (the window shifted by one) of global window `w`.
-  void window(int64_t w, int64_t seq, int32_t* tokens, int32_t* labels) const;
+  // Token t of global window w.
+  int32_t token(int64_t w, int64_t t) const;
 
  private:
-  int32_t token(int64_t w, int64_t t) const;
   SyntheticKind kind_;
   int64_t vocab_;
   uint64_t seed_;

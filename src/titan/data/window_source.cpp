@@ -113,9 +113,7 @@ class SyntheticWindowSource : public WindowSource {
   SyntheticWindowSource(SyntheticKind kind, int64_t vocab, uint64_t seed, int64_t window)
       : stream_(kind, vocab, seed), window_(window) {}
   void next(int32_t* out) override {
-    std::vector<int32_t> labels(window_ - 1);
-    stream_.window(state_.windows, window_ - 1, out, labels.data());
-    out[window_ - 1] = labels.back();
+    for (int64_t t = 0; t < window_; ++t) out[t] = stream_.token(state_.windows, t);
     ++state_.windows;
   }
   StreamState state() const override { return state_; }

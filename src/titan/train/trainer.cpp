@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "titan/checkpoint/hf_llama.h"
+#include "titan/checkpoint/model_signature.h"
 #include "titan/core/error.h"
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
@@ -158,20 +159,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
 }
 
 std::string Trainer::model_signature() const {
-  nlohmann::json j = {{"flavor", cfg_.get_string("model.flavor")},
-                      {"dim", args_.dim},
-                      {"n_layers", args_.n_layers},
-                      {"n_heads", args_.n_heads},
-                      {"n_kv_heads", args_.n_kv_heads},
-                      {"vocab_size", args_.vocab_size},
-                      {"multiple_of", args_.multiple_of},
-                      {"ffn_hidden", args_.ffn_hidden()},
-                      {"rope_theta", args_.rope_theta},
-                      {"norm_eps", args_.norm_eps},
-                      {"tokenizer", data_.tokenizer ? std::to_string(data_.tokenizer->fingerprint()) : "none"},
-                      {"dtype", "float32"}};
-  if (args_.ffn_dim_multiplier) j["ffn_dim_multiplier"] = *args_.ffn_dim_multiplier;
-  return j.dump();
+  return checkpoint::model_signature(args_, cfg_.get_string("model.flavor"),
+                                     data_.tokenizer ? std::to_string(data_.tokenizer->fingerprint()) : "none");
 }
 
 void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
