@@ -72,6 +72,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "gc_freq", integer, "50", "Python garbage collection; means nothing to titan", accepted_noop},
       {"training", "seed", integer, "0", "seed for initialisation and synthetic data"},
       {"training", "threads", integer, "0", "titan: CPU threads (0 = all cores)"},
+      {"training", "device", string, "auto", "titan: cpu, cuda, or auto (cuda when built with it and a GPU is found)"},
 
       {"validation", "enabled", boolean, "false", "evaluate a validation loss every freq steps"},
       {"validation", "dataset_path", string, "", "validation files; \"\" = the dataset's validation split"},
@@ -344,6 +345,8 @@ void JobConfig::validate() const {
   positive("validation.steps");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
   if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");
+  if (const auto dev = get_string("training.device"); dev != "auto" && dev != "cpu" && dev != "cuda")
+    fail("training.device", "expected auto, cpu or cuda");
   if (get_int("model.vocab_size") < 0) fail("model.vocab_size", "expected >= 0 (0 = from the tokenizer)");
   if (get_int("model.vocab_size") > 2147483647) fail("model.vocab_size", "expected at most 2^31 - 1 (int32 token ids)");
   if (!(get_real("optimizer.lr") > 0)) fail("optimizer.lr", "expected a positive number");

@@ -15,4 +15,15 @@ double flops_per_token(const llama3::ModelArgs& a, int64_t seq_len) {
   return dense + 12.0 * static_cast<double>(a.n_layers * a.n_heads * a.head_dim() * seq_len);
 }
 
+double peak_bf16_flops(const std::string& device_name) {
+  // Datasheet dense bf16 rates (REFERENCE.md); the H200 has the H100's arithmetic.
+  struct Entry {
+    const char* name;
+    double flops;
+  };
+  for (const Entry& e : {Entry{"H100", 989e12}, Entry{"H200", 989e12}, Entry{"A100", 312e12}, Entry{"B200", 2.25e15}})
+    if (device_name.find(e.name) != std::string::npos) return e.flops;
+  return 0;
+}
+
 }  // namespace titan::metrics

@@ -19,7 +19,7 @@ constexpr Colors kPlain{"", "", "", "", "", "", ""};
 std::string json_number(double v) {
   if (!std::isfinite(v)) return "null";
   char b[32];
-  std::snprintf(b, sizeof b, "%.9g", v);
+  std::snprintf(b, sizeof b, "%.17g", v);
   return b;
 }
 }  // namespace
@@ -76,8 +76,8 @@ void MetricsLogger::log(const LogRecord& r) {
     tb_->scalar("memory/max_active(%)", r.mem_active_pct, r.step);
     tb_->scalar("memory/max_reserved(GiB)", r.mem_reserved_gib, r.step);
     tb_->scalar("memory/max_reserved(%)", r.mem_reserved_pct, r.step);
-    tb_->scalar("memory/num_alloc_retries", 0, r.step);  // the host allocator never retries
-    tb_->scalar("memory/num_ooms", 0, r.step);
+    tb_->scalar("memory/num_alloc_retries", static_cast<double>(r.mem_alloc_retries), r.step);
+    tb_->scalar("memory/num_ooms", static_cast<double>(r.mem_ooms), r.step);
     tb_->scalar("grad_norm", r.grad_norm, r.step);
     tb_->scalar("lr", r.lr, r.step);
     tb_->flush();

@@ -17,6 +17,7 @@ struct LogRecord {
   double tps = 0, tflops = 0;
   double mfu = NAN;  // percent; NaN when the peak is unknown
   double mem_active_gib = 0, mem_reserved_gib = 0, mem_active_pct = 0, mem_reserved_pct = 0;
+  int64_t mem_alloc_retries = 0, mem_ooms = 0;
   double data_seconds = 0, data_pct = 0;  // per step, and share of step time
   double step_seconds = 0, elapsed_s = 0, eta_s = 0;
 };

@@ -7,6 +7,7 @@ namespace titan::metrics {
 
 struct MemorySample {
   double active_gib = 0, reserved_gib = 0, total_gib = 0;
+  int64_t alloc_retries = 0, ooms = 0;  // device allocators only
 };
 MemorySample sample_host_memory();
 

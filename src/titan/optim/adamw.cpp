@@ -4,14 +4,23 @@
 
 namespace titan::optim {
 
-void AdamW::step(std::deque<Parameter>& params, double lr) {
+AdamWFactors AdamW::advance(double lr) {
   ++step_;
-  const float b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
+  AdamWFactors f;
+  f.beta1 = static_cast<float>(cfg_.beta1);
+  f.beta2 = static_cast<float>(cfg_.beta2);
+  f.eps = static_cast<float>(cfg_.eps);
   const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(step_)));
-  const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(step_))));
-  const float step_size = static_cast<float>(lr) / bc1;
-  const float decay = static_cast<float>(1.0 - lr * cfg_.weight_decay);
-  const float eps = static_cast<float>(cfg_.eps);
+  f.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(cfg_.beta2, static_cast<double>(step_))));
+  f.step_size = static_cast<float>(lr) / bc1;
+  f.decay = static_cast<float>(1.0 - lr * cfg_.weight_decay);
+  return f;
+}
+
+void AdamW::step(std::deque<Parameter>& params, double lr) {
+  const AdamWFactors f = advance(lr);
+  const float b1 = f.beta1, b2 = f.beta2, bc2_sqrt = f.bias_correction2_sqrt, step_size = f.step_size,
+              decay = f.decay, eps = f.eps;
   for (auto& p : params) {
     float* w = p.master.f32();
     const float* g = p.grad.f32();

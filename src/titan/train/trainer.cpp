@@ -24,7 +24,6 @@
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
 #include "titan/metrics/memory.h"
-#include "titan/optim/grad_clip.h"
 
 namespace titan::train {
 
@@ -118,8 +117,6 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) accumulation_ = global / shape_.batch;
   peak_flops_ = cfg.get_real("metrics.peak_tflops") * 1e12;
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
-  if (cfg.get_string("training.mixed_precision_param") == "bfloat16")
-    log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
 
   const std::filesystem::path dump(cfg.get_string("job.dump_folder"));
   std::error_code ec;
@@ -133,7 +130,11 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
 
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
-  model_->plan(shape_);
+  engine_ = make_engine(cfg, *model_, optimizer_);
+  if (cfg.get_string("training.mixed_precision_param") == "bfloat16" && engine_->on_cpu())
+    log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
+  if (engine_->on_cpu()) model_->plan(shape_);
+  if (peak_flops_ == 0) peak_flops_ = engine_->peak_flops();
   log_ << "data: " << data_.description << "\n";
   auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
   auto source = make_train_source(data_, cfg, args_.vocab_size, log_line);
@@ -145,7 +146,10 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
     opt.async = cfg.get_string("checkpoint.async_mode") != "disabled";
     opt.load_step = cfg.get_int("checkpoint.load_step");
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
-    if (auto dir = checkpoints_->resume_dir()) resume_from(*dir, *source);
+    if (auto dir = checkpoints_->resume_dir()) {
+      resume_from(*dir, *source);
+      engine_->from_host();
+    }
     checkpoints_->prepare(model_->parameters());
   }
   const int64_t global_rows = shape_.batch * accumulation_;
@@ -201,12 +205,14 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
 }
 
 void Trainer::save_checkpoint(int64_t step) {
+  engine_->to_host();
   checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml()};
   checkpoints_->save(step, model_->parameters(), st);
 }
 
 void Trainer::export_weights(int64_t step) {
   checkpoints_->wait();
+  engine_->to_host();
   const auto dir = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder") /
                    ("export-step-" + std::to_string(step));
   checkpoint::export_hf(model_->parameters(), args_, dir.string(), cfg_.get_string("checkpoint.export_dtype") == "bfloat16",
@@ -234,7 +240,7 @@ void Trainer::print_start_summary() {
   if (accumulation_ > 1)
     log_ << "gradient accumulation: " << accumulation_ << " micro-batches of " << shape_.batch
          << " per step (global batch " << accumulation_ * shape_.batch << ")\n";
-  log_ << "device: cpu, float32, " << omp_get_max_threads() << " threads\n" << std::flush;
+  log_ << "device: " << engine_->description() << "\n" << std::flush;
 }
 
 StepMetrics Trainer::train_step(int64_t step) {
@@ -247,7 +253,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     batch = loader_->next();
   }
   m.data_seconds = timer.seconds();
-  model_->zero_grad();
+  engine_->zero_grad();
   // Every micro-batch's loss is scaled by 1 / (tokens of the global batch), so the accumulated
   // gradient is that of the global batch's mean loss.
   const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_);
@@ -255,14 +261,14 @@ StepMetrics Trainer::train_step(int64_t step) {
   int64_t count = 0;
   for (int64_t micro = 0; micro < accumulation_; ++micro) {
     const int64_t offset = micro * shape_.rows();
-    const auto r = model_->forward_backward(batch.tokens.data() + offset, batch.labels.data() + offset, shape_,
-                                            grad_scale, -100, &tracer_);
+    const auto r = engine_->forward_backward(batch.tokens.data() + offset, batch.labels.data() + offset, shape_,
+                                             grad_scale, &tracer_);
     loss_sum += r.loss_sum;
     count += r.count;
   }
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
-  m.grad_norm = std::sqrt(optim::grad_sq_sum(model_->parameters()));
+  m.grad_norm = std::sqrt(engine_->grad_sq_sum());
   m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
   if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
     if (cfg_.get_string("training.on_nonfinite") == "stop")
@@ -272,8 +278,7 @@ StepMetrics Trainer::train_step(int64_t step) {
          << " is not finite; update skipped\n";
     m.skipped = true;
   } else {
-    if (max_norm_ > 0) optim::clip_grads(model_->parameters(), m.grad_norm, max_norm_);
-    optimizer_.step(model_->parameters(), m.lr);
+    engine_->update(m.grad_norm, max_norm_, m.lr);
   }
   m.step_seconds = timer.seconds();
   return m;
@@ -291,7 +296,7 @@ double Trainer::validation_loss() {
       std::copy_n(window.begin(), seq, tokens.begin() + r * seq);
       std::copy_n(window.begin() + 1, seq, labels.begin() + r * seq);
     }
-    const auto res = model_->forward_loss(tokens.data(), labels.data(), shape_);
+    const auto res = engine_->forward_loss(tokens.data(), labels.data(), shape_);
     loss_sum += res.loss_sum;
     count += res.count;
   }
@@ -309,7 +314,9 @@ metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seco
   r.tps = static_cast<double>(window_steps * shape_.rows() * accumulation_) / window_seconds;
   r.tflops = metrics::flops_per_token(args_, shape_.seq) * r.tps / 1e12;
   if (peak_flops_ > 0) r.mfu = 100.0 * r.tflops * 1e12 / peak_flops_;
-  const auto mem = metrics::sample_host_memory();
+  const auto mem = engine_->memory();
+  r.mem_alloc_retries = mem.alloc_retries;
+  r.mem_ooms = mem.ooms;
   r.mem_active_gib = mem.active_gib;
   r.mem_reserved_gib = mem.reserved_gib;
   r.mem_active_pct = 100.0 * mem.active_gib / mem.total_gib;

@@ -14,6 +14,7 @@
 #include "titan/optim/adamw.h"
 #include "titan/optim/lr_schedule.h"
 #include "titan/train/datasets.h"
+#include "titan/train/engine.h"
 
 namespace titan::train {
 
@@ -55,7 +56,8 @@ class Trainer {
   llama3::ModelArgs args_;
   llama3::BatchShape shape_;  // one micro-batch
   int64_t accumulation_ = 1;  // micro-batches per optimizer step
-  std::unique_ptr<llama3::Transformer> model_;
+  std::unique_ptr<llama3::Transformer> model_;  // owns the parameters (init, checkpoints)
+  std::unique_ptr<Engine> engine_;              // runs the steps: CPU or GPU
   std::unique_ptr<data::DataLoader> loader_;
   optim::AdamW optimizer_;
   optim::LrSchedule schedule_;

@@ -1,4 +1,8 @@
-// Op signatures of the CUDA backend (device pointers; work queued on `stream`).
+// Op signatures of the CUDA backend: device pointers, work queued on `stream`, nothing
+// synchronised unless the comment says so. Activations are bf16 (stored as uint16_t bit
+// patterns so host code needs no CUDA headers), math and reductions in fp32, gradients of
+// parameters fp32. No op uses atomics: every result is bit-identical from run to run.
+// Layouts match the CPU reference (ops/ops.h); each op is tested against it (tests/gpu).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -7,12 +11,85 @@
 
 namespace titan::cuda {
 
+using bf16 = uint16_t;  // raw bfloat16 bits
+
 // Number of usable CUDA devices; 0 (not an error) where there is no driver or GPU.
 int device_count();
 std::string device_name(int device);
+// Bytes of memory on the current device.
+size_t device_total_memory();
 
 // bf16 <-> f32 casts; f32 -> bf16 rounds to nearest even like titan::f32_to_bf16.
-void cast_f32_to_bf16(const float* in, uint16_t* out, int64_t n, cudaStream_t stream);
-void cast_bf16_to_f32(const uint16_t* in, float* out, int64_t n, cudaStream_t stream);
+void cast_f32_to_bf16(const float* in, bf16* out, int64_t n, cudaStream_t stream);
+void cast_bf16_to_f32(const bf16* in, float* out, int64_t n, cudaStream_t stream);
+
+// y = x / rms(x) * w per row of d; rstd[n] kept for backward.
+void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t n, int64_t d, float eps,
+                     cudaStream_t stream);
+// The residual add fused with the next norm: h = x + r (rounded to bf16), y = rmsnorm(h).
+void add_rmsnorm_forward(const bf16* x, const bf16* r, bf16* h, const bf16* w, bf16* y, float* rstd, int64_t n,
+                         int64_t d, float eps, cudaStream_t stream);
+// dx = d(rmsnorm)/dx . dy, added to dx_accum when `accumulate` (the residual stream), else
+// written; dw (fp32) += the weight gradient, reduced over rows in a fixed order.
+// `partial` holds rmsnorm_partial_floats(n, d) floats of scratch.
+int64_t rmsnorm_partial_floats(int64_t n, int64_t d);
+void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, bf16* dx, bool accumulate,
+                      float* dw, float* partial, int64_t n, int64_t d, cudaStream_t stream);
+
+// In place on x[batch * seq, heads, head_dim]; adjacent pairs; cos/sin [seq, head_dim / 2] fp32.
+// inverse = true rotates by -angle (the backward of the forward rotation).
+void rope(bf16* x, const float* cos, const float* sin, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
+          bool inverse, cudaStream_t stream);
+
+// g = silu(a) * b; backward writes da, db.
+void swiglu_forward(const bf16* a, const bf16* b, bf16* g, int64_t count, cudaStream_t stream);
+void swiglu_backward(const bf16* a, const bf16* b, const bf16* dg, bf16* da, bf16* db, int64_t count,
+                     cudaStream_t stream);
+// y = a + b (y may alias a or b).
+void add(const bf16* a, const bf16* b, bf16* y, int64_t count, cudaStream_t stream);
+
+// out[i] = w[tokens[i]].
+void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream);
+// Deterministic backward from a host-built grouping of positions by token (EmbeddingIndex):
+// dw[ids[u]] += sum of dout[positions[offsets[u] .. offsets[u+1])] in position order.
+void embedding_backward(const int32_t* ids, const int32_t* offsets, const int32_t* positions, int64_t unique,
+                        const bf16* dout, float* dw, int64_t d, cudaStream_t stream);
+
+// Causal grouped-query attention (own flash-attention kernels, fp32 math on bf16 data):
+// q/o [batch, seq, heads, head_dim]; k/v [batch, seq, kv_heads, head_dim]; lse [batch, heads, seq].
+// head_dim must be one of 16, 32, 64, 128 (attention_supported says).
+struct AttentionShape {
+  int64_t batch, seq, heads, kv_heads, head_dim;
+};
+bool attention_supported(int64_t head_dim);
+void attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
+                       cudaStream_t stream);
+// dq, dk, dv written; `delta` is scratch of batch * heads * seq floats (rowsum(dout * o)).
+void attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,
+                        const bf16* dout, bf16* dq, bf16* dk, bf16* dv, float* delta, const AttentionShape& s,
+                        cudaStream_t stream);
+
+// Per row of fp32 logits [rows, vocab]: loss[r] = logsumexp - logit[label] (0 where the label
+// is ignore_index), and with dlogits != nullptr dlogits = (softmax - onehot) * grad_scale.
+void cross_entropy_rows(const float* logits, const int32_t* labels, int64_t rows, int64_t vocab,
+                        int32_t ignore_index, float grad_scale, float* loss, bf16* dlogits, cudaStream_t stream);
+
+// Sum of x[0..n) in a fixed order into *out (one double); `scratch` holds reduce_scratch_doubles().
+int64_t reduce_scratch_doubles();
+void sum_f32(const float* x, int64_t n, double* out, double* scratch, cudaStream_t stream);
+// Sum of squares of x[0..n), likewise.
+void sum_squares_f32(const float* x, int64_t n, double* out, double* scratch, cudaStream_t stream);
+
+// AdamW as titan::optim::AdamW (same operation order) over flat fp32 buffers, the gradient
+// first multiplied by grad_coef (clipping); also writes the bf16 compute copy of w.
+struct AdamWStep {
+  float decay;       // 1 - lr * weight_decay
+  float beta1, beta2, eps;
+  float step_size;   // lr / bias_correction1
+  float bias_correction2_sqrt;
+  float grad_coef;   // 1, or max_norm / (norm + 1e-6) when clipping
+};
+void adamw(float* w, const float* g, float* m, float* v, bf16* w_bf16, int64_t n, const AdamWStep& step,
+           cudaStream_t stream);
 
 }  // namespace titan::cuda

@@ -18,4 +18,10 @@ std::string device_name(int device) {
   return prop.name;
 }
 
+size_t device_total_memory() {
+  size_t free_b = 0, total_b = 0;
+  TITAN_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b;
+}
+
 }  // namespace titan::cuda

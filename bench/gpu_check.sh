@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU machine's check, with prebuilt binaries (scripts/gpu_bundle.sh; nothing is built
+# there): the gpu tests, the 20-step CPU fp32 vs GPU bf16 parity run (plus a GPU rerun that
+# must be bit-identical), and a short benchmark of the debug and 1B shapes beside PyTorch
+# (../shared/bench/torch_anchor.py). Prints a short table last; logs go to OUT_DIR.
+#   tar xzf build/gpu_bundle/bundle.tar.gz && bash bench/gpu_check.sh [OUT_DIR]
+set -u
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$OUT"
+GPU=build/gpu
+PY=${PYTHON:-python3}
+# cuBLASLt from the machine's CUDA, else from PyTorch's wheel of it.
+CUBLAS_WHEEL=$($PY -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="$PWD/$GPU/lib:/usr/local/cuda/lib64:${CUBLAS_WHEEL}:${LD_LIBRARY_PATH:-}"
+TITAN=$GPU/bin/titan
+status=0
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/device.txt"
+
+for t in cast kernels cuda_model; do
+  if timeout 150 $GPU/bin/test_gpu_$t > "$OUT/test_$t.log" 2>&1; then
+    if grep -q "SKIPPED" "$OUT/test_$t.log"; then status=1; note "gpu.$t: SKIPPED (no GPU seen)"; else note "gpu.$t: PASS"; fi
+  else status=1; note "gpu.$t: FAIL (see test_$t.log)"; tail -30 "$OUT/test_$t.log"; fi
+done
+
+common=(--config train_configs/debug_model.toml --training.steps 20 --metrics.log_freq 1
+        --checkpoint.enable_checkpoint false --validation.enabled false --profiling.enable_profiling false
+        --metrics.enable_tensorboard false)
+for run in cpu:cpu gpu:cuda rerun:cuda; do
+  timeout 120 $TITAN train "${common[@]}" --training.device ${run#*:} --job.dump_folder "$OUT/parity_${run%%:*}" \
+    > "$OUT/parity_${run%%:*}.log" 2>&1 || { status=1; tail -5 "$OUT/parity_${run%%:*}.log"; }
+done
+if $PY bench/gpu_report.py parity "$OUT"/parity_{cpu,gpu,rerun}/metrics.jsonl > "$OUT/parity.txt" 2>&1; then :; else status=1; fi
+cat "$OUT/parity.txt"; note "$(tail -1 "$OUT/parity.txt")"
+
+bench() {  # name flavor vocab seq batch anchor_model
+  timeout 150 $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
+    --training.dataset synthetic --training.seq_len $4 --training.batch_size $5 --training.steps 15 \
+    --metrics.log_freq 5 --checkpoint.enable_checkpoint false --validation.enabled false \
+    --profiling.enable_profiling false --metrics.enable_tensorboard false --training.device cuda \
+    --job.dump_folder "$OUT/bench_$1" > "$OUT/bench_$1.log" 2>&1 || { status=1; tail -5 "$OUT/bench_$1.log"; }
+  grep -E "^step" "$OUT/bench_$1.log" | tail -2
+  if [ -n "${SKIP_TORCH:-}" ]; then return; fi
+  timeout 240 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants eager,compile \
+    --out "$OUT/anchor_$1.json" > "$OUT/anchor_$1.log" 2>&1 || { status=1; tail -5 "$OUT/anchor_$1.log"; }
+}
+bench debugmodel_2048x8 debugmodel 2048 2048 8 debugmodel
+bench 1B_2048x4 1B 128256 2048 4 llama3_1b
+
+$PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
+# One report file with everything worth reading (the device tool returns few files).
+{
+  echo "# titan gpu_check, $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$OUT/device.txt"
+  for t in cast kernels cuda_model; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
+  for p in cpu gpu rerun; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
+  echo "## parity"; cat "$OUT/parity.txt"
+  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters)|rror" "$b" | tail -8; done
+  for a in "$OUT"/anchor_*.log; do [ -f "$a" ] && { echo "## $(basename $a)"; tail -6 "$a"; }; done
+  echo "## summary"; for s in "${summary[@]}"; do echo "$s"; done
+  cat "$OUT/table.txt"
+  echo "gpu_check: $([ $status = 0 ] && echo PASS || echo FAIL)"
+} > "$OUT/report.txt"
+tail -25 "$OUT/report.txt"
+exit $status

@@ -1,0 +1,81 @@
+"""Reads the outputs of bench/gpu_check.sh: checks CPU-vs-GPU loss parity and GPU rerun
+identity, and prints the benchmark table (titan beside the PyTorch peer).
+
+  gpu_report.py parity CPU_METRICS GPU_METRICS GPU_RERUN_METRICS [--tol 0.02]
+  gpu_report.py table OUT_DIR
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+
+def records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip() and '"loss"' in line]
+
+
+def parity(a):
+    for path in (a.cpu, a.gpu, a.rerun):
+        if not os.path.exists(path):
+            print(f"parity: FAIL {path} is missing (that run failed: see its log)")
+            return 1
+    cpu, gpu, rerun = records(a.cpu), records(a.gpu), records(a.rerun)
+    ok = len(cpu) == len(gpu) == len(rerun) and len(cpu) > 0
+    if not ok:
+        print(f"parity: FAIL step counts differ: cpu {len(cpu)}, gpu {len(gpu)}, rerun {len(rerun)}")
+        return 1
+    worst = 0.0
+    print("step   cpu fp32 loss   gpu bf16 loss   |diff|    rerun identical")
+    for c, g, r in zip(cpu, gpu, rerun):
+        diff = abs(c["loss"] - g["loss"])
+        same = g["loss"] == r["loss"] and g["grad_norm"] == r["grad_norm"]
+        worst = max(worst, diff)
+        ok &= diff <= a.tol and same and c["step"] == g["step"]
+        print(f"{c['step']:4d}   {c['loss']:.6f}        {g['loss']:.6f}        {diff:.5f}   {same}")
+    print(f"parity: {'PASS' if ok else 'FAIL'} worst |loss_gpu - loss_cpu| = {worst:.5f} over {len(cpu)} steps "
+          f"(bound {a.tol}); GPU reruns bit-identical: {all(g['loss'] == r['loss'] for g, r in zip(gpu, rerun))}")
+    return 0 if ok else 1
+
+
+def titan_tps(path, skip_steps):
+    """Mean tokens/s of the logged windows after the first `skip_steps` steps."""
+    rs = [r for r in records(path) if r["step"] > skip_steps]
+    if not rs:
+        return None, None, None
+    tps = sum(r["tps"] for r in rs) / len(rs)
+    return tps, rs[-1].get("tflops"), rs[-1].get("mem_reserved_gib")
+
+
+def table(a):
+    print("shape                 titan tok/s  TFLOP/s  mem GiB | torch eager  torch compile | titan/compile")
+    for run in sorted(d for d in glob.glob(os.path.join(a.out, "bench_*")) if os.path.isdir(d)):
+        name = os.path.basename(run)[len("bench_"):]
+        tps, tflops, mem = titan_tps(os.path.join(run, "metrics.jsonl"), 5) if os.path.exists(
+            os.path.join(run, "metrics.jsonl")) else (None, None, None)
+        peer = {}
+        anchor = os.path.join(a.out, f"anchor_{name}.json")
+        if os.path.exists(anchor):
+            for r in json.load(open(anchor)).get("runs", []):
+                peer[r["variant"]] = r.get("tokens_per_s")
+        eager, comp = peer.get("eager"), peer.get("compile")
+        fmt = lambda v, w=11: f"{v:{w},.0f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"
+        ratio = f"{tps / comp:.2f}x" if tps and comp else "-"
+        print(f"{name:20s} {fmt(tps)}  {fmt(tflops, 7)}  {mem if mem is not None else '-':>7} | {fmt(eager)}  "
+              f"{fmt(comp, 13)} | {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("parity")
+    p.add_argument("cpu")
+    p.add_argument("gpu")
+    p.add_argument("rerun")
+    p.add_argument("--tol", type=float, default=0.02)
+    t = sub.add_parser("table")
+    t.add_argument("out")
+    args = ap.parse_args()
+    sys.exit(parity(args) if args.cmd == "parity" else table(args))

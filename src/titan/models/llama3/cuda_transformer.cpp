@@ -1,0 +1,359 @@
+#include "titan/models/llama3/cuda_transformer.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "titan/ops/cuda/cuda_check.h"
+
+namespace titan::llama3 {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+namespace {
+constexpr int64_t kAlign = 64;                            // elements: keeps every weight 128-byte aligned
+constexpr int64_t kLogitsBudget = int64_t{512} << 20;     // bytes of fp32 logits alive at once
+
+template <typename T>
+T* ptr(const DeviceBuffer& b) { return b.as<T>(); }
+}  // namespace
+
+CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params) : args_(args) {
+  TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
+  TITAN_CUDA_CHECK(cudaGetDevice(&device_));
+  TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  gemm_ = std::make_unique<cuda::Gemm>(stream_);
+  for (const auto& p : params) {
+    TITAN_CHECK(p.world == 1, "the CUDA backend runs whole parameters (world 1), got world ", p.world);
+    offset_.push_back(total_);
+    numel_.push_back(p.numel());
+    out_.push_back(p.global_shape[0]);
+    in_.push_back(p.global_shape.size() > 1 ? p.global_shape[1] : 1);
+    total_ += (p.numel() + kAlign - 1) / kAlign * kAlign;
+  }
+  // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
+  const size_t per_layer = 9;
+  TITAN_CHECK(params.size() == 3 + per_layer * static_cast<size_t>(args.n_layers), "unexpected parameter count ",
+              params.size());
+  embedding_ = 0;
+  for (int64_t l = 0; l < args.n_layers; ++l) {
+    const size_t b = 1 + per_layer * static_cast<size_t>(l);
+    layers_.push_back({b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8});
+  }
+  norm_ = params.size() - 2;
+  output_ = params.size() - 1;
+  const size_t f32 = static_cast<size_t>(total_) * sizeof(float);
+  master_ = DeviceBuffer(alloc_, f32);
+  grad_ = DeviceBuffer(alloc_, f32);
+  exp_avg_ = DeviceBuffer(alloc_, f32);
+  exp_avg_sq_ = DeviceBuffer(alloc_, f32);
+  weights_ = DeviceBuffer(alloc_, static_cast<size_t>(total_) * sizeof(bf16));
+  for (auto* b : {&master_, &grad_, &exp_avg_, &exp_avg_sq_, &weights_})
+    TITAN_CUDA_CHECK(cudaMemsetAsync(b->as<void>(), 0, b->bytes(), stream_));  // alignment gaps stay zero
+  reduce_scratch_ = DeviceBuffer(alloc_, cuda::reduce_scratch_doubles() * sizeof(double));
+  sums_ = DeviceBuffer(alloc_, 2 * sizeof(double));
+  upload(params);
+}
+
+CudaTransformer::~CudaTransformer() {
+  if (stream_) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+}
+
+bf16* CudaTransformer::w(size_t i) const { return ptr<bf16>(weights_) + offset_[i]; }
+float* CudaTransformer::dw(size_t i) const { return ptr<float>(grad_) + offset_[i]; }
+
+void CudaTransformer::synchronize() { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaTransformer::upload(const std::deque<Parameter>& params) {
+  size_t i = 0;
+  for (const auto& p : params) {
+    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(master_) + offset_[i], p.master.f32(), bytes, cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(exp_avg_) + offset_[i], p.exp_avg.f32(), bytes, cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(exp_avg_sq_) + offset_[i], p.exp_avg_sq.f32(), bytes, cudaMemcpyHostToDevice, stream_));
+    ++i;
+  }
+  cuda::cast_f32_to_bf16(ptr<float>(master_), ptr<bf16>(weights_), total_, stream_);
+  synchronize();
+}
+
+void CudaTransformer::download(std::deque<Parameter>& params) {
+  size_t i = 0;
+  for (auto& p : params) {
+    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(p.master.f32(), ptr<float>(master_) + offset_[i], bytes, cudaMemcpyDeviceToHost, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg.f32(), ptr<float>(exp_avg_) + offset_[i], bytes, cudaMemcpyDeviceToHost, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg_sq.f32(), ptr<float>(exp_avg_sq_) + offset_[i], bytes, cudaMemcpyDeviceToHost, stream_));
+    ++i;
+  }
+  synchronize();
+}
+
+void CudaTransformer::plan(BatchShape s) {
+  if (s == planned_) return;
+  TITAN_CHECK(s.batch > 0 && s.seq > 0, "empty batch shape");
+  synchronize();
+  const int64_t n = s.rows(), d = args_.dim, hd = args_.head_dim(), qd = args_.n_heads * hd, kvd = args_.kv_dim(),
+                f = args_.ffn_hidden(), vocab = args_.vocab_size;
+  auto bf = [&](int64_t count) { return DeviceBuffer(alloc_, static_cast<size_t>(count) * sizeof(bf16)); };
+  auto fp = [&](int64_t count) { return DeviceBuffer(alloc_, static_cast<size_t>(count) * sizeof(float)); };
+  auto i32 = [&](int64_t count) { return DeviceBuffer(alloc_, static_cast<size_t>(count) * sizeof(int32_t)); };
+  residual_.clear();
+  saved_.clear();
+  for (int64_t i = 0; i <= args_.n_layers; ++i) residual_.push_back(bf(n * d));
+  for (int64_t i = 0; i < args_.n_layers; ++i)
+    saved_.push_back({bf(n * d), bf(n * d), bf(n * d), bf(n * qd), bf(n * kvd), bf(n * kvd), bf(n * qd), bf(n * f),
+                      bf(n * f), bf(n * f), fp(n), fp(n), fp(s.batch * args_.n_heads * s.seq)});
+  final_out_ = bf(n * d);
+  final_rstd_ = fp(n);
+  d_hidden_ = bf(n * d);
+  d_resid_ = bf(n * d);
+  dxn_ = bf(n * d);
+  proj_ = bf(n * d);
+  d_att_ = bf(n * qd);
+  dq_ = bf(n * qd);
+  dk_ = bf(n * kvd);
+  dv_ = bf(n * kvd);
+  dg_ = bf(n * f);
+  da1_ = bf(n * f);
+  da3_ = bf(n * f);
+  delta_ = fp(s.batch * args_.n_heads * s.seq);
+  norm_partial_ = fp(cuda::rmsnorm_partial_floats(n, d));
+  chunk_rows_ = std::clamp<int64_t>(kLogitsBudget / (vocab * static_cast<int64_t>(sizeof(float))), 1, n);
+  logits_ = fp(chunk_rows_ * vocab);
+  dlogits_ = bf(chunk_rows_ * vocab);
+  row_loss_ = fp(n);
+  tokens_ = i32(n);
+  labels_ = i32(n);
+  embed_ids_ = i32(n);
+  embed_offsets_ = i32(n + 1);
+  embed_positions_ = i32(n);
+  const int64_t half = hd / 2;
+  std::vector<float> cos(s.seq * half), sin(s.seq * half);
+  cpu::rope_tables(cos.data(), sin.data(), s.seq, hd, args_.rope_theta);
+  rope_cos_ = fp(s.seq * half);
+  rope_sin_ = fp(s.seq * half);
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(rope_cos_.as<void>(), cos.data(), cos.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(rope_sin_.as<void>(), sin.data(), sin.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  synchronize();  // the host tables go out of scope
+  planned_ = s;
+}
+
+void CudaTransformer::zero_grad() { TITAN_CUDA_CHECK(cudaMemsetAsync(grad_.as<void>(), 0, grad_.bytes(), stream_)); }
+
+void CudaTransformer::upload_batch(const int32_t* tokens, const int32_t* labels, int64_t n, bool with_index) {
+  for (int64_t i = 0; i < n; ++i)
+    TITAN_CHECK(tokens[i] >= 0 && tokens[i] < args_.vocab_size, "token id ", tokens[i], " at position ", i,
+                " is outside the vocabulary [0, ", args_.vocab_size, ")");
+  // Synchronous copies: the host arrays may change as soon as we return.
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(tokens_.as<void>(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  if (labels)
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(labels_.as<void>(), labels, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  if (with_index) {
+    // Positions grouped by token id, in position order: the embedding backward sums each
+    // token's rows in that order, so it needs no atomics.
+    host_positions_.resize(n);
+    std::iota(host_positions_.begin(), host_positions_.end(), 0);
+    std::stable_sort(host_positions_.begin(), host_positions_.end(),
+                     [&](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
+    host_ids_.clear();
+    host_offsets_.clear();
+    for (int64_t i = 0; i < n; ++i) {
+      if (i == 0 || tokens[host_positions_[i]] != tokens[host_positions_[i - 1]]) {
+        host_ids_.push_back(tokens[host_positions_[i]]);
+        host_offsets_.push_back(static_cast<int32_t>(i));
+      }
+    }
+    host_offsets_.push_back(static_cast<int32_t>(n));
+    embed_unique_ = static_cast<int64_t>(host_ids_.size());
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_ids_.as<void>(), host_ids_.data(), host_ids_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_offsets_.as<void>(), host_offsets_.data(), host_offsets_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_positions_.as<void>(), host_positions_.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  }
+  synchronize();
+}
+
+void CudaTransformer::linear(const bf16* x, size_t weight, bf16* y, int64_t n) {
+  gemm_->run(false, true, n, out_[weight], in_[weight], x, w(weight), y, cuda::OutType::bf16, 1.0f, 0.0f);
+}
+
+void CudaTransformer::linear_backward(const bf16* x, size_t weight, const bf16* dy, bf16* dx, int64_t n, float dx_beta) {
+  const int64_t out = out_[weight], in = in_[weight];
+  gemm_->run(false, false, n, in, out, dy, w(weight), dx, cuda::OutType::bf16, 1.0f, dx_beta);      // dx = dy W
+  gemm_->run(true, false, out, in, n, dy, x, dw(weight), cuda::OutType::f32, 1.0f, 1.0f);           // dW += dy^T x
+}
+
+void CudaTransformer::block_forward(size_t layer, BatchShape s) {
+  const LayerWeights& lw = layers_[layer];
+  LayerActivations& a = saved_[layer];
+  const int64_t n = s.rows(), d = args_.dim, hd = args_.head_dim(), f = args_.ffn_hidden();
+  const float eps = args_.norm_eps;
+  const bf16* x = ptr<bf16>(residual_[layer]);
+  bf16* out = ptr<bf16>(residual_[layer + 1]);
+  cuda::rmsnorm_forward(x, w(lw.attention_norm), ptr<bf16>(a.xn), ptr<float>(a.rstd1), n, d, eps, stream_);
+  linear(ptr<bf16>(a.xn), lw.wq, ptr<bf16>(a.q), n);
+  linear(ptr<bf16>(a.xn), lw.wk, ptr<bf16>(a.k), n);
+  linear(ptr<bf16>(a.xn), lw.wv, ptr<bf16>(a.v), n);
+  cuda::rope(ptr<bf16>(a.q), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_heads, hd, false, stream_);
+  cuda::rope(ptr<bf16>(a.k), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, false, stream_);
+  const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
+  cuda::attention_forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as, stream_);
+  linear(ptr<bf16>(a.att), lw.wo, ptr<bf16>(proj_), n);
+  cuda::add_rmsnorm_forward(x, ptr<bf16>(proj_), ptr<bf16>(a.h), w(lw.ffn_norm), ptr<bf16>(a.hn), ptr<float>(a.rstd2), n,
+                            d, eps, stream_);
+  linear(ptr<bf16>(a.hn), lw.w1, ptr<bf16>(a.a1), n);
+  linear(ptr<bf16>(a.hn), lw.w3, ptr<bf16>(a.a3), n);
+  cuda::swiglu_forward(ptr<bf16>(a.a1), ptr<bf16>(a.a3), ptr<bf16>(a.g), n * f, stream_);
+  linear(ptr<bf16>(a.g), lw.w2, ptr<bf16>(proj_), n);
+  cuda::add(ptr<bf16>(a.h), ptr<bf16>(proj_), out, n * d, stream_);
+}
+
+// On entry d_resid_ holds d(out); on return d(x).
+void CudaTransformer::block_backward(size_t layer, BatchShape s) {
+  const LayerWeights& lw = layers_[layer];
+  const LayerActivations& a = saved_[layer];
+  const int64_t n = s.rows(), d = args_.dim, hd = args_.head_dim(), f = args_.ffn_hidden();
+  bf16* dr = ptr<bf16>(d_resid_);
+  linear_backward(ptr<bf16>(a.g), lw.w2, dr, ptr<bf16>(dg_), n, 0.0f);
+  cuda::swiglu_backward(ptr<bf16>(a.a1), ptr<bf16>(a.a3), ptr<bf16>(dg_), ptr<bf16>(da1_), ptr<bf16>(da3_), n * f, stream_);
+  linear_backward(ptr<bf16>(a.hn), lw.w1, ptr<bf16>(da1_), ptr<bf16>(dxn_), n, 0.0f);
+  linear_backward(ptr<bf16>(a.hn), lw.w3, ptr<bf16>(da3_), ptr<bf16>(dxn_), n, 1.0f);
+  cuda::rmsnorm_backward(ptr<bf16>(a.h), w(lw.ffn_norm), ptr<float>(a.rstd2), ptr<bf16>(dxn_), dr, true,
+                         dw(lw.ffn_norm), ptr<float>(norm_partial_), n, d, stream_);
+  linear_backward(ptr<bf16>(a.att), lw.wo, dr, ptr<bf16>(d_att_), n, 0.0f);
+  const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
+  cuda::attention_backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
+                           ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), ptr<float>(delta_), as,
+                           stream_);
+  cuda::rope(ptr<bf16>(dq_), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_heads, hd, true, stream_);
+  cuda::rope(ptr<bf16>(dk_), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, true, stream_);
+  linear_backward(ptr<bf16>(a.xn), lw.wq, ptr<bf16>(dq_), ptr<bf16>(dxn_), n, 0.0f);
+  linear_backward(ptr<bf16>(a.xn), lw.wk, ptr<bf16>(dk_), ptr<bf16>(dxn_), n, 1.0f);
+  linear_backward(ptr<bf16>(a.xn), lw.wv, ptr<bf16>(dv_), ptr<bf16>(dxn_), n, 1.0f);
+  cuda::rmsnorm_backward(ptr<bf16>(residual_[layer]), w(lw.attention_norm), ptr<float>(a.rstd1), ptr<bf16>(dxn_), dr,
+                         true, dw(lw.attention_norm), ptr<float>(norm_partial_), n, d, stream_);
+}
+
+void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer) {
+  const int64_t n = s.rows();
+  {
+    Tracer::Span span(tracer, "forward embedding");
+    cuda::embedding_forward(ptr<int32_t>(tokens_), w(embedding_), ptr<bf16>(residual_[0]), n, args_.dim, stream_);
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Tracer::Span span(tracer, "forward layers." + std::to_string(i));
+    block_forward(i, s);
+  }
+  cuda::rmsnorm_forward(ptr<bf16>(residual_.back()), w(norm_), ptr<bf16>(final_out_), ptr<float>(final_rstd_), n,
+                        args_.dim, args_.norm_eps, stream_);
+}
+
+double CudaTransformer::classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads) {
+  const int64_t d = args_.dim, vocab = args_.vocab_size;
+  for (int64_t r0 = 0; r0 < n; r0 += chunk_rows_) {
+    const int64_t rows = std::min(chunk_rows_, n - r0);
+    const bf16* h = ptr<bf16>(final_out_) + r0 * d;
+    gemm_->run(false, true, rows, vocab, d, h, w(output_), logits_.as<void>(), cuda::OutType::f32, 1.0f, 0.0f);
+    cuda::cross_entropy_rows(ptr<float>(logits_), ptr<int32_t>(labels_) + r0, rows, vocab, ignore_index, grad_scale,
+                             ptr<float>(row_loss_) + r0, with_grads ? ptr<bf16>(dlogits_) : nullptr, stream_);
+    if (!with_grads) continue;
+    gemm_->run(false, false, rows, d, vocab, ptr<bf16>(dlogits_), w(output_), ptr<bf16>(d_hidden_) + r0 * d,
+               cuda::OutType::bf16, 1.0f, 0.0f);
+    gemm_->run(true, false, vocab, d, rows, ptr<bf16>(dlogits_), h, dw(output_), cuda::OutType::f32, 1.0f, 1.0f);
+  }
+  cuda::sum_f32(ptr<float>(row_loss_), n, ptr<double>(sums_), ptr<double>(reduce_scratch_), stream_);
+  double loss_sum = 0;
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(&loss_sum, sums_.as<void>(), sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+  return loss_sum;
+}
+
+namespace {
+int64_t counted(const int32_t* labels, int64_t n, int32_t ignore_index) {
+  return std::count_if(labels, labels + n, [&](int32_t l) { return l != ignore_index; });
+}
+void check_labels(const int32_t* labels, int64_t n, int64_t vocab, int32_t ignore_index) {
+  for (int64_t i = 0; i < n; ++i)
+    TITAN_CHECK(labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < vocab), "label ", labels[i],
+                " at position ", i, " is outside the vocabulary [0, ", vocab, ")");
+}
+}  // namespace
+
+cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                                        float grad_scale, int32_t ignore_index, Tracer* tracer) {
+  plan(s);
+  const int64_t n = s.rows();
+  check_labels(labels, n, args_.vocab_size, ignore_index);
+  upload_batch(tokens, labels, n, true);
+  forward_hidden(s, tracer);
+  cpu::ClassifierResult result;
+  {
+    Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
+    result.loss_sum = classifier(n, ignore_index, grad_scale, true);
+    result.count = counted(labels, n, ignore_index);
+    cuda::rmsnorm_backward(ptr<bf16>(residual_.back()), w(norm_), ptr<float>(final_rstd_), ptr<bf16>(d_hidden_),
+                           ptr<bf16>(d_resid_), false, dw(norm_), ptr<float>(norm_partial_), n, args_.dim, stream_);
+  }
+  for (size_t i = layers_.size(); i-- > 0;) {
+    Tracer::Span span(tracer, "backward layers." + std::to_string(i));
+    block_backward(i, s);
+  }
+  Tracer::Span span(tracer, "backward embedding");
+  cuda::embedding_backward(ptr<int32_t>(embed_ids_), ptr<int32_t>(embed_offsets_), ptr<int32_t>(embed_positions_),
+                           embed_unique_, ptr<bf16>(d_resid_), dw(embedding_), args_.dim, stream_);
+  synchronize();
+  return result;
+}
+
+cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                                    int32_t ignore_index) {
+  plan(s);
+  const int64_t n = s.rows();
+  check_labels(labels, n, args_.vocab_size, ignore_index);
+  upload_batch(tokens, labels, n, false);
+  forward_hidden(s, nullptr);
+  cpu::ClassifierResult result;
+  result.loss_sum = classifier(n, ignore_index, 0.0f, false);
+  result.count = counted(labels, n, ignore_index);
+  return result;
+}
+
+void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
+  plan(s);
+  const int64_t n = s.rows(), vocab = args_.vocab_size;
+  upload_batch(tokens, nullptr, n, false);
+  forward_hidden(s, nullptr);
+  for (int64_t r0 = 0; r0 < n; r0 += chunk_rows_) {
+    const int64_t rows = std::min(chunk_rows_, n - r0);
+    gemm_->run(false, true, rows, vocab, args_.dim, ptr<bf16>(final_out_) + r0 * args_.dim, w(output_),
+               logits_.as<void>(), cuda::OutType::f32, 1.0f, 0.0f);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(logits + r0 * vocab, logits_.as<void>(), rows * vocab * sizeof(float),
+                                     cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+  }
+}
+
+double CudaTransformer::grad_sq_sum() {
+  cuda::sum_squares_f32(ptr<float>(grad_), total_, ptr<double>(sums_) + 1, ptr<double>(reduce_scratch_), stream_);
+  double out = 0;
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(&out, ptr<double>(sums_) + 1, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+  return out;
+}
+
+void CudaTransformer::adamw(const cuda::AdamWStep& step) {
+  cuda::adamw(ptr<float>(master_), ptr<float>(grad_), ptr<float>(exp_avg_), ptr<float>(exp_avg_sq_), ptr<bf16>(weights_),
+              total_, step, stream_);
+}
+
+std::vector<float> CudaTransformer::gradient(size_t param_index) {
+  std::vector<float> out(numel_.at(param_index));
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), dw(param_index), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+  return out;
+}
+
+}  // namespace titan::llama3

@@ -1,0 +1,97 @@
+// The Llama 3 transformer on one CUDA device in bf16 mixed precision (torchtitan's FSDP
+// policy: bf16 compute weights and activations, fp32 master weights, gradients and AdamW
+// moments). The host Transformer stays the owner of parameters for init and checkpoints;
+// this class mirrors them on the device in flat buffers (one fp32 buffer each for weights,
+// gradients and the two moments, one bf16 buffer of compute weights) and plans every
+// activation once per batch shape, so nothing is allocated inside a step.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "titan/core/parameter.h"
+#include "titan/core/trace.h"
+#include "titan/models/llama3/model_args.h"
+#include "titan/models/llama3/modules.h"
+#include "titan/ops/cuda/allocator.h"
+#include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/gemm.h"
+#include "titan/ops/ops.h"
+
+namespace titan::llama3 {
+
+class CudaTransformer {
+ public:
+  // Parameters in the host Transformer's order (tok_embeddings, layers..., norm, output).
+  CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params);
+  ~CudaTransformer();
+  CudaTransformer(const CudaTransformer&) = delete;
+  CudaTransformer& operator=(const CudaTransformer&) = delete;
+
+  // Host master weights and AdamW moments to the device (and the bf16 copy), and back.
+  void upload(const std::deque<Parameter>& params);
+  void download(std::deque<Parameter>& params);
+
+  void plan(BatchShape s);
+  void zero_grad();
+  // As Transformer::forward_backward; tokens and labels are host arrays of s.rows().
+  cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                         float grad_scale, int32_t ignore_index = -100, Tracer* tracer = nullptr);
+  cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                     int32_t ignore_index = -100);
+  // Forward to fp32 logits [rows, vocab] on the host (tests).
+  void forward_logits(const int32_t* tokens, BatchShape s, float* logits);
+  // Sum of squares of all gradients (synchronises).
+  double grad_sq_sum();
+  void adamw(const cuda::AdamWStep& step);
+  // Copies of the flat fp32 gradient of one parameter (tests).
+  std::vector<float> gradient(size_t param_index);
+
+  const cuda::AllocatorStats& memory_stats() const { return alloc_.stats(); }
+  void synchronize();
+
+ private:
+  struct LayerWeights {
+    size_t wq, wk, wv, wo, w1, w2, w3, attention_norm, ffn_norm;  // parameter indices
+  };
+  struct LayerActivations {
+    cuda::DeviceBuffer xn, h, hn, q, k, v, att, a1, a3, g;  // bf16
+    cuda::DeviceBuffer rstd1, rstd2, lse;                   // fp32
+  };
+  cuda::bf16* w(size_t i) const;   // bf16 compute weight of parameter i
+  float* dw(size_t i) const;       // fp32 gradient of parameter i
+  void upload_batch(const int32_t* tokens, const int32_t* labels, int64_t n, bool with_index);
+  void forward_hidden(BatchShape s, Tracer* tracer);
+  void block_forward(size_t layer, BatchShape s);
+  void block_backward(size_t layer, BatchShape s);
+  // Output projection + cross-entropy over row chunks; with grads also d_hidden_ and dW.
+  double classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads);
+  void linear(const cuda::bf16* x, size_t weight, cuda::bf16* y, int64_t n);
+  void linear_backward(const cuda::bf16* x, size_t weight, const cuda::bf16* dy, cuda::bf16* dx, int64_t n,
+                       float dx_beta);
+
+  ModelArgs args_;
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cuda::DeviceAllocator alloc_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::vector<int64_t> offset_, numel_, out_, in_;  // per parameter: flat offset, size, rows, cols
+  int64_t total_ = 0;
+  cuda::DeviceBuffer master_, grad_, exp_avg_, exp_avg_sq_, weights_;
+  std::vector<LayerWeights> layers_;
+  size_t embedding_ = 0, norm_ = 0, output_ = 0;
+
+  BatchShape planned_{};
+  int64_t chunk_rows_ = 0;
+  std::vector<cuda::DeviceBuffer> residual_;
+  std::vector<LayerActivations> saved_;
+  cuda::DeviceBuffer final_out_, final_rstd_, d_hidden_, d_resid_, dxn_, proj_, d_att_, dq_, dk_, dv_, dg_, da1_, da3_;
+  cuda::DeviceBuffer delta_, norm_partial_, logits_, dlogits_, row_loss_, reduce_scratch_, sums_;
+  cuda::DeviceBuffer tokens_, labels_, embed_ids_, embed_offsets_, embed_positions_, rope_cos_, rope_sin_;
+  int64_t embed_unique_ = 0;
+  std::vector<int32_t> host_ids_, host_offsets_, host_positions_;
+};
+
+}  // namespace titan::llama3

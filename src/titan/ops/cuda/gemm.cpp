@@ -1,0 +1,81 @@
+#include "titan/ops/cuda/gemm.h"
+
+#include "titan/ops/cuda/cuda_check.h"
+
+namespace titan::cuda {
+
+namespace {
+// Hopper's cuBLASLt kernels want a workspace; 32 MiB is what PyTorch gives them there.
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+void check_blas(cublasStatus_t status, const char* what, const char* file, int line) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw InternalError(concat(file, ":", line, ": ", what, ": cuBLAS status ", static_cast<int>(status), " (",
+                               cublasLtGetStatusString(status), ")"));
+}
+}  // namespace
+
+#define TITAN_CUBLAS_CHECK(call) check_blas((call), #call, __FILE__, __LINE__)
+
+Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_bytes_(kWorkspaceBytes) {
+  TITAN_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  TITAN_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+Gemm::~Gemm() {
+  for (auto& [key, p] : plans_) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+  }
+  cudaFree(workspace_);
+  cublasLtDestroy(handle_);
+}
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt's first operand is
+// our b and its second our a, each seen column-major with the same leading dimension.
+Gemm::Plan& Gemm::plan_for(const Key& key) {
+  if (auto it = plans_.find(key); it != plans_.end()) return it->second;
+  const auto [trans_a, trans_b, m, n, k, c_type, accumulate] = key;
+  Plan p;
+  TITAN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_first = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
+  TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof op_second));
+  // First operand, column-major (n x k) after its op: stored b is row-major [k, n] (ld n) or [n, k] (ld k).
+  if (trans_b) TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, n, k));
+  else TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, n, k, n));
+  // Second operand (k x m) after its op: stored a is row-major [m, k] (ld k) or [k, m] (ld m).
+  if (trans_a) TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, m, k, m));
+  else TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, k));
+  const cudaDataType_t ct = c_type == static_cast<int>(OutType::f32) ? CUDA_R_32F : CUDA_R_16BF;
+  TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, ct, n, m, n));
+  cublasLtMatmulPreference_t pref = nullptr;
+  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                          &workspace_bytes_, sizeof workspace_bytes_));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  TITAN_CUBLAS_CHECK(st);
+  if (found == 0)
+    throw InternalError(concat("cuBLASLt has no algorithm for a ", m, "x", n, "x", k, " GEMM (trans_a ", trans_a,
+                               ", trans_b ", trans_b, ")"));
+  p.algo = result.algo;
+  (void)accumulate;
+  return plans_.emplace(key, p).first->second;
+}
+
+void Gemm::run(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a, const bf16* b, void* c,
+               OutType c_type, float alpha, float beta) {
+  if (m == 0 || n == 0) return;
+  Plan& p = plan_for({trans_a, trans_b, m, n, k, static_cast<int>(c_type), beta != 0.0f});
+  TITAN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, b, p.a, a, p.b, &beta, c, p.c, c, p.c, &p.algo, workspace_,
+                                    workspace_bytes_, stream_));
+}
+
+}  // namespace titan::cuda

@@ -1,0 +1,55 @@
+#include "titan/train/engine.h"
+
+#include <omp.h>
+
+#include "titan/optim/grad_clip.h"
+#ifdef TITAN_WITH_CUDA
+#include "titan/ops/cuda/cuda_ops.h"
+#endif
+
+namespace titan::train {
+
+namespace {
+class CpuEngine final : public Engine {
+ public:
+  CpuEngine(llama3::Transformer& model, optim::AdamW& optimizer) : model_(model), optimizer_(optimizer) {}
+  std::string description() const override { return concat("cpu, float32, ", omp_get_max_threads(), " threads"); }
+  bool on_cpu() const override { return true; }
+  double peak_flops() const override { return 0; }
+  void zero_grad() override { model_.zero_grad(); }
+  cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
+                                         float grad_scale, Tracer* tracer) override {
+    return model_.forward_backward(tokens, labels, s, grad_scale, -100, tracer);
+  }
+  cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s) override {
+    return model_.forward_loss(tokens, labels, s);
+  }
+  double grad_sq_sum() override { return optim::grad_sq_sum(model_.parameters()); }
+  void update(double grad_norm, double max_norm, double lr) override {
+    if (max_norm > 0) optim::clip_grads(model_.parameters(), grad_norm, max_norm);
+    optimizer_.step(model_.parameters(), lr);
+  }
+  void to_host() override {}
+  void from_host() override {}
+  metrics::MemorySample memory() const override { return metrics::sample_host_memory(); }
+
+ private:
+  llama3::Transformer& model_;
+  optim::AdamW& optimizer_;
+};
+}  // namespace
+
+std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer) {
+  const std::string device = cfg.get_string("training.device");
+#ifdef TITAN_WITH_CUDA
+  if (device == "cuda" || (device == "auto" && cuda::device_count() > 0)) return make_cuda_engine(cfg, model, optimizer);
+#else
+  if (device == "cuda")
+    throw UserError(concat(cfg.origin("training.device"),
+                           ": training.device = \"cuda\", but this titan was built without CUDA "
+                           "(build it with `cmake --preset cuda`, or set training.device = \"cpu\")"));
+#endif
+  return std::make_unique<CpuEngine>(model, optimizer);
+}
+
+}  // namespace titan::train

@@ -1,0 +1,46 @@
+// Where a training step's arithmetic runs: the CPU reference (fp32) or one CUDA device (bf16
+// mixed precision). The host Transformer always owns the parameters for init and checkpoints;
+// a device engine mirrors them and syncs at the edges (to_host before a save, from_host after
+// a load).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "titan/config/job_config.h"
+#include "titan/core/trace.h"
+#include "titan/metrics/memory.h"
+#include "titan/models/llama3/transformer.h"
+#include "titan/optim/adamw.h"
+
+namespace titan::train {
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual std::string description() const = 0;
+  virtual bool on_cpu() const = 0;
+  // Peak FLOP/s of the device for MFU; 0 when unknown (CPUs).
+  virtual double peak_flops() const = 0;
+  virtual void zero_grad() = 0;
+  virtual cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
+                                                 float grad_scale, Tracer* tracer) = 0;
+  virtual cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s) = 0;
+  virtual double grad_sq_sum() = 0;
+  // Clips to max_norm (when > 0 and grad_norm exceeds it) and applies one AdamW step.
+  virtual void update(double grad_norm, double max_norm, double lr) = 0;
+  virtual void to_host() = 0;
+  virtual void from_host() = 0;
+  virtual metrics::MemorySample memory() const = 0;
+};
+
+// training.device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is found).
+// Throws UserError when the choice cannot run here.
+std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer);
+
+#ifdef TITAN_WITH_CUDA
+std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+                                         optim::AdamW& optimizer);
+#endif
+
+}  // namespace titan::train

@@ -1,0 +1,78 @@
+// The CUDA engine: the model on one GPU in bf16 mixed precision.
+#include <cmath>
+
+#include "titan/metrics/flops.h"
+#include "titan/models/llama3/cuda_transformer.h"
+#include "titan/ops/cuda/cuda_check.h"
+#include "titan/train/engine.h"
+
+namespace titan::train {
+
+namespace {
+class CudaEngine final : public Engine {
+ public:
+  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device)
+      : host_(model), optimizer_(optimizer), device_(device) {
+    TITAN_CUDA_CHECK(cudaSetDevice(device_));
+    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters());
+  }
+  std::string description() const override {
+    return concat("cuda:", device_, " (", cuda::device_name(device_),
+                  "), bfloat16 compute, float32 master weights, gradients and optimizer state");
+  }
+  bool on_cpu() const override { return false; }
+  double peak_flops() const override { return metrics::peak_bf16_flops(cuda::device_name(device_)); }
+  void zero_grad() override { model_->zero_grad(); }
+  cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
+                                         float grad_scale, Tracer* tracer) override {
+    return model_->forward_backward(tokens, labels, s, grad_scale, -100, tracer);
+  }
+  cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s) override {
+    return model_->forward_loss(tokens, labels, s);
+  }
+  double grad_sq_sum() override { return model_->grad_sq_sum(); }
+  void update(double grad_norm, double max_norm, double lr) override {
+    const optim::AdamWFactors f = optimizer_.advance(lr);
+    // torch's clip_grad_norm_ rule, as optim::clip_grads applies it on the CPU.
+    const float coef = max_norm > 0 && grad_norm > max_norm ? static_cast<float>(max_norm / (grad_norm + 1e-6)) : 1.0f;
+    model_->adamw({f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, coef});
+  }
+  void to_host() override { model_->download(host_.parameters()); }
+  void from_host() override { model_->upload(host_.parameters()); }
+  metrics::MemorySample memory() const override {
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    const auto& st = model_->memory_stats();
+    metrics::MemorySample m;
+    m.active_gib = static_cast<double>(st.peak_active) / kGiB;
+    m.reserved_gib = static_cast<double>(st.peak_reserved) / kGiB;
+    m.total_gib = static_cast<double>(cuda::device_total_memory()) / kGiB;
+    m.alloc_retries = st.alloc_retries;
+    m.ooms = st.ooms;
+    return m;
+  }
+
+ private:
+  llama3::Transformer& host_;
+  optim::AdamW& optimizer_;
+  int device_;
+  std::unique_ptr<llama3::CudaTransformer> model_;
+};
+}  // namespace
+
+std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+                                         optim::AdamW& optimizer) {
+  if (cuda::device_count() == 0)
+    throw UserError(concat(cfg.origin("training.device"),
+                           ": training.device = \"cuda\", but no CUDA device is visible (check the driver and "
+                           "CUDA_VISIBLE_DEVICES, or set training.device = \"cpu\")"));
+  if (cfg.get_string("training.mixed_precision_param") != "bfloat16")
+    throw UserError(concat(cfg.origin("training.mixed_precision_param"),
+                           ": the CUDA backend computes in bfloat16 only (float32 runs on training.device = \"cpu\")"));
+  const auto& a = model.args();
+  if (!cuda::attention_supported(a.head_dim()))
+    throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", a.head_dim(),
+                           " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
+  return std::make_unique<CudaEngine>(model, optimizer, 0);
+}
+
+}  // namespace titan::train

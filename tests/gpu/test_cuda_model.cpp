@@ -1,0 +1,116 @@
+// The whole model on the GPU (bf16) against the CPU reference (fp32): loss, logits and every
+// parameter gradient; bit-identical reruns; the caching allocator's statistics.
+#include <cmath>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "titan/models/llama3/cuda_transformer.h"
+#include "titan/models/llama3/transformer.h"
+#include "titan/ops/cuda/allocator.h"
+
+using namespace titan;
+using namespace titan::gpu_test;
+using namespace titan::llama3;
+
+namespace {
+ModelArgs small_args() {
+  ModelArgs a;
+  a.dim = 128;
+  a.n_layers = 2;
+  a.n_heads = 4;  // head_dim 32
+  a.n_kv_heads = 2;
+  a.vocab_size = 301;
+  a.multiple_of = 32;
+  return a;
+}
+
+struct Batch {
+  std::vector<int32_t> tokens, labels;
+};
+Batch random_batch(const ModelArgs& a, BatchShape s) {
+  NamedStream st(fresh_seed(), "batch");
+  Batch b{std::vector<int32_t>(s.rows()), std::vector<int32_t>(s.rows())};
+  for (int64_t i = 0; i < s.rows(); ++i) {
+    b.tokens[i] = static_cast<int32_t>(st.uniform(2 * i) * a.vocab_size) % a.vocab_size;
+    b.labels[i] = i % 11 == 5 ? -100 : static_cast<int32_t>(st.uniform(2 * i + 1) * a.vocab_size) % a.vocab_size;
+  }
+  return b;
+}
+}  // namespace
+
+TEST(CudaTransformer, LossLogitsAndGradientsMatchCpu) {
+  TITAN_REQUIRE_GPU();
+  const ModelArgs a = small_args();
+  const BatchShape s{2, 70};  // 70: not a multiple of the 64-row attention tile
+  Transformer cpu_model(a);
+  cpu_model.init_weights(fresh_seed());
+  // The CPU reference computes with the bf16-rounded weights the GPU sees.
+  for (auto& p : cpu_model.parameters())
+    for (int64_t i = 0; i < p.master.numel(); ++i) p.master.f32()[i] = bf16_to_f32(f32_to_bf16(p.master.f32()[i]));
+  CudaTransformer gpu_model(a, cpu_model.parameters());
+  const Batch b = random_batch(a, s);
+  const float scale = 1.0f / static_cast<float>(s.rows());
+  cpu_model.zero_grad();
+  const auto want = cpu_model.forward_backward(b.tokens.data(), b.labels.data(), s, scale);
+  gpu_model.zero_grad();
+  const auto got = gpu_model.forward_backward(b.tokens.data(), b.labels.data(), s, scale);
+  ASSERT_EQ(got.count, want.count);
+  EXPECT_NEAR(got.loss_sum / got.count, want.loss_sum / want.count, 1e-2) << "mean loss, seed " << fresh_seed();
+  size_t i = 0;
+  for (auto& p : cpu_model.parameters()) {
+    const auto g = gpu_model.gradient(i++);
+    const std::vector<float> ref(p.grad.f32(), p.grad.f32() + p.grad.numel());
+    EXPECT_LT(rel_l2(g, ref), 3e-2) << p.name << ", seed " << fresh_seed();
+  }
+  std::vector<float> logits(s.rows() * a.vocab_size), ref_logits(s.rows() * a.vocab_size);
+  gpu_model.forward_logits(b.tokens.data(), s, logits.data());
+  cpu_model.forward_logits(b.tokens.data(), s, ref_logits.data());
+  EXPECT_LT(rel_l2(logits, ref_logits), 2e-2) << "logits, seed " << fresh_seed();
+}
+
+TEST(CudaTransformer, RerunsAreBitIdentical) {
+  TITAN_REQUIRE_GPU();
+  const ModelArgs a = small_args();
+  const BatchShape s{3, 129};
+  Transformer host(a);
+  host.init_weights(fresh_seed());
+  const Batch b = random_batch(a, s);
+  std::vector<double> losses;
+  std::vector<std::vector<float>> grads;
+  for (int run = 0; run < 2; ++run) {
+    CudaTransformer m(a, host.parameters());
+    m.zero_grad();
+    losses.push_back(m.forward_backward(b.tokens.data(), b.labels.data(), s, 0.01f).loss_sum);
+    grads.push_back(m.gradient(0));
+    const auto more = m.gradient(3);
+    grads.back().insert(grads.back().end(), more.begin(), more.end());
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
+TEST(CudaAllocator, CachesBlocksAndReportsStatistics) {
+  TITAN_REQUIRE_GPU();
+  cuda::DeviceAllocator alloc;
+  void* a = alloc.allocate(1000);
+  EXPECT_EQ(alloc.stats().active, 1024u);  // rounded to 512-byte granules
+  alloc.release(a);
+  EXPECT_EQ(alloc.stats().active, 0u);
+  void* b = alloc.allocate(900);
+  EXPECT_EQ(a, b) << "a freed block of the same size class is reused";
+  EXPECT_EQ(alloc.stats().reserved, 1024u);
+  void* big = alloc.allocate(size_t{3} << 20);
+  EXPECT_EQ(alloc.stats().peak_active, 1024u + (size_t{4} << 20));
+  alloc.release(big);
+  alloc.release(b);
+  // Far more than any card holds: one retry after emptying the cache, then a clear error.
+  try {
+    alloc.allocate(size_t{1} << 50);
+    FAIL() << "a petabyte allocation succeeded";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("out of GPU memory"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(alloc.stats().alloc_retries, 1);
+  EXPECT_EQ(alloc.stats().ooms, 1);
+  EXPECT_EQ(alloc.stats().reserved, 0u) << "the cache was emptied before the retry";
+}
