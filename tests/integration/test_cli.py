@@ -130,6 +130,9 @@ BAD = [
     ("wrong type", "[training]\nsteps = \"3\"\n", [], "training.steps: expected an integer"),
     ("syntax error", "[training\n", [], "TOML syntax error"),
     ("unknown flavor", None, ["--model.flavor", "7B"], "model.flavor = 7B: unknown flavor"),
+    ("unknown device", None, ["--training.device", "tpu"], "training.device = tpu: expected auto, cpu or cuda"),
+    # The CI build has no CUDA, or its machine no GPU: either way a one-line refusal.
+    ("cuda where none is", None, ["--training.device", "cuda"], "training.device = \"cuda\", but"),
     ("negative lr", None, ["--optimizer.lr", "-1"], "optimizer.lr"),
     ("zero batch", None, ["--training.batch_size", "0"], "training.batch_size"),
     ("unsupported feature", None, ["--float8.enable_float8_linear"], "not supported yet"),
