@@ -36,19 +36,21 @@ done
 if $PY bench/gpu_report.py parity "$OUT"/parity_{cpu,gpu,rerun}/metrics.jsonl > "$OUT/parity.txt" 2>&1; then :; else status=1; fi
 cat "$OUT/parity.txt"; note "$(tail -1 "$OUT/parity.txt")"
 
-bench() {  # name flavor vocab seq batch anchor_model
+bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
   timeout 150 $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
     --training.dataset synthetic --training.seq_len $4 --training.batch_size $5 --training.steps 15 \
     --metrics.log_freq 5 --checkpoint.enable_checkpoint false --validation.enabled false \
     --profiling.enable_profiling false --metrics.enable_tensorboard false --training.device cuda \
-    --job.dump_folder "$OUT/bench_$1" > "$OUT/bench_$1.log" 2>&1 || { status=1; tail -5 "$OUT/bench_$1.log"; }
+    --job.dump_folder "$OUT/bench_$1" "${@:7}" > "$OUT/bench_$1.log" 2>&1 || { status=1; tail -5 "$OUT/bench_$1.log"; }
   grep -E "^step" "$OUT/bench_$1.log" | tail -2
   if [ -n "${SKIP_TORCH:-}" ]; then return; fi
-  timeout 240 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants eager,compile \
+  timeout 240 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants ${TORCH_VARIANTS:-compile} \
     --out "$OUT/anchor_$1.json" > "$OUT/anchor_$1.log" 2>&1 || { status=1; tail -5 "$OUT/anchor_$1.log"; }
 }
 bench debugmodel_2048x8 debugmodel 2048 2048 8 debugmodel
-bench 1B_2048x4 1B 128256 2048 4 llama3_1b
+bench 150M_2048x16 150M 128256 2048 16 llama3_150m
+bench 1B_2048x4 1B 128256 2048 4 llama3_1b --profiling.phase_times true
+bench 8B_4layers_4096x2 8B_4layers 128256 4096 2 llama3_8b_4l
 
 $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).
@@ -57,7 +59,7 @@ $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
   for t in cast kernels cuda_model; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
   for p in cpu gpu rerun; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
-  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters)|rror" "$b" | tail -8; done
+  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -16; done
   for a in "$OUT"/anchor_*.log; do [ -f "$a" ] && { echo "## $(basename $a)"; tail -6 "$a"; }; done
   echo "## summary"; for s in "${summary[@]}"; do echo "$s"; done
   cat "$OUT/table.txt"

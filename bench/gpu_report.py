@@ -49,21 +49,23 @@ def titan_tps(path, skip_steps):
 
 
 def table(a):
-    print("shape                 titan tok/s  TFLOP/s  mem GiB | torch eager  torch compile | titan/compile")
+    print("shape                 titan tok/s  TFLOP/s  mem GiB | torch eager  torch compile  mem GiB | titan/compile")
     for run in sorted(d for d in glob.glob(os.path.join(a.out, "bench_*")) if os.path.isdir(d)):
         name = os.path.basename(run)[len("bench_"):]
         tps, tflops, mem = titan_tps(os.path.join(run, "metrics.jsonl"), 5) if os.path.exists(
             os.path.join(run, "metrics.jsonl")) else (None, None, None)
-        peer = {}
+        peer, peer_mem = {}, {}
         anchor = os.path.join(a.out, f"anchor_{name}.json")
         if os.path.exists(anchor):
             for r in json.load(open(anchor)).get("runs", []):
                 peer[r["variant"]] = r.get("tokens_per_s")
+                peer_mem[r["variant"]] = r.get("peak_mem_gib")
         eager, comp = peer.get("eager"), peer.get("compile")
         fmt = lambda v, w=11: f"{v:{w},.0f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"
         ratio = f"{tps / comp:.2f}x" if tps and comp else "-"
-        print(f"{name:20s} {fmt(tps)}  {fmt(tflops, 7)}  {mem if mem is not None else '-':>7} | {fmt(eager)}  "
-              f"{fmt(comp, 13)} | {ratio}")
+        gib = lambda v: f"{v:7.1f}" if isinstance(v, (int, float)) else f"{'-':>7}"
+        print(f"{name:20s} {fmt(tps)}  {fmt(tflops, 7)}  {gib(mem)} | {fmt(eager)}  {fmt(comp, 13)}  "
+              f"{gib(peer_mem.get('compile'))} | {ratio}")
     return 0
 
 

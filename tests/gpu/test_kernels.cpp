@@ -165,17 +165,19 @@ TEST(CudaEmbedding, ForwardGathersAndBackwardSumsInOrder) {
 TEST(CudaAttention, ForwardAndBackwardMatchCpu) {
   TITAN_REQUIRE_GPU();
   const std::vector<cuda::AttentionShape> shapes{
-      {2, 100, 4, 2, 16}, {1, 130, 8, 8, 64}, {2, 64, 4, 1, 32}, {1, 257, 2, 1, 128}, {3, 1, 2, 2, 16}};
+      {2, 100, 4, 2, 16}, {1, 130, 8, 8, 64}, {2, 64, 4, 1, 32}, {1, 257, 2, 1, 128}, {3, 1, 2, 2, 16}, {1, 200, 6, 3, 64}};
+  for (auto impl : {cuda::AttentionImpl::tensor_core, cuda::AttentionImpl::fma})
   for (const auto& s : shapes) {
-    const auto tag = where("attention b s h kv hd", {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim});
+    const auto tag = where(impl == cuda::AttentionImpl::fma ? "fma attention b s h kv hd" : "tensor-core attention b s h kv hd",
+                           {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim});
     const int64_t nq = s.batch * s.seq * s.heads * s.head_dim, nk = s.batch * s.seq * s.kv_heads * s.head_dim;
     auto q = randn(tag + "q", nq), k = randn(tag + "k", nk), v = randn(tag + "v", nk), dout = randn(tag + "do", nq);
     const auto qb = to_bf16(q), kb = to_bf16(k), vb = to_bf16(v), doutb = to_bf16(dout);
     DeviceArray<uint16_t> dq_(qb), dk_(kb), dv_(vb), ddo(doutb), o(nq), dq(nq), dk(nk), dv(nk);
     DeviceArray<float> lse(s.batch * s.heads * s.seq), delta(s.batch * s.heads * s.seq);
-    cuda::attention_forward(dq_.get(), dk_.get(), dv_.get(), o.get(), lse.get(), s, nullptr);
+    cuda::attention_forward(dq_.get(), dk_.get(), dv_.get(), o.get(), lse.get(), s, nullptr, impl);
     cuda::attention_backward(dq_.get(), dk_.get(), dv_.get(), o.get(), lse.get(), ddo.get(), dq.get(), dk.get(), dv.get(),
-                             delta.get(), s, nullptr);
+                             delta.get(), s, nullptr, impl);
     const cpu::AttentionShape cs{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
     std::vector<float> ro(nq), rlse(s.batch * s.heads * s.seq), rdq(nq), rdk(nk), rdv(nk);
     cpu::attention_forward(q.data(), k.data(), v.data(), ro.data(), rlse.data(), cs);
@@ -187,13 +189,15 @@ TEST(CudaAttention, ForwardAndBackwardMatchCpu) {
     EXPECT_LT(rel_l2(from_bf16(dk.download()), rdk), kAttention) << tag << " dk";
     EXPECT_LT(rel_l2(from_bf16(dv.download()), rdv), kAttention) << tag << " dv";
     // Deterministic: a second backward gives the same bits.
-    const auto dq_first = dq.download(), dk_first = dk.download();
+    const auto dq_first = dq.download(), dk_first = dk.download(), dv_first = dv.download();
     dq.poison();
     dk.poison();
+    dv.poison();
     cuda::attention_backward(dq_.get(), dk_.get(), dv_.get(), o.get(), lse.get(), ddo.get(), dq.get(), dk.get(), dv.get(),
-                             delta.get(), s, nullptr);
+                             delta.get(), s, nullptr, impl);
     EXPECT_EQ(dq.download(), dq_first) << tag << " dq rerun";
     EXPECT_EQ(dk.download(), dk_first) << tag << " dk rerun";
+    EXPECT_EQ(dv.download(), dv_first) << tag << " dv rerun";
   }
 }
 

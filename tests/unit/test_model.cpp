@@ -59,6 +59,11 @@ TEST(Flavors, MatchReferenceShapes) {
   EXPECT_EQ(flavor("8B").ffn_hidden(), 14336);
   EXPECT_EQ(flavor("70B").ffn_hidden(), 28672);
   EXPECT_EQ(flavor("405B").ffn_hidden(), 53248);
+  // Benchmark shapes (torch_anchor.py's llama3_150m and llama3_8b_4l).
+  EXPECT_EQ(flavor("150M").ffn_hidden(), 2048);
+  EXPECT_EQ(flavor("150M").n_kv_heads, 4);
+  EXPECT_EQ(flavor("8B_4layers").n_layers, 4);
+  EXPECT_EQ(flavor("8B_4layers").ffn_hidden(), 14336);
   // Llama 3 8B has 8.03 billion parameters.
   EXPECT_NEAR(static_cast<double>(metrics::parameter_count(flavor("8B"))), 8.03e9, 0.01e9);
   EXPECT_THROW(flavor("13B"), UserError);

@@ -27,6 +27,7 @@ std::vector<KeySpec> make_schema() {
       {"profiling", "save_traces_folder", string, "profile_trace", "trace folder under dump_folder"},
       {"profiling", "profile_freq", integer, "10", "steps between traced steps"},
       {"profiling", "enable_memory_snapshot", boolean, "false", "write memory snapshots", default_only},
+      {"profiling", "phase_times", boolean, "false", "titan: time each phase of a GPU step with device events; printed at the end of training"},
       {"profiling", "save_memory_snapshot_folder", string, "memory_snapshot", kNotBuilt, accepted_noop},
 
       {"metrics", "log_freq", integer, "10", "print metrics every N steps"},

@@ -32,6 +32,8 @@ class Engine {
   virtual void to_host() = 0;
   virtual void from_host() = 0;
   virtual metrics::MemorySample memory() const = 0;
+  // Device time per phase of a step (profiling.phase_times), as printable lines; empty when off.
+  virtual std::string phase_report() const { return ""; }
 };
 
 // training.device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is found).

@@ -1,5 +1,6 @@
 // The CUDA engine: the model on one GPU in bf16 mixed precision.
 #include <cmath>
+#include <cstdio>
 
 #include "titan/metrics/flops.h"
 #include "titan/models/llama3/cuda_transformer.h"
@@ -11,8 +12,8 @@ namespace titan::train {
 namespace {
 class CudaEngine final : public Engine {
  public:
-  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device)
-      : host_(model), optimizer_(optimizer), device_(device) {
+  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool phase_times)
+      : host_(model), optimizer_(optimizer), device_(device), phase_times_(phase_times) {
     TITAN_CUDA_CHECK(cudaSetDevice(device_));
     model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters());
   }
@@ -36,6 +37,23 @@ class CudaEngine final : public Engine {
     // torch's clip_grad_norm_ rule, as optim::clip_grads applies it on the CPU.
     const float coef = max_norm > 0 && grad_norm > max_norm ? static_cast<float>(max_norm / (grad_norm + 1e-6)) : 1.0f;
     model_->adamw({f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, coef});
+    // Phase timing starts after two steps, so one-time work (cuBLASLt plans, module loads) stays out.
+    if (++updates_ == 2 && phase_times_) model_->enable_phase_timing();
+  }
+  std::string phase_report() const override {
+    const cuda::PhaseTimer* t = model_->phase_timer();
+    if (!t || t->steps() == 0) return "";
+    const double steps = static_cast<double>(t->steps()), span = t->span_ms() / steps;
+    std::string out = concat("gpu phases (device events, mean of ", t->steps(), " steps after the first two): ",
+                             span, " ms per step from first to last op\n");
+    for (size_t i = 0; i < t->totals_ms().size(); ++i) {
+      const double ms = t->totals_ms()[i] / steps;
+      char line[160];
+      std::snprintf(line, sizeof line, "  %-36s %9.3f ms  %5.1f%%\n", cuda::phase_name(static_cast<cuda::Phase>(i)), ms,
+                    100.0 * ms / span);
+      out += line;
+    }
+    return out;
   }
   void to_host() override { model_->download(host_.parameters()); }
   void from_host() override { model_->upload(host_.parameters()); }
@@ -55,6 +73,8 @@ class CudaEngine final : public Engine {
   llama3::Transformer& host_;
   optim::AdamW& optimizer_;
   int device_;
+  bool phase_times_;
+  int64_t updates_ = 0;
   std::unique_ptr<llama3::CudaTransformer> model_;
 };
 }  // namespace
@@ -72,7 +92,7 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   if (!cuda::attention_supported(a.head_dim()))
     throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", a.head_dim(),
                            " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
-  return std::make_unique<CudaEngine>(model, optimizer, 0);
+  return std::make_unique<CudaEngine>(model, optimizer, 0, cfg.get_bool("profiling.phase_times"));
 }
 
 }  // namespace titan::train

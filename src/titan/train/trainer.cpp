@@ -381,6 +381,7 @@ std::vector<StepMetrics> Trainer::run() {
     }
   }
   if (checkpoints_) checkpoints_->wait();
+  log_ << engine_->phase_report() << std::flush;
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
   return history;

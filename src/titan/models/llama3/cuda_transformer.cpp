@@ -8,6 +8,7 @@
 namespace titan::llama3 {
 
 using cuda::bf16;
+using cuda::Phase;
 using cuda::DeviceBuffer;
 
 namespace {
@@ -193,21 +194,31 @@ void CudaTransformer::block_forward(size_t layer, BatchShape s) {
   const float eps = args_.norm_eps;
   const bf16* x = ptr<bf16>(residual_[layer]);
   bf16* out = ptr<bf16>(residual_[layer + 1]);
+  at(Phase::norm_elementwise);
   cuda::rmsnorm_forward(x, w(lw.attention_norm), ptr<bf16>(a.xn), ptr<float>(a.rstd1), n, d, eps, stream_);
+  at(Phase::gemm);
   linear(ptr<bf16>(a.xn), lw.wq, ptr<bf16>(a.q), n);
   linear(ptr<bf16>(a.xn), lw.wk, ptr<bf16>(a.k), n);
   linear(ptr<bf16>(a.xn), lw.wv, ptr<bf16>(a.v), n);
+  at(Phase::norm_elementwise);
   cuda::rope(ptr<bf16>(a.q), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_heads, hd, false, stream_);
   cuda::rope(ptr<bf16>(a.k), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, false, stream_);
   const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
+  at(Phase::attention_forward);
   cuda::attention_forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as, stream_);
+  at(Phase::gemm);
   linear(ptr<bf16>(a.att), lw.wo, ptr<bf16>(proj_), n);
+  at(Phase::norm_elementwise);
   cuda::add_rmsnorm_forward(x, ptr<bf16>(proj_), ptr<bf16>(a.h), w(lw.ffn_norm), ptr<bf16>(a.hn), ptr<float>(a.rstd2), n,
                             d, eps, stream_);
+  at(Phase::gemm);
   linear(ptr<bf16>(a.hn), lw.w1, ptr<bf16>(a.a1), n);
   linear(ptr<bf16>(a.hn), lw.w3, ptr<bf16>(a.a3), n);
+  at(Phase::norm_elementwise);
   cuda::swiglu_forward(ptr<bf16>(a.a1), ptr<bf16>(a.a3), ptr<bf16>(a.g), n * f, stream_);
+  at(Phase::gemm);
   linear(ptr<bf16>(a.g), lw.w2, ptr<bf16>(proj_), n);
+  at(Phase::norm_elementwise);
   cuda::add(ptr<bf16>(a.h), ptr<bf16>(proj_), out, n * d, stream_);
 }
 
@@ -217,22 +228,31 @@ void CudaTransformer::block_backward(size_t layer, BatchShape s) {
   const LayerActivations& a = saved_[layer];
   const int64_t n = s.rows(), d = args_.dim, hd = args_.head_dim(), f = args_.ffn_hidden();
   bf16* dr = ptr<bf16>(d_resid_);
+  at(Phase::gemm);
   linear_backward(ptr<bf16>(a.g), lw.w2, dr, ptr<bf16>(dg_), n, 0.0f);
+  at(Phase::norm_elementwise);
   cuda::swiglu_backward(ptr<bf16>(a.a1), ptr<bf16>(a.a3), ptr<bf16>(dg_), ptr<bf16>(da1_), ptr<bf16>(da3_), n * f, stream_);
+  at(Phase::gemm);
   linear_backward(ptr<bf16>(a.hn), lw.w1, ptr<bf16>(da1_), ptr<bf16>(dxn_), n, 0.0f);
   linear_backward(ptr<bf16>(a.hn), lw.w3, ptr<bf16>(da3_), ptr<bf16>(dxn_), n, 1.0f);
+  at(Phase::norm_elementwise);
   cuda::rmsnorm_backward(ptr<bf16>(a.h), w(lw.ffn_norm), ptr<float>(a.rstd2), ptr<bf16>(dxn_), dr, true,
                          dw(lw.ffn_norm), ptr<float>(norm_partial_), n, d, stream_);
+  at(Phase::gemm);
   linear_backward(ptr<bf16>(a.att), lw.wo, dr, ptr<bf16>(d_att_), n, 0.0f);
   const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
+  at(Phase::attention_backward);
   cuda::attention_backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
                            ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), ptr<float>(delta_), as,
                            stream_);
+  at(Phase::norm_elementwise);
   cuda::rope(ptr<bf16>(dq_), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_heads, hd, true, stream_);
   cuda::rope(ptr<bf16>(dk_), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, true, stream_);
+  at(Phase::gemm);
   linear_backward(ptr<bf16>(a.xn), lw.wq, ptr<bf16>(dq_), ptr<bf16>(dxn_), n, 0.0f);
   linear_backward(ptr<bf16>(a.xn), lw.wk, ptr<bf16>(dk_), ptr<bf16>(dxn_), n, 1.0f);
   linear_backward(ptr<bf16>(a.xn), lw.wv, ptr<bf16>(dv_), ptr<bf16>(dxn_), n, 1.0f);
+  at(Phase::norm_elementwise);
   cuda::rmsnorm_backward(ptr<bf16>(residual_[layer]), w(lw.attention_norm), ptr<float>(a.rstd1), ptr<bf16>(dxn_), dr,
                          true, dw(lw.attention_norm), ptr<float>(norm_partial_), n, d, stream_);
 }
@@ -241,18 +261,21 @@ void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer) {
   const int64_t n = s.rows();
   {
     Tracer::Span span(tracer, "forward embedding");
+    at(Phase::embedding);
     cuda::embedding_forward(ptr<int32_t>(tokens_), w(embedding_), ptr<bf16>(residual_[0]), n, args_.dim, stream_);
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
     block_forward(i, s);
   }
+  at(Phase::norm_elementwise);
   cuda::rmsnorm_forward(ptr<bf16>(residual_.back()), w(norm_), ptr<bf16>(final_out_), ptr<float>(final_rstd_), n,
                         args_.dim, args_.norm_eps, stream_);
 }
 
-double CudaTransformer::classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads) {
+void CudaTransformer::classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads) {
   const int64_t d = args_.dim, vocab = args_.vocab_size;
+  at(Phase::classifier);
   for (int64_t r0 = 0; r0 < n; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, n - r0);
     const bf16* h = ptr<bf16>(final_out_) + r0 * d;
@@ -265,6 +288,9 @@ double CudaTransformer::classifier(int64_t n, int32_t ignore_index, float grad_s
     gemm_->run(true, false, vocab, d, rows, ptr<bf16>(dlogits_), h, dw(output_), cuda::OutType::f32, 1.0f, 1.0f);
   }
   cuda::sum_f32(ptr<float>(row_loss_), n, ptr<double>(sums_), ptr<double>(reduce_scratch_), stream_);
+}
+
+double CudaTransformer::read_loss_sum() {
   double loss_sum = 0;
   TITAN_CUDA_CHECK(cudaMemcpyAsync(&loss_sum, sums_.as<void>(), sizeof(double), cudaMemcpyDeviceToHost, stream_));
   synchronize();
@@ -292,8 +318,9 @@ cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, c
   cpu::ClassifierResult result;
   {
     Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
-    result.loss_sum = classifier(n, ignore_index, grad_scale, true);
+    classifier(n, ignore_index, grad_scale, true);
     result.count = counted(labels, n, ignore_index);
+    at(Phase::norm_elementwise);
     cuda::rmsnorm_backward(ptr<bf16>(residual_.back()), w(norm_), ptr<float>(final_rstd_), ptr<bf16>(d_hidden_),
                            ptr<bf16>(d_resid_), false, dw(norm_), ptr<float>(norm_partial_), n, args_.dim, stream_);
   }
@@ -302,9 +329,10 @@ cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, c
     block_backward(i, s);
   }
   Tracer::Span span(tracer, "backward embedding");
+  at(Phase::embedding);
   cuda::embedding_backward(ptr<int32_t>(embed_ids_), ptr<int32_t>(embed_offsets_), ptr<int32_t>(embed_positions_),
                            embed_unique_, ptr<bf16>(d_resid_), dw(embedding_), args_.dim, stream_);
-  synchronize();
+  result.loss_sum = read_loss_sum();
   return result;
 }
 
@@ -316,7 +344,8 @@ cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const
   upload_batch(tokens, labels, n, false);
   forward_hidden(s, nullptr);
   cpu::ClassifierResult result;
-  result.loss_sum = classifier(n, ignore_index, 0.0f, false);
+  classifier(n, ignore_index, 0.0f, false);
+  result.loss_sum = read_loss_sum();
   result.count = counted(labels, n, ignore_index);
   return result;
 }
@@ -337,6 +366,7 @@ void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float*
 }
 
 double CudaTransformer::grad_sq_sum() {
+  at(Phase::optimizer);
   cuda::sum_squares_f32(ptr<float>(grad_), total_, ptr<double>(sums_) + 1, ptr<double>(reduce_scratch_), stream_);
   double out = 0;
   TITAN_CUDA_CHECK(cudaMemcpyAsync(&out, ptr<double>(sums_) + 1, sizeof(double), cudaMemcpyDeviceToHost, stream_));
@@ -345,8 +375,14 @@ double CudaTransformer::grad_sq_sum() {
 }
 
 void CudaTransformer::adamw(const cuda::AdamWStep& step) {
+  at(Phase::optimizer);
   cuda::adamw(ptr<float>(master_), ptr<float>(grad_), ptr<float>(exp_avg_), ptr<float>(exp_avg_sq_), ptr<bf16>(weights_),
               total_, step, stream_);
+  if (phases_) phases_->finish_step();
+}
+
+void CudaTransformer::enable_phase_timing() {
+  if (!phases_) phases_ = std::make_unique<cuda::PhaseTimer>(stream_);
 }
 
 std::vector<float> CudaTransformer::gradient(size_t param_index) {

@@ -18,6 +18,7 @@
 #include "titan/ops/cuda/allocator.h"
 #include "titan/ops/cuda/cuda_ops.h"
 #include "titan/ops/cuda/gemm.h"
+#include "titan/ops/cuda/phase_timer.h"
 #include "titan/ops/ops.h"
 
 namespace titan::llama3 {
@@ -50,6 +51,10 @@ class CudaTransformer {
   std::vector<float> gradient(size_t param_index);
 
   const cuda::AllocatorStats& memory_stats() const { return alloc_.stats(); }
+  // Device time per phase from events around every op (costs a little launch time); the
+  // totals cover the steps since enabling, each step closed by adamw().
+  void enable_phase_timing();
+  const cuda::PhaseTimer* phase_timer() const { return phases_.get(); }
   void synchronize();
 
  private:
@@ -66,8 +71,13 @@ class CudaTransformer {
   void forward_hidden(BatchShape s, Tracer* tracer);
   void block_forward(size_t layer, BatchShape s);
   void block_backward(size_t layer, BatchShape s);
-  // Output projection + cross-entropy over row chunks; with grads also d_hidden_ and dW.
-  double classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads);
+  // Output projection + cross-entropy over row chunks (with grads also d_hidden_ and dW); the
+  // loss sum is left on the device for read_loss_sum.
+  void classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads);
+  double read_loss_sum();  // waits for the step's work
+  void at(cuda::Phase p) {
+    if (phases_) phases_->mark(p);
+  }
   void linear(const cuda::bf16* x, size_t weight, cuda::bf16* y, int64_t n);
   void linear_backward(const cuda::bf16* x, size_t weight, const cuda::bf16* dy, cuda::bf16* dx, int64_t n,
                        float dx_beta);
@@ -92,6 +102,7 @@ class CudaTransformer {
   cuda::DeviceBuffer tokens_, labels_, embed_ids_, embed_offsets_, embed_positions_, rope_cos_, rope_sin_;
   int64_t embed_unique_ = 0;
   std::vector<int32_t> host_ids_, host_offsets_, host_positions_;
+  std::unique_ptr<cuda::PhaseTimer> phases_;
 };
 
 }  // namespace titan::llama3

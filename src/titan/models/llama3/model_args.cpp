@@ -48,6 +48,14 @@ const std::map<std::string, ModelArgs>& flavors() {
     t["8B"] = big(4096, 32, 32, 1.3, 1024);
     t["70B"] = big(8192, 80, 64, 1.3, 4096);
     t["405B"] = big(16384, 126, 128, 1.2, 4096);
+    // Benchmark shapes of REFERENCE.md's GPU table (torch_anchor.py's llama3_150m and llama3_8b_4l).
+    ModelArgs small = big(768, 12, 12, 1.0, 256);
+    small.n_kv_heads = 4;
+    small.ffn_dim_multiplier.reset();  // ffn hidden int(8 * 768 / 3) = 2048
+    t["150M"] = small;
+    ModelArgs eight_b_slice = t["8B"];
+    eight_b_slice.n_layers = 4;
+    t["8B_4layers"] = eight_b_slice;
     return t;
   }();
   return table;

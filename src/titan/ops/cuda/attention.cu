@@ -2,9 +2,11 @@
 // (dK/dV per key tile, dQ per query tile) so no gradient is ever summed with atomics.
 // Tiles of 64 queries x 64 keys in shared memory as fp32; 256 threads, four per tile row, each
 // thread owning every fourth key of the tile and every fourth element of the head dimension.
-// The math runs on the FMA units, not the tensor cores: correctness first (issue 7 is speed).
+// The math runs on the FMA units: simple, and an independent check of the tensor-core kernels
+// (attention_tc.cu), which are the default.
 #include <cmath>
 
+#include "titan/ops/cuda/attention_kernels.h"
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cuda_ops.h"
 #include "titan/ops/cuda/kernel_util.cuh"
@@ -314,9 +316,10 @@ bool attention_supported(int64_t head_dim) {
 }
 
 void attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, AttentionImpl impl) {
   check_shape(s);
   if (s.batch * s.seq == 0) return;
+  if (impl == AttentionImpl::tensor_core) return attention_forward_tc(q, k, v, o, lse, s, stream);
   switch (s.head_dim) {
     case 16: return forward_for<16>(q, k, v, o, lse, s, stream);
     case 32: return forward_for<32>(q, k, v, o, lse, s, stream);
@@ -327,13 +330,14 @@ void attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, flo
 
 void attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,
                         const bf16* dout, bf16* dq, bf16* dk, bf16* dv, float* delta, const AttentionShape& s,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, AttentionImpl impl) {
   check_shape(s);
   if (s.batch * s.seq == 0) return;
   const int64_t rows = s.batch * s.seq * s.heads;
   delta_kernel<<<grid_for(rows * 32, kThreads), kThreads, 0, stream>>>(as_bf16(o), as_bf16(dout), delta, rows, s.seq,
                                                                        s.heads, s.head_dim);
   TITAN_CUDA_CHECK_LAUNCH();
+  if (impl == AttentionImpl::tensor_core) return attention_backward_tc(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
   switch (s.head_dim) {
     case 16: return backward_for<16>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
     case 32: return backward_for<32>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);

@@ -55,19 +55,21 @@ void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t 
 void embedding_backward(const int32_t* ids, const int32_t* offsets, const int32_t* positions, int64_t unique,
                         const bf16* dout, float* dw, int64_t d, cudaStream_t stream);
 
-// Causal grouped-query attention (own flash-attention kernels, fp32 math on bf16 data):
-// q/o [batch, seq, heads, head_dim]; k/v [batch, seq, kv_heads, head_dim]; lse [batch, heads, seq].
-// head_dim must be one of 16, 32, 64, 128 (attention_supported says).
+// Causal grouped-query attention (own flash-attention kernels; bf16 data, fp32 softmax and
+// accumulation): q/o [batch, seq, heads, head_dim]; k/v [batch, seq, kv_heads, head_dim];
+// lse [batch, heads, seq]. head_dim must be one of 16, 32, 64, 128 (attention_supported says).
+// Two implementations: tensor cores (mma.sync, the default) and plain FMA (a cross-check).
 struct AttentionShape {
   int64_t batch, seq, heads, kv_heads, head_dim;
 };
+enum class AttentionImpl { tensor_core, fma };
 bool attention_supported(int64_t head_dim);
 void attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
-                       cudaStream_t stream);
+                       cudaStream_t stream, AttentionImpl impl = AttentionImpl::tensor_core);
 // dq, dk, dv written; `delta` is scratch of batch * heads * seq floats (rowsum(dout * o)).
 void attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,
                         const bf16* dout, bf16* dq, bf16* dk, bf16* dv, float* delta, const AttentionShape& s,
-                        cudaStream_t stream);
+                        cudaStream_t stream, AttentionImpl impl = AttentionImpl::tensor_core);
 
 // Per row of fp32 logits [rows, vocab]: loss[r] = logsumexp - logit[label] (0 where the label
 // is ignore_index), and with dlogits != nullptr dlogits = (softmax - onehot) * grad_scale.

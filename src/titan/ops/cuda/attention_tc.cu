@@ -1,0 +1,461 @@
+// Causal grouped-query flash attention on the tensor cores (mma.sync m16n8k16, bf16 in, fp32
+// accumulate), FlashAttention-2's scheme: each warp owns 16 rows of a 64-row tile, scores and
+// probabilities stay in registers (an mma's accumulator layout is the next mma's operand
+// layout), the online softmax runs in fp32. The backward is two kernels, dK/dV per key tile
+// and dQ per query tile, so no gradient is summed with atomics and reruns are bit-identical.
+// Operands that an mma needs "column-major" are kept transposed in shared memory.
+#include <cmath>
+
+#include "titan/ops/cuda/attention_kernels.h"
+#include "titan/ops/cuda/cuda_check.h"
+#include "titan/ops/cuda/kernel_util.cuh"
+
+namespace titan::cuda {
+
+using namespace detail;
+
+namespace {
+constexpr int kTile = 64;              // rows of a query or key tile
+constexpr int kWarps = 4;              // 16 rows each
+constexpr int kThreads = 32 * kWarps;
+constexpr int kLdT = kTile + 8;        // row stride of transposed tiles; +8 keeps fragment loads conflict-free
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+__host__ __device__ constexpr int ld() { return D + 8; }  // row stride of row-major tiles
+
+struct Dims {
+  int64_t seq, heads, kv_heads;
+  float scale;
+};
+
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t ld32(const bf16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Two floats as a bf16 pair; the first is the lower-indexed element.
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// A-operand fragment of rows [row0, row0 + 16) and columns [col0, col0 + 16) of a row-major tile.
+template <int LD>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16_t* tile, int row0, int col0) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  a[0] = ld32(tile + (row0 + g) * LD + col0 + 2 * t);
+  a[1] = ld32(tile + (row0 + g + 8) * LD + col0 + 2 * t);
+  a[2] = ld32(tile + (row0 + g) * LD + col0 + 2 * t + 8);
+  a[3] = ld32(tile + (row0 + g + 8) * LD + col0 + 2 * t + 8);
+}
+
+// B operand (16 x 8) whose column n is row (n0 + n) of a row-major tile, k along that row.
+template <int LD>
+__device__ __forceinline__ void load_b(uint32_t& b0, uint32_t& b1, const bf16_t* tile, int n0, int k0) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  b0 = ld32(tile + (n0 + g) * LD + k0 + 2 * t);
+  b1 = ld32(tile + (n0 + g) * LD + k0 + 2 * t + 8);
+}
+
+// Rows [row0, row0 + 64) of one head into a row-major tile (zeros past seq), 16 bytes at a time.
+template <int D>
+__device__ void load_rows(bf16_t* tile, const bf16_t* src, int64_t b, int64_t row0, int64_t seq, int64_t heads,
+                          int64_t head) {
+  constexpr int kVec = D / 8;
+  for (int idx = threadIdx.x; idx < kTile * kVec; idx += blockDim.x) {
+    const int r = idx / kVec, c = (idx % kVec) * 8;
+    const int64_t pos = row0 + r;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (pos < seq) v = *reinterpret_cast<const uint4*>(src + ((b * seq + pos) * heads + head) * D + c);
+    *reinterpret_cast<uint4*>(tile + r * ld<D>() + c) = v;
+  }
+}
+
+// The same rows stored transposed: tile[d * kLdT + r].
+template <int D>
+__device__ void load_rows_transposed(bf16_t* tile, const bf16_t* src, int64_t b, int64_t row0, int64_t seq,
+                                     int64_t heads, int64_t head) {
+  constexpr int kVec = D / 8;
+  for (int idx = threadIdx.x; idx < kTile * kVec; idx += blockDim.x) {
+    const int r = idx % kTile, c = (idx / kTile) * 8;  // consecutive threads: consecutive rows, same columns
+    const int64_t pos = row0 + r;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (pos < seq) v = *reinterpret_cast<const uint4*>(src + ((b * seq + pos) * heads + head) * D + c);
+    const bf16_t* e = reinterpret_cast<const bf16_t*>(&v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) tile[(c + i) * kLdT + r] = e[i];
+  }
+}
+
+template <int D>
+constexpr size_t forward_smem() { return (2 * kTile * ld<D>() + D * kLdT) * sizeof(bf16_t); }
+template <int D>
+constexpr size_t dkdv_smem() { return (4 * kTile * ld<D>() + 2 * D * kLdT) * sizeof(bf16_t) + 2 * kTile * sizeof(float); }
+template <int D>
+constexpr size_t dq_smem() { return (4 * kTile * ld<D>() + D * kLdT) * sizeof(bf16_t); }
+
+// grid (query tiles, heads, batch)
+template <int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                                           bf16_t* o, float* lse, Dims dims) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* ks = qs + kTile * ld<D>();
+  bf16_t* vt = ks + kTile * ld<D>();
+  const int64_t qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, seq = dims.seq;
+  const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kTile;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const int64_t row_a = q0 + warp * 16 + g, row_b = row_a + 8;  // this thread's two rows
+  const float scale_log2 = dims.scale * kLog2e;
+  load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) load_a<ld<D>()>(qf[kc], qs, warp * 16, kc * 16);
+  float acc[D / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  for (int64_t kt = 0; kt <= qt; ++kt) {
+    const int64_t k0 = kt * kTile;
+    __syncthreads();
+    load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
+    load_rows_transposed<D>(vt, v, b, k0, seq, dims.kv_heads, kvh);
+    __syncthreads();
+    float s[kTile / 8][4];
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        uint32_t b0, b1;
+        load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
+        mma16816(s[j], qf[kc], b0, b1);
+      }
+    }
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
+        s[j][e] = (key <= row && key < seq) ? s[j][e] * scale_log2 : -INFINITY;
+      }
+      mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    // Key k0 <= q0 <= row is never masked, so the new maxima are finite.
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float alpha_a = exp2f(m_a - mn_a), alpha_b = exp2f(m_b - mn_b);
+    m_a = mn_a;
+    m_b = mn_b;
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j) {
+      s[j][0] = exp2f(s[j][0] - mn_a);
+      s[j][1] = exp2f(s[j][1] - mn_a);
+      s[j][2] = exp2f(s[j][2] - mn_b);
+      s[j][3] = exp2f(s[j][3] - mn_b);
+      sum_a += s[j][0] + s[j][1];
+      sum_b += s[j][2] + s[j][3];
+    }
+    l_a = l_a * alpha_a + sum_a;  // per-thread partial sums; the quad adds them at the end
+    l_b = l_b * alpha_b + sum_b;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      acc[nd][0] *= alpha_a;
+      acc[nd][1] *= alpha_a;
+      acc[nd][2] *= alpha_b;
+      acc[nd][3] *= alpha_b;
+    }
+#pragma unroll
+    for (int kc = 0; kc < kTile / 16; ++kc) {
+      const uint32_t pa[4] = {pack(s[2 * kc][0], s[2 * kc][1]), pack(s[2 * kc][2], s[2 * kc][3]),
+                              pack(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) {
+        uint32_t b0, b1;
+        load_b<kLdT>(b0, b1, vt, nd * 8, kc * 16);
+        mma16816(acc[nd], pa, b0, b1);
+      }
+    }
+  }
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd) {
+    const int col = nd * 8 + 2 * t;
+    if (row_a < seq)
+      *reinterpret_cast<uint32_t*>(o + ((b * seq + row_a) * dims.heads + h) * D + col) =
+          pack(acc[nd][0] * inv_a, acc[nd][1] * inv_a);
+    if (row_b < seq)
+      *reinterpret_cast<uint32_t*>(o + ((b * seq + row_b) * dims.heads + h) * D + col) =
+          pack(acc[nd][2] * inv_b, acc[nd][3] * inv_b);
+  }
+  if (t == 0) {
+    if (row_a < seq) lse[(b * dims.heads + h) * seq + row_a] = (m_a + log2f(l_a)) * kLn2;
+    if (row_b < seq) lse[(b * dims.heads + h) * seq + row_b] = (m_b + log2f(l_b)) * kLn2;
+  }
+}
+
+// grid (key tiles, kv heads, batch): dK, dV of one key tile over the group's query heads and
+// the query tiles at or after it, in a fixed order.
+template <int D>
+__global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                                        const float* lse, const bf16_t* dout, const float* delta,
+                                                        bf16_t* dk, bf16_t* dv, Dims dims) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* ks = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* vs = ks + kTile * ld<D>();
+  bf16_t* qs = vs + kTile * ld<D>();
+  bf16_t* dos = qs + kTile * ld<D>();
+  bf16_t* qt_s = dos + kTile * ld<D>();  // Q transposed
+  bf16_t* dot_s = qt_s + D * kLdT;        // dO transposed
+  float* lse_s = reinterpret_cast<float*>(dot_s + D * kLdT);
+  float* delta_s = lse_s + kTile;
+  const int64_t kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, seq = dims.seq;
+  const int64_t group = dims.heads / dims.kv_heads, k0 = kt * kTile, q_tiles = (seq + kTile - 1) / kTile;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const int64_t key_a = k0 + warp * 16 + g, key_b = key_a + 8;
+  const float scale_log2 = dims.scale * kLog2e;
+  load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
+  load_rows<D>(vs, v, b, k0, seq, dims.kv_heads, kvh);
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[nd][e] = dv_acc[nd][e] = 0.0f;
+  for (int64_t hg = 0; hg < group; ++hg) {
+    const int64_t h = kvh * group + hg;
+    for (int64_t qt = kt; qt < q_tiles; ++qt) {
+      const int64_t q0 = qt * kTile;
+      __syncthreads();
+      load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
+      load_rows<D>(dos, dout, b, q0, seq, dims.heads, h);
+      load_rows_transposed<D>(qt_s, q, b, q0, seq, dims.heads, h);
+      load_rows_transposed<D>(dot_s, dout, b, q0, seq, dims.heads, h);
+      if (threadIdx.x < kTile) {
+        const int64_t pos = q0 + threadIdx.x;
+        lse_s[threadIdx.x] = pos < seq ? lse[(b * dims.heads + h) * seq + pos] * kLog2e : 0.0f;
+        delta_s[threadIdx.x] = pos < seq ? delta[(b * dims.heads + h) * seq + pos] : 0.0f;
+      }
+      __syncthreads();
+      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries.
+      float st[kTile / 8][4], dpt[kTile / 8][4];
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.0f;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        uint32_t ka[4], va[4];
+        load_a<ld<D>()>(ka, ks, warp * 16, kc * 16);
+        load_a<ld<D>()>(va, vs, warp * 16, kc * 16);
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+          uint32_t b0, b1;
+          load_b<ld<D>()>(b0, b1, qs, j * 8, kc * 16);
+          mma16816(st[j], ka, b0, b1);
+          load_b<ld<D>()>(b0, b1, dos, j * 8, kc * 16);
+          mma16816(dpt[j], va, b0, b1);
+        }
+      }
+      // P^T and dS^T = P^T * (dP^T - delta), in place.
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = j * 8 + 2 * t + (e & 1);
+          const int64_t query = q0 + ql, key = e < 2 ? key_a : key_b;
+          const float p = (key <= query && query < seq) ? exp2f(st[j][e] * scale_log2 - lse_s[ql]) : 0.0f;
+          st[j][e] = p;
+          dpt[j][e] = p * (dpt[j][e] - delta_s[ql]);
+        }
+      // dV += P^T dO and dK += dS^T Q.
+#pragma unroll
+      for (int kc = 0; kc < kTile / 16; ++kc) {
+        const uint32_t pa[4] = {pack(st[2 * kc][0], st[2 * kc][1]), pack(st[2 * kc][2], st[2 * kc][3]),
+                                pack(st[2 * kc + 1][0], st[2 * kc + 1][1]), pack(st[2 * kc + 1][2], st[2 * kc + 1][3])};
+        const uint32_t da[4] = {pack(dpt[2 * kc][0], dpt[2 * kc][1]), pack(dpt[2 * kc][2], dpt[2 * kc][3]),
+                                pack(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
+                                pack(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+          uint32_t b0, b1;
+          load_b<kLdT>(b0, b1, dot_s, nd * 8, kc * 16);
+          mma16816(dv_acc[nd], pa, b0, b1);
+          load_b<kLdT>(b0, b1, qt_s, nd * 8, kc * 16);
+          mma16816(dk_acc[nd], da, b0, b1);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd) {
+    const int col = nd * 8 + 2 * t;
+    if (key_a < seq) {
+      const int64_t base = ((b * seq + key_a) * dims.kv_heads + kvh) * D + col;
+      *reinterpret_cast<uint32_t*>(dk + base) = pack(dk_acc[nd][0] * dims.scale, dk_acc[nd][1] * dims.scale);
+      *reinterpret_cast<uint32_t*>(dv + base) = pack(dv_acc[nd][0], dv_acc[nd][1]);
+    }
+    if (key_b < seq) {
+      const int64_t base = ((b * seq + key_b) * dims.kv_heads + kvh) * D + col;
+      *reinterpret_cast<uint32_t*>(dk + base) = pack(dk_acc[nd][2] * dims.scale, dk_acc[nd][3] * dims.scale);
+      *reinterpret_cast<uint32_t*>(dv + base) = pack(dv_acc[nd][2], dv_acc[nd][3]);
+    }
+  }
+}
+
+// grid (query tiles, heads, batch): dQ of one query tile over the key tiles at or before it.
+template <int D>
+__global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                                      const float* lse, const bf16_t* dout, const float* delta,
+                                                      bf16_t* dq, Dims dims) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* dos = qs + kTile * ld<D>();
+  bf16_t* ks = dos + kTile * ld<D>();
+  bf16_t* vs = ks + kTile * ld<D>();
+  bf16_t* kt_s = vs + kTile * ld<D>();  // K transposed
+  const int64_t qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, seq = dims.seq;
+  const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kTile;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const int64_t row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+  const float scale_log2 = dims.scale * kLog2e;
+  const int64_t stat = (b * dims.heads + h) * seq;
+  const float lse_a = row_a < seq ? lse[stat + row_a] * kLog2e : 0.0f, lse_b = row_b < seq ? lse[stat + row_b] * kLog2e : 0.0f;
+  const float delta_a = row_a < seq ? delta[stat + row_a] : 0.0f, delta_b = row_b < seq ? delta[stat + row_b] : 0.0f;
+  load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
+  load_rows<D>(dos, dout, b, q0, seq, dims.heads, h);
+  float dq_acc[D / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd) dq_acc[nd][0] = dq_acc[nd][1] = dq_acc[nd][2] = dq_acc[nd][3] = 0.0f;
+  for (int64_t kt = 0; kt <= qt; ++kt) {
+    const int64_t k0 = kt * kTile;
+    __syncthreads();
+    load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
+    load_rows<D>(vs, v, b, k0, seq, dims.kv_heads, kvh);
+    load_rows_transposed<D>(kt_s, k, b, k0, seq, dims.kv_heads, kvh);
+    __syncthreads();
+    float s[kTile / 8][4], dp[kTile / 8][4];
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      uint32_t qa[4], ga[4];
+      load_a<ld<D>()>(qa, qs, warp * 16, kc * 16);
+      load_a<ld<D>()>(ga, dos, warp * 16, kc * 16);
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j) {
+        uint32_t b0, b1;
+        load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
+        mma16816(s[j], qa, b0, b1);
+        load_b<ld<D>()>(b0, b1, vs, j * 8, kc * 16);
+        mma16816(dp[j], ga, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
+        const float row_lse = e < 2 ? lse_a : lse_b, row_delta = e < 2 ? delta_a : delta_b;
+        const float p = (key <= row && row < seq) ? exp2f(s[j][e] * scale_log2 - row_lse) : 0.0f;
+        dp[j][e] = p * (dp[j][e] - row_delta);
+      }
+#pragma unroll
+    for (int kc = 0; kc < kTile / 16; ++kc) {
+      const uint32_t da[4] = {pack(dp[2 * kc][0], dp[2 * kc][1]), pack(dp[2 * kc][2], dp[2 * kc][3]),
+                              pack(dp[2 * kc + 1][0], dp[2 * kc + 1][1]), pack(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) {
+        uint32_t b0, b1;
+        load_b<kLdT>(b0, b1, kt_s, nd * 8, kc * 16);
+        mma16816(dq_acc[nd], da, b0, b1);
+      }
+    }
+  }
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd) {
+    const int col = nd * 8 + 2 * t;
+    if (row_a < seq)
+      *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_a) * dims.heads + h) * D + col) =
+          pack(dq_acc[nd][0] * dims.scale, dq_acc[nd][1] * dims.scale);
+    if (row_b < seq)
+      *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_b) * dims.heads + h) * D + col) =
+          pack(dq_acc[nd][2] * dims.scale, dq_acc[nd][3] * dims.scale);
+  }
+}
+
+Dims dims_of(const AttentionShape& s) {
+  return {s.seq, s.heads, s.kv_heads, 1.0f / std::sqrt(static_cast<float>(s.head_dim))};
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  TITAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+template <int D>
+void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
+                 cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((s.seq + kTile - 1) / kTile), static_cast<unsigned>(s.heads),
+                  static_cast<unsigned>(s.batch));
+  allow_smem(forward_kernel<D>, forward_smem<D>());
+  forward_kernel<D><<<grid, kThreads, forward_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), as_bf16(o), lse,
+                                                                   dims_of(s));
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse, const bf16* dout, bf16* dq, bf16* dk,
+                  bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
+  const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
+  allow_smem(dkdv_kernel<D>, dkdv_smem<D>());
+  dkdv_kernel<D><<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads,
+                   dkdv_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
+                                             as_bf16(dk), as_bf16(dv), dims_of(s));
+  TITAN_CUDA_CHECK_LAUNCH();
+  allow_smem(dq_kernel<D>, dq_smem<D>());
+  dq_kernel<D><<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, dq_smem<D>(),
+                 stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta, as_bf16(dq), dims_of(s));
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
+void attention_forward_tc(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
+                          cudaStream_t stream) {
+  switch (s.head_dim) {
+    case 16: return forward_for<16>(q, k, v, o, lse, s, stream);
+    case 32: return forward_for<32>(q, k, v, o, lse, s, stream);
+    case 64: return forward_for<64>(q, k, v, o, lse, s, stream);
+    default: return forward_for<128>(q, k, v, o, lse, s, stream);
+  }
+}
+
+void attention_backward_tc(const bf16* q, const bf16* k, const bf16* v, const float* lse, const bf16* dout, bf16* dq,
+                           bf16* dk, bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
+  switch (s.head_dim) {
+    case 16: return backward_for<16>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
+    case 32: return backward_for<32>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
+    case 64: return backward_for<64>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
+    default: return backward_for<128>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
+  }
+}
+
+}  // namespace titan::cuda
