@@ -29,12 +29,21 @@ done
 common=(--config train_configs/debug_model.toml --training.steps 20 --metrics.log_freq 1
         --checkpoint.enable_checkpoint false --validation.enabled false --profiling.enable_profiling false
         --metrics.enable_tensorboard false)
-for run in cpu:cpu gpu:cuda rerun:cuda; do
-  timeout 120 $TITAN train "${common[@]}" --training.device ${run#*:} --job.dump_folder "$OUT/parity_${run%%:*}" \
-    > "$OUT/parity_${run%%:*}.log" 2>&1 || { status=1; tail -5 "$OUT/parity_${run%%:*}.log"; }
+# name:device:compile
+for run in cpu:cpu:false gpu:cuda:false rerun:cuda:false compile:cuda:true compile_rerun:cuda:true; do
+  IFS=: read -r name device compile <<< "$run"
+  timeout 120 $TITAN train "${common[@]}" --training.device $device --training.compile $compile \
+    --job.dump_folder "$OUT/parity_$name" > "$OUT/parity_$name.log" 2>&1 || { status=1; tail -5 "$OUT/parity_$name.log"; }
 done
-if $PY bench/gpu_report.py parity "$OUT"/parity_{cpu,gpu,rerun}/metrics.jsonl > "$OUT/parity.txt" 2>&1; then :; else status=1; fi
-cat "$OUT/parity.txt"; note "$(tail -1 "$OUT/parity.txt")"
+: > "$OUT/parity.txt"
+for pair in "gpu rerun" "compile compile_rerun"; do
+  set -- $pair
+  echo "# CPU fp32 vs GPU bf16, training.compile = $([ $1 = gpu ] && echo false || echo true)" >> "$OUT/parity.txt"
+  if $PY bench/gpu_report.py parity "$OUT"/parity_{cpu,$1,$2}/metrics.jsonl > "$OUT/parity_$1.txt" 2>&1; then :; else status=1; fi
+  cat "$OUT/parity_$1.txt" >> "$OUT/parity.txt"
+  note "compile=$([ $1 = gpu ] && echo false || echo true): $(tail -1 "$OUT/parity_$1.txt")"
+done
+cat "$OUT/parity.txt"
 
 bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
   timeout 150 $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
@@ -47,17 +56,21 @@ bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
   timeout 240 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants ${TORCH_VARIANTS:-compile} \
     --out "$OUT/anchor_$1.json" > "$OUT/anchor_$1.log" 2>&1 || { status=1; tail -5 "$OUT/anchor_$1.log"; }
 }
-bench debugmodel_2048x8 debugmodel 2048 2048 8 debugmodel
-bench 150M_2048x16 150M 128256 2048 16 llama3_150m
-bench 1B_2048x4 1B 128256 2048 4 llama3_1b --profiling.phase_times true
-bench 8B_4layers_4096x2 8B_4layers 128256 4096 2 llama3_8b_4l
+# titan with training.compile (fused kernels + CUDA graph) against torch.compile, shape for shape.
+bench debugmodel_2048x8 debugmodel 2048 2048 8 debugmodel --training.compile true
+bench 150M_2048x16 150M 128256 2048 16 llama3_150m --training.compile true
+bench 1B_2048x4 1B 128256 2048 4 llama3_1b --training.compile true
+bench 8B_4layers_4096x2 8B_4layers 128256 4096 2 llama3_8b_4l --training.compile true
+# Without the graph: compile = false, and the 1B phase table (device events need the eager path).
+SKIP_TORCH=1 bench eager_debugmodel_2048x8 debugmodel 2048 2048 8 - --training.compile false
+SKIP_TORCH=1 bench phases_1B_2048x4 1B 128256 2048 4 - --training.compile true --profiling.phase_times true
 
 $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).
 {
   echo "# titan gpu_check, $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$OUT/device.txt"
   for t in cast kernels cuda_model; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
-  for p in cpu gpu rerun; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
+  for p in cpu gpu rerun compile compile_rerun; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
   for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -16; done
   for a in "$OUT"/anchor_*.log; do [ -f "$a" ] && { echo "## $(basename $a)"; tail -6 "$a"; }; done

@@ -7,6 +7,7 @@
 #include "titan/models/llama3/cuda_transformer.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/ops/cuda/allocator.h"
+#include "titan/optim/adamw.h"
 
 using namespace titan;
 using namespace titan::gpu_test;
@@ -113,4 +114,96 @@ TEST(CudaAllocator, CachesBlocksAndReportsStatistics) {
   EXPECT_EQ(alloc.stats().alloc_retries, 1);
   EXPECT_EQ(alloc.stats().ooms, 1);
   EXPECT_EQ(alloc.stats().reserved, 0u) << "the cache was emptied before the retry";
+}
+
+namespace {
+// The eager path of one optimizer step as the trainer runs it without compile.
+CudaTransformer::StepResult eager_step(CudaTransformer& m, optim::AdamW& opt, const Batch& b, BatchShape s,
+                                       float scale, double lr, double max_norm) {
+  m.zero_grad();
+  const auto r = m.forward_backward(b.tokens.data(), b.labels.data(), s, scale);
+  const double sq = m.grad_sq_sum(), norm = std::sqrt(sq);
+  const auto f = opt.advance(lr);
+  const float coef = max_norm > 0 && norm > max_norm ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+  m.adamw({f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, coef});
+  return {r.loss_sum, r.count, sq};
+}
+
+std::vector<float> masters(CudaTransformer& m, Transformer& host) {
+  m.download(host.parameters());
+  std::vector<float> all;
+  for (auto& p : host.parameters()) all.insert(all.end(), p.master.f32(), p.master.f32() + p.master.numel());
+  return all;
+}
+}  // namespace
+
+TEST(CudaTransformer, GraphStepMatchesEagerStepBitForBit) {
+  TITAN_REQUIRE_GPU();
+  const ModelArgs a = small_args();
+  const BatchShape s{2, 70};
+  Transformer host(a);
+  host.init_weights(fresh_seed());
+  CudaTransformer graph_model(a, host.parameters()), eager_model(a, host.parameters());
+  optim::AdamW graph_opt({1e-3, 0.9, 0.95, 1e-8, 0.1}), eager_opt({1e-3, 0.9, 0.95, 1e-8, 0.1});
+  const float scale = 1.0f / static_cast<float>(s.rows());
+  const double max_norm = 0.05;  // small enough that clipping acts
+  for (int step = 0; step < 4; ++step) {
+    Batch b = random_batch(a, s);
+    for (int64_t i = 0; i < s.rows(); ++i) b.tokens[i] = (b.tokens[i] + step * 7) % a.vocab_size;  // new data each step
+    const auto f = graph_opt.advance(1e-3 * (step + 1));
+    const auto g = graph_model.fused_step(b.tokens.data(), b.labels.data(), s, scale,
+                                          {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f},
+                                          max_norm, true);
+    const auto e = eager_step(eager_model, eager_opt, b, s, scale, 1e-3 * (step + 1), max_norm);
+    EXPECT_EQ(g.loss_sum, e.loss_sum) << "step " << step;
+    EXPECT_EQ(g.grad_sq_sum, e.grad_sq_sum) << "step " << step;
+    EXPECT_EQ(g.count, e.count);
+    EXPECT_GT(std::sqrt(g.grad_sq_sum), max_norm) << "clipping was meant to act";
+  }
+  Transformer h1(a), h2(a);
+  EXPECT_EQ(masters(graph_model, h1), masters(eager_model, h2)) << "weights after 4 steps, seed " << fresh_seed();
+}
+
+TEST(CudaTransformer, UnfusedKernelsGiveTheSameLoss) {
+  TITAN_REQUIRE_GPU();
+  const ModelArgs a = small_args();
+  const BatchShape s{2, 70};
+  Transformer host(a);
+  host.init_weights(fresh_seed());
+  CudaTransformer fused(a, host.parameters()), unfused(a, host.parameters());
+  unfused.set_fused_kernels(false);
+  const Batch b = random_batch(a, s);
+  fused.zero_grad();
+  unfused.zero_grad();
+  const auto x = fused.forward_backward(b.tokens.data(), b.labels.data(), s, 0.01f);
+  const auto y = unfused.forward_backward(b.tokens.data(), b.labels.data(), s, 0.01f);
+  EXPECT_NEAR(x.loss_sum, y.loss_sum, 1e-6 * std::abs(x.loss_sum)) << "seed " << fresh_seed();
+  EXPECT_LT(rel_l2(unfused.gradient(1), fused.gradient(1)), 1e-5) << "wq gradient, seed " << fresh_seed();
+}
+
+TEST(CudaTransformer, GraphStepSkipsTheUpdateWhenTheLossIsNotFinite) {
+  TITAN_REQUIRE_GPU();
+  const ModelArgs a = small_args();
+  const BatchShape s{1, 33};
+  Transformer host(a);
+  host.init_weights(fresh_seed());
+  const Batch b = random_batch(a, s);
+  host.parameters().front().master.f32()[b.tokens[0] * a.dim] = NAN;  // poisons the loss
+  CudaTransformer m(a, host.parameters());
+  optim::AdamW opt({1e-3, 0.9, 0.95, 1e-8, 0.1});
+  Transformer before(a);
+  const auto w0 = masters(m, before);
+  for (int step = 0; step < 2; ++step) {  // the eager first step and a graph replay
+    const auto f = opt.advance(1e-3);
+    const auto r = m.fused_step(b.tokens.data(), b.labels.data(), s, 0.03f,
+                                {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f}, 1.0, true);
+    EXPECT_FALSE(std::isfinite(r.loss_sum));
+  }
+  Transformer after(a);
+  const auto w1 = masters(m, after);
+  ASSERT_EQ(w0.size(), w1.size());
+  for (size_t i = 0; i < w0.size(); ++i) {
+    if (std::isnan(w0[i])) continue;
+    ASSERT_EQ(w0[i], w1[i]) << "weight " << i << " moved";
+  }
 }

@@ -62,7 +62,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "data_parallel_replicate_degree", integer, "1", "HSDP replicate groups", default_only},
       {"training", "data_parallel_shard_degree", integer, "-1", "FSDP shard degree (-1 = all ranks)"},
       {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
-      {"training", "compile", boolean, "false", "fused kernels and CUDA graphs", default_only},
+      {"training", "compile", boolean, "false", "GPU: fused kernels and a CUDA graph of the step (no effect on the CPU)"},
       {"training", "dataset", string, "c4", "c4, c4_test, synthetic, synthetic_pattern, or a file, folder or glob"},
       {"training", "dataset_path", string, "", "where the dataset lives (c4: the folder of en/c4-train.*.json.gz)"},
       {"training", "dataset_field", string, "text", "titan: the JSON field holding each document's text"},

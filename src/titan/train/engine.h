@@ -32,6 +32,18 @@ class Engine {
   virtual void to_host() = 0;
   virtual void from_host() = 0;
   virtual metrics::MemorySample memory() const = 0;
+  // One whole step (zero grads, forward, loss, backward, grad norm, clipping, AdamW) in one
+  // call, where the engine has such a path (CUDA with training.compile: a CUDA graph). Returns
+  // false, doing nothing, where it has not. A non-finite loss or norm skips the update.
+  struct StepOutcome {
+    double loss_sum = 0;
+    int64_t count = 0;
+    double grad_norm = 0;
+  };
+  virtual bool fused_step(const int32_t* /*tokens*/, const int32_t* /*labels*/, llama3::BatchShape /*s*/,
+                          float /*grad_scale*/, double /*lr*/, double /*max_norm*/, StepOutcome& /*out*/) {
+    return false;
+  }
   // Device time per phase of a step (profiling.phase_times), as printable lines; empty when off.
   virtual std::string phase_report() const { return ""; }
 };

@@ -12,14 +12,31 @@ namespace titan::train {
 namespace {
 class CudaEngine final : public Engine {
  public:
-  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool phase_times)
-      : host_(model), optimizer_(optimizer), device_(device), phase_times_(phase_times) {
+  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool compile, bool phase_times)
+      : host_(model), optimizer_(optimizer), device_(device), compile_(compile), phase_times_(phase_times) {
     TITAN_CUDA_CHECK(cudaSetDevice(device_));
     model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters());
+    model_->set_fused_kernels(compile_);
   }
   std::string description() const override {
     return concat("cuda:", device_, " (", cuda::device_name(device_),
-                  "), bfloat16 compute, float32 master weights, gradients and optimizer state");
+                  "), bfloat16 compute, float32 master weights, gradients and optimizer state, ",
+                  compile_ ? (phase_times_ ? "compile: fused kernels (no CUDA graph while profiling.phase_times is on)"
+                                           : "compile: fused kernels + CUDA graph of the step")
+                           : "one op per kernel");
+  }
+  bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
+                  double max_norm, StepOutcome& out) override {
+    if (!compile_) return false;
+    const optim::AdamWFactors f = optimizer_.advance(lr);
+    const auto r = model_->fused_step(tokens, labels, s, grad_scale,
+                                      {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f},
+                                      max_norm, !phase_times_);
+    out = {r.loss_sum, r.count, std::sqrt(r.grad_sq_sum)};
+    if (!std::isfinite(r.loss_sum) || !std::isfinite(out.grad_norm))
+      optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);  // the device skipped the update
+    if (++updates_ == 2 && phase_times_) model_->enable_phase_timing();
+    return true;
   }
   bool on_cpu() const override { return false; }
   double peak_flops() const override { return metrics::peak_bf16_flops(cuda::device_name(device_)); }
@@ -73,7 +90,7 @@ class CudaEngine final : public Engine {
   llama3::Transformer& host_;
   optim::AdamW& optimizer_;
   int device_;
-  bool phase_times_;
+  bool compile_, phase_times_;
   int64_t updates_ = 0;
   std::unique_ptr<llama3::CudaTransformer> model_;
 };
@@ -92,7 +109,8 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   if (!cuda::attention_supported(a.head_dim()))
     throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", a.head_dim(),
                            " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
-  return std::make_unique<CudaEngine>(model, optimizer, 0, cfg.get_bool("profiling.phase_times"));
+  return std::make_unique<CudaEngine>(model, optimizer, 0, cfg.get_bool("training.compile"),
+                                      cfg.get_bool("profiling.phase_times"));
 }
 
 }  // namespace titan::train

@@ -133,6 +133,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   engine_ = make_engine(cfg, *model_, optimizer_);
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16" && engine_->on_cpu())
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
+  if (cfg.get_bool("training.compile") && engine_->on_cpu())
+    log_ << "notice: training.compile = true: no effect on the CPU backend (it fuses kernels and graphs the step on a GPU)\n";
   if (engine_->on_cpu()) model_->plan(shape_);
   if (peak_flops_ == 0) peak_flops_ = engine_->peak_flops();
   log_ << "data: " << data_.description << "\n";
@@ -253,10 +255,20 @@ StepMetrics Trainer::train_step(int64_t step) {
     batch = loader_->next();
   }
   m.data_seconds = timer.seconds();
-  engine_->zero_grad();
   // Every micro-batch's loss is scaled by 1 / (tokens of the global batch), so the accumulated
   // gradient is that of the global batch's mean loss.
   const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_);
+  m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
+  Engine::StepOutcome fused;
+  if (accumulation_ == 1 && engine_->fused_step(batch.tokens.data(), batch.labels.data(), shape_, grad_scale, m.lr,
+                                                max_norm_, fused)) {
+    m.loss = fused.loss_sum / static_cast<double>(std::max<int64_t>(1, fused.count));
+    m.grad_norm = fused.grad_norm;
+    m.skipped = !finite_or_stop(step, m);  // the engine has already skipped the update if not finite
+    m.step_seconds = timer.seconds();
+    return m;
+  }
+  engine_->zero_grad();
   double loss_sum = 0;
   int64_t count = 0;
   for (int64_t micro = 0; micro < accumulation_; ++micro) {
@@ -269,19 +281,20 @@ StepMetrics Trainer::train_step(int64_t step) {
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
   m.grad_norm = std::sqrt(engine_->grad_sq_sum());
-  m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
-  if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
-    if (cfg_.get_string("training.on_nonfinite") == "stop")
-      throw std::runtime_error(concat("step ", step, ": loss ", m.loss, ", grad norm ", m.grad_norm,
-                                      " is not finite; stopping (lower optimizer.lr, or set training.on_nonfinite = skip)"));
-    log_ << "warning: step " << step << ": loss " << m.loss << ", grad norm " << m.grad_norm
-         << " is not finite; update skipped\n";
-    m.skipped = true;
-  } else {
-    engine_->update(m.grad_norm, max_norm_, m.lr);
-  }
+  if (finite_or_stop(step, m)) engine_->update(m.grad_norm, max_norm_, m.lr);
+  else m.skipped = true;
   m.step_seconds = timer.seconds();
   return m;
+}
+
+bool Trainer::finite_or_stop(int64_t step, const StepMetrics& m) {
+  if (std::isfinite(m.loss) && std::isfinite(m.grad_norm)) return true;
+  if (cfg_.get_string("training.on_nonfinite") == "stop")
+    throw std::runtime_error(concat("step ", step, ": loss ", m.loss, ", grad norm ", m.grad_norm,
+                                    " is not finite; stopping (lower optimizer.lr, or set training.on_nonfinite = skip)"));
+  log_ << "warning: step " << step << ": loss " << m.loss << ", grad norm " << m.grad_norm
+       << " is not finite; update skipped\n";
+  return false;
 }
 
 double Trainer::validation_loss() {

@@ -43,6 +43,9 @@ class Trainer {
 
  private:
   void print_start_summary();
+  // True when the step's loss and norm are finite; else stops (throws) or warns, per
+  // training.on_nonfinite.
+  bool finite_or_stop(int64_t step, const StepMetrics& m);
   metrics::LogRecord make_record(const StepMetrics& m, double window_seconds, double window_data_seconds,
                                  int64_t window_steps, double elapsed) const;
   void write_trace(int64_t step);

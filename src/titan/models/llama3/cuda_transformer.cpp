@@ -53,10 +53,12 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
     TITAN_CUDA_CHECK(cudaMemsetAsync(b->as<void>(), 0, b->bytes(), stream_));  // alignment gaps stay zero
   reduce_scratch_ = DeviceBuffer(alloc_, cuda::reduce_scratch_doubles() * sizeof(double));
   sums_ = DeviceBuffer(alloc_, 2 * sizeof(double));
+  step_factors_ = DeviceBuffer(alloc_, sizeof(cuda::AdamWStep));
   upload(params);
 }
 
 CudaTransformer::~CudaTransformer() {
+  drop_graph();
   if (stream_) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -97,6 +99,7 @@ void CudaTransformer::plan(BatchShape s) {
   if (s == planned_) return;
   TITAN_CHECK(s.batch > 0 && s.seq > 0, "empty batch shape");
   synchronize();
+  drop_graph();  // it points into the buffers about to be replaced
   const int64_t n = s.rows(), d = args_.dim, hd = args_.head_dim(), qd = args_.n_heads * hd, kvd = args_.kv_dim(),
                 f = args_.ffn_hidden(), vocab = args_.vocab_size;
   auto bf = [&](int64_t count) { return DeviceBuffer(alloc_, static_cast<size_t>(count) * sizeof(bf16)); };
@@ -168,8 +171,10 @@ void CudaTransformer::upload_batch(const int32_t* tokens, const int32_t* labels,
         host_offsets_.push_back(static_cast<int32_t>(i));
       }
     }
-    host_offsets_.push_back(static_cast<int32_t>(n));
-    embed_unique_ = static_cast<int64_t>(host_ids_.size());
+    // Pad to n groups (empty ones do nothing): the launch size is then fixed, as a graph needs.
+    host_ids_.resize(n, 0);
+    host_offsets_.resize(n + 1, static_cast<int32_t>(n));
+    embed_unique_ = n;
     TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_ids_.as<void>(), host_ids_.data(), host_ids_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_offsets_.as<void>(), host_offsets_.data(), host_offsets_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_positions_.as<void>(), host_positions_.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
@@ -209,8 +214,13 @@ void CudaTransformer::block_forward(size_t layer, BatchShape s) {
   at(Phase::gemm);
   linear(ptr<bf16>(a.att), lw.wo, ptr<bf16>(proj_), n);
   at(Phase::norm_elementwise);
-  cuda::add_rmsnorm_forward(x, ptr<bf16>(proj_), ptr<bf16>(a.h), w(lw.ffn_norm), ptr<bf16>(a.hn), ptr<float>(a.rstd2), n,
-                            d, eps, stream_);
+  if (fused_) {
+    cuda::add_rmsnorm_forward(x, ptr<bf16>(proj_), ptr<bf16>(a.h), w(lw.ffn_norm), ptr<bf16>(a.hn), ptr<float>(a.rstd2),
+                              n, d, eps, stream_);
+  } else {
+    cuda::add(x, ptr<bf16>(proj_), ptr<bf16>(a.h), n * d, stream_);
+    cuda::rmsnorm_forward(ptr<bf16>(a.h), w(lw.ffn_norm), ptr<bf16>(a.hn), ptr<float>(a.rstd2), n, d, eps, stream_);
+  }
   at(Phase::gemm);
   linear(ptr<bf16>(a.hn), lw.w1, ptr<bf16>(a.a1), n);
   linear(ptr<bf16>(a.hn), lw.w3, ptr<bf16>(a.a3), n);
@@ -320,20 +330,81 @@ cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, c
     Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
     classifier(n, ignore_index, grad_scale, true);
     result.count = counted(labels, n, ignore_index);
-    at(Phase::norm_elementwise);
-    cuda::rmsnorm_backward(ptr<bf16>(residual_.back()), w(norm_), ptr<float>(final_rstd_), ptr<bf16>(d_hidden_),
-                           ptr<bf16>(d_resid_), false, dw(norm_), ptr<float>(norm_partial_), n, args_.dim, stream_);
   }
-  for (size_t i = layers_.size(); i-- > 0;) {
-    Tracer::Span span(tracer, "backward layers." + std::to_string(i));
-    block_backward(i, s);
-  }
-  Tracer::Span span(tracer, "backward embedding");
+  Tracer::Span span(tracer, "backward (final norm, layers, embedding)");
+  enqueue_backward(s);
+  result.loss_sum = read_loss_sum();
+  return result;
+}
+
+// From d_hidden_ (the classifier's gradient) to the parameter gradients.
+void CudaTransformer::enqueue_backward(BatchShape s) {
+  const int64_t n = s.rows();
+  at(Phase::norm_elementwise);
+  cuda::rmsnorm_backward(ptr<bf16>(residual_.back()), w(norm_), ptr<float>(final_rstd_), ptr<bf16>(d_hidden_),
+                         ptr<bf16>(d_resid_), false, dw(norm_), ptr<float>(norm_partial_), n, args_.dim, stream_);
+  for (size_t i = layers_.size(); i-- > 0;) block_backward(i, s);
   at(Phase::embedding);
   cuda::embedding_backward(ptr<int32_t>(embed_ids_), ptr<int32_t>(embed_offsets_), ptr<int32_t>(embed_positions_),
                            embed_unique_, ptr<bf16>(d_resid_), dw(embedding_), args_.dim, stream_);
-  result.loss_sum = read_loss_sum();
-  return result;
+}
+
+// Everything of one step after the batch is on the device; no host synchronisation inside.
+void CudaTransformer::enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index) {
+  zero_grad();
+  forward_hidden(s, nullptr);
+  classifier(s.rows(), ignore_index, grad_scale, true);
+  enqueue_backward(s);
+  at(Phase::optimizer);
+  cuda::sum_squares_f32(ptr<float>(grad_), total_, ptr<double>(sums_) + 1, ptr<double>(reduce_scratch_), stream_);
+  cuda::adamw_device_step(ptr<float>(master_), ptr<float>(grad_), ptr<float>(exp_avg_), ptr<float>(exp_avg_sq_),
+                          ptr<bf16>(weights_), total_, step_factors_.as<cuda::AdamWStep>(), ptr<double>(sums_) + 1,
+                          ptr<double>(sums_), max_norm, stream_);
+}
+
+void CudaTransformer::drop_graph() {
+  if (graph_) cudaGraphExecDestroy(graph_);
+  graph_ = nullptr;
+  graph_shape_ = {};
+}
+
+CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                                        float grad_scale, const cuda::AdamWStep& step, double max_norm,
+                                                        bool use_graph, int32_t ignore_index) {
+  plan(s);
+  const int64_t n = s.rows();
+  check_labels(labels, n, args_.vocab_size, ignore_index);
+  upload_batch(tokens, labels, n, true);
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(step_factors_.as<void>(), &step, sizeof step, cudaMemcpyHostToDevice, stream_));
+  if (!use_graph) {
+    enqueue_step(s, grad_scale, max_norm, ignore_index);
+    if (phases_) phases_->finish_step();
+  } else if (graph_ && graph_shape_ == s) {
+    TITAN_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+  } else {
+    // The first step of a shape runs eagerly (cuBLASLt picks its algorithms, kernels load),
+    // then the same work is captured, not run, for the next steps.
+    drop_graph();
+    enqueue_step(s, grad_scale, max_norm, ignore_index);
+    cudaGraph_t graph = nullptr;
+    TITAN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue_step(s, grad_scale, max_norm, ignore_index);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    TITAN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t st = cudaGraphInstantiate(&graph_, graph, 0);
+    cudaGraphDestroy(graph);
+    TITAN_CUDA_CHECK(st);
+    graph_shape_ = s;
+  }
+  double sums[2] = {0, 0};
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(sums, sums_.as<void>(), sizeof sums, cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+  return {sums[0], counted(labels, n, ignore_index), sums[1]};
 }
 
 cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,

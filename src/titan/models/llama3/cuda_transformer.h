@@ -47,6 +47,20 @@ class CudaTransformer {
   // Sum of squares of all gradients (synchronises).
   double grad_sq_sum();
   void adamw(const cuda::AdamWStep& step);
+
+  // training.compile: the residual add fused into the next RMSNorm (else one op per kernel).
+  void set_fused_kernels(bool fused) { fused_ = fused; }
+  struct StepResult {
+    double loss_sum = 0;
+    int64_t count = 0;
+    double grad_sq_sum = 0;
+  };
+  // One whole optimizer step: zero grads, forward, loss, backward, grad norm, clipping to
+  // max_norm (0 = none) and AdamW with `step`'s factors, skipped on the device when the loss or
+  // the norm is not finite. With use_graph the step is captured as a CUDA graph on the first
+  // call for a batch shape (that call runs eagerly) and replayed afterwards.
+  StepResult fused_step(const int32_t* tokens, const int32_t* labels, BatchShape s, float grad_scale,
+                        const cuda::AdamWStep& step, double max_norm, bool use_graph, int32_t ignore_index = -100);
   // Copies of the flat fp32 gradient of one parameter (tests).
   std::vector<float> gradient(size_t param_index);
 
@@ -68,6 +82,9 @@ class CudaTransformer {
   cuda::bf16* w(size_t i) const;   // bf16 compute weight of parameter i
   float* dw(size_t i) const;       // fp32 gradient of parameter i
   void upload_batch(const int32_t* tokens, const int32_t* labels, int64_t n, bool with_index);
+  void enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index);
+  void enqueue_backward(BatchShape s);
+  void drop_graph();
   void forward_hidden(BatchShape s, Tracer* tracer);
   void block_forward(size_t layer, BatchShape s);
   void block_backward(size_t layer, BatchShape s);
@@ -103,6 +120,10 @@ class CudaTransformer {
   int64_t embed_unique_ = 0;
   std::vector<int32_t> host_ids_, host_offsets_, host_positions_;
   std::unique_ptr<cuda::PhaseTimer> phases_;
+  bool fused_ = true;
+  cuda::DeviceBuffer step_factors_;  // AdamWStep on the device, written before each graph launch
+  cudaGraphExec_t graph_ = nullptr;
+  BatchShape graph_shape_{};
 };
 
 }  // namespace titan::llama3

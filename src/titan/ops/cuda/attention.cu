@@ -274,8 +274,15 @@ Dims dims_of(const AttentionShape& s) {
 }
 
 template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
+void set_smem(Kernel kernel, size_t bytes) {
   TITAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+// Raises a kernel's shared-memory limit on its first launch only (one device per process), so
+// later launches, also those captured into a CUDA graph, make no attribute calls.
+template <auto kKernel>
+void allow_smem_once(size_t bytes) {
+  static const bool raised = (set_smem(kKernel, bytes), true);
+  (void)raised;
 }
 
 template <int D>
@@ -283,7 +290,7 @@ void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* ls
                  cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((s.seq + kTile - 1) / kTile), static_cast<unsigned>(s.heads),
                   static_cast<unsigned>(s.batch));
-  allow_smem(forward_kernel<D>, forward_smem<D>());
+  allow_smem_once<forward_kernel<D>>(forward_smem<D>());
   forward_kernel<D><<<grid, kThreads, forward_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), as_bf16(o),
                                                                    lse, dims_of(s));
   TITAN_CUDA_CHECK_LAUNCH();
@@ -293,12 +300,12 @@ template <int D>
 void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse, const bf16* dout, bf16* dq,
                   bf16* dk, bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
   const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
-  allow_smem(dkdv_kernel<D>, dkdv_smem<D>());
+  allow_smem_once<dkdv_kernel<D>>(dkdv_smem<D>());
   dkdv_kernel<D><<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads,
                    dkdv_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
                                              as_bf16(dk), as_bf16(dv), dims_of(s));
   TITAN_CUDA_CHECK_LAUNCH();
-  allow_smem(dq_kernel<D>, dq_smem<D>());
+  allow_smem_once<dq_kernel<D>>(dq_smem<D>());
   dq_kernel<D><<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, dq_smem<D>(),
                  stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta, as_bf16(dq), dims_of(s));
   TITAN_CUDA_CHECK_LAUNCH();

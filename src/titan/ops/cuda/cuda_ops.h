@@ -50,8 +50,9 @@ void add(const bf16* a, const bf16* b, bf16* y, int64_t count, cudaStream_t stre
 
 // out[i] = w[tokens[i]].
 void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream);
-// Deterministic backward from a host-built grouping of positions by token (EmbeddingIndex):
-// dw[ids[u]] += sum of dout[positions[offsets[u] .. offsets[u+1])] in position order.
+// Deterministic backward from a host-built grouping of positions by token:
+// dw[ids[u]] += sum of dout[positions[offsets[u] .. offsets[u+1])] in position order, for u in
+// [0, groups). Empty groups do nothing, so callers may pad to a fixed count (CUDA graphs).
 void embedding_backward(const int32_t* ids, const int32_t* offsets, const int32_t* positions, int64_t unique,
                         const bf16* dout, float* dw, int64_t d, cudaStream_t stream);
 
@@ -93,5 +94,11 @@ struct AdamWStep {
 };
 void adamw(float* w, const float* g, float* m, float* v, bf16* w_bf16, int64_t n, const AdamWStep& step,
            cudaStream_t stream);
+// The same for a captured CUDA graph, where nothing decided on the host per step may be baked
+// in: the factors are read from device memory (`step`, its grad_coef ignored), clipping to
+// max_norm (0 = none) is decided on the device from *grad_sq_sum as torch decides it, and the
+// update is skipped when *loss_sum or the norm is not finite.
+void adamw_device_step(float* w, const float* g, float* m, float* v, bf16* w_bf16, int64_t n, const AdamWStep* step,
+                       const double* grad_sq_sum, const double* loss_sum, double max_norm, cudaStream_t stream);
 
 }  // namespace titan::cuda
