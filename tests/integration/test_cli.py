@@ -43,6 +43,13 @@ def test_training(titan, configs, tmp):
     if ra.returncode == 0 and rb.returncode == 0:
         check(losses(a) == losses(b) and len(losses(a)) == 4, f"same seed and threads give bit-identical losses {losses(a)}")
         check(os.path.exists(os.path.join(a, "config.toml")), "resolved config saved in the dump folder")
+    comp = os.path.join(tmp, "compile")
+    r = small_run(titan, configs, comp, "--training.steps", "4", "--training.dataset", "synthetic",
+                  "--training.compile", "true", "--training.device", "cpu", env=env)
+    check(r.returncode == 0 and "training.compile = true: no effect on the CPU backend" in r.stdout,
+          f"compile = true is accepted on the CPU with a notice ({r.stderr.strip()})")
+    if r.returncode == 0 and ra.returncode == 0:
+        check(losses(comp) == losses(a), "compile = true changes nothing on the CPU")
     c = os.path.join(tmp, "c")
     rc = small_run(titan, configs, c, "--training.steps", "2", "--training.dataset", "synthetic", "--training.seed", "5")
     if rc.returncode == 0 and ra.returncode == 0:

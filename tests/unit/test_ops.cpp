@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "titan/core/error.h"
 #include "titan/core/rng.h"
 #include "titan/ops/cpu/vec_math.h"
+#include "titan/ops/embedding_index.h"
 #include "titan/ops/ops.h"
 
 using namespace titan;
@@ -156,4 +159,31 @@ TEST(ExpApprox, WithinThreeUlpOfLibm) {
   EXPECT_LT(worst, 3.6e-7);  // 3 ulp of float
   EXPECT_EQ(cpu::exp_approx(0.0f), 1.0f);
   EXPECT_LT(cpu::exp_approx(-1e30f), 1e-37f);  // far below: clamps towards zero, never NaN
+}
+
+TEST(EmbeddingIndex, GroupsPositionsByTokenInOrderAndPads) {
+  for (int64_t vocab : {1L, 7L, 2048L}) {
+    const int64_t n = 1000;
+    NamedStream s(5, "embedding index");
+    std::vector<int32_t> tokens(n);
+    for (int64_t i = 0; i < n; ++i) tokens[i] = static_cast<int32_t>(s.uniform(i) * vocab) % vocab;
+    EmbeddingIndex idx;
+    std::vector<int32_t> scratch;
+    build_embedding_index(tokens.data(), n, vocab, true, idx, scratch);
+    // Reference: a stable sort of positions by token.
+    std::vector<int32_t> pos(n);
+    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
+    std::stable_sort(pos.begin(), pos.end(), [&](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
+    EXPECT_EQ(idx.positions, pos);
+    ASSERT_EQ(idx.ids.size(), static_cast<size_t>(n));
+    ASSERT_EQ(idx.offsets.size(), static_cast<size_t>(n + 1));
+    for (int64_t u = 0; u < idx.distinct; ++u)
+      for (int32_t p = idx.offsets[u]; p < idx.offsets[u + 1]; ++p) ASSERT_EQ(tokens[idx.positions[p]], idx.ids[u]);
+    for (int64_t u = idx.distinct; u < n; ++u) EXPECT_EQ(idx.offsets[u], idx.offsets[u + 1]) << "padding is empty";
+    EXPECT_EQ(idx.offsets[idx.distinct], n);
+  }
+  EmbeddingIndex idx;
+  std::vector<int32_t> scratch;
+  const int32_t bad[] = {0, 9};
+  EXPECT_THROW(build_embedding_index(bad, 2, 5, false, idx, scratch), InternalError);
 }

@@ -1,7 +1,6 @@
 #include "titan/models/llama3/cuda_transformer.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "titan/ops/cuda/cuda_check.h"
 
@@ -157,27 +156,11 @@ void CudaTransformer::upload_batch(const int32_t* tokens, const int32_t* labels,
   if (labels)
     TITAN_CUDA_CHECK(cudaMemcpyAsync(labels_.as<void>(), labels, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   if (with_index) {
-    // Positions grouped by token id, in position order: the embedding backward sums each
-    // token's rows in that order, so it needs no atomics.
-    host_positions_.resize(n);
-    std::iota(host_positions_.begin(), host_positions_.end(), 0);
-    std::stable_sort(host_positions_.begin(), host_positions_.end(),
-                     [&](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
-    host_ids_.clear();
-    host_offsets_.clear();
-    for (int64_t i = 0; i < n; ++i) {
-      if (i == 0 || tokens[host_positions_[i]] != tokens[host_positions_[i - 1]]) {
-        host_ids_.push_back(tokens[host_positions_[i]]);
-        host_offsets_.push_back(static_cast<int32_t>(i));
-      }
-    }
-    // Pad to n groups (empty ones do nothing): the launch size is then fixed, as a graph needs.
-    host_ids_.resize(n, 0);
-    host_offsets_.resize(n + 1, static_cast<int32_t>(n));
-    embed_unique_ = n;
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_ids_.as<void>(), host_ids_.data(), host_ids_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_offsets_.as<void>(), host_offsets_.data(), host_offsets_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_positions_.as<void>(), host_positions_.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    build_embedding_index(tokens, n, args_.vocab_size, true, embed_index_, embed_counts_);
+    embed_unique_ = static_cast<int64_t>(embed_index_.ids.size());  // n: padded to a fixed launch size
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_ids_.as<void>(), embed_index_.ids.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_offsets_.as<void>(), embed_index_.offsets.data(), (n + 1) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_positions_.as<void>(), embed_index_.positions.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   }
   synchronize();
 }

@@ -19,6 +19,7 @@
 #include "titan/ops/cuda/cuda_ops.h"
 #include "titan/ops/cuda/gemm.h"
 #include "titan/ops/cuda/phase_timer.h"
+#include "titan/ops/embedding_index.h"
 #include "titan/ops/ops.h"
 
 namespace titan::llama3 {
@@ -118,7 +119,8 @@ class CudaTransformer {
   cuda::DeviceBuffer delta_, norm_partial_, logits_, dlogits_, row_loss_, reduce_scratch_, sums_;
   cuda::DeviceBuffer tokens_, labels_, embed_ids_, embed_offsets_, embed_positions_, rope_cos_, rope_sin_;
   int64_t embed_unique_ = 0;
-  std::vector<int32_t> host_ids_, host_offsets_, host_positions_;
+  EmbeddingIndex embed_index_;
+  std::vector<int32_t> embed_counts_;
   std::unique_ptr<cuda::PhaseTimer> phases_;
   bool fused_ = true;
   cuda::DeviceBuffer step_factors_;  // AdamWStep on the device, written before each graph launch
