@@ -21,7 +21,7 @@ note() { summary+=("$1"); echo "== $1"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/device.txt"
 
 for t in cast kernels cuda_model; do
-  if timeout 150 $GPU/bin/test_gpu_$t > "$OUT/test_$t.log" 2>&1; then
+  if timeout 100 $GPU/bin/test_gpu_$t > "$OUT/test_$t.log" 2>&1; then
     if grep -q "SKIPPED" "$OUT/test_$t.log"; then status=1; note "gpu.$t: SKIPPED (no GPU seen)"; else note "gpu.$t: PASS"; fi
   else status=1; note "gpu.$t: FAIL (see test_$t.log)"; tail -30 "$OUT/test_$t.log"; fi
 done
@@ -32,7 +32,7 @@ common=(--config train_configs/debug_model.toml --training.steps 20 --metrics.lo
 # name:device:compile
 for run in cpu:cpu:false gpu:cuda:false rerun:cuda:false compile:cuda:true compile_rerun:cuda:true; do
   IFS=: read -r name device compile <<< "$run"
-  timeout 120 $TITAN train "${common[@]}" --training.device $device --training.compile $compile \
+  timeout 90 $TITAN train "${common[@]}" --training.device $device --training.compile $compile \
     --job.dump_folder "$OUT/parity_$name" > "$OUT/parity_$name.log" 2>&1 || { status=1; tail -5 "$OUT/parity_$name.log"; }
 done
 : > "$OUT/parity.txt"
@@ -46,15 +46,17 @@ done
 cat "$OUT/parity.txt"
 
 bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
-  timeout 150 $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
+  timeout 120 $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
     --training.dataset synthetic --training.seq_len $4 --training.batch_size $5 --training.steps 15 \
     --metrics.log_freq 5 --checkpoint.enable_checkpoint false --validation.enabled false \
     --profiling.enable_profiling false --metrics.enable_tensorboard false --training.device cuda \
     --job.dump_folder "$OUT/bench_$1" "${@:7}" > "$OUT/bench_$1.log" 2>&1 || { status=1; tail -5 "$OUT/bench_$1.log"; }
-  grep -E "^step" "$OUT/bench_$1.log" | tail -2
+  echo "== titan $1: $(grep -E "^step" "$OUT/bench_$1.log" | tail -1)"
+  grep -A8 "^gpu phases" "$OUT/bench_$1.log"
   if [ -n "${SKIP_TORCH:-}" ]; then return; fi
-  timeout 240 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants ${TORCH_VARIANTS:-compile} \
+  timeout 150 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants ${TORCH_VARIANTS:-compile} \
     --out "$OUT/anchor_$1.json" > "$OUT/anchor_$1.log" 2>&1 || { status=1; tail -5 "$OUT/anchor_$1.log"; }
+  echo "== torch $1: $(tail -1 "$OUT/anchor_$1.log")"
 }
 # titan with training.compile (fused kernels + CUDA graph) against torch.compile, shape for shape.
 bench debugmodel_2048x8 debugmodel 2048 2048 8 debugmodel --training.compile true

@@ -29,9 +29,15 @@ class CudaEngine final : public Engine {
                   double max_norm, StepOutcome& out) override {
     if (!compile_) return false;
     const optim::AdamWFactors f = optimizer_.advance(lr);
-    const auto r = model_->fused_step(tokens, labels, s, grad_scale,
-                                      {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f},
-                                      max_norm, !phase_times_);
+    llama3::CudaTransformer::StepResult r;
+    try {
+      r = model_->fused_step(tokens, labels, s, grad_scale,
+                             {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f}, max_norm,
+                             !phase_times_);
+    } catch (...) {
+      optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);  // no update happened
+      throw;
+    }
     out = {r.loss_sum, r.count, std::sqrt(r.grad_sq_sum)};
     if (!std::isfinite(r.loss_sum) || !std::isfinite(out.grad_norm))
       optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);  // the device skipped the update

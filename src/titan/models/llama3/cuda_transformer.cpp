@@ -348,7 +348,7 @@ void CudaTransformer::enqueue_step(BatchShape s, float grad_scale, double max_no
 void CudaTransformer::drop_graph() {
   if (graph_) cudaGraphExecDestroy(graph_);
   graph_ = nullptr;
-  graph_shape_ = {};
+  graph_key_ = {};
 }
 
 CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, const int32_t* labels, BatchShape s,
@@ -359,10 +359,11 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
   check_labels(labels, n, args_.vocab_size, ignore_index);
   upload_batch(tokens, labels, n, true);
   TITAN_CUDA_CHECK(cudaMemcpyAsync(step_factors_.as<void>(), &step, sizeof step, cudaMemcpyHostToDevice, stream_));
+  const GraphKey key{s, grad_scale, max_norm, ignore_index};
   if (!use_graph) {
     enqueue_step(s, grad_scale, max_norm, ignore_index);
     if (phases_) phases_->finish_step();
-  } else if (graph_ && graph_shape_ == s) {
+  } else if (graph_ && graph_key_ == key) {
     TITAN_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
   } else {
     // The first step of a shape runs eagerly (cuBLASLt picks its algorithms, kernels load),
@@ -379,10 +380,12 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
       throw;
     }
     TITAN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-    const cudaError_t st = cudaGraphInstantiate(&graph_, graph, 0);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t st = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     TITAN_CUDA_CHECK(st);
-    graph_shape_ = s;
+    graph_ = exec;
+    graph_key_ = key;
   }
   double sums[2] = {0, 0};
   TITAN_CUDA_CHECK(cudaMemcpyAsync(sums, sums_.as<void>(), sizeof sums, cudaMemcpyDeviceToHost, stream_));

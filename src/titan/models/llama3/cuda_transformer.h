@@ -124,8 +124,15 @@ class CudaTransformer {
   std::unique_ptr<cuda::PhaseTimer> phases_;
   bool fused_ = true;
   cuda::DeviceBuffer step_factors_;  // AdamWStep on the device, written before each graph launch
+  struct GraphKey {  // what a captured step bakes in besides pointers
+    BatchShape shape;
+    float grad_scale = 0;
+    double max_norm = 0;
+    int32_t ignore_index = 0;
+    bool operator==(const GraphKey&) const = default;
+  };
   cudaGraphExec_t graph_ = nullptr;
-  BatchShape graph_shape_{};
+  GraphKey graph_key_{};
 };
 
 }  // namespace titan::llama3
