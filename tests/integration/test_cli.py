@@ -43,6 +43,13 @@ def test_training(titan, configs, tmp):
     if ra.returncode == 0 and rb.returncode == 0:
         check(losses(a) == losses(b) and len(losses(a)) == 4, f"same seed and threads give bit-identical losses {losses(a)}")
         check(os.path.exists(os.path.join(a, "config.toml")), "resolved config saved in the dump folder")
+    for i, ac in enumerate([["full"], ["selective", "2"], ["selective", "op"]]):
+        folder = os.path.join(tmp, f"ac{i}")
+        flags = ["--activation_checkpoint.mode", ac[0]] + (["--activation_checkpoint.selective_ac_option", ac[1]]
+                                                          if len(ac) > 1 else [])
+        r = small_run(titan, configs, folder, "--training.steps", "4", "--training.dataset", "synthetic", *flags, env=env)
+        check(r.returncode == 0 and ra.returncode == 0 and losses(folder) == losses(a),
+              f"activation checkpointing {ac} gives bit-identical losses ({r.stderr.strip()})")
     comp = os.path.join(tmp, "compile")
     r = small_run(titan, configs, comp, "--training.steps", "4", "--training.dataset", "synthetic",
                   "--training.compile", "true", "--training.device", "cpu", env=env)
@@ -137,6 +144,10 @@ BAD = [
     ("wrong type", "[training]\nsteps = \"3\"\n", [], "training.steps: expected an integer"),
     ("syntax error", "[training\n", [], "TOML syntax error"),
     ("unknown flavor", None, ["--model.flavor", "7B"], "model.flavor = 7B: unknown flavor"),
+    ("bad checkpointing mode", None, ["--activation_checkpoint.mode", "some"],
+     "activation_checkpoint.mode = some: expected none, selective or full"),
+    ("bad selective option", None, ["--activation_checkpoint.mode", "selective",
+                                    "--activation_checkpoint.selective_ac_option", "0"], "expected op or a positive integer"),
     ("unknown device", None, ["--training.device", "tpu"], "training.device = tpu: expected auto, cpu or cuda"),
     # The CI build has no CUDA, or its machine no GPU: either way a one-line refusal.
     ("cuda where none is", None, ["--training.device", "cuda"], "training.device = \"cuda\", but"),

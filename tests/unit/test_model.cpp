@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "titan/core/rng.h"
 #include "titan/models/llama3/init.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/metrics/flops.h"
@@ -94,4 +95,45 @@ TEST(Transformer, RejectsTokensOutsideTheVocabulary) {
   std::vector<int32_t> tokens(8, 3), labels(8, 4);
   tokens[5] = 37;
   EXPECT_THROW(m.forward_loss(tokens.data(), labels.data(), {1, 8}), InternalError);
+}
+
+TEST(ActivationCheckpointing, EveryModeGivesBitIdenticalLossesAndGradientsWithLessMemory) {
+  ModelArgs a = small_args();
+  a.n_layers = 6;  // every-3rd then recomputes two blocks, which share one set of buffers
+  const BatchShape s{2, 24};
+  NamedStream st(3, "ac batch");
+  std::vector<int32_t> tokens(s.rows()), labels(s.rows());
+  for (int64_t i = 0; i < s.rows(); ++i) {
+    tokens[i] = static_cast<int32_t>(st.uniform(2 * i) * a.vocab_size) % static_cast<int32_t>(a.vocab_size);
+    labels[i] = static_cast<int32_t>(st.uniform(2 * i + 1) * a.vocab_size) % static_cast<int32_t>(a.vocab_size);
+  }
+  using Mode = ActivationCheckpointing::Mode;
+  struct Run {
+    double loss;
+    std::vector<float> grads;
+    size_t activation_bytes;
+  };
+  auto run = [&](ActivationCheckpointing ac) {
+    Transformer m(a);
+    m.init_weights(9);
+    m.set_activation_checkpointing(ac);
+    m.zero_grad();
+    Run r;
+    for (int rep = 0; rep < 2; ++rep)  // twice: the second pass must see the same recomputed tensors
+      r.loss = m.forward_backward(tokens.data(), labels.data(), s, 1.0f / static_cast<float>(s.rows())).loss_sum;
+    for (auto& p : m.parameters()) r.grads.insert(r.grads.end(), p.grad.f32(), p.grad.f32() + p.grad.numel());
+    r.activation_bytes = m.memory().activation_bytes;
+    return r;
+  };
+  const Run none = run({});
+  for (ActivationCheckpointing ac : {ActivationCheckpointing{Mode::full, 1}, ActivationCheckpointing{Mode::selective_layer, 2},
+                                     ActivationCheckpointing{Mode::selective_layer, 3}, ActivationCheckpointing{Mode::selective_op, 1}}) {
+    const Run r = run(ac);
+    EXPECT_EQ(r.loss, none.loss) << "mode " << static_cast<int>(ac.mode) << " every " << ac.every;
+    EXPECT_EQ(r.grads, none.grads) << "mode " << static_cast<int>(ac.mode) << " every " << ac.every;
+    EXPECT_LT(r.activation_bytes, none.activation_bytes) << "mode " << static_cast<int>(ac.mode);
+  }
+  // Full keeps less than every-2nd-block, which keeps less than every-3rd.
+  EXPECT_LT(run({Mode::full, 1}).activation_bytes, run({Mode::selective_layer, 2}).activation_bytes);
+  EXPECT_LT(run({Mode::selective_layer, 2}).activation_bytes, run({Mode::selective_layer, 3}).activation_bytes);
 }

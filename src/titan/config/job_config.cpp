@@ -97,8 +97,8 @@ std::vector<KeySpec> make_schema() {
       {"checkpoint", "keep_latest_k", integer, "0", "keep only the newest k checkpoints (0 = all)"},
       {"checkpoint", "load_step", integer, "-1", "resume from step-N (-1 = the latest complete checkpoint)"},
 
-      {"activation_checkpoint", "mode", string, "none", "none, selective or full", default_only},
-      {"activation_checkpoint", "selective_ac_option", string_or_int, "2", kNotBuilt, accepted_noop},
+      {"activation_checkpoint", "mode", string, "none", "none, selective or full (recompute activations in backward; CPU backend)"},
+      {"activation_checkpoint", "selective_ac_option", string_or_int, "2", "selective: N (recompute every N-th block) or op (keep matmul and attention outputs, recompute the rest)"},
 
       {"float8", "enable_float8_linear", boolean, "false", "FP8 linears", default_only},
       {"float8", "enable_fsdp_float8_all_gather", boolean, "false", "FP8 all-gather", default_only},
@@ -346,6 +346,14 @@ void JobConfig::validate() const {
   positive("validation.steps");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
   if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");
+  if (const auto m = get_string("activation_checkpoint.mode"); m != "none" && m != "selective" && m != "full")
+    fail("activation_checkpoint.mode", "expected none, selective or full");
+  if (get_string("activation_checkpoint.mode") == "selective") {
+    const auto o = get_string("activation_checkpoint.selective_ac_option");
+    const bool number = !o.empty() && o.size() < 10 && o.find_first_not_of("0123456789") == std::string::npos;
+    if (o != "op" && (!number || std::stoll(o) < 1))
+      fail("activation_checkpoint.selective_ac_option", "expected op or a positive integer N (recompute every N-th block)");
+  }
   if (const auto dev = get_string("training.device"); dev != "auto" && dev != "cpu" && dev != "cuda")
     fail("training.device", "expected auto, cpu or cuda");
   if (get_int("model.vocab_size") < 0) fail("model.vocab_size", "expected >= 0 (0 = from the tokenizer)");

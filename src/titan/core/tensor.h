@@ -60,6 +60,8 @@ class Tensor {
   }
   void zero_();
   bool shares_storage(const Tensor& o) const { return storage_ && storage_ == o.storage_; }
+  // Identity of the underlying memory (views of one buffer share it); nullptr when undefined.
+  const void* storage_id() const { return storage_.get(); }
 
  private:
   Shape shape_;

@@ -111,6 +111,10 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   if (cfg.get_string("training.mixed_precision_param") != "bfloat16")
     throw UserError(concat(cfg.origin("training.mixed_precision_param"),
                            ": the CUDA backend computes in bfloat16 only (float32 runs on training.device = \"cpu\")"));
+  if (cfg.get_string("activation_checkpoint.mode") != "none")
+    throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
+                           ": activation checkpointing is not built for the CUDA backend yet (set it to \"none\", or "
+                           "training.device = \"cpu\")"));
   const auto& a = model.args();
   if (!cuda::attention_supported(a.head_dim()))
     throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", a.head_dim(),

@@ -100,6 +100,19 @@ llama3::ModelArgs model_args(const config::JobConfig& cfg, const DataSetup& data
   return a;
 }
 
+llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg) {
+  using Mode = llama3::ActivationCheckpointing::Mode;
+  llama3::ActivationCheckpointing ac;
+  const auto mode = cfg.get_string("activation_checkpoint.mode"), option = cfg.get_string("activation_checkpoint.selective_ac_option");
+  if (mode == "full") ac.mode = Mode::full;
+  if (mode == "selective" && option == "op") ac.mode = Mode::selective_op;
+  if (mode == "selective" && option != "op") {
+    ac.mode = Mode::selective_layer;
+    ac.every = std::stoll(option);  // validated by JobConfig::validate
+  }
+  return ac;
+}
+
 optim::AdamWConfig adamw_config(const config::JobConfig& cfg) {
   return {cfg.get_real("optimizer.lr"), cfg.get_real("optimizer.beta1"), cfg.get_real("optimizer.beta2"),
           cfg.get_real("optimizer.eps"), cfg.get_real("optimizer.weight_decay")};
@@ -130,6 +143,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
 
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
+  model_->set_activation_checkpointing(activation_checkpointing(cfg));
   engine_ = make_engine(cfg, *model_, optimizer_);
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16" && engine_->on_cpu())
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";

@@ -1,6 +1,8 @@
 #include "titan/models/llama3/transformer.h"
 
 #include <cstring>
+#include <optional>
+#include <set>
 
 #include "titan/models/llama3/init.h"
 
@@ -8,9 +10,8 @@ namespace titan::llama3 {
 
 TransformerBlock::Saved TransformerBlock::make_saved(BatchShape s, int64_t dim) const {
   const int64_t n = s.rows();
-  return {Tensor::zeros({n, dim}), Tensor::zeros({n}),         Tensor::zeros({n, dim}),
-          Tensor::zeros({n, dim}), Tensor::zeros({n}),         attention_.make_saved(s),
-          feed_forward_.make_saved(s)};
+  return {Tensor::zeros({n, dim}), Tensor::zeros({n}),        Tensor::zeros({n, dim}), Tensor::zeros({n, dim}),
+          Tensor::zeros({n}),      Tensor() /* proj */,        attention_.make_saved(s), feed_forward_.make_saved(s)};
 }
 
 TransformerBlock::Workspace TransformerBlock::make_workspace(BatchShape s, int64_t dim) const {
@@ -24,11 +25,25 @@ void TransformerBlock::forward(const float* x, float* out, Saved& sv, const Rope
   const int64_t n = s.rows(), d = attention_norm_.dim();
   attention_norm_.forward(x, sv.xn.f32(), sv.rstd1.f32(), n);
   float* h = sv.h.f32();
-  attention_.forward(sv.xn.f32(), h, sv.attn, rope, s);
+  if (sv.proj.defined()) {  // keep wo's output, so h can be recomputed without a matmul
+    attention_.forward(sv.xn.f32(), sv.proj.f32(), sv.attn, rope, s);
+    std::memcpy(h, sv.proj.f32(), static_cast<size_t>(n * d) * sizeof(float));
+  } else {
+    attention_.forward(sv.xn.f32(), h, sv.attn, rope, s);
+  }
   cpu::add_inplace(h, x, n * d);
   ffn_norm_.forward(h, sv.hn.f32(), sv.rstd2.f32(), n);
   feed_forward_.forward(sv.hn.f32(), out, sv.ffn, n);
   cpu::add_inplace(out, h, n * d);
+}
+
+void TransformerBlock::recompute_elementwise(const float* x, Saved& sv, BatchShape s) const {
+  const int64_t n = s.rows(), d = attention_norm_.dim();
+  attention_norm_.forward(x, sv.xn.f32(), sv.rstd1.f32(), n);
+  std::memcpy(sv.h.f32(), sv.proj.f32(), static_cast<size_t>(n * d) * sizeof(float));
+  cpu::add_inplace(sv.h.f32(), x, n * d);
+  ffn_norm_.forward(sv.h.f32(), sv.hn.f32(), sv.rstd2.f32(), n);
+  cpu::swiglu_forward(sv.ffn.a1.f32(), sv.ffn.a3.f32(), sv.ffn.g.f32(), n * feed_forward_.hidden());
 }
 
 void TransformerBlock::backward(const float* x, float* d_resid, const Saved& sv, Workspace& ws,
@@ -89,8 +104,14 @@ void Transformer::zero_grad() {
   }
 }
 
+void Transformer::set_activation_checkpointing(const ActivationCheckpointing& ac) {
+  TITAN_CHECK(ac.every >= 1, "activation checkpointing every ", ac.every);
+  ac_ = ac;
+  ac_planned_ = false;
+}
+
 void Transformer::plan(BatchShape s) {
-  if (s == planned_) return;
+  if (s == planned_ && ac_planned_) return;
   TITAN_CHECK(s.batch > 0 && s.seq > 0, "empty batch shape");
   const int64_t n = s.rows(), d = args_.dim, half = args_.head_dim() / 2;
   rope_ = {Tensor::zeros({s.seq, half}), Tensor::zeros({s.seq, half})};
@@ -98,7 +119,26 @@ void Transformer::plan(BatchShape s) {
   residual_.clear();
   saved_.clear();
   for (int64_t i = 0; i <= args_.n_layers; ++i) residual_.push_back(Tensor::zeros({n, d}));
-  for (const auto& layer : layers_) saved_.push_back(layer.make_saved(s, d));
+  // Blocks that recompute everything share one set of buffers; in selective_op mode all blocks
+  // share the elementwise tensors and keep their own matmul outputs.
+  std::optional<TransformerBlock::Saved> shared;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (ac_.recomputes_block(static_cast<int64_t>(i))) {
+      if (!shared) shared = layers_[i].make_saved(s, d);
+      saved_.push_back(*shared);
+      continue;
+    }
+    saved_.push_back(layers_[i].make_saved(s, d));
+    if (ac_.mode == ActivationCheckpointing::Mode::selective_op) {
+      if (!shared) shared = layers_[i].make_saved(s, d);
+      auto& sv = saved_.back();
+      sv.xn = shared->xn;
+      sv.h = shared->h;
+      sv.hn = shared->hn;
+      sv.ffn.g = shared->ffn.g;
+      sv.proj = Tensor::zeros({n, d});
+    }
+  }
   ws_ = layers_.front().make_workspace(s, d);
   final_norm_out_ = Tensor::zeros({n, d});
   final_rstd_ = Tensor::zeros({n});
@@ -106,6 +146,7 @@ void Transformer::plan(BatchShape s) {
   d_resid_ = Tensor::zeros({n, d});
   classifier_scratch_ = Tensor::zeros({cpu::classifier_scratch_floats(n, args_.vocab_size)});
   planned_ = s;
+  ac_planned_ = true;
 }
 
 void Transformer::forward_hidden(const int32_t* tokens, BatchShape s, Tracer* tracer) {
@@ -137,6 +178,12 @@ cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const
   }
   for (size_t i = layers_.size(); i-- > 0;) {
     Tracer::Span span(tracer, "backward layers." + std::to_string(i));
+    if (ac_.recomputes_block(static_cast<int64_t>(i))) {
+      // Its output is rewritten with the same values: the block above has finished its backward.
+      layers_[i].forward(residual_[i].f32(), residual_[i + 1].f32(), saved_[i], rope_, s);
+    } else if (ac_.mode == ActivationCheckpointing::Mode::selective_op) {
+      layers_[i].recompute_elementwise(residual_[i].f32(), saved_[i], s);
+    }
     layers_[i].backward(residual_[i].f32(), d_resid_.f32(), saved_[i], ws_, rope_, s);
   }
   Tracer::Span span(tracer, "backward embedding");
@@ -167,10 +214,13 @@ MemoryReport Transformer::memory() const {
     r.optimizer_bytes += p.exp_avg.bytes() + p.exp_avg_sq.bytes();
   }
   r.embedding_parameters = params_.front().numel();
-  auto add = [&r](const Tensor& t) { r.activation_bytes += t.defined() ? t.bytes() : 0; };
+  std::set<const void*> counted;  // buffers shared between blocks count once
+  auto add = [&](const Tensor& t) {
+    if (t.defined() && counted.insert(t.storage_id()).second) r.activation_bytes += t.bytes();
+  };
   for (const auto& t : residual_) add(t);
   for (const auto& sv : saved_) {
-    for (const Tensor* t : {&sv.xn, &sv.rstd1, &sv.h, &sv.hn, &sv.rstd2, &sv.attn.q, &sv.attn.k,
+    for (const Tensor* t : {&sv.xn, &sv.rstd1, &sv.h, &sv.hn, &sv.rstd2, &sv.proj, &sv.attn.q, &sv.attn.k,
                             &sv.attn.v, &sv.attn.out, &sv.attn.lse, &sv.ffn.a1, &sv.ffn.a3, &sv.ffn.g})
       add(*t);
   }

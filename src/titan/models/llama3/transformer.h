@@ -14,12 +14,28 @@
 
 namespace titan::llama3 {
 
+// Activation checkpointing (torchtitan's [activation_checkpoint]): which activations a
+// block keeps from forward to backward, and which it recomputes in backward. Recomputation
+// runs the same deterministic kernels on the same inputs, so losses are bit-identical.
+struct ActivationCheckpointing {
+  enum class Mode { none, full, selective_layer, selective_op };
+  Mode mode = Mode::none;
+  int64_t every = 1;  // selective_layer: blocks whose 1-based index is a multiple of this
+  // Whether block i (0-based) keeps only its input and recomputes everything else.
+  bool recomputes_block(int64_t i) const {
+    return mode == Mode::full || (mode == Mode::selective_layer && (i + 1) % every == 0);
+  }
+};
+
 class TransformerBlock {
  public:
+  // In selective_op mode the elementwise tensors (xn, h, hn, ffn.g) are shared by all blocks
+  // and recomputed; the matmul and attention outputs (q, k, v, out, lse, proj, a1, a3) stay.
   struct Saved {
     Tensor xn, rstd1;  // attention_norm(x) and its 1/rms
     Tensor h;          // x + attention(...)
     Tensor hn, rstd2;  // ffn_norm(h)
+    Tensor proj;       // wo's output before the residual add (selective_op only)
     Attention::Saved attn;
     FeedForward::Saved ffn;
   };
@@ -37,6 +53,8 @@ class TransformerBlock {
   Workspace make_workspace(BatchShape s, int64_t dim) const;
   // out = h + ffn(ffn_norm(h)), h = x + attention(attention_norm(x)).
   void forward(const float* x, float* out, Saved& sv, const RopeTables& rope, BatchShape s) const;
+  // Recomputes the elementwise tensors from x and the kept matmul outputs (selective_op).
+  void recompute_elementwise(const float* x, Saved& sv, BatchShape s) const;
   // On entry d_resid holds d(out); on return it holds d(x).
   void backward(const float* x, float* d_resid, const Saved& sv, Workspace& ws,
                 const RopeTables& rope, BatchShape s) const;
@@ -71,6 +89,8 @@ class Transformer {
 
   // Allocates activations for this batch shape (kept until a different shape comes).
   void plan(BatchShape s);
+  // Takes effect at the next plan().
+  void set_activation_checkpointing(const ActivationCheckpointing& ac);
   // Forward, fused loss, backward. Parameter grads accumulate the gradient of
   // loss_sum * grad_scale (grad_scale = 1 / counted tokens gives the mean loss).
   // A recording tracer gets one span per block forward and backward, the loss and the embedding.
@@ -95,6 +115,8 @@ class Transformer {
   RMSNorm norm_;
   Parameter* output_;
 
+  ActivationCheckpointing ac_;
+  bool ac_planned_ = false;  // the plan matches ac_
   BatchShape planned_{};
   RopeTables rope_;
   std::vector<Tensor> residual_;  // residual_[i] = input of block i; residual_[L] = last output
