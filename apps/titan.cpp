@@ -9,6 +9,7 @@
 #include "titan/cli/data_command.h"
 #include "titan/cli/tokenizer_command.h"
 #include "titan/core/error.h"
+#include "titan/train/memory_estimate.h"
 #include "titan/train/trainer.h"
 
 namespace {
@@ -19,10 +20,10 @@ const char* kUsage =
     "  train      train a model: titan train --config FILE [--section.key VALUE ...]\n"
     "  tokenizer  encode, decode, train tokenizers\n"
     "  data       pre-tokenize datasets\n"
-    "  convert    import Hugging Face weights             (not built yet)\n"
-    "  generate   sample from a checkpoint                (not built yet)\n"
-    "  inspect    show what a checkpoint holds            (not built yet)\n"
-    "  estimate   per-device memory estimate              (not built yet)\n"
+    "  convert    import Hugging Face weights into a checkpoint\n"
+    "  generate   sample from a checkpoint\n"
+    "  inspect    show what a checkpoint holds\n"
+    "  estimate   per-device memory of a run: titan estimate --config FILE [--ngpu N] [--device cuda|cpu]\n"
     "run 'titan train --help' for every config key.\n";
 
 int dispatch(int argc, char** argv) {
@@ -38,7 +39,7 @@ int dispatch(int argc, char** argv) {
   if (command == "inspect") return titan::cli::inspect_main(args);
   if (command == "convert") return titan::cli::convert_main(args);
   if (command == "generate") return titan::cli::generate_main(args);
-  if (command == "estimate") throw titan::UserError("'titan estimate' is not supported yet");
+  if (command == "estimate") return titan::train::estimate_main(args);
   throw titan::UserError("unknown command '" + command + "' (run 'titan --help')");
 }
 

@@ -1,6 +1,7 @@
 """The titan binary end to end: training runs, determinism, learning, and bad input."""
 import argparse
 import json
+import re
 import os
 import subprocess
 import sys
@@ -191,6 +192,38 @@ def test_bad_input(titan, data, tmp):
     check(r.returncode == 0 and "--training.steps" in r.stdout, "train --help lists the keys")
 
 
+def test_estimate(titan, configs, tmp):
+    """titan estimate: within 10% of the memory a CPU run really uses; bad flags; the refusal."""
+    shape = ["--training.seq_len", "512", "--training.batch_size", "4", "--training.dataset", "synthetic"]
+    cfg = ["--config", os.path.join(configs, "debug_model.toml")]
+    r = run(titan, "estimate", *cfg, "--device", "cpu", *shape)
+    m = re.search(r"([0-9.]+) GiB per device", r.stdout)
+    check(r.returncode == 0 and m is not None, f"titan estimate prints a total ({r.stdout.strip()} {r.stderr.strip()})")
+    folder = os.path.join(tmp, "estimate_run")
+    t = run(titan, "train", *cfg, *shape, "--training.steps", "3", "--metrics.log_freq", "1", "--job.dump_folder",
+            folder, "--training.device", "cpu", env={"OMP_NUM_THREADS": "2"})
+    if m and t.returncode == 0:
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            measured = max(json.loads(line)["mem_active_gib"] for line in f)
+        predicted = float(m.group(1))
+        check(abs(predicted - measured) <= 0.1 * measured,
+              f"estimate {predicted:.3f} GiB within 10% of the run's {measured:.3f} GiB")
+    for flags, expect in [(["--ngpu", "0"], "--ngpu 0: expected a positive integer"),
+                          (["--device", "tpu"], "--device tpu: expected cuda or cpu"),
+                          (["--training.batch_size", "-3"], "training.batch_size")]:
+        r = run(titan, "estimate", *cfg, *flags)
+        lines = r.stderr.strip().splitlines()
+        check(r.returncode == 2 and len(lines) == 1 and expect in lines[0], f"estimate {flags}: one-line error {lines}")
+    r = run(titan, "estimate", *cfg, "--ngpu", "8")
+    check(r.returncode == 0 and "FSDP over 8 devices" in r.stdout, f"estimate --ngpu 8 predicts FSDP ({r.stderr.strip()})")
+    # A run that cannot fit is refused before anything is allocated, with the numbers and the knobs.
+    r = run(titan, "train", "--model.flavor", "70B", "--training.dataset", "synthetic", "--training.device", "cpu",
+            "--job.dump_folder", os.path.join(tmp, "too_big"))
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode == 2 and len(lines) == 1 and "does not fit" in lines[0] and "skip_memory_check" in lines[0],
+          f"a run larger than the machine is refused: {lines}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--titan", required=True)
@@ -203,6 +236,7 @@ def main():
         test_real_text(a.titan, a.configs, a.data, tmp)
         test_c4_layout(a.titan, a.data, tmp)
         test_tool_bad_input(a.titan, a.data, tmp)
+        test_estimate(a.titan, a.configs, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 

@@ -7,6 +7,7 @@
 #include "titan/models/llama3/init.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/metrics/flops.h"
+#include "titan/train/memory_estimate.h"
 
 using namespace titan;
 using namespace titan::llama3;
@@ -136,4 +137,40 @@ TEST(ActivationCheckpointing, EveryModeGivesBitIdenticalLossesAndGradientsWithLe
   // Full keeps less than every-2nd-block, which keeps less than every-3rd.
   EXPECT_LT(run({Mode::full, 1}).activation_bytes, run({Mode::selective_layer, 2}).activation_bytes);
   EXPECT_LT(run({Mode::selective_layer, 2}).activation_bytes, run({Mode::selective_layer, 3}).activation_bytes);
+}
+
+TEST(MemoryEstimate, CpuTermsEqualWhatTheModelAllocates) {
+  using Mode = ActivationCheckpointing::Mode;
+  for (int64_t vocab : {37L, 3000L}) {
+    ModelArgs a = small_args();
+    a.n_layers = 5;
+    a.vocab_size = vocab;
+    for (BatchShape s : {BatchShape{1, 7}, BatchShape{3, 40}}) {
+      for (ActivationCheckpointing ac : {ActivationCheckpointing{}, ActivationCheckpointing{Mode::full, 1},
+                                         ActivationCheckpointing{Mode::selective_layer, 2},
+                                         ActivationCheckpointing{Mode::selective_op, 1}}) {
+        Transformer m(a);
+        m.set_activation_checkpointing(ac);
+        m.plan(s);
+        const auto got = m.memory();
+        const auto e = train::estimate_memory(a, s, ac, train::EstimateBackend::cpu, 1);
+        EXPECT_EQ(e.activations, static_cast<double>(got.activation_bytes))
+            << "vocab " << vocab << ", batch " << s.batch << " x " << s.seq << ", mode " << static_cast<int>(ac.mode);
+        EXPECT_EQ(e.parameters, static_cast<double>(got.parameter_bytes));
+        EXPECT_EQ(e.gradients, static_cast<double>(got.gradient_bytes));
+        EXPECT_EQ(e.optimizer, static_cast<double>(got.optimizer_bytes));
+      }
+    }
+  }
+}
+
+TEST(MemoryEstimate, ShardsDivideStateAndAddGatheredBlocks) {
+  const ModelArgs a = flavor("8B");
+  const BatchShape s{1, 2048};
+  const auto one = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda, 1);
+  const auto eight = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda, 8);
+  EXPECT_NEAR(eight.optimizer, one.optimizer / 8, one.optimizer * 1e-3);
+  EXPECT_GT(eight.parameters, one.parameters / 8);  // plus the gathered root and two blocks
+  EXPECT_LT(eight.parameters, one.parameters / 4);
+  EXPECT_EQ(eight.activations, one.activations);  // FSDP shards state, not activations
 }

@@ -73,6 +73,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "gc_freq", integer, "50", "Python garbage collection; means nothing to titan", accepted_noop},
       {"training", "seed", integer, "0", "seed for initialisation and synthetic data"},
       {"training", "threads", integer, "0", "titan: CPU threads (0 = all cores)"},
+      {"training", "skip_memory_check", boolean, "false", "titan: start even when the memory estimate exceeds the device's memory"},
       {"training", "device", string, "auto", "titan: cpu, cuda, or auto (cuda when built with it and a GPU is found)"},
 
       {"validation", "enabled", boolean, "false", "evaluate a validation loss every freq steps"},

@@ -39,6 +39,23 @@ class CpuEngine final : public Engine {
 };
 }  // namespace
 
+bool uses_cuda(const config::JobConfig& cfg) {
+  const std::string device = cfg.get_string("training.device");
+#ifdef TITAN_WITH_CUDA
+  return device == "cuda" || (device == "auto" && cuda::device_count() > 0);
+#else
+  return false;
+#endif
+}
+
+double device_memory_bytes(bool on_cuda) {
+#ifdef TITAN_WITH_CUDA
+  if (on_cuda && cuda::device_count() > 0) return static_cast<double>(cuda::device_total_memory());
+#endif
+  (void)on_cuda;
+  return metrics::sample_host_memory().total_gib * 1024.0 * 1024.0 * 1024.0;
+}
+
 std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer) {
   const std::string device = cfg.get_string("training.device");
 #ifdef TITAN_WITH_CUDA

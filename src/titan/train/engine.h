@@ -48,6 +48,11 @@ class Engine {
   virtual std::string phase_report() const { return ""; }
 };
 
+// Whether training.device resolves to the GPU here (make_engine then builds the CUDA engine).
+bool uses_cuda(const config::JobConfig& cfg);
+// Memory of the device a run will use: GPU 0's, or the machine's RAM.
+double device_memory_bytes(bool cuda);
+
 // training.device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is found).
 // Throws UserError when the choice cannot run here.
 std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer);

@@ -1,5 +1,7 @@
 #include "titan/train/trainer.h"
 
+#include "titan/train/memory_estimate.h"
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -100,19 +102,6 @@ llama3::ModelArgs model_args(const config::JobConfig& cfg, const DataSetup& data
   return a;
 }
 
-llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg) {
-  using Mode = llama3::ActivationCheckpointing::Mode;
-  llama3::ActivationCheckpointing ac;
-  const auto mode = cfg.get_string("activation_checkpoint.mode"), option = cfg.get_string("activation_checkpoint.selective_ac_option");
-  if (mode == "full") ac.mode = Mode::full;
-  if (mode == "selective" && option == "op") ac.mode = Mode::selective_op;
-  if (mode == "selective" && option != "op") {
-    ac.mode = Mode::selective_layer;
-    ac.every = std::stoll(option);  // validated by JobConfig::validate
-  }
-  return ac;
-}
-
 optim::AdamWConfig adamw_config(const config::JobConfig& cfg) {
   return {cfg.get_real("optimizer.lr"), cfg.get_real("optimizer.beta1"), cfg.get_real("optimizer.beta2"),
           cfg.get_real("optimizer.eps"), cfg.get_real("optimizer.weight_decay")};
@@ -141,6 +130,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   for (std::string line; std::getline(resolved, line);)
     if (!line.empty()) log_ << "  " << line << "\n";
 
+  check_memory_estimate(cfg);
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->set_activation_checkpointing(activation_checkpointing(cfg));
@@ -176,6 +166,20 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
                              start_step_ > 1},
       log);
   print_start_summary();
+}
+
+// Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
+void Trainer::check_memory_estimate(const config::JobConfig& cfg) const {
+  const bool cuda = uses_cuda(cfg);
+  const auto ac = activation_checkpointing(cfg);
+  if (cuda && ac.mode != llama3::ActivationCheckpointing::Mode::none) return;  // the engine refuses it, clearly
+  const auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, 1);
+  const double have = device_memory_bytes(cuda);
+  if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
+  throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
+                         ": does not fit; lower training.batch_size or training.seq_len",
+                         cuda ? "" : ", set activation_checkpoint.mode = \"full\"",
+                         " or use more devices (FSDP, not built yet); training.skip_memory_check = true tries anyway"));
 }
 
 std::string Trainer::model_signature() const {

@@ -1,0 +1,196 @@
+#include "titan/train/memory_estimate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include "titan/cli/args.h"
+#include "titan/core/error.h"
+#include "titan/metrics/flops.h"
+#include "titan/ops/ops.h"
+
+namespace titan::train {
+
+namespace {
+using Mode = llama3::ActivationCheckpointing::Mode;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// Parameters of one transformer block and of the root (embedding, final norm, output).
+int64_t block_params(const llama3::ModelArgs& a) {
+  const int64_t d = a.dim, qd = a.n_heads * a.head_dim(), kvd = a.kv_dim(), f = a.ffn_hidden();
+  return d * qd + 2 * d * kvd + qd * d + 3 * d * f + 2 * d;
+}
+int64_t root_params(const llama3::ModelArgs& a) { return 2 * a.vocab_size * a.dim + a.dim; }
+
+// The CUDA caching allocator's block sizes (ops/cuda/allocator.cpp).
+double device_block(double bytes) {
+  const double g = bytes < (1 << 20) ? 512.0 : double(2 << 20);
+  return std::max(g, std::ceil(bytes / g) * g);
+}
+
+// Every buffer CudaTransformer allocates (constructor and plan), rounded as the allocator does.
+double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t shards, double* param_bytes,
+                       double* grad_bytes, double* opt_bytes) {
+  const double n = double(s.rows()), d = double(a.dim), qd = double(a.n_heads * a.head_dim()), kvd = double(a.kv_dim()),
+               f = double(a.ffn_hidden()), v = double(a.vocab_size), heads = double(a.n_heads), L = double(a.n_layers);
+  // Flat parameter buffers: each parameter padded to 64 elements (11 small pads are noise).
+  const double p = double(metrics::parameter_count(a)) / double(shards);
+  *param_bytes = device_block(4 * p) + device_block(2 * p);
+  *grad_bytes = device_block(4 * p);
+  *opt_bytes = 2 * device_block(4 * p);
+  if (shards > 1) {  // gathered bf16 weights and fp32 unsharded grads: the root and two blocks
+    const double unit = double(root_params(a)) + 2.0 * double(block_params(a));
+    *param_bytes += device_block(2 * unit);
+    *grad_bytes += device_block(4 * unit);
+  }
+  auto bf = [](double count) { return device_block(2 * count); };
+  auto fp = [](double count) { return device_block(4 * count); };
+  const double lse = heads * double(s.batch * s.seq);
+  double act = (L + 1) * bf(n * d);
+  act += L * (3 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + 2 * fp(n) + fp(lse));
+  act += bf(n * d) + fp(n) + 4 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + fp(lse);
+  act += fp(std::ceil(n / 128.0) * d);
+  const double chunk = std::clamp(std::floor(double(int64_t{512} << 20) / (v * 4)), 1.0, n);
+  act += fp(chunk * v) + bf(chunk * v) + fp(n);
+  act += 4 * device_block(4 * n) + device_block(4 * (n + 1));  // tokens, labels, embedding index
+  act += 2 * fp(double(s.seq) * double(a.head_dim() / 2));      // RoPE tables
+  return act;
+}
+}  // namespace
+
+double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac) {
+  const double n = double(s.rows()), d = double(a.dim), qd = double(a.n_heads * a.head_dim()), kvd = double(a.kv_dim()),
+               f = double(a.ffn_hidden()), lse = double(a.n_heads * s.batch * s.seq);
+  const double elementwise = 3 * n * d + n * f;                   // xn, h, hn, g
+  const double kept = 2 * n + 2 * n * qd + 2 * n * kvd + lse + 2 * n * f;  // rstd1/2, q, out, k, v, lse, a1, a3
+  const double block = elementwise + kept;
+  double floats = double(a.n_layers + 1) * n * d;  // the residual stream
+  if (ac.mode == Mode::selective_op) {
+    floats += double(a.n_layers) * (kept + n * d) + elementwise;  // + proj each; one shared elementwise set
+  } else {
+    int64_t recomputed = 0;
+    for (int64_t i = 0; i < a.n_layers; ++i) recomputed += ac.recomputes_block(i) ? 1 : 0;
+    floats += double(a.n_layers - recomputed) * block + (recomputed > 0 ? block : 0.0);
+  }
+  floats += 2 * n * d + 2 * n * qd + 2 * n * kvd + 3 * n * f;  // backward workspace
+  floats += 3 * n * d + n;                                     // final norm out/rstd, d_hidden, d_resid
+  floats += double(cpu::classifier_scratch_floats(s.rows(), a.vocab_size));
+  floats += 2 * double(s.seq) * double(a.head_dim() / 2);      // RoPE tables
+  return 4 * floats;
+}
+
+MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
+                               EstimateBackend backend, int64_t shards) {
+  TITAN_CHECK(shards >= 1, "shards ", shards);
+  MemoryEstimate e;
+  const double p = double(metrics::parameter_count(a));
+  if (backend == EstimateBackend::cuda) {
+    TITAN_CHECK(ac.mode == Mode::none, "the CUDA backend has no activation checkpointing yet");
+    e.activations = cuda_plan_bytes(a, s, shards, &e.parameters, &e.gradients, &e.optimizer);
+    e.buffers = double(32 << 20) + 3 * 512.0;  // cuBLASLt workspace, reduction scratch, step factors
+    return e;
+  }
+  e.parameters = 4 * p / double(shards);
+  e.gradients = 4 * p / double(shards);
+  e.optimizer = 8 * p / double(shards);
+  if (shards > 1) {
+    const double unit = double(root_params(a)) + 2.0 * double(block_params(a));
+    e.parameters += 4 * unit;
+    e.gradients += 4 * unit;
+  }
+  e.activations = cpu_activation_bytes(a, s, ac);
+  return e;
+}
+
+llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg) {
+  llama3::ActivationCheckpointing ac;
+  const auto mode = cfg.get_string("activation_checkpoint.mode"), option = cfg.get_string("activation_checkpoint.selective_ac_option");
+  if (mode == "full") ac.mode = Mode::full;
+  if (mode == "selective" && option == "op") ac.mode = Mode::selective_op;
+  if (mode == "selective" && option != "op") {
+    ac.mode = Mode::selective_layer;
+    ac.every = std::stoll(option);  // validated by JobConfig::validate
+  }
+  return ac;
+}
+
+llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg) {
+  llama3::ModelArgs a;
+  try {
+    a = llama3::flavor(cfg.get_string("model.flavor"));
+  } catch (const UserError& e) {
+    throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
+  }
+  if (cfg.get_string("model.flavor") == "debugmodel") a.vocab_size = 2048;
+  if (const int64_t v = cfg.get_int("model.vocab_size"); v > 0) a.vocab_size = v;
+  a.max_seq_len = std::max(a.max_seq_len, cfg.get_int("training.seq_len"));
+  return a;
+}
+
+std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes) {
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "%s: %.2f GiB per device = parameters %.2f + gradients %.2f + optimizer %.2f + activations %.2f + "
+                "buffers %.2f",
+                what.c_str(), e.total() / kGiB, e.parameters / kGiB, e.gradients / kGiB, e.optimizer / kGiB,
+                e.activations / kGiB, e.buffers / kGiB);
+  std::string out = line;
+  if (device_bytes > 0) {
+    std::snprintf(line, sizeof line, " (device: %.1f GiB, %.0f%%)", device_bytes / kGiB, 100.0 * e.total() / device_bytes);
+    out += line;
+  }
+  return out;
+}
+
+int estimate_main(const std::vector<std::string>& args) {
+  config::JobConfig cfg;
+  std::vector<std::string> overrides;
+  int64_t ngpu = 1;
+  std::string device = "cuda";
+  for (size_t i = 0; i < args.size(); ++i) {
+    auto value = [&](const std::string& flag) {
+      if (i + 1 >= args.size()) throw UserError(concat("estimate: ", flag, " needs a value"));
+      return args[++i];
+    };
+    if (args[i] == "--help" || args[i] == "-h") {
+      std::cout << "usage: titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]\n"
+                   "  per-device memory of a training run (GPU: bf16 mixed precision; CPU: fp32); N > 1 predicts FSDP shards\n";
+      return 0;
+    }
+    if (args[i] == "--config") {
+      cfg.load_file(value("--config"));
+    } else if (args[i] == "--ngpu") {
+      const std::string v = value("--ngpu");
+      if (v.empty() || v.size() > 6 || v.find_first_not_of("0123456789") != std::string::npos || std::stoll(v) < 1)
+        throw UserError(concat("estimate: --ngpu ", v, ": expected a positive integer"));
+      ngpu = std::stoll(v);
+    } else if (args[i] == "--device") {
+      device = value("--device");
+      if (device != "cuda" && device != "cpu") throw UserError(concat("estimate: --device ", device, ": expected cuda or cpu"));
+    } else {
+      overrides.push_back(args[i]);
+    }
+  }
+  cfg.apply_overrides(overrides);
+  cfg.validate();
+  const auto a = model_args_without_data(cfg);
+  a.validate(cfg.origin("model.flavor") + ": model." + cfg.get_string("model.flavor"));
+  const auto ac = activation_checkpointing(cfg);
+  const llama3::BatchShape s{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")};
+  if (device == "cuda" && ac.mode != Mode::none)
+    throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
+                           ": the CUDA backend has no activation checkpointing yet (estimate with --device cpu, or "
+                           "set activation_checkpoint.mode = \"none\")"));
+  const auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, ngpu);
+  std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
+            << " parameters; micro-batch " << s.batch << " x " << s.seq << "; activation checkpointing "
+            << cfg.get_string("activation_checkpoint.mode") << "\n";
+  std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
+                                         ngpu > 1 ? concat(", FSDP over ", ngpu, " devices (not built yet: prediction)") : ""),
+                               0)
+            << "\n";
+  return 0;
+}
+
+}  // namespace titan::train

@@ -1,0 +1,42 @@
+// Per-device memory of a training run, predicted from the config alone (`titan estimate`, and
+// the trainer's check before it allocates anything). Each term mirrors what the backend
+// allocates: the CPU plan (Transformer::plan, fp32) or the CUDA plan (CudaTransformer, bf16
+// activations, fp32 master weights, gradients and AdamW moments). With shards > 1 parameters,
+// gradients and optimizer state are FSDP shards plus two gathered blocks (the one computing
+// and the one prefetched) - a prediction: FSDP is not built yet (issue 8).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "titan/config/job_config.h"
+#include "titan/models/llama3/model_args.h"
+#include "titan/models/llama3/transformer.h"
+
+namespace titan::train {
+
+struct MemoryEstimate {
+  double parameters = 0, gradients = 0, optimizer = 0, activations = 0, buffers = 0;  // bytes per device
+  double total() const { return parameters + gradients + optimizer + activations + buffers; }
+};
+
+enum class EstimateBackend { cpu, cuda };
+
+MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
+                               const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards);
+
+// Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes).
+double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac);
+
+// The activation checkpointing a config asks for (validated by JobConfig::validate).
+llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg);
+// Model shapes from the config without reading data: model.vocab_size, else the flavor's
+// (debugmodel: the built-in tokenizer's 2,048).
+llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg);
+
+// A multi-line report: the terms, the total, and the device's memory when known (> 0).
+std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes);
+
+// `titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]`.
+int estimate_main(const std::vector<std::string>& args);
+
+}  // namespace titan::train
