@@ -39,12 +39,47 @@ class CpuEngine final : public Engine {
 };
 }  // namespace
 
-bool uses_cuda(const config::JobConfig& cfg) {
+void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& args) {
+  if (cfg.get_string("training.mixed_precision_param") != "bfloat16")
+    throw UserError(concat(cfg.origin("training.mixed_precision_param"),
+                           ": the CUDA backend computes in bfloat16 only (float32 runs on training.device = \"cpu\")"));
+  if (cfg.get_string("activation_checkpoint.mode") != "none")
+    throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
+                           ": activation checkpointing is not built for the CUDA backend yet (set it to \"none\", or "
+                           "training.device = \"cpu\")"));
+  // The head sizes ops/cuda/attention*.cu are instantiated for.
+  const int64_t hd = args.head_dim();
+  if (hd != 16 && hd != 32 && hd != 64 && hd != 128)
+    throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", hd,
+                           " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
+}
+
+bool resolve_device(const config::JobConfig& cfg, const llama3::ModelArgs& args) {
+  const std::string device = cfg.get_string("training.device");
+#ifdef TITAN_WITH_CUDA
+  const bool gpu = cuda::device_count() > 0;
+  if (device == "cuda" && !gpu)
+    throw UserError(concat(cfg.origin("training.device"),
+                           ": training.device = \"cuda\", but no CUDA device is visible (check the driver and "
+                           "CUDA_VISIBLE_DEVICES, or set training.device = \"cpu\")"));
+  const bool on_cuda = device == "cuda" || (device == "auto" && gpu);
+#else
+  if (device == "cuda")
+    throw UserError(concat(cfg.origin("training.device"),
+                           ": training.device = \"cuda\", but this titan was built without CUDA "
+                           "(build it with `cmake --preset cuda`, or set training.device = \"cpu\")"));
+  const bool on_cuda = false;
+#endif
+  if (on_cuda) check_cuda_config(cfg, args);
+  return on_cuda;
+}
+
+bool prefers_cuda(const config::JobConfig& cfg) {
   const std::string device = cfg.get_string("training.device");
 #ifdef TITAN_WITH_CUDA
   return device == "cuda" || (device == "auto" && cuda::device_count() > 0);
 #else
-  return false;
+  return device == "cuda";
 #endif
 }
 
@@ -57,14 +92,10 @@ double device_memory_bytes(bool on_cuda) {
 }
 
 std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer) {
-  const std::string device = cfg.get_string("training.device");
 #ifdef TITAN_WITH_CUDA
-  if (device == "cuda" || (device == "auto" && cuda::device_count() > 0)) return make_cuda_engine(cfg, model, optimizer);
+  if (resolve_device(cfg, model.args())) return make_cuda_engine(cfg, model, optimizer);
 #else
-  if (device == "cuda")
-    throw UserError(concat(cfg.origin("training.device"),
-                           ": training.device = \"cuda\", but this titan was built without CUDA "
-                           "(build it with `cmake --preset cuda`, or set training.device = \"cpu\")"));
+  resolve_device(cfg, model.args());
 #endif
   return std::make_unique<CpuEngine>(model, optimizer);
 }

@@ -48,8 +48,14 @@ class Engine {
   virtual std::string phase_report() const { return ""; }
 };
 
-// Whether training.device resolves to the GPU here (make_engine then builds the CUDA engine).
-bool uses_cuda(const config::JobConfig& cfg);
+// What the CUDA backend refuses in a config, checkable without a GPU (bf16 only, no activation
+// checkpointing yet, the attention kernels' head sizes): UserError naming the key.
+void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& args);
+// Whether training.device puts this run on the GPU, in this build and on this machine; throws
+// every refusal make_engine would (so callers can check memory before allocating anything).
+bool resolve_device(const config::JobConfig& cfg, const llama3::ModelArgs& args);
+// training.device as `titan estimate` reads it: "auto" is the GPU where this build sees one.
+bool prefers_cuda(const config::JobConfig& cfg);
 // Memory of the device a run will use: GPU 0's, or the machine's RAM.
 double device_memory_bytes(bool cuda);
 

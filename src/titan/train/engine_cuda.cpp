@@ -35,7 +35,9 @@ class CudaEngine final : public Engine {
                              {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f}, max_norm,
                              !phase_times_);
     } catch (...) {
-      optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);  // no update happened
+      // Only validation of the batch runs before the first update; a failed capture after the
+      // eager step leaves a count one short, and the run ends with the error anyway.
+      optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);
       throw;
     }
     out = {r.loss_sum, r.count, std::sqrt(r.grad_sq_sum)};
@@ -104,21 +106,7 @@ class CudaEngine final : public Engine {
 
 std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
                                          optim::AdamW& optimizer) {
-  if (cuda::device_count() == 0)
-    throw UserError(concat(cfg.origin("training.device"),
-                           ": training.device = \"cuda\", but no CUDA device is visible (check the driver and "
-                           "CUDA_VISIBLE_DEVICES, or set training.device = \"cpu\")"));
-  if (cfg.get_string("training.mixed_precision_param") != "bfloat16")
-    throw UserError(concat(cfg.origin("training.mixed_precision_param"),
-                           ": the CUDA backend computes in bfloat16 only (float32 runs on training.device = \"cpu\")"));
-  if (cfg.get_string("activation_checkpoint.mode") != "none")
-    throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
-                           ": activation checkpointing is not built for the CUDA backend yet (set it to \"none\", or "
-                           "training.device = \"cpu\")"));
-  const auto& a = model.args();
-  if (!cuda::attention_supported(a.head_dim()))
-    throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", a.head_dim(),
-                           " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
+  check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
   return std::make_unique<CudaEngine>(model, optimizer, 0, cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"));
 }

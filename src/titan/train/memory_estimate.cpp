@@ -9,6 +9,7 @@
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
 #include "titan/ops/ops.h"
+#include "titan/train/engine.h"
 
 namespace titan::train {
 
@@ -88,7 +89,7 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   if (backend == EstimateBackend::cuda) {
     TITAN_CHECK(ac.mode == Mode::none, "the CUDA backend has no activation checkpointing yet");
     e.activations = cuda_plan_bytes(a, s, shards, &e.parameters, &e.gradients, &e.optimizer);
-    e.buffers = double(32 << 20) + 3 * 512.0;  // cuBLASLt workspace, reduction scratch, step factors
+    e.buffers = double(32 << 20) + device_block(264 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch, sums, step factors
     return e;
   }
   e.parameters = 4 * p / double(shards);
@@ -101,6 +102,11 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   }
   e.activations = cpu_activation_bytes(a, s, ac);
   return e;
+}
+
+double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args) {
+  if (!cfg.get_bool("checkpoint.enable_checkpoint") || cfg.get_string("checkpoint.async_mode") == "disabled") return 0;
+  return 12.0 * double(metrics::parameter_count(args));
 }
 
 llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg) {
@@ -147,10 +153,16 @@ int estimate_main(const std::vector<std::string>& args) {
   config::JobConfig cfg;
   std::vector<std::string> overrides;
   int64_t ngpu = 1;
-  std::string device = "cuda";
+  std::string device;  // empty: from training.device
   for (size_t i = 0; i < args.size(); ++i) {
-    auto value = [&](const std::string& flag) {
-      if (i + 1 >= args.size()) throw UserError(concat("estimate: ", flag, " needs a value"));
+    std::string inline_value;
+    const bool has_inline = args[i].rfind("--config=", 0) == 0 || args[i].rfind("--ngpu=", 0) == 0 ||
+                            args[i].rfind("--device=", 0) == 0;
+    const std::string flag = has_inline ? args[i].substr(0, args[i].find('=')) : args[i];
+    if (has_inline) inline_value = args[i].substr(args[i].find('=') + 1);
+    auto value = [&](const std::string& name) {
+      if (has_inline) return inline_value;
+      if (i + 1 >= args.size()) throw UserError(concat("estimate: ", name, " needs a value"));
       return args[++i];
     };
     if (args[i] == "--help" || args[i] == "-h") {
@@ -158,14 +170,14 @@ int estimate_main(const std::vector<std::string>& args) {
                    "  per-device memory of a training run (GPU: bf16 mixed precision; CPU: fp32); N > 1 predicts FSDP shards\n";
       return 0;
     }
-    if (args[i] == "--config") {
+    if (flag == "--config") {
       cfg.load_file(value("--config"));
-    } else if (args[i] == "--ngpu") {
+    } else if (flag == "--ngpu") {
       const std::string v = value("--ngpu");
       if (v.empty() || v.size() > 6 || v.find_first_not_of("0123456789") != std::string::npos || std::stoll(v) < 1)
         throw UserError(concat("estimate: --ngpu ", v, ": expected a positive integer"));
       ngpu = std::stoll(v);
-    } else if (args[i] == "--device") {
+    } else if (flag == "--device") {
       device = value("--device");
       if (device != "cuda" && device != "cpu") throw UserError(concat("estimate: --device ", device, ": expected cuda or cpu"));
     } else {
@@ -178,14 +190,14 @@ int estimate_main(const std::vector<std::string>& args) {
   a.validate(cfg.origin("model.flavor") + ": model." + cfg.get_string("model.flavor"));
   const auto ac = activation_checkpointing(cfg);
   const llama3::BatchShape s{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")};
-  if (device == "cuda" && ac.mode != Mode::none)
-    throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
-                           ": the CUDA backend has no activation checkpointing yet (estimate with --device cpu, or "
-                           "set activation_checkpoint.mode = \"none\")"));
-  const auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, ngpu);
+  if (device.empty()) device = prefers_cuda(cfg) ? "cuda" : "cpu";
+  if (device == "cuda") check_cuda_config(cfg, a);  // what training on a GPU would refuse
+  auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, ngpu);
+  if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a);
   std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
-            << " parameters; micro-batch " << s.batch << " x " << s.seq << "; activation checkpointing "
-            << cfg.get_string("activation_checkpoint.mode") << "\n";
+            << " parameters, vocabulary " << a.vocab_size
+            << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch
+            << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";
   std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
                                          ngpu > 1 ? concat(", FSDP over ", ngpu, " devices (not built yet: prediction)") : ""),
                                0)

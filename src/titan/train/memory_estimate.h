@@ -33,7 +33,11 @@ llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig
 // (debugmodel: the built-in tokenizer's 2,048).
 llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg);
 
-// A multi-line report: the terms, the total, and the device's memory when known (> 0).
+// Host bytes of the async checkpoint snapshot (weights and both AdamW moments) when the config
+// turns async checkpointing on; 0 otherwise.
+double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args);
+
+// One line: the terms, the total, and the device's memory when known (> 0).
 std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes);
 
 // `titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]`.

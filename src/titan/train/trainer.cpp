@@ -130,13 +130,15 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   for (std::string line; std::getline(resolved, line);)
     if (!line.empty()) log_ << "  " << line << "\n";
 
-  check_memory_estimate(cfg);
+  check_memory_estimate(cfg, resolve_device(cfg, args_));
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->set_activation_checkpointing(activation_checkpointing(cfg));
   engine_ = make_engine(cfg, *model_, optimizer_);
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16" && engine_->on_cpu())
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
+  if (cfg.get_bool("profiling.phase_times") && engine_->on_cpu())
+    log_ << "notice: profiling.phase_times = true: no effect on the CPU backend (use profiling.enable_profiling)\n";
   if (cfg.get_bool("training.compile") && engine_->on_cpu())
     log_ << "notice: training.compile = true: no effect on the CPU backend (it fuses kernels and graphs the step on a GPU)\n";
   if (engine_->on_cpu()) model_->plan(shape_);
@@ -169,11 +171,10 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
 }
 
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
-void Trainer::check_memory_estimate(const config::JobConfig& cfg) const {
-  const bool cuda = uses_cuda(cfg);
+void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda) const {
   const auto ac = activation_checkpointing(cfg);
-  if (cuda && ac.mode != llama3::ActivationCheckpointing::Mode::none) return;  // the engine refuses it, clearly
-  const auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, 1);
+  auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, 1);
+  if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
   throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
@@ -241,7 +242,14 @@ void Trainer::export_weights(int64_t step) {
 }
 
 void Trainer::print_start_summary() {
-  const auto mem = model_->memory();
+  auto mem = model_->memory();
+  if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
+    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, 1);
+    mem.parameter_bytes = static_cast<size_t>(e.parameters);
+    mem.gradient_bytes = static_cast<size_t>(e.gradients);
+    mem.optimizer_bytes = static_cast<size_t>(e.optimizer);
+    mem.activation_bytes = static_cast<size_t>(e.activations + e.buffers);
+  }
   log_ << "model: llama3 " << cfg_.get_string("model.flavor") << " (dim " << args_.dim << ", layers "
        << args_.n_layers << ", heads " << args_.n_heads << ", kv heads " << args_.n_kv_heads << ", ffn "
        << args_.ffn_hidden() << ", vocab " << args_.vocab_size << ")\n";
@@ -278,6 +286,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_);
   m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
   Engine::StepOutcome fused;
+  Tracer::Span step_span(&tracer_, "step (forward, backward, optimizer)");
   if (accumulation_ == 1 && engine_->fused_step(batch.tokens.data(), batch.labels.data(), shape_, grad_scale, m.lr,
                                                 max_norm_, fused)) {
     m.loss = fused.loss_sum / static_cast<double>(std::max<int64_t>(1, fused.count));

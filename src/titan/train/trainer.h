@@ -43,7 +43,7 @@ class Trainer {
 
  private:
   void print_start_summary();
-  void check_memory_estimate(const config::JobConfig& cfg) const;
+  void check_memory_estimate(const config::JobConfig& cfg, bool cuda) const;
   // True when the step's loss and norm are finite; else stops (throws) or warns, per
   // training.on_nonfinite.
   bool finite_or_stop(int64_t step, const StepMetrics& m);

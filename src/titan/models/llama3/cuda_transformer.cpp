@@ -395,6 +395,12 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
 
 cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                                     int32_t ignore_index) {
+  // Validation stays out of the per-step phase times.
+  struct Pause {
+    std::unique_ptr<cuda::PhaseTimer>& slot;
+    std::unique_ptr<cuda::PhaseTimer> held;
+    ~Pause() { slot = std::move(held); }
+  } pause{phases_, std::move(phases_)};
   plan(s);
   const int64_t n = s.rows();
   check_labels(labels, n, args_.vocab_size, ignore_index);

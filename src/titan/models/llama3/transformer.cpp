@@ -130,7 +130,13 @@ void Transformer::plan(BatchShape s) {
     }
     saved_.push_back(layers_[i].make_saved(s, d));
     if (ac_.mode == ActivationCheckpointing::Mode::selective_op) {
-      if (!shared) shared = layers_[i].make_saved(s, d);
+      if (!shared) {  // only the elementwise tensors are shared
+        shared.emplace();
+        shared->xn = Tensor::zeros({n, d});
+        shared->h = Tensor::zeros({n, d});
+        shared->hn = Tensor::zeros({n, d});
+        shared->ffn.g = Tensor::zeros({n, args_.ffn_hidden()});
+      }
       auto& sv = saved_.back();
       sv.xn = shared->xn;
       sv.h = shared->h;
