@@ -5,7 +5,8 @@
 set -euo pipefail
 
 packages=(python3 g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev
-  libpcre2-dev nlohmann-json3-dev zlib1g-dev libzstd-dev libprotobuf-dev protobuf-compiler libxxhash-dev)
+  libpcre2-dev nlohmann-json3-dev zlib1g-dev libzstd-dev libprotobuf-dev protobuf-compiler libxxhash-dev
+  openmpi-bin libopenmpi-dev)
 if [[ "${1:-}" == "--test" ]]; then
   # python3-torch is the CPU oracle; libopenblas0-pthread keeps it off the slow reference BLAS.
   packages+=(libgtest-dev python3 python3-torch python3-numpy python3-venv python3-matplotlib)

@@ -373,7 +373,7 @@ void JobConfig::validate() const {
   if (param != "bfloat16" && param != "float32") fail("training.mixed_precision_param", "expected bfloat16 or float32");
   if (get_string("training.mixed_precision_reduce") != "float32") fail("training.mixed_precision_reduce", "expected float32");
   const auto shard = get_int("training.data_parallel_shard_degree");
-  if (shard != -1 && shard != 1) fail("training.data_parallel_shard_degree", "not supported yet (single process: -1 or 1)");
+  if (shard != -1 && shard != 1) fail("training.data_parallel_shard_degree", "not supported yet (-1 or 1: ranks replicate parameters until FSDP is built)");
 }
 
 std::vector<std::string> JobConfig::notices() const {

@@ -108,15 +108,23 @@ optim::AdamWConfig adamw_config(const config::JobConfig& cfg) {
 }
 }  // namespace
 
-Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
-    : cfg_(cfg), log_(log), data_(resolve_data(cfg)), args_(model_args(cfg, data_)),
+Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::ProcessGroup* group)
+    : own_group_(group ? nullptr : parallel::make_local_group()),
+      group_(group ? *group : *own_group_),
+      cfg_(cfg), log_(log), data_(resolve_data(cfg)), args_(model_args(cfg, data_)),
       shape_{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")},
       optimizer_(adamw_config(cfg)),
       schedule_{cfg.get_int("training.warmup_steps"), cfg.get_int("training.steps"),
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
       max_norm_(cfg.get_real("training.max_norm")) {
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
-  if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) accumulation_ = global / shape_.batch;
+  const int64_t ranks = group_.size();
+  if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) {
+    if (global % (shape_.batch * ranks) != 0)
+      throw UserError(concat(cfg.origin("training.global_batch_size"), ": training.global_batch_size = ", global,
+                             " is not a multiple of training.batch_size x ranks = ", shape_.batch, " x ", ranks));
+    accumulation_ = global / (shape_.batch * ranks);
+  }
   peak_flops_ = cfg.get_real("metrics.peak_tflops") * 1e12;
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
 
@@ -130,7 +138,11 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
   for (std::string line; std::getline(resolved, line);)
     if (!line.empty()) log_ << "  " << line << "\n";
 
-  check_memory_estimate(cfg, resolve_device(cfg, args_));
+  const bool on_cuda = resolve_device(cfg, args_);
+  if (on_cuda && ranks > 1)
+    throw UserError(concat("training on ", ranks, " ranks runs on the CPU backend only so far (NCCL is not built yet): "
+                           "set training.device = \"cpu\" or run one rank"));
+  check_memory_estimate(cfg, on_cuda);
   model_ = std::make_unique<llama3::Transformer>(args_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->set_activation_checkpointing(activation_checkpointing(cfg));
@@ -158,11 +170,14 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log)
       resume_from(*dir, *source);
       engine_->from_host();
     }
-    checkpoints_->prepare(model_->parameters());
+    if (group_.rank() == 0) checkpoints_->prepare(model_->parameters());  // only rank 0 saves
   }
-  const int64_t global_rows = shape_.batch * accumulation_;
-  loader_ = std::make_unique<data::DataLoader>(std::move(source), shape_.seq, global_rows, 0, global_rows);
-  logger_ = std::make_unique<metrics::MetricsLogger>(
+  // Every rank walks the same global stream and keeps its own rows of each global batch.
+  const int64_t rank_rows = shape_.batch * accumulation_;
+  loader_ = std::make_unique<data::DataLoader>(std::move(source), shape_.seq, rank_rows * ranks,
+                                               rank_rows * group_.rank(), rank_rows);
+  if (group_.rank() == 0)  // one metrics.jsonl and TensorBoard file per run
+    logger_ = std::make_unique<metrics::MetricsLogger>(
       metrics::LoggerOptions{dump.string(), cfg.get_bool("metrics.enable_tensorboard"),
                              cfg.get_string("metrics.save_tb_folder"), cfg.get_bool("metrics.enable_color_printing"), 0,
                              start_step_ > 1},
@@ -226,12 +241,14 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
 }
 
 void Trainer::save_checkpoint(int64_t step) {
+  if (group_.rank() != 0) return;  // parameters are replicated: rank 0's copy is the model
   engine_->to_host();
   checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml()};
   checkpoints_->save(step, model_->parameters(), st);
 }
 
 void Trainer::export_weights(int64_t step) {
+  if (group_.rank() != 0) return;
   checkpoints_->wait();
   engine_->to_host();
   const auto dir = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder") /
@@ -268,7 +285,12 @@ void Trainer::print_start_summary() {
   if (accumulation_ > 1)
     log_ << "gradient accumulation: " << accumulation_ << " micro-batches of " << shape_.batch
          << " per step (global batch " << accumulation_ * shape_.batch << ")\n";
-  log_ << "device: " << engine_->description() << "\n" << std::flush;
+  log_ << "device: " << engine_->description() << "\n";
+  if (group_.size() > 1)
+    log_ << "ranks: " << group_.size() << " (" << group_.backend()
+         << "), data parallel with replicated parameters: gradients summed over ranks each step; each rank holds the "
+            "whole model and optimizer state (FSDP sharding is not built yet)\n";
+  log_ << std::flush;
 }
 
 StepMetrics Trainer::train_step(int64_t step) {
@@ -283,7 +305,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   m.data_seconds = timer.seconds();
   // Every micro-batch's loss is scaled by 1 / (tokens of the global batch), so the accumulated
   // gradient is that of the global batch's mean loss.
-  const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_);
+  const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_ * group_.size());
   m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
   Engine::StepOutcome fused;
   Tracer::Span step_span(&tracer_, "step (forward, backward, optimizer)");
@@ -305,6 +327,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     loss_sum += r.loss_sum;
     count += r.count;
   }
+  reduce_across_ranks(loss_sum, count);
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
   m.grad_norm = std::sqrt(engine_->grad_sq_sum());
@@ -312,6 +335,16 @@ StepMetrics Trainer::train_step(int64_t step) {
   else m.skipped = true;
   m.step_seconds = timer.seconds();
   return m;
+}
+
+void Trainer::reduce_across_ranks(double& loss_sum, int64_t& count) {
+  if (group_.size() == 1) return;
+  Tracer::Span span(&tracer_, "all-reduce of gradients, loss and token count");
+  for (auto& p : model_->parameters()) group_.all_reduce_sum(p.grad.f32(), p.grad.numel());
+  double sums[2] = {loss_sum, static_cast<double>(count)};
+  group_.all_reduce_sum(sums, 2);
+  loss_sum = sums[0];
+  count = static_cast<int64_t>(sums[1]);
 }
 
 bool Trainer::finite_or_stop(int64_t step, const StepMetrics& m) {
@@ -391,7 +424,7 @@ std::vector<StepMetrics> Trainer::run() {
     return history;
   }
   if (start_step_ > steps) log_ << "nothing to do: the checkpoint is at step " << start_step_ - 1 << " of " << steps << "\n";
-  ProgressIndicator progress(std::cerr, 10.0);
+  ProgressIndicator progress(group_.rank() == 0 ? std::cerr : log_, 10.0);
   Timer total;
   double window_seconds = 0, window_data = 0;
   int64_t window_steps = 0;
@@ -400,22 +433,28 @@ std::vector<StepMetrics> Trainer::run() {
     tracer_.set_recording(trace);
     progress.start_step(step);
     history.push_back(train_step(step));
-    if (trace) write_trace(step);
+    if (trace && group_.rank() == 0) write_trace(step);
     tracer_.set_recording(false);
     window_seconds += history.back().step_seconds;
     window_data += history.back().data_seconds;
     ++window_steps;
-    const bool stopping = g_stop_signal != 0;
+    double stop = g_stop_signal != 0 ? 1.0 : 0.0;
+    group_.all_reduce_sum(&stop, 1);  // every rank stops after the same step
+    const bool stopping = stop > 0;
     if (step == 1 || step % log_freq == 0 || step == steps || stopping) {
-      logger_->log(make_record(history.back(), window_seconds, window_data, window_steps, total.seconds()));
+      if (logger_) logger_->log(make_record(history.back(), window_seconds, window_data, window_steps, total.seconds()));
       window_seconds = window_data = 0;
       window_steps = 0;
     }
-    if (validate && (step % val_freq == 0 || step == steps)) logger_->log_validation(step, validation_loss());
+    if (validate && (step % val_freq == 0 || step == steps)) {
+      const double loss = validation_loss();  // every rank computes it (same data): no collective needed
+      if (logger_) logger_->log_validation(step, loss);
+    }
     if (checkpoints_ && (checkpoints_->due(step) || step == steps || stopping)) save_checkpoint(step);
     if (checkpoints_ && step == steps && cfg_.get_bool("checkpoint.model_weights_only")) export_weights(step);
     if (stopping) {
-      log_ << "received " << (g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM") << ": stopped cleanly after step "
+      log_ << "received " << (g_stop_signal == SIGINT ? "SIGINT" : g_stop_signal == SIGTERM ? "SIGTERM" : "a stop from another rank")
+           << ": stopped cleanly after step "
            << step << " of " << steps << "\n" << std::flush;
       break;
     }
@@ -451,8 +490,18 @@ int train_main(const std::vector<std::string>& args) {
   }
   cfg.apply_overrides(overrides);
   cfg.validate();
-  Trainer trainer(cfg, std::cout);
-  trainer.run();
+  auto group = parallel::make_world_group();
+  std::ostream quiet(nullptr);  // ranks other than 0 print nothing but errors
+  try {
+    Trainer trainer(cfg, group->rank() == 0 ? std::cout : quiet, group.get());
+    trainer.run();
+  } catch (const std::exception& e) {
+    if (group->size() == 1) throw;
+    // The other ranks may be waiting in a collective: name this rank, then end them all.
+    std::cerr << "titan: error: rank " << group->rank() << " of " << group->size() << ": " << e.what() << "\n"
+              << std::flush;
+    group->abort(2);
+  }
   return 0;
 }
 

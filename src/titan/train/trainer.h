@@ -13,6 +13,7 @@
 #include "titan/models/llama3/transformer.h"
 #include "titan/optim/adamw.h"
 #include "titan/optim/lr_schedule.h"
+#include "titan/parallel/process_group.h"
 #include "titan/train/datasets.h"
 #include "titan/train/engine.h"
 
@@ -29,7 +30,10 @@ struct StepMetrics {
 class Trainer {
  public:
   // Validates the config and builds everything; throws UserError on bad settings.
-  Trainer(const config::JobConfig& cfg, std::ostream& log);
+  // One rank of `group` (data parallel with replicated parameters when it has several ranks;
+  // logs, metrics and checkpoints come from rank 0).
+  // (No group: a group of one.)
+  Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::ProcessGroup* group = nullptr);
   // Runs training.steps steps (fewer when SIGINT/SIGTERM asks to stop); returns each step's metrics.
   std::vector<StepMetrics> run();
   // One optimizer step over the next global batch: micro-batches of batch_size rows, their
@@ -44,6 +48,8 @@ class Trainer {
  private:
   void print_start_summary();
   void check_memory_estimate(const config::JobConfig& cfg, bool cuda) const;
+  // Sums gradients, loss and token count over the ranks (data parallel).
+  void reduce_across_ranks(double& loss_sum, int64_t& count);
   // True when the step's loss and norm are finite; else stops (throws) or warns, per
   // training.on_nonfinite.
   bool finite_or_stop(int64_t step, const StepMetrics& m);
@@ -54,6 +60,8 @@ class Trainer {
   void save_checkpoint(int64_t step);
   void export_weights(int64_t step);
 
+  std::unique_ptr<parallel::ProcessGroup> own_group_;  // the one-rank group when none is given
+  parallel::ProcessGroup& group_;
   const config::JobConfig& cfg_;
   std::ostream& log_;
   DataSetup data_;
