@@ -1,13 +1,16 @@
 """Data parallel over MPI ranks on the CPU: 1, 2, 3 and 4 ranks (and gradient accumulation
-across ranks) give the same losses over 20 steps as one process, and a checkpoint saved by 2
-ranks resumes at 4 ranks and at 1 with the same losses as the uninterrupted run."""
+across ranks) give the same losses over 20 steps as one process; a checkpoint saved by 2 ranks
+resumes at 4 ranks and at 1 with the same losses as the uninterrupted run; a rank that hangs
+or dies ends the job with an error instead of a hang."""
 import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 FAILURES, PASSED = [], [0]
 
@@ -38,6 +41,57 @@ def losses(folder):
 def close(a, b, steps, what):
     worst = max(abs(a[s] - b[s]) / abs(b[s]) for s in steps)
     check(worst < 1e-4, f"{what}: worst relative loss difference {worst:.2e} over steps {steps[0]}-{steps[-1]} (bound 1e-4)")
+
+
+def rank_pids(launcher_pid):
+    out = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(launcher_pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.split()[1:] == ["titan"]]
+
+
+def test_failed_rank(titan, configs, tmp, how):
+    """A rank that is stopped (hangs) or killed (dies): the others end the job, with an error."""
+    folder = os.path.join(tmp, f"fail_{how}")
+    cmd = [shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", "2", titan, "train", "--config",
+           os.path.join(configs, "debug_model.toml"), "--training.device", "cpu", "--training.dataset", "synthetic",
+           "--training.seq_len", "32", "--training.batch_size", "2", "--training.steps", "100000",
+           "--metrics.log_freq", "1", "--comm.train_timeout_seconds", "5", "--job.dump_folder", folder]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    pids = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None:
+            metrics = os.path.join(folder, "metrics.jsonl")
+            if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2:
+                break
+            time.sleep(0.2)
+        pids = rank_pids(p.pid)
+        check(len(pids) == 2, f"{how}: found the two rank processes ({pids})")
+        if len(pids) != 2:
+            return
+        t0 = time.time()
+        os.kill(pids[1], signal.SIGSTOP if how == "hangs" else signal.SIGKILL)
+        try:
+            _, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            check(False, f"{how}: the job did not end within 90 s")
+            return
+        elapsed = time.time() - t0
+        check(p.returncode != 0, f"{how}: the job exits non-zero (exit {p.returncode})")
+        if how == "hangs":
+            check("rank 0 of 2: an all-reduce did not finish within 5 s" in err,
+                  f"hangs: rank 0 names the stuck collective and the timeout: {err.strip()[-400:]}")
+        check(elapsed < 60, f"{how}: the job ended {elapsed:.1f} s after the rank failed")
+    finally:
+        for pid in pids:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def main():
@@ -78,6 +132,8 @@ def main():
             check(r.returncode == 0 and "resumed from" in r.stdout, f"resume at {ranks} ranks ({r.stderr.strip()[-300:]})")
             if r.returncode == 0:
                 close(losses(folder), ref, list(range(11, 21)), f"saved at 2 ranks, resumed at {ranks}")
+        test_failed_rank(a.titan, a.configs, tmp, "hangs")
+        test_failed_rank(a.titan, a.configs, tmp, "dies")
         # Bad combinations are one-line errors.
         r = train(a.titan, a.configs, os.path.join(tmp, "bad"), 2, 4, "--training.steps", "2")
         lines = r.stderr.strip().splitlines()

@@ -98,6 +98,10 @@ std::vector<KeySpec> make_schema() {
       {"checkpoint", "keep_latest_k", integer, "0", "keep only the newest k checkpoints (0 = all)"},
       {"checkpoint", "load_step", integer, "-1", "resume from step-N (-1 = the latest complete checkpoint)"},
 
+      {"comm", "init_timeout_seconds", integer, "300", "accepted (MPI starts through the launcher)", accepted_noop},
+      {"comm", "train_timeout_seconds", real, "100", "seconds a collective may take before the rank ends the job (another rank died or hangs)"},
+      {"comm", "trace_buf_size", integer, "20000", "accepted (NCCL flight recorder)", accepted_noop},
+
       {"activation_checkpoint", "mode", string, "none", "none, selective or full (recompute activations in backward; CPU backend)"},
       {"activation_checkpoint", "selective_ac_option", string_or_int, "2", "selective: N (recompute every N-th block) or op (keep matmul and attention outputs, recompute the rest)"},
 
@@ -347,6 +351,7 @@ void JobConfig::validate() const {
   positive("validation.steps");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
   if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");
+  if (!(get_real("comm.train_timeout_seconds") > 0)) fail("comm.train_timeout_seconds", "expected > 0");
   if (const auto m = get_string("activation_checkpoint.mode"); m != "none" && m != "selective" && m != "full")
     fail("activation_checkpoint.mode", "expected none, selective or full");
   if (get_string("activation_checkpoint.mode") == "selective") {

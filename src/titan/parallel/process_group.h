@@ -25,8 +25,10 @@ class ProcessGroup {
 };
 
 // MPI's world when this process was started by mpirun/mpiexec/srun with more than one rank
-// (MPI is initialised here and finalised with the group), else a group of one.
-std::unique_ptr<ProcessGroup> make_world_group();
+// (MPI is initialised here and finalised with the group), else a group of one. A collective
+// that has not finished after `timeout_seconds` (another rank died or hangs) ends this process
+// with a one-line error naming the rank, so the launcher stops the job instead of waiting.
+std::unique_ptr<ProcessGroup> make_world_group(double timeout_seconds = 100);
 // A group of one (no MPI).
 std::unique_ptr<ProcessGroup> make_local_group();
 

@@ -490,7 +490,7 @@ int train_main(const std::vector<std::string>& args) {
   }
   cfg.apply_overrides(overrides);
   cfg.validate();
-  auto group = parallel::make_world_group();
+  auto group = parallel::make_world_group(cfg.get_real("comm.train_timeout_seconds"));
   std::ostream quiet(nullptr);  // ranks other than 0 print nothing but errors
   try {
     Trainer trainer(cfg, group->rank() == 0 ? std::cout : quiet, group.get());
