@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "titan/ops/attention_head_dims.h"
 #include "titan/optim/grad_clip.h"
 #ifdef TITAN_WITH_CUDA
 #include "titan/ops/cuda/cuda_ops.h"
@@ -47,9 +48,8 @@ void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& ar
     throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
                            ": activation checkpointing is not built for the CUDA backend yet (set it to \"none\", or "
                            "training.device = \"cpu\")"));
-  // The head sizes ops/cuda/attention*.cu are instantiated for.
   const int64_t hd = args.head_dim();
-  if (hd != 16 && hd != 32 && hd != 64 && hd != 128)
+  if (!cuda_attention_head_dim_supported(hd))
     throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", hd,
                            " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
 }

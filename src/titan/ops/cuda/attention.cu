@@ -6,7 +6,9 @@
 // (attention_tc.cu), which are the default.
 #include <cmath>
 
+#include "titan/ops/attention_head_dims.h"
 #include "titan/ops/cuda/attention_kernels.h"
+#include "titan/ops/cuda/attention_launch.cuh"
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cuda_ops.h"
 #include "titan/ops/cuda/kernel_util.cuh"
@@ -21,11 +23,6 @@ constexpr int kThreads = 256;   // four threads per tile row
 constexpr int kPerThread = kTile / 4;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-struct Dims {
-  int64_t seq, heads, kv_heads;
-  float scale;  // 1 / sqrt(head_dim)
-};
 
 // Copies rows [row0, row0 + kTile) of one head into a padded fp32 tile; rows past seq are zeros.
 template <int D>
@@ -48,7 +45,7 @@ size_t dq_smem() { return (4 * kTile * (D + 1) + kTile * (kTile + 1)) * sizeof(f
 // grid (query tiles, heads, batch)
 template <int D>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
-                                                           bf16_t* o, float* lse, Dims dims) {
+                                                           bf16_t* o, float* lse, AttentionDims dims) {
   extern __shared__ float smem[];
   float* qs = smem;
   float* ks = qs + kTile * (D + 1);
@@ -135,7 +132,7 @@ __global__ void delta_kernel(const bf16_t* o, const bf16_t* dout, float* delta, 
 template <int D>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                         const float* lse, const bf16_t* dout, const float* delta,
-                                                        bf16_t* dk, bf16_t* dv, Dims dims) {
+                                                        bf16_t* dk, bf16_t* dv, AttentionDims dims) {
   extern __shared__ float smem[];
   float* ks = smem;
   float* vs = ks + kTile * (D + 1);
@@ -212,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
 template <int D>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                       const float* lse, const bf16_t* dout, const float* delta,
-                                                      bf16_t* dq, Dims dims) {
+                                                      bf16_t* dq, AttentionDims dims) {
   extern __shared__ float smem[];
   float* qs = smem;
   float* dos = qs + kTile * (D + 1);
@@ -269,22 +266,6 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
   for (int i = 0; i < D / 4; ++i) out[sub + 4 * i] = to_bf(dq_acc[i] * dims.scale);
 }
 
-Dims dims_of(const AttentionShape& s) {
-  return {s.seq, s.heads, s.kv_heads, 1.0f / std::sqrt(static_cast<float>(s.head_dim))};
-}
-
-template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  TITAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-// Raises a kernel's shared-memory limit on its first launch only (one device per process), so
-// later launches, also those captured into a CUDA graph, make no attribute calls.
-template <auto kKernel>
-void allow_smem_once(size_t bytes) {
-  static const bool raised = (set_smem(kKernel, bytes), true);
-  (void)raised;
-}
-
 template <int D>
 void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
                  cudaStream_t stream) {
@@ -318,9 +299,7 @@ void check_shape(const AttentionShape& s) {
 }
 }  // namespace
 
-bool attention_supported(int64_t head_dim) {
-  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
-}
+bool attention_supported(int64_t head_dim) { return cuda_attention_head_dim_supported(head_dim); }
 
 void attention_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
                        cudaStream_t stream, AttentionImpl impl) {

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "titan/ops/cuda/attention_kernels.h"
+#include "titan/ops/cuda/attention_launch.cuh"
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/kernel_util.cuh"
 
@@ -23,11 +24,6 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 template <int D>
 __host__ __device__ constexpr int ld() { return D + 8; }  // row stride of row-major tiles
-
-struct Dims {
-  int64_t seq, heads, kv_heads;
-  float scale;
-};
 
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -99,7 +95,7 @@ constexpr size_t dq_smem() { return 4 * kTile * ld<D>() * sizeof(bf16_t); }
 // grid (query tiles, heads, batch)
 template <int D>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
-                                                           bf16_t* o, float* lse, Dims dims) {
+                                                           bf16_t* o, float* lse, AttentionDims dims) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* ks = qs + kTile * ld<D>();
@@ -213,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
 template <int D>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                         const float* lse, const bf16_t* dout, const float* delta,
-                                                        bf16_t* dk, bf16_t* dv, Dims dims) {
+                                                        bf16_t* dk, bf16_t* dv, AttentionDims dims) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* ks = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* vs = ks + kTile * ld<D>();
@@ -318,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
 template <int D>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                       const float* lse, const bf16_t* dout, const float* delta,
-                                                      bf16_t* dq, Dims dims) {
+                                                      bf16_t* dq, AttentionDims dims) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* dos = qs + kTile * ld<D>();
@@ -394,22 +390,6 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
       *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_b) * dims.heads + h) * D + col) =
           pack(dq_acc[nd][2] * dims.scale, dq_acc[nd][3] * dims.scale);
   }
-}
-
-Dims dims_of(const AttentionShape& s) {
-  return {s.seq, s.heads, s.kv_heads, 1.0f / std::sqrt(static_cast<float>(s.head_dim))};
-}
-
-template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  TITAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-// Raises a kernel's shared-memory limit on its first launch only (one device per process), so
-// later launches, also those captured into a CUDA graph, make no attribute calls.
-template <auto kKernel>
-void allow_smem_once(size_t bytes) {
-  static const bool raised = (set_smem(kKernel, bytes), true);
-  (void)raised;
 }
 
 template <int D>
