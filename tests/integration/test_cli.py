@@ -149,6 +149,7 @@ BAD = [
      "activation_checkpoint.mode = some: expected none, selective or full"),
     ("bad selective option", None, ["--activation_checkpoint.mode", "selective",
                                     "--activation_checkpoint.selective_ac_option", "0"], "expected op or a positive integer"),
+    ("bad collective timeout", None, ["--comm.train_timeout_seconds", "0"], "comm.train_timeout_seconds = 0.0: expected > 0"),
     ("unknown device", None, ["--training.device", "tpu"], "training.device = tpu: expected auto, cpu or cuda"),
     # The CI build has no CUDA, or its machine no GPU: either way a one-line refusal.
     ("cuda where none is", None, ["--training.device", "cuda"], "training.device = \"cuda\", but"),
