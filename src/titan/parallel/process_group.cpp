@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -22,7 +23,16 @@ class LocalGroup final : public ProcessGroup {
   std::string backend() const override { return "local"; }
   void all_reduce_sum(float*, int64_t) override {}
   void all_reduce_sum(double*, int64_t) override {}
+  void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(counts.size() == 1, "all_gather: ", counts.size(), " counts for a group of 1");
+    std::copy_n(send, counts[0], recv);
+  }
+  void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(counts.size() == 1, "reduce_scatter: ", counts.size(), " counts for a group of 1");
+    std::copy_n(send, counts[0], recv);
+  }
   void barrier() override {}
+  std::unique_ptr<ProcessGroup> split(int, int) override { return std::make_unique<LocalGroup>(); }
   void abort(int) override {}
 };
 
@@ -90,16 +100,33 @@ class Watchdog {
   std::thread thread_;
 };
 
+// MPI counts and displacements are int: larger tensors are refused with their size named.
+int mpi_count(int64_t n, const char* what) {
+  if (n < 0 || n > std::numeric_limits<int>::max())
+    throw UserError(concat(what, ": ", n, " elements is more than one MPI collective can move (2^31 - 1)"));
+  return static_cast<int>(n);
+}
+
 class MpiGroup final : public ProcessGroup {
  public:
-  explicit MpiGroup(double timeout_seconds) {
+  // The world: initialises MPI (finalised when this group goes).
+  explicit MpiGroup(double timeout_seconds) : comm_(MPI_COMM_WORLD), owns_mpi_(true) {
     int provided = 0;
     check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
     check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
-    if (timeout_seconds > 0) watchdog_ = std::make_unique<Watchdog>(timeout_seconds, rank_, size_);
+    if (timeout_seconds > 0) watchdog_ = std::make_shared<Watchdog>(timeout_seconds, rank_, size_);
+  }
+  // A sub-group: its own communicator, the world's watchdog.
+  MpiGroup(MPI_Comm comm, std::shared_ptr<Watchdog> watchdog) : comm_(comm), watchdog_(std::move(watchdog)) {
+    check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
   }
   ~MpiGroup() override {
+    if (!owns_mpi_) {
+      MPI_Comm_free(&comm_);
+      return;
+    }
     watchdog_.reset();
     MPI_Finalize();
   }
@@ -108,9 +135,32 @@ class MpiGroup final : public ProcessGroup {
   std::string backend() const override { return "mpi"; }
   void all_reduce_sum(float* data, int64_t count) override { reduce(data, count, MPI_FLOAT); }
   void all_reduce_sum(double* data, int64_t count) override { reduce(data, count, MPI_DOUBLE); }
+  void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(static_cast<int>(counts.size()) == size_, "all_gather: ", counts.size(), " counts for ", size_, " ranks");
+    std::vector<int> n, at;
+    layout(counts, "an all-gather", n, at);
+    Guard guard(watchdog_.get(), "an all-gather");
+    check_mpi(MPI_Allgatherv(send, n[rank_], MPI_FLOAT, recv, n.data(), at.data(), MPI_FLOAT, comm_), "MPI_Allgatherv");
+  }
+  void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(static_cast<int>(counts.size()) == size_, "reduce_scatter: ", counts.size(), " counts for ", size_,
+                " ranks");
+    std::vector<int> n, at;
+    layout(counts, "a reduce-scatter", n, at);
+    Guard guard(watchdog_.get(), "a reduce-scatter");
+    check_mpi(MPI_Reduce_scatter(send, recv, n.data(), MPI_FLOAT, MPI_SUM, comm_), "MPI_Reduce_scatter");
+  }
   void barrier() override {
     Guard guard(watchdog_.get(), "a barrier");
-    check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
+  }
+  std::unique_ptr<ProcessGroup> split(int color, int key) override {
+    MPI_Comm sub = MPI_COMM_NULL;
+    {
+      Guard guard(watchdog_.get(), "a communicator split");
+      check_mpi(MPI_Comm_split(comm_, color, key, &sub), "MPI_Comm_split");
+    }
+    return std::make_unique<MpiGroup>(sub, watchdog_);
   }
   void abort(int exit_code) override { MPI_Abort(MPI_COMM_WORLD, exit_code); }
 
@@ -130,11 +180,23 @@ class MpiGroup final : public ProcessGroup {
     constexpr int64_t kChunk = int64_t{1} << 30;  // MPI counts are int
     for (int64_t off = 0; off < count; off += kChunk) {
       const int n = static_cast<int>(std::min(kChunk, count - off));
-      check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + off, n, type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, data + off, n, type, MPI_SUM, comm_), "MPI_Allreduce");
     }
   }
+  // Per-rank counts and displacements as MPI's ints.
+  static void layout(const std::vector<int64_t>& counts, const char* what, std::vector<int>& n, std::vector<int>& at) {
+    int64_t offset = 0;
+    for (const int64_t c : counts) {
+      n.push_back(mpi_count(c, what));
+      at.push_back(mpi_count(offset, what));
+      offset += c;
+    }
+    mpi_count(offset, what);
+  }
+  MPI_Comm comm_;
+  bool owns_mpi_ = false;
   int rank_ = 0, size_ = 1;
-  std::unique_ptr<Watchdog> watchdog_;
+  std::shared_ptr<Watchdog> watchdog_;
 };
 
 // Ranks the launcher says this process has (1 when started without one).

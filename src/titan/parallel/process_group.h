@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace titan::parallel {
 
@@ -18,7 +19,16 @@ class ProcessGroup {
   // In place, every rank gets the elementwise sum.
   virtual void all_reduce_sum(float* data, int64_t count) = 0;
   virtual void all_reduce_sum(double* data, int64_t count) = 0;
+  // Rank r contributes counts[r] elements (uneven and zero counts allowed); every rank gets
+  // all of them in `recv`, rank 0's first. `send` may not overlap `recv`.
+  virtual void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) = 0;
+  // Sums `send` (the sum of counts elements) over the ranks; rank r receives its slice of the
+  // sum, elements [counts[0] + ... + counts[r-1], + counts[r]), in `recv`.
+  virtual void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) = 0;
   virtual void barrier() = 0;
+  // The group of the ranks that pass the same `color`, ranked by `key` (MPI_Comm_split). Every
+  // rank of this group must call it. The new group must not outlive this one.
+  virtual std::unique_ptr<ProcessGroup> split(int color, int key) = 0;
   // Ends every rank of the run at once (after an error on this one), so none waits forever in
   // a collective. A group of one does nothing.
   virtual void abort(int exit_code) = 0;
