@@ -93,6 +93,20 @@ Parameter& Transformer::parameter(const std::string& name) {
   throw InternalError("no parameter named " + name);
 }
 
+std::vector<std::vector<Parameter*>> Transformer::units() {
+  std::vector<std::vector<Parameter*>> out(1);
+  for (auto& p : params_) {
+    if (p.name.rfind("layers.", 0) != 0) {
+      out[0].push_back(&p);
+      continue;
+    }
+    const size_t layer = std::stoul(p.name.substr(7));
+    if (out.size() < layer + 2) out.resize(layer + 2);
+    out[layer + 1].push_back(&p);
+  }
+  return out;
+}
+
 void Transformer::init_weights(uint64_t seed) {
   for (auto& p : params_) init_parameter(p, init_rule(p.name, args_), seed);
 }
@@ -155,16 +169,20 @@ void Transformer::plan(BatchShape s) {
   ac_planned_ = true;
 }
 
-void Transformer::forward_hidden(const int32_t* tokens, BatchShape s, Tracer* tracer) {
+void Transformer::forward_hidden(const int32_t* tokens, BatchShape s, bool backward_follows, Tracer* tracer) {
   plan(s);
   const int64_t n = s.rows();
+  hook_before_forward(0);
   {
     Tracer::Span span(tracer, "forward embedding");
     tok_embeddings_.forward(tokens, residual_[0].f32(), n);
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
+    const int unit = static_cast<int>(i) + 1;
+    hook_before_forward(unit);
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
     layers_[i].forward(residual_[i].f32(), residual_[i + 1].f32(), saved_[i], rope_, s);
+    hook_after_forward(unit, backward_follows);
   }
   norm_.forward(residual_.back().f32(), final_norm_out_.f32(), final_rstd_.f32(), n);
 }
@@ -172,9 +190,11 @@ void Transformer::forward_hidden(const int32_t* tokens, BatchShape s, Tracer* tr
 cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const int32_t* labels,
                                                     BatchShape s, float grad_scale, int32_t ignore_index,
                                                     Tracer* tracer) {
-  forward_hidden(tokens, s, tracer);
+  forward_hidden(tokens, s, true, tracer);
   const int64_t n = s.rows();
   cpu::ClassifierResult result;
+  hook_after_forward(0, true);
+  hook_before_backward(0);
   {
     Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
     result = cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, n, args_.dim,
@@ -183,6 +203,8 @@ cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const
     norm_.backward(residual_.back().f32(), final_rstd_.f32(), d_hidden_.f32(), d_resid_.f32(), n);
   }
   for (size_t i = layers_.size(); i-- > 0;) {
+    const int unit = static_cast<int>(i) + 1;
+    hook_before_backward(unit);
     Tracer::Span span(tracer, "backward layers." + std::to_string(i));
     if (ac_.recomputes_block(static_cast<int64_t>(i))) {
       // Its output is rewritten with the same values: the block above has finished its backward.
@@ -191,24 +213,31 @@ cpu::ClassifierResult Transformer::forward_backward(const int32_t* tokens, const
       layers_[i].recompute_elementwise(residual_[i].f32(), saved_[i], s);
     }
     layers_[i].backward(residual_[i].f32(), d_resid_.f32(), saved_[i], ws_, rope_, s);
+    hook_after_backward(unit);
   }
-  Tracer::Span span(tracer, "backward embedding");
-  tok_embeddings_.backward(tokens, d_resid_.f32(), n);
+  {
+    Tracer::Span span(tracer, "backward embedding");
+    tok_embeddings_.backward(tokens, d_resid_.f32(), n);
+  }
+  hook_after_backward(0);
   return result;
 }
 
 cpu::ClassifierResult Transformer::forward_loss(const int32_t* tokens, const int32_t* labels,
                                                 BatchShape s, int32_t ignore_index) {
-  forward_hidden(tokens, s);
-  return cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, s.rows(),
-                                          args_.dim, args_.vocab_size, ignore_index, 0.0f, nullptr, nullptr,
-                                          classifier_scratch_.f32());
+  forward_hidden(tokens, s, false);
+  const auto result = cpu::classifier_forward_backward(final_norm_out_.f32(), output_->full.f32(), labels, s.rows(),
+                                                       args_.dim, args_.vocab_size, ignore_index, 0.0f, nullptr,
+                                                       nullptr, classifier_scratch_.f32());
+  hook_after_forward(0, false);
+  return result;
 }
 
 void Transformer::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
-  forward_hidden(tokens, s);
+  forward_hidden(tokens, s, false);
   cpu::linear_forward(final_norm_out_.f32(), output_->full.f32(), logits, s.rows(), args_.dim,
                       args_.vocab_size);
+  hook_after_forward(0, false);
 }
 
 MemoryReport Transformer::memory() const {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/core/module_hooks.h"
 #include "titan/core/trace.h"
 #include "titan/models/llama3/attention.h"
 #include "titan/models/llama3/feed_forward.h"
@@ -83,6 +84,13 @@ class Transformer {
   std::deque<Parameter>& parameters() { return params_; }
   Parameter& parameter(const std::string& name);
 
+  // The model's units, for wrappers such as FSDP: unit 0 is the root (tok_embeddings, norm,
+  // output), unit 1 + i is layers.i.
+  std::vector<std::vector<Parameter*>> units();
+  // Called at every unit's start and end in forward and backward (nullptr: none). Without
+  // hooks every parameter's `full` must already hold the whole weight.
+  void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
+
   // Layout-invariant init (REFERENCE.md's torchtitan rules) of this rank's shards.
   void init_weights(uint64_t seed);
   void zero_grad();
@@ -106,7 +114,11 @@ class Transformer {
   MemoryReport memory() const;
 
  private:
-  void forward_hidden(const int32_t* tokens, BatchShape s, Tracer* tracer = nullptr);
+  void forward_hidden(const int32_t* tokens, BatchShape s, bool backward_follows, Tracer* tracer = nullptr);
+  void hook_before_forward(int unit) { if (hooks_) hooks_->before_forward(unit); }
+  void hook_after_forward(int unit, bool backward_follows) { if (hooks_) hooks_->after_forward(unit, backward_follows); }
+  void hook_before_backward(int unit) { if (hooks_) hooks_->before_backward(unit); }
+  void hook_after_backward(int unit) { if (hooks_) hooks_->after_backward(unit); }
 
   ModelArgs args_;
   std::deque<Parameter> params_;  // deque: modules keep pointers, so elements never move
@@ -114,6 +126,7 @@ class Transformer {
   std::vector<TransformerBlock> layers_;
   RMSNorm norm_;
   Parameter* output_;
+  ModuleHooks* hooks_ = nullptr;
 
   ActivationCheckpointing ac_;
   bool ac_planned_ = false;  // the plan matches ac_
