@@ -5,11 +5,13 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -110,12 +112,79 @@ std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const 
   return entries;
 }
 
-void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta) {
+namespace {
+json entries_to_json(const std::vector<ShardEntry>& entries) {
   json shards = json::array();
-  for (const auto& e : meta.shards)
+  for (const auto& e : entries)
     shards.push_back({{"tensor", e.tensor}, {"global_shape", e.global_shape}, {"dtype", "float32"}, {"rank", e.rank},
                       {"rows", {e.row_begin, e.row_end}}, {"offset", e.offset}, {"bytes", e.bytes},
                       {"xxh3", concat(std::hex, e.checksum)}});
+  return shards;
+}
+
+// Throws json or logic errors on malformed input; callers name the file.
+std::vector<ShardEntry> entries_from_json(const json& shards, const std::string& path) {
+  std::vector<ShardEntry> out;
+  for (const auto& e : shards) {
+    ShardEntry x;
+    x.tensor = e.at("tensor").get<std::string>();
+    x.global_shape = e.at("global_shape").get<Shape>();
+    if (e.at("dtype") != "float32") throw UserError(concat(path, ": tensor ", x.tensor, " has dtype ", e.at("dtype").dump(), ", expected float32"));
+    x.rank = e.at("rank").get<int>();
+    x.row_begin = e.at("rows").at(0).get<int64_t>();
+    x.row_end = e.at("rows").at(1).get<int64_t>();
+    x.offset = e.at("offset").get<int64_t>();
+    x.bytes = e.at("bytes").get<int64_t>();
+    x.checksum = std::stoull(e.at("xxh3").get<std::string>(), nullptr, 16);
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
+std::string entries_file_name(int rank) { return rank_file_name(rank) + ".entries.json"; }
+}  // namespace
+
+void write_rank_entries(const std::string& dir, int rank, const std::vector<ShardEntry>& entries) {
+  const fs::path final_path = fs::path(dir) / entries_file_name(rank);
+  const std::string part = final_path.string() + ".part";
+  {
+    std::ofstream out(part);
+    out << entries_to_json(entries).dump() << "\n";
+    if (!out) throw UserError(concat(part, ": write failed"));
+  }
+  fsync_path(part, false);
+  std::error_code ec;
+  fs::rename(part, final_path, ec);  // appears whole or not at all
+  if (ec) throw UserError(concat(final_path.string(), ": cannot rename into place: ", ec.message()));
+}
+
+std::vector<ShardEntry> collect_rank_entries(const std::string& dir, int world, double timeout_seconds) {
+  std::vector<ShardEntry> all;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+  for (int r = 0; r < world; ++r) {
+    const fs::path path = fs::path(dir) / entries_file_name(r);
+    while (!fs::exists(path)) {
+      if (std::chrono::steady_clock::now() > deadline)
+        throw UserError(concat(dir, ": rank ", r, " of ", world, " did not write its part of the checkpoint within ",
+                               timeout_seconds, " s (comm.train_timeout_seconds)"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::ifstream in(path);
+    try {
+      auto part = entries_from_json(json::parse(in), path.string());
+      all.insert(all.end(), part.begin(), part.end());
+    } catch (const json::exception& e) {
+      throw UserError(concat(path.string(), ": malformed: ", e.what()));
+    } catch (const std::logic_error& e) {
+      throw UserError(concat(path.string(), ": malformed: ", e.what()));
+    }
+    fs::remove(path);  // metadata.json now describes the rank's file
+  }
+  return all;
+}
+
+void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta) {
+  const json shards = entries_to_json(meta.shards);
   const json j = {{"format", kFormat},
                   {"world", meta.world},
                   {"has_optimizer", meta.has_optimizer},
@@ -155,19 +224,7 @@ Metadata read_metadata(const std::string& step_dir) {
     m.state.data_state = s.at("data").get<std::string>();
     m.state.model_signature = s.at("model_signature").get<std::string>();
     m.state.config_toml = s.at("config").get<std::string>();
-    for (const auto& e : j.at("shards")) {
-      ShardEntry x;
-      x.tensor = e.at("tensor").get<std::string>();
-      x.global_shape = e.at("global_shape").get<Shape>();
-      if (e.at("dtype") != "float32") throw UserError(concat(path, ": tensor ", x.tensor, " has dtype ", e.at("dtype").dump(), ", expected float32"));
-      x.rank = e.at("rank").get<int>();
-      x.row_begin = e.at("rows").at(0).get<int64_t>();
-      x.row_end = e.at("rows").at(1).get<int64_t>();
-      x.offset = e.at("offset").get<int64_t>();
-      x.bytes = e.at("bytes").get<int64_t>();
-      x.checksum = std::stoull(e.at("xxh3").get<std::string>(), nullptr, 16);
-      m.shards.push_back(std::move(x));
-    }
+    m.shards = entries_from_json(j.at("shards"), path);
     return m;
   } catch (const json::exception& e) {
     throw UserError(concat(path, ": malformed metadata: ", e.what()));

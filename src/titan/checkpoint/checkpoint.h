@@ -46,6 +46,10 @@ std::string step_dir_name(int64_t step);
 // optimizer = false only the model weights are written.
 std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
                                         bool optimizer);
+// Several saving ranks: each rank writes its file's entries next to it (atomically), and rank
+// 0 collects all `world` of them (waiting up to timeout_seconds, removing them) for metadata.json.
+void write_rank_entries(const std::string& dir, int rank, const std::vector<ShardEntry>& entries);
+std::vector<ShardEntry> collect_rank_entries(const std::string& dir, int world, double timeout_seconds);
 // Writes metadata.json into `dir`, fsyncs the folder and renames it to `final_dir`.
 void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta);
 

@@ -16,6 +16,7 @@ CheckpointManager::CheckpointManager(ManagerOptions options, std::ostream& log) 
   fs::create_directories(opt_.folder, ec);
   if (ec) throw UserError(concat("checkpoint.folder: cannot create '", opt_.folder, "': ", ec.message()));
   // Left-overs of saves that never completed (a crash mid-save) are not checkpoints.
+  if (!opt_.clean_up) return;
   for (const auto& e : fs::directory_iterator(opt_.folder, ec)) {
     const std::string name = e.path().filename().string();
     const bool tmp = name.size() > 4 && name.substr(name.size() - 4) == ".tmp";
@@ -51,6 +52,11 @@ void CheckpointManager::write(int64_t step, const std::deque<Parameter>& params,
   meta.state = state;
   meta.has_optimizer = optimizer;
   meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer);
+  if (opt_.world > 1) {
+    write_rank_entries(tmp, opt_.rank, meta.shards);
+    if (opt_.rank != 0) return;
+    meta.shards = collect_rank_entries(tmp, opt_.world, opt_.commit_timeout_seconds);
+  }
   commit(tmp, final_dir, meta);
   prune();
 }

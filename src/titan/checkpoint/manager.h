@@ -19,7 +19,11 @@ struct ManagerOptions {
   int64_t keep_latest_k = 0; // 0 keeps all
   bool async = false;
   int64_t load_step = -1;    // -1: the latest complete checkpoint
+  // Saving ranks: each writes its shards as rank file `rank` of `world`; rank 0 commits once
+  // all have written (waiting up to commit_timeout_seconds).
   int rank = 0, world = 1;
+  double commit_timeout_seconds = 100;
+  bool clean_up = true;  // remove left-over incomplete saves at start (one rank of a run does)
 };
 
 class CheckpointManager {
