@@ -1,10 +1,14 @@
-"""Data parallel over MPI ranks on the CPU: 1, 2, 3 and 4 ranks (and gradient accumulation
-across ranks) give the same losses over 20 steps as one process; a checkpoint saved by 2 ranks
-resumes at 4 ranks and at 1 with the same losses as the uninterrupted run; a rank that hangs
+"""Data parallel over MPI ranks on the CPU. FSDP on 2, 3 and 4 ranks (with gradient
+accumulation, each reshard policy), HSDP (2 x 2) and replicated parameters give the same losses
+over 20 steps as one process; per-rank parameter, gradient and optimizer bytes fall as 1/N; the
+logged traffic per rank equals the analytic value; a checkpoint saved by 2 FSDP ranks (and by
+2 x 2 HSDP ranks, asynchronously) resumes at 4, 3, 2 replicated and 1 rank with the
+uninterrupted run's losses, and its Hugging Face export equals one process's; a rank that hangs
 or dies ends the job with an error instead of a hang."""
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +40,31 @@ def train(titan, configs, folder, ranks, batch, *extra):
 def losses(folder):
     with open(os.path.join(folder, "metrics.jsonl")) as f:
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def comm_bytes(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [r["comm_bytes"] for r in map(json.loads, f) if "comm_bytes" in r]
+
+
+def summary(stdout):
+    """Parameters, the root's elements and this rank's state bytes from the start summary."""
+    model = re.search(r"model: llama3 \S+ \(dim (\d+), .* vocab (\d+)\)", stdout)
+    params = re.search(r"^parameters: (\d+)", stdout, re.M)
+    state = re.search(r"state per rank \(bytes.*\): parameters (\d+), gradients (\d+), optimizer (\d+)", stdout)
+    if not (model and params and state):
+        return None
+    dim, vocab = int(model.group(1)), int(model.group(2))
+    return {"P": int(params.group(1)), "root": 2 * vocab * dim + dim, "state": [int(x) for x in state.groups()]}
+
+
+def analytic_traffic(info, replicate, shard, reshard, micro):
+    """Bytes per rank per step: REFERENCE.md's (W-1)/W x P x (4 + 4 + 4) in float32 when every unit
+    gathers twice; the default keeps the root's weights for backward (one gather fewer)."""
+    p, root = info["P"], info["root"]
+    gathered = {"always": 2 * p, "default": 2 * p - root, "never": p}[reshard]
+    fsdp = (shard - 1) / shard * 4 * (gathered + p) * micro
+    return fsdp + 2 * (replicate - 1) / replicate * 4 * p / shard
 
 
 def close(a, b, steps, what):
@@ -79,7 +108,8 @@ def test_failed_rank(titan, configs, tmp, how):
         elapsed = time.time() - t0
         check(p.returncode != 0, f"{how}: the job exits non-zero (exit {p.returncode})")
         if how == "hangs":
-            check("rank 0 of 2: an all-reduce did not finish within 5 s" in err,
+            check(re.search(r"rank 0 of 2: an? (all-reduce|all-gather|reduce-scatter|barrier) did not finish within 5 s",
+                            err) is not None,
                   f"hangs: rank 0 names the stuck collective and the timeout: {err.strip()[-400:]}")
         check(elapsed < 60, f"{how}: the job ended {elapsed:.1f} s after the rank failed")
     finally:
@@ -110,28 +140,92 @@ def main():
         if r.returncode != 0:
             return 1
         ref = losses(base)
-        for ranks, batch in [(1, 12), (2, 6), (3, 4), (4, 3), (2, 2)]:  # (2, 2): 3 micro-batches per rank
-            folder = os.path.join(tmp, f"np{ranks}_b{batch}")
-            r = train(a.titan, a.configs, folder, ranks, batch, "--training.steps", "20")
-            check(r.returncode == 0, f"{ranks} ranks x batch {batch} train ({r.stderr.strip()[-300:]})")
-            if r.returncode == 0:
-                close(losses(folder), ref, steps, f"{ranks} ranks x batch {batch} (mpirun) vs one process")
-                if ranks > 1:
-                    check("ranks: %d (mpi)" % ranks in r.stdout, f"{ranks} ranks: the start summary names them")
-        # A checkpoint written by 2 ranks (at step 10 of a 20-step run, so the schedule is the
-        # same) resumes at 4 ranks and at 1 with the uninterrupted run's losses.
-        ckpt = os.path.join(tmp, "ckpt")
-        flags = ["--checkpoint.enable_checkpoint", "true", "--checkpoint.interval", "10", "--training.steps", "20"]
-        r = train(a.titan, a.configs, ckpt, 2, 6, *flags)
-        check(r.returncode == 0, f"2 ranks save checkpoints at steps 10 and 20 ({r.stderr.strip()[-300:]})")
-        for ranks, batch in [(4, 3), (1, 12)]:
-            folder = os.path.join(tmp, f"resume{ranks}")
-            shutil.copytree(ckpt, folder)
-            os.remove(os.path.join(folder, "metrics.jsonl"))
-            r = train(a.titan, a.configs, folder, ranks, batch, *flags, "--checkpoint.load_step", "10")
-            check(r.returncode == 0 and "resumed from" in r.stdout, f"resume at {ranks} ranks ({r.stderr.strip()[-300:]})")
-            if r.returncode == 0:
-                close(losses(folder), ref, list(range(11, 21)), f"saved at 2 ranks, resumed at {ranks}")
+        one = summary(r.stdout)
+        check(one is not None, "one process prints its parameters and state bytes")
+        cases = [  # ranks, batch, replicate, shard, reshard, label
+            (1, 12, 1, 1, "default", "1 rank"),
+            (2, 6, 1, 2, "default", "FSDP 2"),
+            (3, 4, 1, 3, "default", "FSDP 3"),
+            (4, 3, 1, 4, "default", "FSDP 4"),
+            (2, 2, 1, 2, "default", "FSDP 2, 3 micro-batches"),
+            (3, 4, 1, 3, "always", "FSDP 3, reshard always"),
+            (2, 6, 1, 2, "never", "FSDP 2, reshard never"),
+            (4, 3, 2, 2, "default", "HSDP 2 x 2"),
+            (2, 6, 2, 1, "default", "replicated 2"),
+        ]
+        for ranks, batch, replicate, shard, reshard, label in cases:
+            folder = os.path.join(tmp, label.replace(" ", "_").replace(",", ""))
+            r = train(a.titan, a.configs, folder, ranks, batch, "--training.steps", "20",
+                      "--training.data_parallel_replicate_degree", str(replicate),
+                      "--training.data_parallel_shard_degree", str(shard),
+                      "--training.fsdp_reshard_after_forward", reshard)
+            check(r.returncode == 0, f"{label}: trains ({r.stderr.strip()[-300:]})")
+            if r.returncode != 0:
+                continue
+            close(losses(folder), ref, steps, f"{label} (mpirun) vs one process")
+            if ranks == 1:
+                continue
+            check("ranks: %d (mpi)" % ranks in r.stdout, f"{label}: the start summary names the ranks")
+            info = summary(r.stdout)
+            if info is None or one is None:
+                check(False, f"{label}: start summary parsed")
+                continue
+            # Rank 0 holds the largest shard: at most 3% above an even split (uneven rows).
+            for name, got, whole in zip(["parameter", "gradient", "optimizer"], info["state"], one["state"]):
+                even = whole / shard
+                check(even <= got <= 1.03 * even,
+                      f"{label}: rank 0 {name} bytes {got} = 1/{shard} of one process's {whole} (+3% for uneven rows)")
+            micro = 12 // (batch * ranks)
+            want = analytic_traffic(info, replicate, shard, reshard, micro)
+            got = comm_bytes(folder)
+            check(len(got) == 20 and all(abs(g - want) <= 1e-9 * want for g in got),
+                  f"{label}: logged traffic per rank per step {got[:1]} B equals the analytic {want:.1f} B")
+            if reshard == "always":
+                formula = (shard - 1) / shard * info["P"] * 12 * micro
+                check(abs(want - formula) <= 1e-9 * formula, f"{label}: REFERENCE.md's (W-1)/W x P x 12 B = {formula:.0f}")
+        # Checkpoints written by 2 FSDP ranks (one file per shard) and by 2 x 2 HSDP ranks in the
+        # background resume at other layouts with the uninterrupted run's losses (saved at step 10
+        # of a 20-step run, so the schedule is the same).
+        flags = ["--checkpoint.enable_checkpoint", "true", "--checkpoint.interval", "10", "--training.steps", "20",
+                 "--checkpoint.model_weights_only", "true"]
+        saves = {"fsdp2": (2, 6, []), "hsdp": (4, 3, ["--training.data_parallel_replicate_degree", "2",
+                                                       "--checkpoint.async_mode", "async"])}
+        for name, (ranks, batch, extra) in saves.items():
+            ckpt = os.path.join(tmp, "ckpt_" + name)
+            r = train(a.titan, a.configs, ckpt, ranks, batch, *flags, *extra)
+            check(r.returncode == 0, f"{name}: {ranks} ranks save checkpoints at steps 10 and 20 ({r.stderr.strip()[-300:]})")
+            if r.returncode != 0:
+                continue
+            step10 = os.path.join(ckpt, "checkpoint", "step-10")
+            with open(os.path.join(step10, "metadata.json")) as f:
+                meta = json.load(f)
+            check(meta["world"] == 2 and sorted(os.listdir(step10)) == ["metadata.json", "rank-00000.bin", "rank-00001.bin"],
+                  f"{name}: one file per shard and the metadata, nothing else ({sorted(os.listdir(step10))}, world {meta['world']})")
+            resumes = [(4, 3, []), (3, 4, []), (2, 6, ["--training.data_parallel_shard_degree", "1",
+                                                       "--training.data_parallel_replicate_degree", "2"]), (1, 12, [])]
+            for ranks_now, batch_now, extra_now in (resumes if name == "fsdp2" else resumes[-1:]):
+                folder = os.path.join(tmp, f"resume_{name}_{ranks_now}_{len(extra_now)}")
+                shutil.copytree(ckpt, folder)
+                os.remove(os.path.join(folder, "metrics.jsonl"))
+                r = train(a.titan, a.configs, folder, ranks_now, batch_now, *flags, *extra_now, "--checkpoint.load_step", "10")
+                check(r.returncode == 0 and "resumed from" in r.stdout,
+                      f"{name}: resume at {ranks_now} ranks {extra_now} ({r.stderr.strip()[-300:]})")
+                if r.returncode == 0:
+                    close(losses(folder), ref, list(range(11, 21)), f"{name}: saved at {ranks} ranks, resumed at {ranks_now} {extra_now}")
+        # The Hugging Face export of a sharded run holds the whole model: one process's weights.
+        single = os.path.join(tmp, "export_one")
+        r = train(a.titan, a.configs, single, 1, 12, *flags)
+        check(r.returncode == 0, f"one process exports ({r.stderr.strip()[-300:]})")
+        try:
+            import numpy as np
+            from safetensors.numpy import load_file
+            want = load_file(os.path.join(single, "checkpoint", "export-step-20", "model.safetensors"))
+            got = load_file(os.path.join(tmp, "ckpt_fsdp2", "checkpoint", "export-step-20", "model.safetensors"))
+            worst = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
+            check(sorted(got) == sorted(want) and all(got[k].shape == want[k].shape for k in want) and worst < 1e-4,
+                  f"FSDP 2 ranks' export equals one process's (worst |diff| {worst:.2e})")
+        except (OSError, KeyError, ValueError) as e:
+            check(False, f"exports readable: {e}")
         test_failed_rank(a.titan, a.configs, tmp, "hangs")
         test_failed_rank(a.titan, a.configs, tmp, "dies")
         # Bad combinations are one-line errors.
@@ -139,6 +233,28 @@ def main():
         lines = r.stderr.strip().splitlines()
         check(r.returncode != 0 and any("not a multiple of training.batch_size x ranks = 4 x 2" in l for l in lines),
               f"global batch 12 with 2 ranks x batch 4 is refused: {lines[-3:]}")
+        # titan estimate --ngpu N predicts what an FSDP rank really uses (rank 0: the largest shard).
+        shape = ["--config", os.path.join(a.configs, "debug_model.toml"), "--training.seq_len", "512",
+                 "--training.batch_size", "4", "--training.dataset", "synthetic", "--training.device", "cpu"]
+        for ranks in (2, 4):
+            est = subprocess.run([a.titan, "estimate", *shape, "--ngpu", str(ranks)], capture_output=True, text=True)
+            m = re.search(r"FSDP over %d devices: ([0-9.]+) GiB per device" % ranks, est.stdout)
+            folder = os.path.join(tmp, f"mem{ranks}")
+            cmd = [shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(ranks), a.titan, "train",
+                   *shape, "--training.steps", "3", "--metrics.log_freq", "1", "--job.dump_folder", folder]
+            t = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            check(m is not None and t.returncode == 0, f"estimate and run at {ranks} ranks ({est.stdout.strip()[-200:]} {t.stderr.strip()[-200:]})")
+            if m and t.returncode == 0:
+                with open(os.path.join(folder, "metrics.jsonl")) as f:
+                    measured = max(json.loads(line)["mem_active_gib"] for line in f if "mem_active_gib" in line)
+                predicted = float(m.group(1))
+                check(abs(predicted - measured) <= 0.1 * measured,
+                      f"{ranks} ranks: estimate {predicted:.3f} GiB within 10% of rank 0's {measured:.3f} GiB")
+        r = train(a.titan, a.configs, os.path.join(tmp, "bad_mesh"), 2, 6, "--training.steps", "2",
+                  "--training.data_parallel_replicate_degree", "3")
+        lines = r.stderr.strip().splitlines()
+        check(r.returncode != 0 and any("the ranks do not divide into 3 replicas" in l for l in lines),
+              f"replicate degree 3 on 2 ranks is refused: {lines[-3:]}")
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 

@@ -70,6 +70,11 @@ TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[float8]\nenable_float8_linear = true\n").find("not supported yet"), std::string::npos);
   EXPECT_NE(load_error("[model]\nnorm_type = \"layernorm\"\n").find("expected rmsnorm"), std::string::npos);
   EXPECT_NE(load_error("[training]\nlr_decay = \"step\"\n").find("linear or cosine"), std::string::npos);
+  EXPECT_NE(load_error("[training]\ndata_parallel_shard_degree = 0\n").find("expected -1 or a positive"), std::string::npos);
+  EXPECT_NE(load_error("[training]\ndata_parallel_replicate_degree = -1\n").find("at most one of it"), std::string::npos);
+  EXPECT_NE(load_error("[training]\nfsdp_reshard_after_forward = \"sometimes\"\n").find("default, always or never"),
+            std::string::npos);
+  EXPECT_EQ(load_error("[training]\ndata_parallel_replicate_degree = 2\ndata_parallel_shard_degree = 4\n"), "");
 }
 
 TEST(Config, MissingFileIsAUserError) {

@@ -59,8 +59,9 @@ std::vector<KeySpec> make_schema() {
       {"training", "global_batch_size", integer, "-1", "titan: sequences per optimizer step over all ranks; more than batch_size x ranks accumulates gradients (-1 = no accumulation)"},
       {"training", "on_nonfinite", string, "stop", "titan: a NaN/Inf loss or grad norm stops the run (stop) or skips the update (skip)"},
       {"training", "lr_decay", string, "linear", "titan: decay after warmup, linear or cosine"},
-      {"training", "data_parallel_replicate_degree", integer, "1", "HSDP replicate groups", default_only},
-      {"training", "data_parallel_shard_degree", integer, "-1", "FSDP shard degree (-1 = all ranks)"},
+      {"training", "data_parallel_replicate_degree", integer, "1", "replicas of the model (HSDP across them when shard degree > 1; -1 = the ranks the shard degree leaves)"},
+      {"training", "data_parallel_shard_degree", integer, "-1", "FSDP: ranks each parameter is sharded over (-1 = the ranks the replicate degree leaves; 1 = no sharding)"},
+      {"training", "fsdp_reshard_after_forward", string, "default", "FSDP: free gathered weights after forward and gather again for backward: default (blocks do, the root does not), always (the root too), never (keep them: less traffic, more memory)"},
       {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
       {"training", "compile", boolean, "false", "GPU: fused kernels and a CUDA graph of the step (no effect on the CPU)"},
       {"training", "dataset", string, "c4", "c4, c4_test, synthetic, synthetic_pattern, or a file, folder or glob"},
@@ -377,8 +378,12 @@ void JobConfig::validate() const {
   const auto param = get_string("training.mixed_precision_param");
   if (param != "bfloat16" && param != "float32") fail("training.mixed_precision_param", "expected bfloat16 or float32");
   if (get_string("training.mixed_precision_reduce") != "float32") fail("training.mixed_precision_reduce", "expected float32");
-  const auto shard = get_int("training.data_parallel_shard_degree");
-  if (shard != -1 && shard != 1) fail("training.data_parallel_shard_degree", "not supported yet (-1 or 1: ranks replicate parameters until FSDP is built)");
+  for (const char* key : {"training.data_parallel_shard_degree", "training.data_parallel_replicate_degree"})
+    if (const auto d = get_int(key); d != -1 && d < 1) fail(key, "expected -1 or a positive integer");
+  if (get_int("training.data_parallel_shard_degree") == -1 && get_int("training.data_parallel_replicate_degree") == -1)
+    fail("training.data_parallel_replicate_degree", "at most one of it and training.data_parallel_shard_degree may be -1");
+  if (const auto r = get_string("training.fsdp_reshard_after_forward"); r != "default" && r != "always" && r != "never")
+    fail("training.fsdp_reshard_after_forward", "expected default, always or never");
 }
 
 std::vector<std::string> JobConfig::notices() const {

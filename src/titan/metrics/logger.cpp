@@ -54,7 +54,12 @@ void MetricsLogger::log(const LogRecord& r) {
                 c.dim, static_cast<long long>(r.step), c.reset, c.cyan, r.loss, c.reset, r.grad_norm, r.lr, c.yellow,
                 r.mem_reserved_gib, r.mem_reserved_pct, c.reset, c.blue, r.tps, c.reset, c.magenta, r.tflops, mfu,
                 c.reset, r.data_pct, c.dim, format_duration(r.eta_s).c_str(), c.reset);
-  console_ << line << std::flush;
+  std::string text = line;
+  if (r.comm_bytes > 0) {  // before the newline
+    std::snprintf(line, sizeof line, "  comm %.2f MiB/rank", r.comm_bytes / (1024.0 * 1024.0));
+    text.insert(text.size() - 1, line);
+  }
+  console_ << text << std::flush;
 
   std::ofstream out(jsonl_path_, std::ios::app);
   out << "{\"step\": " << r.step << ", \"loss\": " << json_number(r.loss) << ", \"loss_max\": " << json_number(r.loss_max)
@@ -62,7 +67,8 @@ void MetricsLogger::log(const LogRecord& r) {
       << ", \"tps\": " << json_number(r.tps) << ", \"tflops\": " << json_number(r.tflops)
       << ", \"mfu\": " << json_number(r.mfu) << ", \"mem_active_gib\": " << json_number(r.mem_active_gib)
       << ", \"mem_reserved_gib\": " << json_number(r.mem_reserved_gib) << ", \"data_pct\": " << json_number(r.data_pct)
-      << ", \"elapsed_s\": " << json_number(r.elapsed_s) << "}\n";
+      << ", \"elapsed_s\": " << json_number(r.elapsed_s) << ", \"comm_bytes\": " << json_number(r.comm_bytes)
+      << ", \"comm_bytes_max\": " << json_number(r.comm_bytes_max) << "}\n";
 
   if (tb_) {
     tb_->scalar("loss_metrics/global_avg_loss", r.loss, r.step);
@@ -80,6 +86,7 @@ void MetricsLogger::log(const LogRecord& r) {
     tb_->scalar("memory/num_ooms", static_cast<double>(r.mem_ooms), r.step);
     tb_->scalar("grad_norm", r.grad_norm, r.step);
     tb_->scalar("lr", r.lr, r.step);
+    if (r.comm_bytes > 0) tb_->scalar("comm/bytes_per_rank", r.comm_bytes, r.step);
     tb_->flush();
   }
 }

@@ -20,6 +20,8 @@ struct LogRecord {
   int64_t mem_alloc_retries = 0, mem_ooms = 0;
   double data_seconds = 0, data_pct = 0;  // per step, and share of step time
   double step_seconds = 0, elapsed_s = 0, eta_s = 0;
+  // Data-parallel traffic per rank per step (bytes; mean and max over the ranks); 0 on one rank.
+  double comm_bytes = 0, comm_bytes_max = 0;
 };
 
 struct LoggerOptions {

@@ -9,6 +9,7 @@
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
 #include "titan/ops/ops.h"
+#include "titan/parallel/data_parallel.h"
 #include "titan/train/engine.h"
 
 namespace titan::train {
@@ -95,8 +96,8 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   e.parameters = 4 * p / double(shards);
   e.gradients = 4 * p / double(shards);
   e.optimizer = 8 * p / double(shards);
-  if (shards > 1) {
-    const double unit = double(root_params(a)) + 2.0 * double(block_params(a));
+  if (shards > 1) {  // whole weights and gradients of the root and one block (no prefetch on the CPU)
+    const double unit = double(root_params(a)) + double(block_params(a));
     e.parameters += 4 * unit;
     e.gradients += 4 * unit;
   }
@@ -104,9 +105,9 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   return e;
 }
 
-double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args) {
+double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args, int64_t shards) {
   if (!cfg.get_bool("checkpoint.enable_checkpoint") || cfg.get_string("checkpoint.async_mode") == "disabled") return 0;
-  return 12.0 * double(metrics::parameter_count(args));
+  return 12.0 * double(metrics::parameter_count(args)) / double(shards);
 }
 
 llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg) {
@@ -192,14 +193,23 @@ int estimate_main(const std::vector<std::string>& args) {
   const llama3::BatchShape s{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")};
   if (device.empty()) device = prefers_cuda(cfg) ? "cuda" : "cpu";
   if (device == "cuda") check_cuda_config(cfg, a);  // what training on a GPU would refuse
-  auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, ngpu);
-  if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a);
+  int64_t shards = 1;
+  try {
+    shards = parallel::resolve_mesh(static_cast<int>(ngpu), cfg.get_int("training.data_parallel_replicate_degree"),
+                                    cfg.get_int("training.data_parallel_shard_degree")).shard;
+  } catch (const UserError& e) {
+    throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
+  }
+  auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, shards);
+  if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a, shards);
   std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size
             << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";
   std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
-                                         ngpu > 1 ? concat(", FSDP over ", ngpu, " devices (not built yet: prediction)") : ""),
+                                         shards > 1 ? concat(", FSDP over ", shards, " devices",
+                                                             device == "cuda" ? " (FSDP on GPUs is not built yet: a prediction)" : "")
+                                                    : ""),
                                0)
             << "\n";
   return 0;

@@ -2,8 +2,10 @@
 // the trainer's check before it allocates anything). Each term mirrors what the backend
 // allocates: the CPU plan (Transformer::plan, fp32) or the CUDA plan (CudaTransformer, bf16
 // activations, fp32 master weights, gradients and AdamW moments). With shards > 1 parameters,
-// gradients and optimizer state are FSDP shards plus two gathered blocks (the one computing
-// and the one prefetched) - a prediction: FSDP is not built yet (issue 8).
+// gradients and optimizer state are FSDP shards (an even split) plus the whole weights and
+// gradients FSDP holds at once: the root and one block on the CPU (measured equal), the root
+// and two blocks (one computing, one prefetched) on a GPU - a prediction there: FSDP on GPUs is
+// not built yet.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -35,7 +37,7 @@ llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg);
 
 // Host bytes of the async checkpoint snapshot (weights and both AdamW moments) when the config
 // turns async checkpointing on; 0 otherwise.
-double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args);
+double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args, int64_t shards = 1);
 
 // One line: the terms, the total, and the device's memory when known (> 0).
 std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes);

@@ -142,8 +142,19 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   if (on_cuda && ranks > 1)
     throw UserError(concat("training on ", ranks, " ranks runs on the CPU backend only so far (NCCL is not built yet): "
                            "set training.device = \"cpu\" or run one rank"));
-  check_memory_estimate(cfg, on_cuda);
-  model_ = std::make_unique<llama3::Transformer>(args_);
+  parallel::MeshShape mesh;
+  try {
+    mesh = parallel::resolve_mesh(static_cast<int>(ranks), cfg.get_int("training.data_parallel_replicate_degree"),
+                                  cfg.get_int("training.data_parallel_shard_degree"));
+  } catch (const UserError& e) {
+    throw UserError(concat(cfg.origin("training.data_parallel_shard_degree"), ": ", e.what()));
+  }
+  check_memory_estimate(cfg, on_cuda, mesh.shard);
+  const auto reshard = cfg.get_string("training.fsdp_reshard_after_forward");
+  dp_ = std::make_unique<parallel::DataParallel>(group_, mesh, parallel::FsdpOptions{reshard != "never", reshard == "always"});
+  // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
+  model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard);
+  dp_->apply(*model_);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->set_activation_checkpointing(activation_checkpointing(cfg));
   engine_ = make_engine(cfg, *model_, optimizer_);
@@ -165,12 +176,17 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     opt.keep_latest_k = cfg.get_int("checkpoint.keep_latest_k");
     opt.async = cfg.get_string("checkpoint.async_mode") != "disabled";
     opt.load_step = cfg.get_int("checkpoint.load_step");
+    opt.rank = dp_->shard_rank();  // replica 0's ranks write one file per shard
+    opt.world = mesh.shard;
+    opt.commit_timeout_seconds = cfg.get_real("comm.train_timeout_seconds");
+    opt.clean_up = group_.rank() == 0;
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
+    group_.barrier();  // no rank saves before rank 0 has removed left-over incomplete saves
     if (auto dir = checkpoints_->resume_dir()) {
       resume_from(*dir, *source);
       engine_->from_host();
     }
-    if (group_.rank() == 0) checkpoints_->prepare(model_->parameters());  // only rank 0 saves
+    if (dp_->saves_checkpoint()) checkpoints_->prepare(model_->parameters());
   }
   // Every rank walks the same global stream and keeps its own rows of each global batch.
   const int64_t rank_rows = shape_.batch * accumulation_;
@@ -186,16 +202,16 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
 }
 
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
-void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda) const {
+void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const {
   const auto ac = activation_checkpointing(cfg);
-  auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, 1);
-  if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_);
+  auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, shards);
+  if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
   throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
                          ": does not fit; lower training.batch_size or training.seq_len",
                          cuda ? "" : ", set activation_checkpoint.mode = \"full\"",
-                         " or use more devices (FSDP, not built yet); training.skip_memory_check = true tries anyway"));
+                         " or shard over more ranks (FSDP); training.skip_memory_check = true tries anyway"));
 }
 
 std::string Trainer::model_signature() const {
@@ -241,7 +257,7 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
 }
 
 void Trainer::save_checkpoint(int64_t step) {
-  if (group_.rank() != 0) return;  // parameters are replicated: rank 0's copy is the model
+  if (!dp_->saves_checkpoint()) return;  // replicas of replica 0's shards
   engine_->to_host();
   checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml()};
   checkpoints_->save(step, model_->parameters(), st);
@@ -251,9 +267,15 @@ void Trainer::export_weights(int64_t step) {
   if (group_.rank() != 0) return;
   checkpoints_->wait();
   engine_->to_host();
-  const auto dir = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder") /
-                   ("export-step-" + std::to_string(step));
-  checkpoint::export_hf(model_->parameters(), args_, dir.string(), cfg_.get_string("checkpoint.export_dtype") == "bfloat16",
+  const auto folder = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder");
+  const auto dir = folder / ("export-step-" + std::to_string(step));
+  std::unique_ptr<llama3::Transformer> whole;  // sharded: the whole model, read from this step's checkpoint
+  if (dp_->sharded()) {
+    const auto step_dir = (folder / checkpoint::step_dir_name(step)).string();
+    whole = std::make_unique<llama3::Transformer>(args_);
+    checkpoint::load_parameters(step_dir, checkpoint::read_metadata(step_dir), whole->parameters(), false);
+  }
+  checkpoint::export_hf(whole ? whole->parameters() : model_->parameters(), args_, dir.string(), cfg_.get_string("checkpoint.export_dtype") == "bfloat16",
                         data_.tokenizer ? data_.tokenizer->bos_id() : -1, data_.tokenizer ? data_.tokenizer->eos_id() : -1);
   log_ << "checkpoint: exported the model (Hugging Face safetensors + config.json) to " << dir.string() << "\n";
 }
@@ -276,8 +298,8 @@ void Trainer::print_start_summary() {
                 static_cast<long long>(mem.parameters - mem.embedding_parameters));
   log_ << line;
   std::snprintf(line, sizeof line,
-                "memory (GiB): parameters %.3f, gradients %.3f, optimizer %.3f, activations %.3f "
-                "(batch %lld x seq %lld)\n",
+                "memory (GiB%s): parameters %.3f, gradients %.3f, optimizer %.3f, activations %.3f "
+                "(batch %lld x seq %lld)\n", group_.size() > 1 ? " per rank" : "",
                 gib(mem.parameter_bytes), gib(mem.gradient_bytes), gib(mem.optimizer_bytes),
                 gib(mem.activation_bytes), static_cast<long long>(shape_.batch),
                 static_cast<long long>(shape_.seq));
@@ -286,10 +308,16 @@ void Trainer::print_start_summary() {
     log_ << "gradient accumulation: " << accumulation_ << " micro-batches of " << shape_.batch
          << " per step (global batch " << accumulation_ * shape_.batch << ")\n";
   log_ << "device: " << engine_->description() << "\n";
-  if (group_.size() > 1)
-    log_ << "ranks: " << group_.size() << " (" << group_.backend()
-         << "), data parallel with replicated parameters: gradients summed over ranks each step; each rank holds the "
-            "whole model and optimizer state (FSDP sharding is not built yet)\n";
+  log_ << "state per rank (bytes; rank 0's shards are the largest): parameters " << mem.parameter_bytes
+       << ", gradients " << mem.gradient_bytes << ", optimizer " << mem.optimizer_bytes << "\n";
+  if (group_.size() > 1) {
+    log_ << "ranks: " << group_.size() << " (" << group_.backend() << "), " << dp_->describe() << "\n";
+    char volume[160];
+    std::snprintf(volume, sizeof volume,
+                  "communication per rank per step (analytic, float32): %.3f MiB\n",
+                  dp_->analytic_volume(accumulation_) / (1024.0 * 1024.0));
+    log_ << volume;
+  }
   log_ << std::flush;
 }
 
@@ -327,24 +355,40 @@ StepMetrics Trainer::train_step(int64_t step) {
     loss_sum += r.loss_sum;
     count += r.count;
   }
-  reduce_across_ranks(loss_sum, count);
+  reduce_loss(loss_sum, count);
+  {
+    Tracer::Span span(&tracer_, "gradient all-reduce across replicas");
+    dp_->reduce_gradients(model_->parameters());
+  }
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
-  m.grad_norm = std::sqrt(engine_->grad_sq_sum());
+  m.grad_norm = std::sqrt(dp_->global_grad_sq(engine_->grad_sq_sum()));
   if (finite_or_stop(step, m)) engine_->update(m.grad_norm, max_norm_, m.lr);
   else m.skipped = true;
   m.step_seconds = timer.seconds();
   return m;
 }
 
-void Trainer::reduce_across_ranks(double& loss_sum, int64_t& count) {
+void Trainer::reduce_loss(double& loss_sum, int64_t& count) {
   if (group_.size() == 1) return;
-  Tracer::Span span(&tracer_, "all-reduce of gradients, loss and token count");
-  for (auto& p : model_->parameters()) group_.all_reduce_sum(p.grad.f32(), p.grad.numel());
   double sums[2] = {loss_sum, static_cast<double>(count)};
   group_.all_reduce_sum(sums, 2);
   loss_sum = sums[0];
   count = static_cast<int64_t>(sums[1]);
+}
+
+void Trainer::fill_comm(metrics::LogRecord& r, double window_bytes, int64_t window_steps) {
+  if (group_.size() == 1) return;
+  const int n = group_.size();
+  std::vector<double> per_rank(static_cast<size_t>(n), 0.0);  // summing one-hot vectors gathers them
+  per_rank[static_cast<size_t>(group_.rank())] = window_bytes / static_cast<double>(window_steps);
+  group_.all_reduce_sum(per_rank.data(), n);
+  double sum = 0;
+  for (double b : per_rank) {
+    sum += b;
+    r.comm_bytes_max = std::max(r.comm_bytes_max, b);
+  }
+  r.comm_bytes = sum / n;
 }
 
 bool Trainer::finite_or_stop(int64_t step, const StepMetrics& m) {
@@ -426,7 +470,7 @@ std::vector<StepMetrics> Trainer::run() {
   if (start_step_ > steps) log_ << "nothing to do: the checkpoint is at step " << start_step_ - 1 << " of " << steps << "\n";
   ProgressIndicator progress(group_.rank() == 0 ? std::cerr : log_, 10.0);
   Timer total;
-  double window_seconds = 0, window_data = 0;
+  double window_seconds = 0, window_data = 0, window_bytes = 0;
   int64_t window_steps = 0;
   for (int64_t step = start_step_; step <= steps; ++step) {
     const bool trace = profile && step % profile_freq == 0;
@@ -437,13 +481,16 @@ std::vector<StepMetrics> Trainer::run() {
     tracer_.set_recording(false);
     window_seconds += history.back().step_seconds;
     window_data += history.back().data_seconds;
+    window_bytes += dp_->take_volume().total();
     ++window_steps;
     double stop = g_stop_signal != 0 ? 1.0 : 0.0;
     group_.all_reduce_sum(&stop, 1);  // every rank stops after the same step
     const bool stopping = stop > 0;
     if (step == 1 || step % log_freq == 0 || step == steps || stopping) {
-      if (logger_) logger_->log(make_record(history.back(), window_seconds, window_data, window_steps, total.seconds()));
-      window_seconds = window_data = 0;
+      auto record = make_record(history.back(), window_seconds, window_data, window_steps, total.seconds());
+      fill_comm(record, window_bytes, window_steps);  // a collective: every rank takes part
+      if (logger_) logger_->log(record);
+      window_seconds = window_data = window_bytes = 0;
       window_steps = 0;
     }
     if (validate && (step % val_freq == 0 || step == steps)) {
@@ -460,6 +507,9 @@ std::vector<StepMetrics> Trainer::run() {
     }
   }
   if (checkpoints_) checkpoints_->wait();
+  if (dp_->sharded())
+    log_ << "FSDP: at most " << dp_->peak_unsharded_bytes() << " bytes of whole weights and gradients were gathered "
+         << "at once on rank 0\n";
   log_ << engine_->phase_report() << std::flush;
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);

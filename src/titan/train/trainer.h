@@ -13,6 +13,7 @@
 #include "titan/models/llama3/transformer.h"
 #include "titan/optim/adamw.h"
 #include "titan/optim/lr_schedule.h"
+#include "titan/parallel/data_parallel.h"
 #include "titan/parallel/process_group.h"
 #include "titan/train/datasets.h"
 #include "titan/train/engine.h"
@@ -47,9 +48,11 @@ class Trainer {
 
  private:
   void print_start_summary();
-  void check_memory_estimate(const config::JobConfig& cfg, bool cuda) const;
-  // Sums gradients, loss and token count over the ranks (data parallel).
-  void reduce_across_ranks(double& loss_sum, int64_t& count);
+  void check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const;
+  // Sums the loss and token count over the ranks.
+  void reduce_loss(double& loss_sum, int64_t& count);
+  // Mean and max over the ranks of this rank's bytes per step in the window.
+  void fill_comm(metrics::LogRecord& r, double window_bytes, int64_t window_steps);
   // True when the step's loss and norm are finite; else stops (throws) or warns, per
   // training.on_nonfinite.
   bool finite_or_stop(int64_t step, const StepMetrics& m);
@@ -68,6 +71,7 @@ class Trainer {
   llama3::ModelArgs args_;
   llama3::BatchShape shape_;  // one micro-batch
   int64_t accumulation_ = 1;  // micro-batches per optimizer step
+  std::unique_ptr<parallel::DataParallel> dp_;  // the mesh; FSDP/HSDP applied to model_
   std::unique_ptr<llama3::Transformer> model_;  // owns the parameters (init, checkpoints)
   std::unique_ptr<Engine> engine_;              // runs the steps: CPU or GPU
   std::unique_ptr<data::DataLoader> loader_;

@@ -1,0 +1,66 @@
+// Data parallelism applied to a model from outside, as torchtitan's parallelize step does: the
+// ranks form a replicate x shard mesh (data_parallel_replicate_degree x
+// data_parallel_shard_degree). Within a shard group parameters are sharded (FSDP); across
+// replicate groups the shards are replicas whose gradients are summed (HSDP; shard degree 1
+// is plain replicated data parallelism).
+#pragma once
+#include <deque>
+#include <memory>
+#include <string>
+
+#include "titan/models/llama3/transformer.h"
+#include "titan/parallel/fsdp.h"
+#include "titan/parallel/process_group.h"
+
+namespace titan::parallel {
+
+struct MeshShape {
+  int replicate = 1, shard = 1;
+};
+
+// The mesh for `world` ranks from the two degrees (-1: the ranks the other leaves). UserError
+// naming the keys when they do not multiply to the world.
+MeshShape resolve_mesh(int world, int64_t replicate_degree, int64_t shard_degree);
+
+class DataParallel {
+ public:
+  // Splits `world` into the mesh's groups (every rank must construct it).
+  DataParallel(ProcessGroup& world, MeshShape mesh, FsdpOptions fsdp);
+  const MeshShape& mesh() const { return mesh_; }
+  bool sharded() const { return mesh_.shard > 1; }
+  // This rank's place: its shard (parameters are shards `shard_rank` of `mesh().shard`) and
+  // its replica. Ranks are laid out shard-major: rank = replica x shard degree + shard rank.
+  int shard_rank() const { return shard_group_->rank(); }
+  int replica() const { return replicate_group_->rank(); }
+  // Replica 0 writes the checkpoint: one rank file per shard.
+  bool saves_checkpoint() const { return replica() == 0; }
+
+  // Wraps the model (built with shards of shard_rank() of mesh().shard) in FSDP when sharded.
+  void apply(llama3::Transformer& model);
+  // After a step's micro-batches: sums the grad shards over the replicas (one all-reduce per
+  // step; FSDP has already reduce-scattered within the shard group).
+  void reduce_gradients(std::deque<Parameter>& params);
+  // The global squared gradient norm from this rank's shards.
+  double global_grad_sq(double local);
+  // Communication since the last call, this rank (bytes).
+  CommVolume take_volume();
+  // Bytes per rank per step, mean over the ranks, from the schedule (after apply): per
+  // micro-batch (W-1)/W x 4 bytes x (gathered elements + reduced elements), where a unit that
+  // reshards after forward is gathered twice; plus, across R replicas, 2 (R-1)/R x 4 bytes x
+  // the shard once per step. With every unit resharding this is REFERENCE.md's
+  // (W-1)/W x P x (4 + 4 + 4) (float32 gathers: the CPU computes in float32).
+  double analytic_volume(int64_t micro_batches) const;
+  // Peak bytes of whole (gathered) weights and gradients so far; 0 without FSDP.
+  size_t peak_unsharded_bytes() const { return fsdp_ ? fsdp_->peak_unsharded_bytes() : 0; }
+  std::string describe() const;
+
+ private:
+  MeshShape mesh_;
+  std::unique_ptr<ProcessGroup> shard_group_, replicate_group_;
+  FsdpOptions fsdp_options_;
+  int64_t root_elements_ = 0, block_elements_ = 0;  // set by apply
+  std::unique_ptr<FullyShardedDataParallel> fsdp_;
+  CommVolume replicate_volume_;
+};
+
+}  // namespace titan::parallel
