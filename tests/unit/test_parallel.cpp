@@ -3,15 +3,24 @@
 // collectives and the multi-rank checkpoint commit. Multi-rank runs: tests/dist.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "titan/checkpoint/checkpoint.h"
 #include "titan/core/error.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/parallel/fsdp.h"
+#include "titan/parallel/launch_env.h"
 #include "titan/train/memory_estimate.h"
 
 using namespace titan;
@@ -213,4 +222,140 @@ TEST(CheckpointCommit, RankZeroCollectsEveryRanksEntriesOrTimesOut) {
   }
   EXPECT_TRUE(fs::is_empty(dir)) << "entry files left behind";
   fs::remove_all(dir);
+}
+
+namespace {
+// Sets (or, with nullptr, unsets) environment variables for one test, restoring them after.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) {
+    for (auto [name, value] : vars) {
+      const char* old = std::getenv(name);
+      saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+      if (value) ::setenv(name, value, 1);
+      else ::unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    for (auto& [name, value] : saved_) {
+      if (value) ::setenv(name.c_str(), value->c_str(), 1);
+      else ::unsetenv(name.c_str());
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+int free_port() {
+  // The kernel's choice of an unused port (closed again, so the test's rank 0 can take it).
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+}  // namespace
+
+TEST(LaunchEnv, ReadsTorchrunVariablesAndRefusesBadOnes) {
+  using parallel::LaunchEnv;
+  ScopedEnv clear({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"PMI_SIZE", nullptr}, {"PMIX_SIZE", nullptr},
+                   {"SLURM_NTASKS", nullptr}, {"MPI_LOCALNRANKS", nullptr}});
+  {
+    ScopedEnv env({{"WORLD_SIZE", "4"}, {"RANK", "2"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node7"},
+                   {"MASTER_PORT", "29511"}});
+    const LaunchEnv e = parallel::detect_launch();
+    EXPECT_EQ(e.kind, LaunchEnv::Kind::torchrun);
+    EXPECT_EQ(e.world, 4);
+    EXPECT_EQ(e.rank, 2);
+    EXPECT_EQ(e.local_rank, 1);
+    EXPECT_EQ(e.master_addr, "node7");
+    EXPECT_EQ(e.master_port, 29511);
+  }
+  {
+    ScopedEnv env({{"WORLD_SIZE", nullptr}});
+    EXPECT_EQ(parallel::detect_launch().kind, LaunchEnv::Kind::single);
+  }
+  {
+    ScopedEnv env({{"OMPI_COMM_WORLD_SIZE", "3"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}});
+    const LaunchEnv e = parallel::detect_launch();
+    EXPECT_EQ(e.kind, LaunchEnv::Kind::mpi);
+    EXPECT_EQ(e.world, 3);
+    EXPECT_EQ(e.local_rank, 2);
+  }
+  const std::vector<std::pair<std::vector<std::pair<const char*, const char*>>, std::string>> bad = {
+    {{{"WORLD_SIZE", "two"}, {"RANK", "0"}}, "WORLD_SIZE=two: expected an integer"},
+    {{{"WORLD_SIZE", "2"}, {"RANK", "2"}}, "RANK=2 is not below WORLD_SIZE=2"},
+    {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", nullptr}}, "needs MASTER_ADDR"},
+    {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}, "MASTER_PORT=70000"},
+  };
+  for (const auto& [vars, expect] : bad) {
+    ScopedEnv reset({{"WORLD_SIZE", nullptr}, {"RANK", nullptr}, {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr}});
+    std::vector<std::unique_ptr<ScopedEnv>> set;
+    for (auto [name, value] : vars) set.push_back(std::make_unique<ScopedEnv>(std::initializer_list<std::pair<const char*, const char*>>{{name, value}}));
+    try {
+      parallel::detect_launch();
+      ADD_FAILURE() << "accepted: " << expect;
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Four ranks as threads: rank 0's payload reaches every other rank, whichever starts first.
+TEST(LaunchEnv, TcpBroadcastDeliversRankZerosPayload) {
+  const int port = free_port();
+  const std::string payload = std::string("nccl-unique-id:") + std::string(100, '\x01') + std::string(1, '\0') + "end";
+  std::vector<std::string> got(4);
+  std::vector<std::string> errors(4);
+  std::vector<std::thread> ranks;
+  for (int r = 3; r >= 0; --r) {  // rank 0 starts last: the others must retry
+    ranks.emplace_back([&, r] {
+      parallel::LaunchEnv env;
+      env.kind = parallel::LaunchEnv::Kind::torchrun;
+      env.world = 4;
+      env.rank = r;
+      env.master_addr = "127.0.0.1";
+      env.master_port = port;
+      try {
+        got[r] = parallel::tcp_broadcast(env, r == 0 ? payload : "wrong", 20.0);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+    if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_EQ(got[r], payload) << "rank " << r;
+  }
+}
+
+TEST(LaunchEnv, TcpBroadcastTimesOutNamingTheAddress) {
+  parallel::LaunchEnv env;
+  env.kind = parallel::LaunchEnv::Kind::torchrun;
+  env.world = 2;
+  env.rank = 1;
+  env.master_addr = "127.0.0.1";
+  env.master_port = free_port();  // nobody listens
+  try {
+    parallel::tcp_broadcast(env, "", 0.3);
+    ADD_FAILURE() << "reached a rank 0 that does not exist";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("could not reach rank 0 at 127.0.0.1:" + std::to_string(env.master_port)),
+              std::string::npos)
+        << e.what();
+  }
+  env.rank = 0;  // rank 0 whose peers never come
+  try {
+    parallel::tcp_broadcast(env, "id", 0.3);
+    ADD_FAILURE() << "served ranks that never came";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 0 heard from 0 of 1 ranks"), std::string::npos) << e.what();
+  }
 }

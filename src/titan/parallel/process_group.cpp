@@ -12,6 +12,10 @@
 #include <thread>
 
 #include "titan/core/error.h"
+#include "titan/parallel/launch_env.h"
+#ifdef TITAN_WITH_CUDA
+#include "titan/parallel/nccl_group.h"
+#endif
 
 namespace titan::parallel {
 
@@ -31,6 +35,7 @@ class LocalGroup final : public ProcessGroup {
     TITAN_CHECK(counts.size() == 1, "reduce_scatter: ", counts.size(), " counts for a group of 1");
     std::copy_n(send, counts[0], recv);
   }
+  void broadcast(void*, int64_t, int root) override { TITAN_CHECK(root == 0, "broadcast from rank ", root, " of 1"); }
   void barrier() override {}
   std::unique_ptr<ProcessGroup> split(int, int) override { return std::make_unique<LocalGroup>(); }
   void abort(int) override {}
@@ -150,6 +155,10 @@ class MpiGroup final : public ProcessGroup {
     Guard guard(watchdog_.get(), "a reduce-scatter");
     check_mpi(MPI_Reduce_scatter(send, recv, n.data(), MPI_FLOAT, MPI_SUM, comm_), "MPI_Reduce_scatter");
   }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    Guard guard(watchdog_.get(), "a broadcast");
+    check_mpi(MPI_Bcast(data, mpi_count(bytes, "a broadcast"), MPI_BYTE, root, comm_), "MPI_Bcast");
+  }
   void barrier() override {
     Guard guard(watchdog_.get(), "a barrier");
     check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
@@ -199,22 +208,21 @@ class MpiGroup final : public ProcessGroup {
   std::shared_ptr<Watchdog> watchdog_;
 };
 
-// Ranks the launcher says this process has (1 when started without one).
-int launcher_world_size() {
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS"}) {
-    if (const char* v = std::getenv(var)) {
-      const int n = std::atoi(v);
-      if (n > 0) return n;
-    }
-  }
-  return 1;
-}
 }  // namespace
 
 std::unique_ptr<ProcessGroup> make_local_group() { return std::make_unique<LocalGroup>(); }
 
 std::unique_ptr<ProcessGroup> make_world_group(double timeout_seconds) {
-  if (launcher_world_size() > 1) return std::make_unique<MpiGroup>(timeout_seconds);
+  const LaunchEnv env = detect_launch();
+  if (env.kind == LaunchEnv::Kind::mpi) return std::make_unique<MpiGroup>(timeout_seconds);
+  if (env.kind == LaunchEnv::Kind::torchrun) {
+#ifdef TITAN_WITH_CUDA
+    return make_nccl_world(env, timeout_seconds);
+#else
+    throw UserError(concat("started by torchrun-style variables (WORLD_SIZE=", env.world,
+                           "): that start runs over NCCL, in titan's CUDA build; on CPUs start the ranks with mpirun or srun"));
+#endif
+  }
   return std::make_unique<LocalGroup>();
 }
 

@@ -25,6 +25,8 @@ class ProcessGroup {
   // Sums `send` (the sum of counts elements) over the ranks; rank r receives its slice of the
   // sum, elements [counts[0] + ... + counts[r-1], + counts[r]), in `recv`.
   virtual void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) = 0;
+  // Rank `root`'s `bytes` bytes at `data` to every rank (in place).
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   virtual void barrier() = 0;
   // The group of the ranks that pass the same `color`, ranked by `key` (MPI_Comm_split). Every
   // rank of this group must call it. The new group must not outlive this one.
@@ -35,7 +37,8 @@ class ProcessGroup {
 };
 
 // MPI's world when this process was started by mpirun/mpiexec/srun with more than one rank
-// (MPI is initialised here and finalised with the group), else a group of one. A collective
+// (MPI is initialised here and finalised with the group); NCCL's (CUDA builds) when started by
+// torchrun-style variables (WORLD_SIZE > 1); else a group of one. A collective
 // that has not finished after `timeout_seconds` (another rank died or hangs) ends this process
 // with a one-line error naming the rank, so the launcher stops the job instead of waiting.
 std::unique_ptr<ProcessGroup> make_world_group(double timeout_seconds = 100);

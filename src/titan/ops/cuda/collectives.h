@@ -1,0 +1,28 @@
+// Collectives on device memory, queued on a stream: what FSDP on GPUs needs from a
+// communication library (NCCL implements it, parallel/nccl_group.h). The CUDA model sees only
+// this interface.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "titan/ops/cuda/cuda_ops.h"
+
+namespace titan::cuda {
+
+class DeviceCollectives {
+ public:
+  virtual ~DeviceCollectives() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Every rank sends `count` elements; `recv` gets size() x count, rank 0's first.
+  virtual void all_gather_bf16(const bf16* send, bf16* recv, int64_t count, cudaStream_t stream) = 0;
+  // `send` holds size() x count floats; this rank receives the sum over the ranks of its slice
+  // [rank() x count, + count).
+  virtual void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) = 0;
+  // Collectives issued between these two run as one launch (per-parameter calls of a unit).
+  virtual void group_start() = 0;
+  virtual void group_end() = 0;
+};
+
+}  // namespace titan::cuda

@@ -1,0 +1,198 @@
+#include "titan/parallel/launch_env.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "titan/core/error.h"
+
+namespace titan::parallel {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+constexpr char kMagic[8] = {'t', 'i', 't', 'a', 'n', 'r', 'd', 'v'};  // a foreign server is refused, not misread
+
+// The variable's integer value, or `fallback` when unset.
+int env_int(const char* name, int fallback, int min_value, int max_value) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long n = std::strtol(v, &end, 10);
+  if (*v == '\0' || *end != '\0' || errno != 0 || n < min_value || n > max_value)
+    throw UserError(concat("environment: ", name, "=", v, ": expected an integer from ", min_value, " to ", max_value));
+  return static_cast<int>(n);
+}
+
+int launcher_world_size() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS"}) {
+    if (const char* v = std::getenv(var)) {
+      const int n = std::atoi(v);
+      if (n > 0) return n;
+    }
+  }
+  return 1;
+}
+
+int launcher_local_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"})
+    if (std::getenv(var)) return env_int(var, 0, 0, 1 << 20);
+  return 0;
+}
+
+class Socket {
+ public:
+  explicit Socket(int fd = -1) : fd_(fd) {}
+  ~Socket() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Socket(Socket&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Socket& operator=(Socket&& o) noexcept {
+    std::swap(fd_, o.fd_);
+    return *this;
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+double seconds_left(Clock::time_point deadline) {
+  return std::chrono::duration<double>(deadline - Clock::now()).count();
+}
+
+// Waits for `events` on fd until the deadline; false on timeout.
+bool wait_for(int fd, short events, Clock::time_point deadline) {
+  for (;;) {
+    const double left = seconds_left(deadline);
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(left * 1000) + 1);
+    if (r > 0) return true;
+    if (r < 0 && errno != EINTR) return false;
+  }
+}
+
+bool send_all(int fd, const char* data, size_t n, Clock::time_point deadline) {
+  while (n > 0) {
+    if (!wait_for(fd, POLLOUT, deadline)) return false;
+    const ssize_t k = ::send(fd, data, n, MSG_NOSIGNAL);
+    if (k <= 0) {
+      if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      return false;
+    }
+    data += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+bool recv_all(int fd, char* data, size_t n, Clock::time_point deadline) {
+  while (n > 0) {
+    if (!wait_for(fd, POLLIN, deadline)) return false;
+    const ssize_t k = ::recv(fd, data, n, 0);
+    if (k <= 0) {
+      if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      return false;
+    }
+    data += k;
+    n -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+std::string serve(const LaunchEnv& env, const std::string& payload, Clock::time_point deadline, double timeout) {
+  const std::string where = concat("port ", env.master_port);
+  Socket listener(::socket(AF_INET6, SOCK_STREAM, 0));
+  if (listener.fd() < 0) throw UserError(concat("rendezvous: cannot open a socket: ", std::strerror(errno)));
+  const int on = 1, off = 0;
+  ::setsockopt(listener.fd(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  ::setsockopt(listener.fd(), IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);  // IPv4 clients too
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_addr = in6addr_any;
+  addr.sin6_port = htons(static_cast<uint16_t>(env.master_port));
+  if (::bind(listener.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener.fd(), 128) != 0)
+    throw UserError(concat("rendezvous: rank 0 cannot listen on ", where, " (MASTER_PORT): ", std::strerror(errno)));
+  std::string frame(kMagic, sizeof kMagic);
+  const uint64_t size = payload.size();
+  frame.append(reinterpret_cast<const char*>(&size), sizeof size);
+  frame += payload;
+  for (int served = 1; served < env.world; ++served) {
+    if (!wait_for(listener.fd(), POLLIN, deadline))
+      throw UserError(concat("rendezvous: rank 0 heard from ", served - 1, " of ", env.world - 1, " ranks on ", where,
+                             " within ", timeout, " s (are all ranks started, with the same MASTER_ADDR/MASTER_PORT?)"));
+    Socket client(::accept(listener.fd(), nullptr, nullptr));
+    if (client.fd() < 0 || !send_all(client.fd(), frame.data(), frame.size(), deadline)) --served;  // a failed client retries
+  }
+  return payload;
+}
+
+std::string fetch(const LaunchEnv& env, Clock::time_point deadline, double timeout) {
+  const std::string where = concat(env.master_addr, ":", env.master_port);
+  addrinfo hints{}, *found = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if (const int rc = ::getaddrinfo(env.master_addr.c_str(), std::to_string(env.master_port).c_str(), &hints, &found); rc != 0)
+    throw UserError(concat("rendezvous: rank ", env.rank, ": MASTER_ADDR=", env.master_addr, ": ", ::gai_strerror(rc)));
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+  while (seconds_left(deadline) > 0) {
+    for (addrinfo* a = list.get(); a; a = a->ai_next) {
+      Socket s(::socket(a->ai_family, a->ai_socktype, a->ai_protocol));
+      if (s.fd() < 0 || ::connect(s.fd(), a->ai_addr, a->ai_addrlen) != 0) continue;
+      char magic[sizeof kMagic];
+      uint64_t size = 0;
+      if (!recv_all(s.fd(), magic, sizeof magic, deadline)) continue;
+      if (std::memcmp(magic, kMagic, sizeof kMagic) != 0)
+        throw UserError(concat("rendezvous: rank ", env.rank, ": ", where, " is not a titan rank 0"));
+      if (!recv_all(s.fd(), reinterpret_cast<char*>(&size), sizeof size, deadline) || size > (1u << 20)) continue;
+      std::string payload(size, '\0');
+      if (recv_all(s.fd(), payload.data(), size, deadline)) return payload;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // rank 0 may not listen yet
+  }
+  throw UserError(concat("rendezvous: rank ", env.rank, " could not reach rank 0 at ", where, " within ", timeout,
+                         " s (MASTER_ADDR/MASTER_PORT; is rank 0 running?)"));
+}
+}  // namespace
+
+LaunchEnv detect_launch() {
+  LaunchEnv env;
+  if (const int n = launcher_world_size(); n > 1) {
+    env.kind = LaunchEnv::Kind::mpi;
+    env.world = n;
+    env.local_rank = launcher_local_rank();
+    return env;
+  }
+  if (!std::getenv("WORLD_SIZE")) return env;
+  env.world = env_int("WORLD_SIZE", 1, 1, 1 << 20);
+  env.rank = env_int("RANK", 0, 0, 1 << 20);
+  env.local_rank = env_int("LOCAL_RANK", 0, 0, 1 << 20);
+  if (env.rank >= env.world)
+    throw UserError(concat("environment: RANK=", env.rank, " is not below WORLD_SIZE=", env.world));
+  if (env.world == 1) return env;
+  env.kind = LaunchEnv::Kind::torchrun;
+  const char* addr = std::getenv("MASTER_ADDR");
+  if (!addr || !*addr) throw UserError("environment: WORLD_SIZE > 1 needs MASTER_ADDR (rank 0's host name or address)");
+  env.master_addr = addr;
+  env.master_port = env_int("MASTER_PORT", 29500, 1, 65535);
+  return env;
+}
+
+std::string tcp_broadcast(const LaunchEnv& env, const std::string& payload, double timeout_seconds) {
+  TITAN_CHECK(env.kind == LaunchEnv::Kind::torchrun, "tcp_broadcast outside a torchrun-style start");
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds));
+  return env.rank == 0 ? serve(env, payload, deadline, timeout_seconds) : fetch(env, deadline, timeout_seconds);
+}
+
+}  // namespace titan::parallel

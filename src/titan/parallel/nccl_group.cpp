@@ -1,0 +1,237 @@
+#include "titan/parallel/nccl_group.h"
+
+#include <dlfcn.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "titan/core/error.h"
+#include "titan/ops/cuda/cuda_check.h"
+
+namespace titan::parallel {
+
+namespace {
+// The NCCL entry points titan uses, resolved from the loaded library.
+struct NcclApi {
+  decltype(&ncclGetUniqueId) get_unique_id;
+  decltype(&ncclCommInitRank) comm_init_rank;
+  decltype(&ncclCommDestroy) comm_destroy;
+  decltype(&ncclCommAbort) comm_abort;
+  decltype(&ncclCommGetAsyncError) comm_get_async_error;
+  decltype(&ncclAllReduce) all_reduce;
+  decltype(&ncclReduceScatter) reduce_scatter;
+  decltype(&ncclAllGather) all_gather;
+  decltype(&ncclBroadcast) broadcast;
+  decltype(&ncclGroupStart) group_start;
+  decltype(&ncclGroupEnd) group_end;
+  decltype(&ncclGetErrorString) error_string;
+};
+
+NcclApi load_nccl() {
+  const char* custom = std::getenv("TITAN_NCCL_LIBRARY");
+  const std::string name = custom && *custom ? custom : "libnccl.so.2";
+  void* lib = ::dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
+  if (!lib)
+    throw UserError(concat("FSDP on GPUs needs NCCL: cannot load ", name, " (", ::dlerror(),
+                           "); install NCCL 2, or point LD_LIBRARY_PATH or TITAN_NCCL_LIBRARY at libnccl.so.2"));
+  auto sym = [&](const char* symbol) {
+    void* f = ::dlsym(lib, symbol);
+    if (!f) throw UserError(concat(name, ": no symbol ", symbol, " (NCCL 2.12 or newer is needed)"));
+    return f;
+  };
+  NcclApi api;
+  api.get_unique_id = reinterpret_cast<decltype(api.get_unique_id)>(sym("ncclGetUniqueId"));
+  api.comm_init_rank = reinterpret_cast<decltype(api.comm_init_rank)>(sym("ncclCommInitRank"));
+  api.comm_destroy = reinterpret_cast<decltype(api.comm_destroy)>(sym("ncclCommDestroy"));
+  api.comm_abort = reinterpret_cast<decltype(api.comm_abort)>(sym("ncclCommAbort"));
+  api.comm_get_async_error = reinterpret_cast<decltype(api.comm_get_async_error)>(sym("ncclCommGetAsyncError"));
+  api.all_reduce = reinterpret_cast<decltype(api.all_reduce)>(sym("ncclAllReduce"));
+  api.reduce_scatter = reinterpret_cast<decltype(api.reduce_scatter)>(sym("ncclReduceScatter"));
+  api.all_gather = reinterpret_cast<decltype(api.all_gather)>(sym("ncclAllGather"));
+  api.broadcast = reinterpret_cast<decltype(api.broadcast)>(sym("ncclBroadcast"));
+  api.group_start = reinterpret_cast<decltype(api.group_start)>(sym("ncclGroupStart"));
+  api.group_end = reinterpret_cast<decltype(api.group_end)>(sym("ncclGroupEnd"));
+  api.error_string = reinterpret_cast<decltype(api.error_string)>(sym("ncclGetErrorString"));
+  return api;
+}
+
+// Loaded once per process and never changed after (the library stays loaded).
+const NcclApi& nccl() {
+  static const NcclApi api = load_nccl();
+  return api;
+}
+
+void check_nccl(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess) throw InternalError(concat(what, ": ", nccl().error_string(r)));
+}
+
+class NcclGroupImpl final : public NcclGroup {
+ public:
+  NcclGroupImpl(int rank, int world, const std::string& id, double timeout_seconds)
+      : rank_(rank), world_(world), timeout_(timeout_seconds) {
+    TITAN_CHECK(id.size() == sizeof(ncclUniqueId), "NCCL id of ", id.size(), " bytes");
+    ncclUniqueId uid;
+    std::memcpy(&uid, id.data(), sizeof uid);
+    TITAN_CUDA_CHECK(cudaGetDevice(&device_));
+    TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    check_nccl(nccl().comm_init_rank(&comm_, world, uid, rank), "ncclCommInitRank");
+  }
+  ~NcclGroupImpl() override {
+    if (comm_) nccl().comm_destroy(comm_);
+    if (scratch_) cudaFree(scratch_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return world_; }
+  std::string backend() const override { return "nccl"; }
+
+  // Device collectives (queued, not waited for).
+  void all_gather_bf16(const cuda::bf16* send, cuda::bf16* recv, int64_t count, cudaStream_t stream) override {
+    check_nccl(nccl().all_gather(send, recv, static_cast<size_t>(count), ncclBfloat16, comm_, stream), "ncclAllGather");
+  }
+  void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) override {
+    check_nccl(nccl().reduce_scatter(send, recv, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream),
+               "ncclReduceScatter");
+  }
+  void group_start() override { check_nccl(nccl().group_start(), "ncclGroupStart"); }
+  void group_end() override { check_nccl(nccl().group_end(), "ncclGroupEnd"); }
+
+  // Host collectives: staged through device memory, waited for with a deadline.
+  void all_reduce_sum(float* data, int64_t count) override { host_all_reduce(data, count, ncclFloat32); }
+  void all_reduce_sum(double* data, int64_t count) override { host_all_reduce(data, count, ncclFloat64); }
+  void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(static_cast<int>(counts.size()) == world_, "all_gather: ", counts.size(), " counts for ", world_, " ranks");
+    const int64_t most = *std::max_element(counts.begin(), counts.end());  // NCCL gathers equal counts: pad
+    float* dev = scratch<float>(most * (world_ + 1));
+    TITAN_CUDA_CHECK(cudaMemsetAsync(dev, 0, most * sizeof(float), stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, send, counts[rank_] * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    check_nccl(nccl().all_gather(dev, dev + most, most, ncclFloat32, comm_, stream_), "ncclAllGather");
+    int64_t at = 0;
+    for (int r = 0; r < world_; ++r) {
+      TITAN_CUDA_CHECK(cudaMemcpyAsync(recv + at, dev + most * (r + 1), counts[r] * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      at += counts[r];
+    }
+    wait("an all-gather");
+  }
+  void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(static_cast<int>(counts.size()) == world_, "reduce_scatter: ", counts.size(), " counts for ", world_,
+                " ranks");
+    const int64_t most = *std::max_element(counts.begin(), counts.end());
+    float* dev = scratch<float>(most * (world_ + 1));
+    TITAN_CUDA_CHECK(cudaMemsetAsync(dev, 0, most * world_ * sizeof(float), stream_));
+    int64_t at = 0;
+    for (int r = 0; r < world_; ++r) {
+      TITAN_CUDA_CHECK(cudaMemcpyAsync(dev + most * r, send + at, counts[r] * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      at += counts[r];
+    }
+    check_nccl(nccl().reduce_scatter(dev, dev + most * world_, most, ncclFloat32, ncclSum, comm_, stream_),
+               "ncclReduceScatter");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(recv, dev + most * world_, counts[rank_] * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    wait("a reduce-scatter");
+  }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    char* dev = scratch<char>(bytes);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, data, bytes, cudaMemcpyHostToDevice, stream_));
+    check_nccl(nccl().broadcast(dev, dev, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(data, dev, bytes, cudaMemcpyDeviceToHost, stream_));
+    wait("a broadcast");
+  }
+  void barrier() override {
+    float one = 1;
+    all_reduce_sum(&one, 1);
+  }
+  std::unique_ptr<ProcessGroup> split(int, int) override {
+    throw UserError("sub-groups over NCCL (HSDP on GPUs) are not built yet: set training.data_parallel_replicate_degree = 1");
+  }
+  void abort(int exit_code) override {
+    nccl().comm_abort(comm_);
+    comm_ = nullptr;
+    std::fflush(nullptr);
+    std::_Exit(exit_code);  // the launcher (torchrun, mpirun) ends the other ranks
+  }
+
+ private:
+  template <typename T>
+  T* scratch(int64_t count) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    if (bytes > scratch_bytes_) {
+      TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (scratch_) TITAN_CUDA_CHECK(cudaFree(scratch_));
+      TITAN_CUDA_CHECK(cudaMalloc(&scratch_, bytes));
+      scratch_bytes_ = bytes;
+    }
+    return static_cast<T*>(scratch_);
+  }
+  template <typename T>
+  void host_all_reduce(T* data, int64_t count, ncclDataType_t type) {
+    T* dev = scratch<T>(count);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, data, count * sizeof(T), cudaMemcpyHostToDevice, stream_));
+    check_nccl(nccl().all_reduce(dev, dev, count, type, ncclSum, comm_, stream_), "ncclAllReduce");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(data, dev, count * sizeof(T), cudaMemcpyDeviceToHost, stream_));
+    wait("an all-reduce");
+  }
+  // Polls instead of blocking, so a dead or hung peer ends this rank after the timeout.
+  void wait(const char* what) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
+    for (;;) {
+      const cudaError_t st = cudaStreamQuery(stream_);
+      if (st == cudaSuccess) return;
+      if (st != cudaErrorNotReady) TITAN_CUDA_CHECK(st);
+      ncclResult_t async = ncclSuccess;
+      nccl().comm_get_async_error(comm_, &async);
+      if (async != ncclSuccess) check_nccl(async, what);
+      std::this_thread::yield();
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr,
+                     "titan: error: rank %d of %d: %s did not finish within %g s (comm.train_timeout_seconds): "
+                     "another rank died or hangs\n",
+                     rank_, world_, what, timeout_);
+        abort(3);
+      }
+    }
+  }
+
+  int rank_, world_;
+  double timeout_;
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+};
+}  // namespace
+
+std::string nccl_unique_id() {
+  ncclUniqueId id;
+  check_nccl(nccl().get_unique_id(&id), "ncclGetUniqueId");
+  return std::string(reinterpret_cast<const char*>(&id), sizeof id);
+}
+
+std::unique_ptr<NcclGroup> make_nccl_group(int rank, int world, const std::string& unique_id, double timeout_seconds) {
+  return std::make_unique<NcclGroupImpl>(rank, world, unique_id, timeout_seconds);
+}
+
+std::unique_ptr<NcclGroup> make_nccl_group(ProcessGroup& host, double timeout_seconds) {
+  std::string id = host.rank() == 0 ? nccl_unique_id() : std::string(sizeof(ncclUniqueId), '\0');
+  host.broadcast(id.data(), static_cast<int64_t>(id.size()), 0);
+  return make_nccl_group(host.rank(), host.size(), id, timeout_seconds);
+}
+
+std::unique_ptr<NcclGroup> make_nccl_world(const LaunchEnv& env, double timeout_seconds) {
+  if (const int count = cuda::device_count(); env.local_rank >= count)
+    throw UserError(concat("started by torchrun-style variables: LOCAL_RANK=", env.local_rank, ", but ", count,
+                           " CUDA devices are visible (that start runs over NCCL, one GPU per rank; on CPUs use mpirun)"));
+  TITAN_CUDA_CHECK(cudaSetDevice(env.local_rank));
+  const std::string id = tcp_broadcast(env, env.rank == 0 ? nccl_unique_id() : "", timeout_seconds);
+  if (id.size() != sizeof(ncclUniqueId))
+    throw UserError(concat("rendezvous: rank ", env.rank, " received ", id.size(), " bytes from rank 0, expected an NCCL id"));
+  return make_nccl_group(env.rank, env.world, id, timeout_seconds);
+}
+
+}  // namespace titan::parallel
