@@ -12,7 +12,9 @@ GPU=build/gpu
 PY=${PYTHON:-python3}
 # cuBLASLt from the machine's CUDA, else from PyTorch's wheel of it.
 CUBLAS_WHEEL=$($PY -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="$PWD/$GPU/lib:/usr/local/cuda/lib64:${CUBLAS_WHEEL}:${LD_LIBRARY_PATH:-}"
+# NCCL (loaded by titan only for FSDP on GPUs) likewise: the machine's, else PyTorch's wheel.
+NCCL_WHEEL=$($PY -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="$PWD/$GPU/lib:/usr/local/cuda/lib64:${CUBLAS_WHEEL}:${NCCL_WHEEL}:${LD_LIBRARY_PATH:-}"
 TITAN=$GPU/bin/titan
 status=0
 summary=()
@@ -20,7 +22,7 @@ note() { summary+=("$1"); echo "== $1"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/device.txt"
 
-for t in cast kernels cuda_model; do
+for t in cast kernels cuda_model fsdp; do
   if timeout 100 $GPU/bin/test_gpu_$t > "$OUT/test_$t.log" 2>&1; then
     if grep -q "SKIPPED" "$OUT/test_$t.log"; then status=1; note "gpu.$t: SKIPPED (no GPU seen)"; else note "gpu.$t: PASS"; fi
   else status=1; note "gpu.$t: FAIL (see test_$t.log)"; tail -30 "$OUT/test_$t.log"; fi
@@ -35,6 +37,11 @@ for run in cpu:cpu:false gpu:cuda:false rerun:cuda:false compile:cuda:true compi
   timeout 90 $TITAN train "${common[@]}" --training.device $device --training.compile $compile \
     --job.dump_folder "$OUT/parity_$name" > "$OUT/parity_$name.log" 2>&1 || { status=1; tail -5 "$OUT/parity_$name.log"; }
 done
+# FSDP through NCCL over one rank: every sharded path on this card, the plain GPU run's losses bit for bit.
+timeout 90 $TITAN train "${common[@]}" --training.device cuda --training.compile false --training.fsdp_on_one_rank true \
+  --job.dump_folder "$OUT/parity_fsdp" > "$OUT/parity_fsdp.log" 2>&1 || { status=1; tail -5 "$OUT/parity_fsdp.log"; }
+if $PY bench/gpu_report.py identical "$OUT"/parity_{gpu,fsdp}/metrics.jsonl > "$OUT/fsdp.txt" 2>&1; then :; else status=1; fi
+note "fsdp over one NCCL rank vs plain GPU: $(tail -1 "$OUT/fsdp.txt")"
 : > "$OUT/parity.txt"
 for pair in "gpu rerun" "compile compile_rerun"; do
   set -- $pair
@@ -71,8 +78,8 @@ $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).
 {
   echo "# titan gpu_check, $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$OUT/device.txt"
-  for t in cast kernels cuda_model; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
-  for p in cpu gpu rerun compile compile_rerun; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
+  for t in cast kernels cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
+  for p in cpu gpu rerun compile compile_rerun fsdp; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
   for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -16; done
   for a in "$OUT"/anchor_*.log; do [ -f "$a" ] && { echo "## $(basename $a)"; tail -6 "$a"; }; done

@@ -2,6 +2,7 @@
 identity, and prints the benchmark table (titan beside the PyTorch peer).
 
   gpu_report.py parity CPU_METRICS GPU_METRICS GPU_RERUN_METRICS [--tol 0.02]
+  gpu_report.py identical METRICS_A METRICS_B   (losses and grad norms bit for bit)
   gpu_report.py table OUT_DIR
 """
 import argparse
@@ -37,6 +38,18 @@ def parity(a):
     print(f"parity: {'PASS' if ok else 'FAIL'} worst |loss_gpu - loss_cpu| = {worst:.5f} over {len(cpu)} steps "
           f"(bound {a.tol}); GPU reruns bit-identical: {all(g['loss'] == r['loss'] for g, r in zip(gpu, rerun))}")
     return 0 if ok else 1
+
+
+def identical(a):
+    for path in (a.a, a.b):
+        if not os.path.exists(path):
+            print(f"identical: FAIL {path} is missing (that run failed: see its log)")
+            return 1
+    x, y = records(a.a), records(a.b)
+    same = len(x) == len(y) > 0 and all(p["loss"] == q["loss"] and p["grad_norm"] == q["grad_norm"] for p, q in zip(x, y))
+    worst = max((abs(p["loss"] - q["loss"]) for p, q in zip(x, y)), default=float("nan"))
+    print(f"identical: {'PASS' if same else 'FAIL'} {len(x)} vs {len(y)} steps, worst |loss diff| {worst:.3g}")
+    return 0 if same else 1
 
 
 def titan_tps(path, skip_steps):
@@ -77,7 +90,10 @@ if __name__ == "__main__":
     p.add_argument("gpu")
     p.add_argument("rerun")
     p.add_argument("--tol", type=float, default=0.02)
+    i = sub.add_parser("identical")
+    i.add_argument("a")
+    i.add_argument("b")
     t = sub.add_parser("table")
     t.add_argument("out")
     args = ap.parse_args()
-    sys.exit(parity(args) if args.cmd == "parity" else table(args))
+    sys.exit({"parity": parity, "identical": identical, "table": table}[args.cmd](args))

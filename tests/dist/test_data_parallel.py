@@ -250,6 +250,24 @@ def main():
                 predicted = float(m.group(1))
                 check(abs(predicted - measured) <= 0.1 * measured,
                       f"{ranks} ranks: estimate {predicted:.3f} GiB within 10% of rank 0's {measured:.3f} GiB")
+        # FSDP over one rank (training.fsdp_on_one_rank): every sharded path, the plain run's losses bit for bit.
+        folder = os.path.join(tmp, "fsdp_one")
+        r = train(a.titan, a.configs, folder, 1, 12, "--training.steps", "20", "--training.fsdp_on_one_rank", "true")
+        check(r.returncode == 0 and "FSDP's gathers and reduce-scatters over it" in r.stdout,
+              f"FSDP over one rank trains and says so ({r.stderr.strip()[-300:]})")
+        if r.returncode == 0:
+            got = losses(folder)
+            check(all(got[s] == ref[s] for s in steps), "FSDP over one rank: losses bit-identical to the plain run")
+        # torchrun-style variables: malformed ones, and (CPU build) the start that needs NCCL, are one-line errors.
+        for env, expect in [({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "localhost"}, "RANK=2 is not below WORLD_SIZE=2"),
+                            ({"WORLD_SIZE": "2", "RANK": "1"}, "needs MASTER_ADDR"),
+                            ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "x"}, "MASTER_PORT=x"),
+                            ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost"}, "that start runs over NCCL")]:
+            cmd = [a.titan, "train", "--config", os.path.join(a.configs, "debug_model.toml"), "--training.steps", "1",
+                   "--training.dataset", "synthetic", "--job.dump_folder", os.path.join(tmp, "torchrun")]
+            t = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+            lines = t.stderr.strip().splitlines()
+            check(t.returncode == 2 and len(lines) == 1 and expect in lines[0], f"torchrun env {env}: one-line error {lines}")
         r = train(a.titan, a.configs, os.path.join(tmp, "bad_mesh"), 2, 6, "--training.steps", "2",
                   "--training.data_parallel_replicate_degree", "3")
         lines = r.stderr.strip().splitlines()

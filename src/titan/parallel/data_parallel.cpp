@@ -28,18 +28,29 @@ MeshShape resolve_mesh(int world, int64_t replicate_degree, int64_t shard_degree
 DataParallel::DataParallel(ProcessGroup& world, MeshShape mesh, FsdpOptions fsdp) : mesh_(mesh) {
   TITAN_CHECK(mesh.replicate * mesh.shard == world.size(), "mesh ", mesh.replicate, " x ", mesh.shard, " for ",
               world.size(), " ranks");
+  // Only a two-dimensional mesh needs sub-groups (NCCL's world, for one, cannot split yet).
   const int rank = world.rank();
-  shard_group_ = world.split(rank / mesh.shard, rank);
-  replicate_group_ = world.split(rank % mesh.shard, rank);
+  if (mesh.replicate == 1) {
+    shard_group_ = &world;
+  } else if (mesh.shard == 1) {
+    replicate_group_ = &world;
+  } else {
+    own_shard_group_ = world.split(rank / mesh.shard, rank);
+    own_replicate_group_ = world.split(rank % mesh.shard, rank);
+    shard_group_ = own_shard_group_.get();
+    replicate_group_ = own_replicate_group_.get();
+  }
+  if (!shard_group_) shard_group_ = (own_shard_group_ = make_local_group()).get();
+  if (!replicate_group_) replicate_group_ = (own_replicate_group_ = make_local_group()).get();
   fsdp_options_ = fsdp;
 }
 
-void DataParallel::apply(llama3::Transformer& model) {
+void DataParallel::apply(llama3::Transformer& model, bool hooks) {
   const auto units = model.units();
   root_elements_ = block_elements_ = 0;
   for (size_t u = 0; u < units.size(); ++u)
     for (const Parameter* p : units[u]) (u == 0 ? root_elements_ : block_elements_) += p->numel();
-  if (!sharded()) return;
+  if (!sharded() || !hooks) return;
   fsdp_ = std::make_unique<FullyShardedDataParallel>(units, *shard_group_, fsdp_options_);
   model.set_hooks(fsdp_.get());
 }
@@ -69,17 +80,19 @@ CommVolume DataParallel::take_volume() {
   return v;
 }
 
-double DataParallel::analytic_volume(int64_t micro_batches) const {
+double DataParallel::analytic_volume(int64_t micro_batches, double gather_bytes) const {
   const double s = mesh_.shard, r = mesh_.replicate, root = double(root_elements_), blocks = double(block_elements_);
+  // (One forced FSDP rank moves nothing: (s - 1) / s = 0.)
   const double gathered = root * (fsdp_options_.reshard_root_after_forward ? 2 : 1) +
                           blocks * (fsdp_options_.reshard_blocks_after_forward ? 2 : 1);
-  const double fsdp = s > 1 ? (s - 1) / s * 4 * (gathered + root + blocks) * double(micro_batches) : 0.0;
+  const double fsdp = s > 1 ? (s - 1) / s * (gather_bytes * gathered + 4 * (root + blocks)) * double(micro_batches) : 0.0;
   const double replicate = 2.0 * (r - 1) / r * 4 * (root + blocks) / s;
   return fsdp + replicate;
 }
 
 std::string DataParallel::describe() const {
-  if (mesh_.replicate * mesh_.shard == 1) return "one rank";
+  if (mesh_.replicate * mesh_.shard == 1)
+    return mesh_.force_fsdp ? "one rank, FSDP's gathers and reduce-scatters over it (training.fsdp_on_one_rank)" : "one rank";
   if (!sharded())
     return concat(mesh_.replicate, " ranks, replicated parameters (data_parallel_shard_degree = 1): gradients "
                                    "all-reduced once per step; each rank holds the whole model and optimizer state");

@@ -16,6 +16,9 @@ namespace titan::parallel {
 
 struct MeshShape {
   int replicate = 1, shard = 1;
+  // FSDP's gathers and reduce-scatters even over one rank (training.fsdp_on_one_rank: every
+  // path of a sharded run, on one device).
+  bool force_fsdp = false;
 };
 
 // The mesh for `world` ranks from the two degrees (-1: the ranks the other leaves). UserError
@@ -27,7 +30,9 @@ class DataParallel {
   // Splits `world` into the mesh's groups (every rank must construct it).
   DataParallel(ProcessGroup& world, MeshShape mesh, FsdpOptions fsdp);
   const MeshShape& mesh() const { return mesh_; }
-  bool sharded() const { return mesh_.shard > 1; }
+  bool sharded() const { return mesh_.shard > 1 || mesh_.force_fsdp; }
+  // The group parameters are sharded over (the world without replicas; one rank without FSDP).
+  ProcessGroup& shard_group() { return *shard_group_; }
   // This rank's place: its shard (parameters are shards `shard_rank` of `mesh().shard`) and
   // its replica. Ranks are laid out shard-major: rank = replica x shard degree + shard rank.
   int shard_rank() const { return shard_group_->rank(); }
@@ -35,8 +40,9 @@ class DataParallel {
   // Replica 0 writes the checkpoint: one rank file per shard.
   bool saves_checkpoint() const { return replica() == 0; }
 
-  // Wraps the model (built with shards of shard_rank() of mesh().shard) in FSDP when sharded.
-  void apply(llama3::Transformer& model);
+  // Wraps the model (built with shards of shard_rank() of mesh().shard) in FSDP when sharded
+  // and `hooks` (the CPU engine computes with this model; a GPU engine shards its own copy).
+  void apply(llama3::Transformer& model, bool hooks);
   // After a step's micro-batches: sums the grad shards over the replicas (one all-reduce per
   // step; FSDP has already reduce-scattered within the shard group).
   void reduce_gradients(std::deque<Parameter>& params);
@@ -49,14 +55,16 @@ class DataParallel {
   // reshards after forward is gathered twice; plus, across R replicas, 2 (R-1)/R x 4 bytes x
   // the shard once per step. With every unit resharding this is REFERENCE.md's
   // (W-1)/W x P x (4 + 4 + 4) (float32 gathers: the CPU computes in float32).
-  double analytic_volume(int64_t micro_batches) const;
+  double analytic_volume(int64_t micro_batches, double gather_bytes = 4) const;
   // Peak bytes of whole (gathered) weights and gradients so far; 0 without FSDP.
   size_t peak_unsharded_bytes() const { return fsdp_ ? fsdp_->peak_unsharded_bytes() : 0; }
   std::string describe() const;
 
  private:
   MeshShape mesh_;
-  std::unique_ptr<ProcessGroup> shard_group_, replicate_group_;
+  std::unique_ptr<ProcessGroup> own_shard_group_, own_replicate_group_;  // made when the mesh needs them
+  ProcessGroup* shard_group_ = nullptr;
+  ProcessGroup* replicate_group_ = nullptr;
   FsdpOptions fsdp_options_;
   int64_t root_elements_ = 0, block_elements_ = 0;  // set by apply
   std::unique_ptr<FullyShardedDataParallel> fsdp_;

@@ -91,12 +91,14 @@ double device_memory_bytes(bool on_cuda) {
   return metrics::sample_host_memory().total_gib * 1024.0 * 1024.0 * 1024.0;
 }
 
-std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer) {
+std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer,
+                                    cuda::DeviceCollectives* fsdp) {
 #ifdef TITAN_WITH_CUDA
-  if (resolve_device(cfg, model.args())) return make_cuda_engine(cfg, model, optimizer);
+  if (resolve_device(cfg, model.args())) return make_cuda_engine(cfg, model, optimizer, fsdp);
 #else
   resolve_device(cfg, model.args());
 #endif
+  TITAN_CHECK(fsdp == nullptr, "device collectives for the CPU engine");
   return std::make_unique<CpuEngine>(model, optimizer);
 }
 

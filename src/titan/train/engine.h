@@ -13,6 +13,10 @@
 #include "titan/models/llama3/transformer.h"
 #include "titan/optim/adamw.h"
 
+namespace titan::cuda {
+class DeviceCollectives;
+}
+
 namespace titan::train {
 
 class Engine {
@@ -61,11 +65,16 @@ double device_memory_bytes(bool cuda);
 
 // training.device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is found).
 // Throws UserError when the choice cannot run here.
-std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer);
+// `fsdp` (GPU only): the collectives FSDP runs over; the model's parameters are that group's shards.
+std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer,
+                                    cuda::DeviceCollectives* fsdp = nullptr);
 
 #ifdef TITAN_WITH_CUDA
+// The GPU this rank uses: the launcher's local rank (torchrun's LOCAL_RANK, mpirun's or
+// srun's), made current. UserError when there is no such device.
+int select_cuda_device();
 std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
-                                         optim::AdamW& optimizer);
+                                         optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp);
 #endif
 
 }  // namespace titan::train

@@ -5,6 +5,7 @@
 #include "titan/metrics/flops.h"
 #include "titan/models/llama3/cuda_transformer.h"
 #include "titan/ops/cuda/cuda_check.h"
+#include "titan/parallel/launch_env.h"
 #include "titan/train/engine.h"
 
 namespace titan::train {
@@ -12,22 +13,25 @@ namespace titan::train {
 namespace {
 class CudaEngine final : public Engine {
  public:
-  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool compile, bool phase_times)
+  CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
+             cuda::DeviceCollectives* fsdp, bool reshard_blocks)
       : host_(model), optimizer_(optimizer), device_(device), compile_(compile), phase_times_(phase_times) {
     TITAN_CUDA_CHECK(cudaSetDevice(device_));
-    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters());
+    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters(), fsdp, reshard_blocks);
     model_->set_fused_kernels(compile_);
   }
   std::string description() const override {
     return concat("cuda:", device_, " (", cuda::device_name(device_),
                   "), bfloat16 compute, float32 master weights, gradients and optimizer state, ",
                   compile_ ? (phase_times_ ? "compile: fused kernels (no CUDA graph while profiling.phase_times is on)"
-                                           : "compile: fused kernels + CUDA graph of the step")
-                           : "one op per kernel");
+                              : model_->sharded() ? "compile: fused kernels (no CUDA graph under FSDP yet)"
+                                                  : "compile: fused kernels + CUDA graph of the step")
+                           : "one op per kernel",
+                  model_->sharded() ? ", FSDP over NCCL" : "");
   }
   bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
                   double max_norm, StepOutcome& out) override {
-    if (!compile_) return false;
+    if (!compile_ || model_->sharded()) return false;
     const optim::AdamWFactors f = optimizer_.advance(lr);
     llama3::CudaTransformer::StepResult r;
     try {
@@ -104,11 +108,21 @@ class CudaEngine final : public Engine {
 };
 }  // namespace
 
+int select_cuda_device() {
+  const int device = parallel::detect_launch().local_rank, count = cuda::device_count();
+  if (device >= count)
+    throw UserError(concat("this rank's local rank is ", device, ", but only ", count,
+                           " CUDA devices are visible (one GPU per rank on each node)"));
+  TITAN_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
 std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
-                                         optim::AdamW& optimizer) {
+                                         optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp) {
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
-  return std::make_unique<CudaEngine>(model, optimizer, 0, cfg.get_bool("training.compile"),
-                                      cfg.get_bool("profiling.phase_times"));
+  return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
+                                      cfg.get_bool("profiling.phase_times"), fsdp,
+                                      cfg.get_string("training.fsdp_reshard_after_forward") != "never");
 }
 
 }  // namespace titan::train

@@ -41,10 +41,10 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   *param_bytes = device_block(4 * p) + device_block(2 * p);
   *grad_bytes = device_block(4 * p);
   *opt_bytes = 2 * device_block(4 * p);
-  if (shards > 1) {  // gathered bf16 weights and fp32 unsharded grads: the root and two blocks
-    const double unit = double(root_params(a)) + 2.0 * double(block_params(a));
-    *param_bytes += device_block(2 * unit);
-    *grad_bytes += device_block(4 * unit);
+  if (shards > 1) {  // FSDP holds the root's and one block's bf16 weights and fp32 gradients, and one unit's reduced shards
+    const double root = double(root_params(a)), block = double(block_params(a));
+    *param_bytes += device_block(2 * root) + device_block(2 * block);
+    *grad_bytes += device_block(4 * root) + device_block(4 * block) + device_block(4 * std::max(root, block) / double(shards));
   }
   auto bf = [](double count) { return device_block(2 * count); };
   auto fp = [](double count) { return device_block(4 * count); };
@@ -208,7 +208,7 @@ int estimate_main(const std::vector<std::string>& args) {
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";
   std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
                                          shards > 1 ? concat(", FSDP over ", shards, " devices",
-                                                             device == "cuda" ? " (FSDP on GPUs is not built yet: a prediction)" : "")
+                                                             device == "cuda" ? " (GPU FSDP: not yet measured on a card)" : "")
                                                     : ""),
                                0)
             << "\n";

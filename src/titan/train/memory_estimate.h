@@ -3,9 +3,8 @@
 // allocates: the CPU plan (Transformer::plan, fp32) or the CUDA plan (CudaTransformer, bf16
 // activations, fp32 master weights, gradients and AdamW moments). With shards > 1 parameters,
 // gradients and optimizer state are FSDP shards (an even split) plus the whole weights and
-// gradients FSDP holds at once: the root and one block on the CPU (measured equal), the root
-// and two blocks (one computing, one prefetched) on a GPU - a prediction there: FSDP on GPUs is
-// not built yet.
+// gradients FSDP holds at once: the root and one block (no prefetch yet), measured equal on
+// the CPU; on a GPU also one unit's reduce-scatter output (not yet measured on a card).
 #pragma once
 #include <cstdint>
 #include <string>

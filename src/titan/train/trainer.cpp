@@ -26,6 +26,9 @@
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
 #include "titan/metrics/memory.h"
+#ifdef TITAN_WITH_CUDA
+#include "titan/parallel/nccl_group.h"
+#endif
 
 namespace titan::train {
 
@@ -139,9 +142,6 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     if (!line.empty()) log_ << "  " << line << "\n";
 
   const bool on_cuda = resolve_device(cfg, args_);
-  if (on_cuda && ranks > 1)
-    throw UserError(concat("training on ", ranks, " ranks runs on the CPU backend only so far (NCCL is not built yet): "
-                           "set training.device = \"cpu\" or run one rank"));
   parallel::MeshShape mesh;
   try {
     mesh = parallel::resolve_mesh(static_cast<int>(ranks), cfg.get_int("training.data_parallel_replicate_degree"),
@@ -149,15 +149,20 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   } catch (const UserError& e) {
     throw UserError(concat(cfg.origin("training.data_parallel_shard_degree"), ": ", e.what()));
   }
+  mesh.force_fsdp = cfg.get_bool("training.fsdp_on_one_rank") && mesh.shard == 1 && mesh.replicate == 1;
+  if (on_cuda && mesh.replicate > 1)
+    throw UserError(concat(cfg.origin("training.data_parallel_replicate_degree"),
+                           ": replicas (HSDP, or replicated data parallel) are not built for GPUs yet: shard over all ranks "
+                           "(data_parallel_replicate_degree = 1, data_parallel_shard_degree = -1)"));
   check_memory_estimate(cfg, on_cuda, mesh.shard);
   const auto reshard = cfg.get_string("training.fsdp_reshard_after_forward");
   dp_ = std::make_unique<parallel::DataParallel>(group_, mesh, parallel::FsdpOptions{reshard != "never", reshard == "always"});
   // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
   model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard);
-  dp_->apply(*model_);
+  dp_->apply(*model_, !on_cuda);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->set_activation_checkpointing(activation_checkpointing(cfg));
-  engine_ = make_engine(cfg, *model_, optimizer_);
+  engine_ = make_engine(cfg, *model_, optimizer_, device_collectives(on_cuda));
   if (cfg.get_string("training.mixed_precision_param") == "bfloat16" && engine_->on_cpu())
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
   if (cfg.get_bool("profiling.phase_times") && engine_->on_cpu())
@@ -199,6 +204,20 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                              start_step_ > 1},
       log);
   print_start_summary();
+}
+
+cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
+  if (!on_cuda || !dp_->sharded()) return nullptr;
+#ifdef TITAN_WITH_CUDA
+  select_cuda_device();  // NCCL binds to the current device
+  if (auto* world = dynamic_cast<parallel::NcclGroup*>(&dp_->shard_group())) return world;  // a torchrun-style start
+  auto group = parallel::make_nccl_group(dp_->shard_group(), cfg_.get_real("comm.train_timeout_seconds"));
+  cuda::DeviceCollectives* collectives = group.get();
+  nccl_ = std::move(group);  // declared before the engine, so it outlives the model that uses it
+  return collectives;
+#else
+  return nullptr;  // resolve_device has refused CUDA in this build
+#endif
 }
 
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
@@ -283,7 +302,7 @@ void Trainer::export_weights(int64_t step) {
 void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
-    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, 1);
+    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, dp_->mesh().shard);
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);
@@ -310,12 +329,14 @@ void Trainer::print_start_summary() {
   log_ << "device: " << engine_->description() << "\n";
   log_ << "state per rank (bytes; rank 0's shards are the largest): parameters " << mem.parameter_bytes
        << ", gradients " << mem.gradient_bytes << ", optimizer " << mem.optimizer_bytes << "\n";
+  if (group_.size() == 1 && dp_->sharded()) log_ << "data parallel: " << dp_->describe() << "\n";
   if (group_.size() > 1) {
     log_ << "ranks: " << group_.size() << " (" << group_.backend() << "), " << dp_->describe() << "\n";
     char volume[160];
     std::snprintf(volume, sizeof volume,
-                  "communication per rank per step (analytic, float32): %.3f MiB\n",
-                  dp_->analytic_volume(accumulation_) / (1024.0 * 1024.0));
+                  "communication per rank per step (analytic, %s gathers): %.3f MiB\n",
+                  engine_->on_cpu() ? "float32" : "bfloat16",
+                  dp_->analytic_volume(accumulation_, engine_->on_cpu() ? 4 : 2) / (1024.0 * 1024.0));
     log_ << volume;
   }
   log_ << std::flush;
@@ -507,7 +528,7 @@ std::vector<StepMetrics> Trainer::run() {
     }
   }
   if (checkpoints_) checkpoints_->wait();
-  if (dp_->sharded())
+  if (dp_->sharded() && engine_->on_cpu())
     log_ << "FSDP: at most " << dp_->peak_unsharded_bytes() << " bytes of whole weights and gradients were gathered "
          << "at once on rank 0\n";
   log_ << engine_->phase_report() << std::flush;

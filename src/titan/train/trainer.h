@@ -49,6 +49,8 @@ class Trainer {
  private:
   void print_start_summary();
   void check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const;
+  // FSDP on a GPU: NCCL over the shard group (made here, or the world's own under torchrun).
+  cuda::DeviceCollectives* device_collectives(bool on_cuda);
   // Sums the loss and token count over the ranks.
   void reduce_loss(double& loss_sum, int64_t& count);
   // Mean and max over the ranks of this rank's bytes per step in the window.
@@ -72,6 +74,7 @@ class Trainer {
   llama3::BatchShape shape_;  // one micro-batch
   int64_t accumulation_ = 1;  // micro-batches per optimizer step
   std::unique_ptr<parallel::DataParallel> dp_;  // the mesh; FSDP/HSDP applied to model_
+  std::unique_ptr<parallel::ProcessGroup> nccl_;  // GPU FSDP's collectives, when this trainer made them
   std::unique_ptr<llama3::Transformer> model_;  // owns the parameters (init, checkpoints)
   std::unique_ptr<Engine> engine_;              // runs the steps: CPU or GPU
   std::unique_ptr<data::DataLoader> loader_;

@@ -18,23 +18,55 @@ template <typename T>
 T* ptr(const DeviceBuffer& b) { return b.as<T>(); }
 }  // namespace
 
-CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params) : args_(args) {
+namespace {
+int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+}  // namespace
+
+CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
+                                 cuda::DeviceCollectives* fsdp, bool reshard_blocks)
+    : args_(args), fsdp_(fsdp), reshard_blocks_(reshard_blocks) {
   TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
   TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
-  for (const auto& p : params) {
-    TITAN_CHECK(p.world == 1, "the CUDA backend runs whole parameters (world 1), got world ", p.world);
-    offset_.push_back(total_);
-    numel_.push_back(p.numel());
-    out_.push_back(p.global_shape[0]);
-    in_.push_back(p.global_shape.size() > 1 ? p.global_shape[1] : 1);
-    total_ += (p.numel() + kAlign - 1) / kAlign * kAlign;
-  }
   // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
   const size_t per_layer = 9;
   TITAN_CHECK(params.size() == 3 + per_layer * static_cast<size_t>(args.n_layers), "unexpected parameter count ",
               params.size());
+  const int world = fsdp ? fsdp->size() : 1, rank = fsdp ? fsdp->rank() : 0;
+  unit_params_.resize(static_cast<size_t>(args.n_layers) + 1);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Parameter& p = params[i];
+    TITAN_CHECK(p.world == world && p.rank == rank, p.name, " is a shard of rank ", p.rank, " of ", p.world,
+                "; the CUDA model runs rank ", rank, " of ", world);
+    const int64_t rows = p.global_shape[0], row_elems = p.row_elems();
+    offset_.push_back(total_);
+    numel_.push_back(p.numel());
+    out_.push_back(rows);
+    in_.push_back(p.global_shape.size() > 1 ? p.global_shape[1] : 1);
+    local_.push_back(p.master.numel());
+    shard_.push_back(fsdp ? (rows + world - 1) / world * row_elems : p.numel());  // NCCL gathers equal shards
+    total_ += aligned(shard_.back());
+    const size_t unit = i == 0 || i + 2 >= params.size() ? 0 : 1 + (i - 1) / per_layer;
+    unit_of_.push_back(unit);
+    unit_params_[unit].push_back(i);
+  }
+  unit_offset_.resize(params.size());
+  reduced_offset_.resize(params.size());
+  for (const auto& unit : unit_params_) {  // gathered layout: each parameter's world x shard, aligned
+    int64_t elems = 0, reduced = 0;
+    for (size_t i : unit) {
+      unit_offset_[i] = elems;
+      reduced_offset_[i] = reduced;
+      elems += aligned(world * shard_[i]);
+      reduced += aligned(shard_[i]);
+    }
+    unit_elems_.push_back(elems);
+    if (fsdp && static_cast<size_t>(reduced) * sizeof(float) > reduced_.bytes())
+      reduced_ = DeviceBuffer(alloc_, static_cast<size_t>(reduced) * sizeof(float));
+  }
+  gathered_.resize(unit_params_.size());
+  unit_grads_.resize(unit_params_.size());
   embedding_ = 0;
   for (int64_t l = 0; l < args.n_layers; ++l) {
     const size_t b = 1 + per_layer * static_cast<size_t>(l);
@@ -64,15 +96,70 @@ CudaTransformer::~CudaTransformer() {
   }
 }
 
-bf16* CudaTransformer::w(size_t i) const { return ptr<bf16>(weights_) + offset_[i]; }
-float* CudaTransformer::dw(size_t i) const { return ptr<float>(grad_) + offset_[i]; }
+bf16* CudaTransformer::w(size_t i) const {
+  if (!fsdp_) return ptr<bf16>(weights_) + offset_[i];
+  const DeviceBuffer& g = gathered_[unit_of_[i]];
+  TITAN_CHECK(g.bytes() > 0, "FSDP: weight ", i, " used while its unit ", unit_of_[i], " is not gathered");
+  return ptr<bf16>(g) + unit_offset_[i];
+}
+
+float* CudaTransformer::dw(size_t i) const {
+  if (!fsdp_) return ptr<float>(grad_) + offset_[i];
+  const DeviceBuffer& g = unit_grads_[unit_of_[i]];
+  TITAN_CHECK(g.bytes() > 0, "FSDP: gradient ", i, " used outside its unit's backward");
+  return ptr<float>(g) + unit_offset_[i];
+}
+
+void CudaTransformer::track_unsharded(size_t bytes, bool allocated) {
+  unsharded_ = allocated ? unsharded_ + bytes : unsharded_ - bytes;
+  peak_unsharded_ = std::max(peak_unsharded_, unsharded_);
+}
+
+void CudaTransformer::gather(size_t u) {
+  if (!fsdp_ || gathered_[u].bytes() > 0) return;
+  gathered_[u] = DeviceBuffer(alloc_, static_cast<size_t>(unit_elems_[u]) * sizeof(bf16));
+  track_unsharded(gathered_[u].bytes(), true);
+  fsdp_->group_start();
+  for (size_t i : unit_params_[u])
+    fsdp_->all_gather_bf16(ptr<bf16>(weights_) + offset_[i], ptr<bf16>(gathered_[u]) + unit_offset_[i], shard_[i], stream_);
+  fsdp_->group_end();
+}
+
+void CudaTransformer::reshard(size_t u) {
+  if (!fsdp_ || gathered_[u].bytes() == 0) return;
+  track_unsharded(gathered_[u].bytes(), false);
+  gathered_[u] = DeviceBuffer();  // back to the caching allocator; later work on stream_ reuses it in order
+}
+
+void CudaTransformer::begin_unit_grads(size_t u) {
+  if (!fsdp_) return;
+  TITAN_CHECK(unit_grads_[u].bytes() == 0, "FSDP: unit ", u, " entered backward twice");
+  unit_grads_[u] = DeviceBuffer(alloc_, static_cast<size_t>(unit_elems_[u]) * sizeof(float));
+  track_unsharded(unit_grads_[u].bytes(), true);
+  TITAN_CUDA_CHECK(cudaMemsetAsync(unit_grads_[u].as<void>(), 0, unit_grads_[u].bytes(), stream_));  // padding too
+}
+
+void CudaTransformer::reduce_unit_grads(size_t u) {
+  if (!fsdp_) return;
+  TITAN_CHECK(unit_grads_[u].bytes() > 0, "FSDP: unit ", u, " left a backward it did not enter");
+  fsdp_->group_start();
+  for (size_t i : unit_params_[u])
+    fsdp_->reduce_scatter_f32(ptr<float>(unit_grads_[u]) + unit_offset_[i], ptr<float>(reduced_) + reduced_offset_[i],
+                              shard_[i], stream_);
+  fsdp_->group_end();
+  for (size_t i : unit_params_[u])
+    cuda::accumulate_f32(ptr<float>(grad_) + offset_[i], ptr<float>(reduced_) + reduced_offset_[i], shard_[i], stream_);
+  track_unsharded(unit_grads_[u].bytes(), false);
+  unit_grads_[u] = DeviceBuffer();
+  reshard(u);
+}
 
 void CudaTransformer::synchronize() { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
 void CudaTransformer::upload(const std::deque<Parameter>& params) {
   size_t i = 0;
   for (const auto& p : params) {
-    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    const size_t bytes = static_cast<size_t>(local_[i]) * sizeof(float);  // shard padding stays zero
     TITAN_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(master_) + offset_[i], p.master.f32(), bytes, cudaMemcpyHostToDevice, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(exp_avg_) + offset_[i], p.exp_avg.f32(), bytes, cudaMemcpyHostToDevice, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(exp_avg_sq_) + offset_[i], p.exp_avg_sq.f32(), bytes, cudaMemcpyHostToDevice, stream_));
@@ -85,7 +172,7 @@ void CudaTransformer::upload(const std::deque<Parameter>& params) {
 void CudaTransformer::download(std::deque<Parameter>& params) {
   size_t i = 0;
   for (auto& p : params) {
-    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    const size_t bytes = static_cast<size_t>(local_[i]) * sizeof(float);
     TITAN_CUDA_CHECK(cudaMemcpyAsync(p.master.f32(), ptr<float>(master_) + offset_[i], bytes, cudaMemcpyDeviceToHost, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg.f32(), ptr<float>(exp_avg_) + offset_[i], bytes, cudaMemcpyDeviceToHost, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg_sq.f32(), ptr<float>(exp_avg_sq_) + offset_[i], bytes, cudaMemcpyDeviceToHost, stream_));
@@ -250,8 +337,9 @@ void CudaTransformer::block_backward(size_t layer, BatchShape s) {
                          true, dw(lw.attention_norm), ptr<float>(norm_partial_), n, d, stream_);
 }
 
-void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer) {
+void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward_follows) {
   const int64_t n = s.rows();
+  gather(0);
   {
     Tracer::Span span(tracer, "forward embedding");
     at(Phase::embedding);
@@ -259,7 +347,9 @@ void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer) {
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
+    gather(i + 1);
     block_forward(i, s);
+    if (!backward_follows || reshard_blocks_) reshard(i + 1);
   }
   at(Phase::norm_elementwise);
   cuda::rmsnorm_forward(ptr<bf16>(residual_.back()), w(norm_), ptr<bf16>(final_out_), ptr<float>(final_rstd_), n,
@@ -307,8 +397,9 @@ cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, c
   const int64_t n = s.rows();
   check_labels(labels, n, args_.vocab_size, ignore_index);
   upload_batch(tokens, labels, n, true);
-  forward_hidden(s, tracer);
+  forward_hidden(s, tracer, true);
   cpu::ClassifierResult result;
+  begin_unit_grads(0);  // the root's: the classifier writes the output projection's
   {
     Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
     classifier(n, ignore_index, grad_scale, true);
@@ -326,16 +417,23 @@ void CudaTransformer::enqueue_backward(BatchShape s) {
   at(Phase::norm_elementwise);
   cuda::rmsnorm_backward(ptr<bf16>(residual_.back()), w(norm_), ptr<float>(final_rstd_), ptr<bf16>(d_hidden_),
                          ptr<bf16>(d_resid_), false, dw(norm_), ptr<float>(norm_partial_), n, args_.dim, stream_);
-  for (size_t i = layers_.size(); i-- > 0;) block_backward(i, s);
+  for (size_t i = layers_.size(); i-- > 0;) {
+    gather(i + 1);
+    begin_unit_grads(i + 1);
+    block_backward(i, s);
+    reduce_unit_grads(i + 1);
+  }
   at(Phase::embedding);
   cuda::embedding_backward(ptr<int32_t>(embed_ids_), ptr<int32_t>(embed_offsets_), ptr<int32_t>(embed_positions_),
                            embed_unique_, ptr<bf16>(d_resid_), dw(embedding_), args_.dim, stream_);
+  reduce_unit_grads(0);
 }
 
 // Everything of one step after the batch is on the device; no host synchronisation inside.
 void CudaTransformer::enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index) {
+  TITAN_CHECK(!fsdp_, "the fused step (one CUDA graph) is not built for FSDP: use forward_backward and adamw");
   zero_grad();
-  forward_hidden(s, nullptr);
+  forward_hidden(s, nullptr, true);
   classifier(s.rows(), ignore_index, grad_scale, true);
   enqueue_backward(s);
   at(Phase::optimizer);
@@ -405,9 +503,10 @@ cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const
   const int64_t n = s.rows();
   check_labels(labels, n, args_.vocab_size, ignore_index);
   upload_batch(tokens, labels, n, false);
-  forward_hidden(s, nullptr);
+  forward_hidden(s, nullptr, false);
   cpu::ClassifierResult result;
   classifier(n, ignore_index, 0.0f, false);
+  reshard(0);
   result.loss_sum = read_loss_sum();
   result.count = counted(labels, n, ignore_index);
   return result;
@@ -417,7 +516,7 @@ void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float*
   plan(s);
   const int64_t n = s.rows(), vocab = args_.vocab_size;
   upload_batch(tokens, nullptr, n, false);
-  forward_hidden(s, nullptr);
+  forward_hidden(s, nullptr, false);
   for (int64_t r0 = 0; r0 < n; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, n - r0);
     gemm_->run(false, true, rows, vocab, args_.dim, ptr<bf16>(final_out_) + r0 * args_.dim, w(output_),
@@ -426,6 +525,7 @@ void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float*
                                      cudaMemcpyDeviceToHost, stream_));
     synchronize();
   }
+  reshard(0);
 }
 
 double CudaTransformer::grad_sq_sum() {
@@ -449,8 +549,9 @@ void CudaTransformer::enable_phase_timing() {
 }
 
 std::vector<float> CudaTransformer::gradient(size_t param_index) {
-  std::vector<float> out(numel_.at(param_index));
-  TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), dw(param_index), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  std::vector<float> out(local_.at(param_index));  // the flat gradient (shard) buffer: after a backward
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), ptr<float>(grad_) + offset_[param_index], out.size() * sizeof(float),
+                                   cudaMemcpyDeviceToHost, stream_));
   synchronize();
   return out;
 }

@@ -16,6 +16,7 @@
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/modules.h"
 #include "titan/ops/cuda/allocator.h"
+#include "titan/ops/cuda/collectives.h"
 #include "titan/ops/cuda/cuda_ops.h"
 #include "titan/ops/cuda/gemm.h"
 #include "titan/ops/cuda/phase_timer.h"
@@ -27,7 +28,14 @@ namespace titan::llama3 {
 class CudaTransformer {
  public:
   // Parameters in the host Transformer's order (tok_embeddings, layers..., norm, output).
-  CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params);
+  // With `fsdp` the host parameters are shards of fsdp->rank() of fsdp->size() and so are the
+  // device's fp32 state and bf16 weights (each padded to ceil(rows / size) rows); a unit's
+  // whole bf16 weights (the root: embedding, norm, output; or one block) are all-gathered
+  // before it runs and freed after (blocks: after forward, when reshard_blocks, and after
+  // backward), and its fp32 gradients live only during its backward, which ends in a
+  // reduce-scatter added into the gradient shards. Steps run eagerly (no CUDA graph).
+  CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
+                  cuda::DeviceCollectives* fsdp = nullptr, bool reshard_blocks = true);
   ~CudaTransformer();
   CudaTransformer(const CudaTransformer&) = delete;
   CudaTransformer& operator=(const CudaTransformer&) = delete;
@@ -62,8 +70,11 @@ class CudaTransformer {
   // call for a batch shape (that call runs eagerly) and replayed afterwards.
   StepResult fused_step(const int32_t* tokens, const int32_t* labels, BatchShape s, float grad_scale,
                         const cuda::AdamWStep& step, double max_norm, bool use_graph, int32_t ignore_index = -100);
-  // Copies of the flat fp32 gradient of one parameter (tests).
+  // Copies of the fp32 gradient of one parameter (this rank's rows under FSDP; tests).
   std::vector<float> gradient(size_t param_index);
+  bool sharded() const { return fsdp_ != nullptr; }
+  // Bytes of gathered weights and whole gradients held now and at most (FSDP).
+  size_t peak_unsharded_bytes() const { return peak_unsharded_; }
 
   const cuda::AllocatorStats& memory_stats() const { return alloc_.stats(); }
   // Device time per phase from events around every op (costs a little launch time); the
@@ -86,7 +97,13 @@ class CudaTransformer {
   void enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index);
   void enqueue_backward(BatchShape s);
   void drop_graph();
-  void forward_hidden(BatchShape s, Tracer* tracer);
+  void forward_hidden(BatchShape s, Tracer* tracer, bool backward_follows);
+  // FSDP's steps for unit u (0 = root, 1 + l = layers.l); no-ops without FSDP.
+  void gather(size_t u);
+  void reshard(size_t u);
+  void begin_unit_grads(size_t u);
+  void reduce_unit_grads(size_t u);
+  void track_unsharded(size_t bytes, bool allocated);
   void block_forward(size_t layer, BatchShape s);
   void block_backward(size_t layer, BatchShape s);
   // Output projection + cross-entropy over row chunks (with grads also d_hidden_ and dW); the
@@ -105,8 +122,19 @@ class CudaTransformer {
   cudaStream_t stream_ = nullptr;
   cuda::DeviceAllocator alloc_;
   std::unique_ptr<cuda::Gemm> gemm_;
-  std::vector<int64_t> offset_, numel_, out_, in_;  // per parameter: flat offset, size, rows, cols
+  // Per parameter: offset in the flat (shard) buffers, whole size, rows, cols, this rank's
+  // elements, padded shard elements; its unit and offset in that unit's gathered buffer.
+  std::vector<int64_t> offset_, numel_, out_, in_, local_, shard_, unit_offset_;
+  std::vector<size_t> unit_of_;
   int64_t total_ = 0;
+  cuda::DeviceCollectives* fsdp_ = nullptr;
+  bool reshard_blocks_ = true;
+  std::vector<std::vector<size_t>> unit_params_;
+  std::vector<int64_t> unit_elems_;
+  std::vector<cuda::DeviceBuffer> gathered_, unit_grads_;  // per unit, only while needed
+  cuda::DeviceBuffer reduced_;  // one unit's reduce-scatter results
+  std::vector<int64_t> reduced_offset_;  // per parameter, within reduced_
+  size_t unsharded_ = 0, peak_unsharded_ = 0;
   cuda::DeviceBuffer master_, grad_, exp_avg_, exp_avg_sq_, weights_;
   std::vector<LayerWeights> layers_;
   size_t embedding_ = 0, norm_ = 0, output_ = 0;

@@ -47,6 +47,8 @@ void swiglu_backward(const bf16* a, const bf16* b, const bf16* dg, bf16* da, bf1
                      cudaStream_t stream);
 // y = a + b (y may alias a or b).
 void add(const bf16* a, const bf16* b, bf16* y, int64_t count, cudaStream_t stream);
+// dst += src (fp32): gradient shards accumulating a reduce-scatter's result.
+void accumulate_f32(float* dst, const float* src, int64_t count, cudaStream_t stream);
 
 // out[i] = w[tokens[i]].
 void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream);

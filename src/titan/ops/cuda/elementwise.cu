@@ -113,6 +113,12 @@ __global__ void add_kernel(const bf16_t* a, const bf16_t* b, bf16_t* y, int64_t 
     y[i] = to_bf(to_f(a[i]) + to_f(b[i]));
 }
 
+__global__ void accumulate_f32_kernel(float* dst, const float* src, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] += src[i];
+}
+
 // One block per row.
 __global__ void embedding_forward_kernel(const int32_t* tokens, const bf16_t* w, bf16_t* out, int64_t d) {
   const int64_t row = blockIdx.x;
@@ -177,6 +183,12 @@ void add(const bf16* a, const bf16* b, bf16* y, int64_t count, cudaStream_t stre
     return;
   }
   add_kernel<<<grid_for(count, kThreads), kThreads, 0, stream>>>(as_bf16(a), as_bf16(b), as_bf16(y), count);
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+void accumulate_f32(float* dst, const float* src, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  accumulate_f32_kernel<<<grid_for(count, kThreads), kThreads, 0, stream>>>(dst, src, count);
   TITAN_CUDA_CHECK_LAUNCH();
 }
 
