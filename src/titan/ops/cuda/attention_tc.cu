@@ -85,26 +85,59 @@ __device__ void load_rows(bf16_t* tile, const bf16_t* src, int64_t b, int64_t ro
   }
 }
 
-template <int D>
-constexpr size_t forward_smem() { return 3 * kTile * ld<D>() * sizeof(bf16_t); }
-template <int D>
-constexpr size_t dkdv_smem() { return 4 * kTile * ld<D>() * sizeof(bf16_t) + 2 * kTile * sizeof(float); }
-template <int D>
-constexpr size_t dq_smem() { return 4 * kTile * ld<D>() * sizeof(bf16_t); }
+// 16 bytes from global to shared memory without passing through registers (cp.async), so the
+// next tile loads while the current one computes; zeros when !valid (nothing is read then).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// grid (query tiles, heads, batch)
+// load_rows, asynchronously: complete after cp_async_commit + cp_async_wait + __syncthreads.
+template <int D>
+__device__ void load_rows_async(bf16_t* tile, const bf16_t* src, int64_t b, int64_t row0, int64_t seq, int64_t heads,
+                                int64_t head) {
+  constexpr int kVec = D / 8;
+  for (int idx = threadIdx.x; idx < kTile * kVec; idx += blockDim.x) {
+    const int r = idx / kVec, c = (idx % kVec) * 8;
+    const int64_t pos = row0 + r;
+    const bool valid = pos < seq;
+    cp_async16(tile + r * ld<D>() + c, valid ? src + ((b * seq + pos) * heads + head) * D + c : src, valid);
+  }
+}
+
+// Shared memory: the tiles that stream through a kernel are double-buffered.
+template <int D>
+constexpr size_t tile_bytes() { return kTile * ld<D>() * sizeof(bf16_t); }
+template <int D>
+constexpr size_t forward_smem() { return 5 * tile_bytes<D>(); }  // Q, 2 x (K, V)
+template <int D>
+constexpr size_t dkdv_smem() { return 6 * tile_bytes<D>() + 4 * kTile * sizeof(float); }  // K, V, 2 x (Q, dO, lse, delta)
+template <int D>
+constexpr size_t dq_smem() { return 6 * tile_bytes<D>(); }  // Q, dO, 2 x (K, V)
+
+// grid (heads, batch, query tiles): the tile is the slowest index and runs backwards, so the
+// blocks with the most key tiles (the last queries) start first and short ones fill the tail.
 template <int D>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                            bf16_t* o, float* lse, AttentionDims dims) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
-  bf16_t* ks = qs + kTile * ld<D>();
-  bf16_t* vs = ks + kTile * ld<D>();
-  const int64_t qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, seq = dims.seq;
+  constexpr int kTileElems = kTile * ld<D>();
+  // Buffer i's key and value tiles (i = 0, 1), after the query tile.
+  auto kbuf = [&](int64_t i) { return qs + (1 + 2 * (i & 1)) * kTileElems; };
+  auto vbuf = [&](int64_t i) { return qs + (2 + 2 * (i & 1)) * kTileElems; };
+  const int64_t qt = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y, seq = dims.seq;
   const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kTile;
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
   const int64_t row_a = q0 + warp * 16 + g, row_b = row_a + 8;  // this thread's two rows
   const float scale_log2 = dims.scale * kLog2e;
+  load_rows_async<D>(kbuf(0), k, b, 0, seq, dims.kv_heads, kvh);  // key tile 0 flies while Q loads
+  load_rows_async<D>(vbuf(0), v, b, 0, seq, dims.kv_heads, kvh);
+  cp_async_commit();
   load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
   __syncthreads();
   uint32_t qf[D / 16][4];
@@ -116,9 +149,16 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
   for (int64_t kt = 0; kt <= qt; ++kt) {
     const int64_t k0 = kt * kTile;
-    __syncthreads();
-    load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
-    load_rows<D>(vs, v, b, k0, seq, dims.kv_heads, kvh);
+    const bf16_t* ks = kbuf(kt);
+    const bf16_t* vs = vbuf(kt);
+    if (kt < qt) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
+      load_rows_async<D>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
+      load_rows_async<D>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
     float s[kTile / 8][4];
 #pragma unroll
@@ -132,13 +172,24 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
       }
     }
     float mx_a = -INFINITY, mx_b = -INFINITY;
+    // Only the diagonal tile has masked keys: below it every key precedes every row of the
+    // tile, and the one partial key tile (past seq) is always a diagonal one.
+    if (kt == qt) {
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
+          s[j][e] = (key <= row && key < seq) ? s[j][e] * scale_log2 : -INFINITY;
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
+    }
 #pragma unroll
     for (int j = 0; j < kTile / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
-        s[j][e] = (key <= row && key < seq) ? s[j][e] * scale_log2 : -INFINITY;
-      }
       mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
       mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
     }
@@ -182,6 +233,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
         mma16816(acc[nd + 1], pa, vb[2], vb[3]);
       }
     }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
@@ -204,8 +256,9 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
   }
 }
 
-// grid (key tiles, kv heads, batch): dK, dV of one key tile over the group's query heads and
-// the query tiles at or after it, in a fixed order.
+// grid (kv heads, batch, key tiles): dK, dV of one key tile over the group's query heads and
+// the query tiles at or after it, in a fixed order. Key tile 0 has the most query tiles: the
+// tile is the slowest grid index, so the long blocks start first.
 template <int D>
 __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                         const float* lse, const bf16_t* dout, const float* delta,
@@ -213,15 +266,33 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* ks = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* vs = ks + kTile * ld<D>();
-  bf16_t* qs = vs + kTile * ld<D>();
-  bf16_t* dos = qs + kTile * ld<D>();
-  float* lse_s = reinterpret_cast<float*>(dos + kTile * ld<D>());
-  float* delta_s = lse_s + kTile;
-  const int64_t kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, seq = dims.seq;
+  constexpr int kTileElems = kTile * ld<D>();
+  float* stats = reinterpret_cast<float*>(vs + 5 * kTileElems);
+  // Buffer i's (i = 0, 1) query and dO tiles, after K and V, and its row statistics.
+  auto qbuf = [&](int64_t i) { return vs + (1 + 2 * (i & 1)) * kTileElems; };
+  auto dobuf = [&](int64_t i) { return vs + (2 + 2 * (i & 1)) * kTileElems; };
+  auto lse_buf = [&](int64_t i) { return stats + 2 * kTile * (i & 1); };
+  auto delta_buf = [&](int64_t i) { return stats + kTile + 2 * kTile * (i & 1); };
+  const int64_t kt = blockIdx.z, kvh = blockIdx.x, b = blockIdx.y, seq = dims.seq;
   const int64_t group = dims.heads / dims.kv_heads, k0 = kt * kTile, q_tiles = (seq + kTile - 1) / kTile;
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
   const int64_t key_a = k0 + warp * 16 + g, key_b = key_a + 8;
   const float scale_log2 = dims.scale * kLog2e;
+  // The (head, query tile) pairs this key tile meets, in order; pair i + 1's Q, dO and row
+  // statistics load (into the other buffer) while pair i computes.
+  const int64_t per_head = q_tiles - kt, pairs = group * per_head;
+  auto issue = [&](int64_t i) {
+    const int64_t h = kvh * group + i / per_head, q0 = (kt + i % per_head) * kTile;
+    load_rows_async<D>(qbuf(i), q, b, q0, seq, dims.heads, h);
+    load_rows_async<D>(dobuf(i), dout, b, q0, seq, dims.heads, h);
+    cp_async_commit();
+    if (threadIdx.x < kTile) {  // plain stores: read only after the barrier that follows the wait
+      const int64_t pos = q0 + threadIdx.x;
+      lse_buf(i)[threadIdx.x] = pos < seq ? lse[(b * dims.heads + h) * seq + pos] * kLog2e : 0.0f;
+      delta_buf(i)[threadIdx.x] = pos < seq ? delta[(b * dims.heads + h) * seq + pos] : 0.0f;
+    }
+  };
+  issue(0);
   load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
   load_rows<D>(vs, v, b, k0, seq, dims.kv_heads, kvh);
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
@@ -229,17 +300,18 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
   for (int nd = 0; nd < D / 8; ++nd)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[nd][e] = dv_acc[nd][e] = 0.0f;
-  for (int64_t hg = 0; hg < group; ++hg) {
-    const int64_t h = kvh * group + hg;
-    for (int64_t qt = kt; qt < q_tiles; ++qt) {
-      const int64_t q0 = qt * kTile;
-      __syncthreads();
-      load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
-      load_rows<D>(dos, dout, b, q0, seq, dims.heads, h);
-      if (threadIdx.x < kTile) {
-        const int64_t pos = q0 + threadIdx.x;
-        lse_s[threadIdx.x] = pos < seq ? lse[(b * dims.heads + h) * seq + pos] * kLog2e : 0.0f;
-        delta_s[threadIdx.x] = pos < seq ? delta[(b * dims.heads + h) * seq + pos] : 0.0f;
+  for (int64_t i = 0; i < pairs; ++i) {
+    {
+      const int64_t qt = kt + i % per_head, q0 = qt * kTile;
+      const bf16_t* qs = qbuf(i);
+      const bf16_t* dos = dobuf(i);
+      const float* lse_s = lse_buf(i);
+      const float* delta_s = delta_buf(i);
+      if (i + 1 < pairs) {
+        issue(i + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
       }
       __syncthreads();
       // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries.
@@ -262,17 +334,30 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
           mma16816(dpt[j], va, b0, b1);
         }
       }
-      // P^T and dS^T = P^T * (dP^T - delta), in place.
+      // P^T and dS^T = P^T * (dP^T - delta), in place. Masks: the diagonal tile (causality)
+      // and a partial last query tile (queries past seq must add nothing to dK, dV).
+      if (qt == kt || q0 + kTile > seq) {
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
+        for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = j * 8 + 2 * t + (e & 1);
-          const int64_t query = q0 + ql, key = e < 2 ? key_a : key_b;
-          const float p = (key <= query && query < seq) ? exp2f(st[j][e] * scale_log2 - lse_s[ql]) : 0.0f;
-          st[j][e] = p;
-          dpt[j][e] = p * (dpt[j][e] - delta_s[ql]);
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int ql = j * 8 + 2 * t + (e & 1);
+            const int64_t query = q0 + ql, key = e < 2 ? key_a : key_b;
+            const float p = (key <= query && query < seq) ? exp2f(st[j][e] * scale_log2 - lse_s[ql]) : 0.0f;
+            st[j][e] = p;
+            dpt[j][e] = p * (dpt[j][e] - delta_s[ql]);
+          }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ql = j * 8 + 2 * t + (e & 1);
+            const float p = exp2f(st[j][e] * scale_log2 - lse_s[ql]);
+            st[j][e] = p;
+            dpt[j][e] = p * (dpt[j][e] - delta_s[ql]);
+          }
+      }
       // dV += P^T dO and dK += dS^T Q.
 #pragma unroll
       for (int kc = 0; kc < kTile / 16; ++kc) {
@@ -292,6 +377,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
           mma16816(dk_acc[nd + 1], da, qb[2], qb[3]);
         }
       }
+      __syncthreads();  // every warp is done with this buffer before it is refilled
     }
   }
 #pragma unroll
@@ -310,7 +396,8 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
   }
 }
 
-// grid (query tiles, heads, batch): dQ of one query tile over the key tiles at or before it.
+// grid (heads, batch, query tiles), the tile slowest and backwards (longest blocks first): dQ
+// of one query tile over the key tiles at or before it.
 template <int D>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                       const float* lse, const bf16_t* dout, const float* delta,
@@ -318,9 +405,11 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* dos = qs + kTile * ld<D>();
-  bf16_t* ks = dos + kTile * ld<D>();
-  bf16_t* vs = ks + kTile * ld<D>();
-  const int64_t qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, seq = dims.seq;
+  constexpr int kTileElems = kTile * ld<D>();
+  // Buffer i's key and value tiles (i = 0, 1), after the query and dO tiles.
+  auto kbuf = [&](int64_t i) { return qs + (2 + 2 * (i & 1)) * kTileElems; };
+  auto vbuf = [&](int64_t i) { return qs + (3 + 2 * (i & 1)) * kTileElems; };
+  const int64_t qt = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y, seq = dims.seq;
   const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kTile;
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
   const int64_t row_a = q0 + warp * 16 + g, row_b = row_a + 8;
@@ -328,6 +417,9 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
   const int64_t stat = (b * dims.heads + h) * seq;
   const float lse_a = row_a < seq ? lse[stat + row_a] * kLog2e : 0.0f, lse_b = row_b < seq ? lse[stat + row_b] * kLog2e : 0.0f;
   const float delta_a = row_a < seq ? delta[stat + row_a] : 0.0f, delta_b = row_b < seq ? delta[stat + row_b] : 0.0f;
+  load_rows_async<D>(kbuf(0), k, b, 0, seq, dims.kv_heads, kvh);  // key tile 0 flies while Q, dO load
+  load_rows_async<D>(vbuf(0), v, b, 0, seq, dims.kv_heads, kvh);
+  cp_async_commit();
   load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
   load_rows<D>(dos, dout, b, q0, seq, dims.heads, h);
   float dq_acc[D / 8][4];
@@ -335,9 +427,16 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
   for (int nd = 0; nd < D / 8; ++nd) dq_acc[nd][0] = dq_acc[nd][1] = dq_acc[nd][2] = dq_acc[nd][3] = 0.0f;
   for (int64_t kt = 0; kt <= qt; ++kt) {
     const int64_t k0 = kt * kTile;
-    __syncthreads();
-    load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
-    load_rows<D>(vs, v, b, k0, seq, dims.kv_heads, kvh);
+    const bf16_t* ks = kbuf(kt);
+    const bf16_t* vs = vbuf(kt);
+    if (kt < qt) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
+      load_rows_async<D>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
+      load_rows_async<D>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
     float s[kTile / 8][4], dp[kTile / 8][4];
 #pragma unroll
@@ -358,15 +457,27 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
         mma16816(dp[j], ga, b0, b1);
       }
     }
+    // Only the diagonal tile is masked: below it every key precedes the tile's rows (rows past
+    // seq compute finite values from zero-filled inputs and are never stored).
+    if (kt == qt) {
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j)
+      for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
-        const float row_lse = e < 2 ? lse_a : lse_b, row_delta = e < 2 ? delta_a : delta_b;
-        const float p = (key <= row && row < seq) ? exp2f(s[j][e] * scale_log2 - row_lse) : 0.0f;
-        dp[j][e] = p * (dp[j][e] - row_delta);
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
+          const float row_lse = e < 2 ? lse_a : lse_b, row_delta = e < 2 ? delta_a : delta_b;
+          const float p = (key <= row && row < seq) ? exp2f(s[j][e] * scale_log2 - row_lse) : 0.0f;
+          dp[j][e] = p * (dp[j][e] - row_delta);
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = exp2f(s[j][e] * scale_log2 - (e < 2 ? lse_a : lse_b));
+          dp[j][e] = p * (dp[j][e] - (e < 2 ? delta_a : delta_b));
+        }
+    }
 #pragma unroll
     for (int kc = 0; kc < kTile / 16; ++kc) {
       const uint32_t da[4] = {pack(dp[2 * kc][0], dp[2 * kc][1]), pack(dp[2 * kc][2], dp[2 * kc][3]),
@@ -379,6 +490,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
         mma16816(dq_acc[nd + 1], da, kb[2], kb[3]);
       }
     }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
 #pragma unroll
   for (int nd = 0; nd < D / 8; ++nd) {
@@ -395,8 +507,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
 template <int D>
 void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
                  cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((s.seq + kTile - 1) / kTile), static_cast<unsigned>(s.heads),
-                  static_cast<unsigned>(s.batch));
+  const dim3 grid(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch),
+                  static_cast<unsigned>((s.seq + kTile - 1) / kTile));
   allow_smem_once<forward_kernel<D>>(forward_smem<D>());
   forward_kernel<D><<<grid, kThreads, forward_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), as_bf16(o), lse,
                                                                    dims_of(s));
@@ -408,12 +520,12 @@ void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse,
                   bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
   const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
   allow_smem_once<dkdv_kernel<D>>(dkdv_smem<D>());
-  dkdv_kernel<D><<<dim3(tiles, static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch)), kThreads,
+  dkdv_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), tiles), kThreads,
                    dkdv_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
                                              as_bf16(dk), as_bf16(dv), dims_of(s));
   TITAN_CUDA_CHECK_LAUNCH();
   allow_smem_once<dq_kernel<D>>(dq_smem<D>());
-  dq_kernel<D><<<dim3(tiles, static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch)), kThreads, dq_smem<D>(),
+  dq_kernel<D><<<dim3(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch), tiles), kThreads, dq_smem<D>(),
                  stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta, as_bf16(dq), dims_of(s));
   TITAN_CUDA_CHECK_LAUNCH();
 }
