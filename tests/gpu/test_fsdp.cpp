@@ -1,8 +1,14 @@
-// FSDP on the GPU through NCCL over one rank: every gather, reshard and reduce-scatter path of
+// FSDP on the GPU: through NCCL over one rank (every gather, reshard and reduce-scatter path of
 // a sharded run on one card, which must give the plain model's losses and gradients bit for
-// bit (over one rank the collectives copy); the accumulate kernel against the CPU; NCCL's
-// host-staged collectives. Multi-rank NCCL needs several GPUs (docs/distributed.md).
+// bit: over one rank the collectives copy); 2 and 3 ranks as threads on one card with
+// collectives that copy between them (rank offsets, padding, slices); the accumulate kernel
+// against the CPU; NCCL's host-staged collectives. Multi-rank NCCL needs several GPUs.
+#include <barrier>
+#include <cmath>
 #include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -85,7 +91,7 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
     Transformer host(a);
     host.init_weights(fresh_seed());
     CudaTransformer plain(a, host.parameters());
-    CudaTransformer sharded(a, host.parameters(), nccl.get(), reshard_blocks);
+    CudaTransformer sharded(a, host.parameters(), nccl.get(), CudaFsdpPolicy{reshard_blocks, !reshard_blocks});
     ASSERT_TRUE(sharded.sharded());
     for (int step = 0; step < 3; ++step) {
       const Batch b = random_batch(a, s, "batch" + std::to_string(step));
@@ -118,7 +124,131 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
       const auto& p = back_plain.parameters()[i];
       const auto& q = back_sharded.parameters()[i];
       ASSERT_EQ(0, std::memcmp(p.master.f32(), q.master.f32(), p.master.bytes())) << p.name;
+      ASSERT_EQ(0, std::memcmp(p.exp_avg.f32(), q.exp_avg.f32(), p.exp_avg.bytes())) << p.name;
       ASSERT_EQ(0, std::memcmp(p.exp_avg_sq.f32(), q.exp_avg_sq.f32(), p.exp_avg_sq.bytes())) << p.name;
+    }
+  }
+}
+
+namespace {
+// W ranks as threads on one GPU, each with its own CudaTransformer: the collectives meet at a
+// barrier and copy between the ranks' device buffers (sums in rank order), so FSDP's rank
+// offsets, padding and reduce-scatter slices are checked without several GPUs.
+class ThreadCollectives final : public cuda::DeviceCollectives {
+ public:
+  struct Meeting {
+    explicit Meeting(int w) : world(w), barrier(w), send(static_cast<size_t>(w), nullptr) {}
+    int world;
+    std::barrier<> barrier;
+    std::vector<const void*> send;
+  };
+  ThreadCollectives(Meeting& m, int rank) : m_(m), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return m_.world; }
+  void all_gather_bf16(const cuda::bf16* send, cuda::bf16* recv, int64_t count, cudaStream_t stream) override {
+    meet(send, stream);
+    for (int q = 0; q < m_.world; ++q)
+      TITAN_CUDA_CHECK(cudaMemcpy(recv + q * count, m_.send[q], count * sizeof(cuda::bf16), cudaMemcpyDeviceToDevice));
+    m_.barrier.arrive_and_wait();  // no rank reuses its send buffer before every rank has copied it
+  }
+  void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) override {
+    meet(send, stream);
+    std::vector<float> sum(static_cast<size_t>(count), 0.0f), part(static_cast<size_t>(count));
+    for (int q = 0; q < m_.world; ++q) {
+      TITAN_CUDA_CHECK(cudaMemcpy(part.data(), static_cast<const float*>(m_.send[q]) + rank_ * count,
+                                  count * sizeof(float), cudaMemcpyDeviceToHost));
+      for (int64_t i = 0; i < count; ++i) sum[i] += part[i];
+    }
+    TITAN_CUDA_CHECK(cudaMemcpy(recv, sum.data(), count * sizeof(float), cudaMemcpyHostToDevice));
+    m_.barrier.arrive_and_wait();
+  }
+  void group_start() override {}
+  void group_end() override {}
+  void synchronize(cudaStream_t stream) override { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+ private:
+  void meet(const void* send, cudaStream_t stream) {
+    TITAN_CUDA_CHECK(cudaStreamSynchronize(stream));  // this rank's send buffer is written
+    m_.send[rank_] = send;
+    m_.barrier.arrive_and_wait();
+  }
+  Meeting& m_;
+  int rank_;
+};
+}  // namespace
+
+// 2 and 3 ranks with uneven shards (vocab 301, dim 128, ffn 352 over 3), two micro-batches per
+// step, an AdamW step between: each rank's gradient shard equals the plain model's rows of the
+// gradient of the global batch, and the losses agree.
+TEST(Fsdp, SeveralRanksAsThreadsMatchThePlainModel) {
+  TITAN_REQUIRE_GPU();
+  const ModelArgs a = small_args();
+  const int64_t rows = 2, seq = 70;
+  for (const int world : {2, 3}) {
+    for (const CudaTransformer::FsdpPolicy policy : {CudaTransformer::FsdpPolicy{}, CudaTransformer::FsdpPolicy{false, true}}) {
+      const uint64_t seed = fresh_seed() + static_cast<uint64_t>(world);
+      Transformer host(a);
+      host.init_weights(seed);
+      CudaTransformer plain(a, host.parameters());
+      std::vector<Batch> micro = {random_batch(a, {rows * world, seq}, "micro0"), random_batch(a, {rows * world, seq}, "micro1")};
+      const float scale = 1.0f / static_cast<float>(2 * rows * world * seq);
+      const cuda::AdamWStep f{0.99f, 0.9f, 0.95f, 1e-8f, 1e-3f, 0.5f, 1.0f};
+      std::vector<double> want_loss;
+      std::vector<std::vector<std::vector<float>>> want_grad;  // per step, per parameter
+      for (int step = 0; step < 2; ++step) {
+        plain.zero_grad();
+        double loss = 0;
+        for (const Batch& b : micro) loss += plain.forward_backward(b.tokens.data(), b.labels.data(), {rows * world, seq}, scale).loss_sum;
+        want_loss.push_back(loss);
+        want_grad.emplace_back();
+        for (size_t i = 0; i < host.parameters().size(); ++i) want_grad.back().push_back(plain.gradient(i));
+        plain.adamw(f);
+      }
+      ThreadCollectives::Meeting meeting(world);
+      std::vector<double> got_loss(2, 0.0);
+      std::vector<std::string> errors(static_cast<size_t>(world));
+      std::mutex mu;
+      std::vector<std::thread> ranks;
+      for (int r = 0; r < world; ++r) {
+        ranks.emplace_back([&, r] {
+          try {
+            ThreadCollectives coll(meeting, r);
+            Transformer shard(a, r, world);
+            shard.init_weights(seed);
+            CudaTransformer model(a, shard.parameters(), &coll, policy);
+            for (int step = 0; step < 2; ++step) {
+              model.zero_grad();
+              double loss = 0;
+              for (const Batch& b : micro)  // this rank's rows of each micro-batch
+                loss += model.forward_backward(b.tokens.data() + r * rows * seq, b.labels.data() + r * rows * seq,
+                                               {rows, seq}, scale).loss_sum;
+              for (size_t i = 0; i < shard.parameters().size(); ++i) {
+                const Parameter& p = shard.parameters()[i];
+                const auto g = model.gradient(i);
+                const auto& whole = want_grad[step][i];
+                const std::vector<float> ref(whole.begin() + p.rows.begin * p.row_elems(),
+                                             whole.begin() + p.rows.end * p.row_elems());
+                if (g.size() != ref.size() || (!ref.empty() && rel_l2(g, ref) > 1e-2))
+                  throw std::runtime_error(concat(p.name, ": rank ", r, " of ", world, ", step ", step,
+                                                  ", rel l2 ", g.size() == ref.size() ? rel_l2(g, ref) : -1.0));
+              }
+              {
+                std::lock_guard<std::mutex> lock(mu);
+                got_loss[step] += loss;
+              }
+              model.adamw(f);
+            }
+          } catch (const std::exception& e) {
+            errors[r] = e.what();
+            meeting.barrier.arrive_and_drop();  // the others must not wait for this rank
+          }
+        });
+      }
+      for (auto& t : ranks) t.join();
+      for (int r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "world " << world << ", seed " << seed;
+      for (int step = 0; step < 2; ++step)
+        EXPECT_NEAR(got_loss[step], want_loss[step], 1e-3 * std::fabs(want_loss[step]))
+            << "world " << world << ", step " << step << ", seed " << seed;
     }
   }
 }

@@ -118,12 +118,10 @@ TEST(Fsdp, PeakGatheredBytesAreTheRootAndOneBlock) {
     const int64_t root = unit_elements(units[0]), block = unit_elements(units[1]);
     const int64_t expect = reshard ? 2 * (root + block) : root + a.n_layers * block + root + block;
     EXPECT_EQ(fsdp.peak_unsharded_bytes(), static_cast<size_t>(4 * expect)) << "reshard " << reshard;
-    if (reshard) {
-      const auto one = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 1);
-      const auto two = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 2);
-      const double gathered = two.parameters + two.gradients - (one.parameters + one.gradients) / 2;
-      EXPECT_EQ(gathered, static_cast<double>(fsdp.peak_unsharded_bytes()));
-    }
+    const auto one = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 1);
+    const auto two = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 2, !reshard);
+    const double gathered = two.parameters + two.gradients - (one.parameters + one.gradients) / 2;
+    EXPECT_EQ(gathered, static_cast<double>(fsdp.peak_unsharded_bytes())) << "reshard " << reshard;
   }
 }
 
@@ -264,17 +262,21 @@ int free_port() {
 TEST(LaunchEnv, ReadsTorchrunVariablesAndRefusesBadOnes) {
   using parallel::LaunchEnv;
   ScopedEnv clear({{"OMPI_COMM_WORLD_SIZE", nullptr}, {"PMI_SIZE", nullptr}, {"PMIX_SIZE", nullptr},
-                   {"SLURM_NTASKS", nullptr}, {"MPI_LOCALNRANKS", nullptr}});
+                   {"SLURM_NTASKS", nullptr}, {"WORLD_SIZE", nullptr}, {"RANK", nullptr}, {"LOCAL_RANK", nullptr},
+                   {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr}, {"TITAN_RDZV_PORT", nullptr}});
   {
+    // Under srun, torchrun's workers also see Slurm's task count: torchrun's variables win.
     ScopedEnv env({{"WORLD_SIZE", "4"}, {"RANK", "2"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node7"},
-                   {"MASTER_PORT", "29511"}});
+                   {"MASTER_PORT", "29511"}, {"SLURM_NTASKS", "2"}});
     const LaunchEnv e = parallel::detect_launch();
     EXPECT_EQ(e.kind, LaunchEnv::Kind::torchrun);
     EXPECT_EQ(e.world, 4);
     EXPECT_EQ(e.rank, 2);
     EXPECT_EQ(e.local_rank, 1);
     EXPECT_EQ(e.master_addr, "node7");
-    EXPECT_EQ(e.master_port, 29511);
+    EXPECT_EQ(e.master_port, 29512) << "titan's rendezvous takes the port after torchrun's store";
+    ScopedEnv port({{"TITAN_RDZV_PORT", "31000"}});
+    EXPECT_EQ(parallel::detect_launch().master_port, 31000);
   }
   {
     ScopedEnv env({{"WORLD_SIZE", nullptr}});
@@ -291,6 +293,7 @@ TEST(LaunchEnv, ReadsTorchrunVariablesAndRefusesBadOnes) {
     {{{"WORLD_SIZE", "two"}, {"RANK", "0"}}, "WORLD_SIZE=two: expected an integer"},
     {{{"WORLD_SIZE", "2"}, {"RANK", "2"}}, "RANK=2 is not below WORLD_SIZE=2"},
     {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", nullptr}}, "needs MASTER_ADDR"},
+    {{{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}}, "WORLD_SIZE=2 needs RANK"},
     {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}, "MASTER_PORT=70000"},
   };
   for (const auto& [vars, expect] : bad) {

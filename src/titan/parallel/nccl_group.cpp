@@ -80,11 +80,17 @@ class NcclGroupImpl final : public NcclGroup {
     std::memcpy(&uid, id.data(), sizeof uid);
     TITAN_CUDA_CHECK(cudaGetDevice(&device_));
     TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    check_nccl(nccl().comm_init_rank(&comm_, world, uid, rank), "ncclCommInitRank");
+    try {
+      check_nccl(nccl().comm_init_rank(&comm_, world, uid, rank), "ncclCommInitRank");
+    } catch (...) {
+      cudaStreamDestroy(stream_);
+      throw;
+    }
   }
   ~NcclGroupImpl() override {
     if (comm_) nccl().comm_destroy(comm_);
     if (scratch_) cudaFree(scratch_);
+    if (pinned_) cudaFreeHost(pinned_);
     if (stream_) cudaStreamDestroy(stream_);
   }
   int rank() const override { return rank_; }
@@ -101,46 +107,57 @@ class NcclGroupImpl final : public NcclGroup {
   }
   void group_start() override { check_nccl(nccl().group_start(), "ncclGroupStart"); }
   void group_end() override { check_nccl(nccl().group_end(), "ncclGroupEnd"); }
+  void synchronize(cudaStream_t stream) override { wait(stream, "a step's all-gathers and reduce-scatters"); }
 
-  // Host collectives: staged through device memory, waited for with a deadline.
+  // Host collectives: staged through device memory and a pinned host buffer (a copy into
+  // pageable memory would block until the collective ends, out of the timeout's reach).
   void all_reduce_sum(float* data, int64_t count) override { host_all_reduce(data, count, ncclFloat32); }
   void all_reduce_sum(double* data, int64_t count) override { host_all_reduce(data, count, ncclFloat64); }
   void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) override {
     TITAN_CHECK(static_cast<int>(counts.size()) == world_, "all_gather: ", counts.size(), " counts for ", world_, " ranks");
     const int64_t most = *std::max_element(counts.begin(), counts.end());  // NCCL gathers equal counts: pad
     float* dev = scratch<float>(most * (world_ + 1));
-    TITAN_CUDA_CHECK(cudaMemsetAsync(dev, 0, most * sizeof(float), stream_));
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, send, counts[rank_] * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    float* host = pinned<float>(most * world_);
+    std::fill_n(host, most, 0.0f);
+    std::copy_n(send, counts[rank_], host);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, host, most * sizeof(float), cudaMemcpyHostToDevice, stream_));
     check_nccl(nccl().all_gather(dev, dev + most, most, ncclFloat32, comm_, stream_), "ncclAllGather");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(host, dev + most, most * world_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    wait(stream_, "an all-gather");
     int64_t at = 0;
     for (int r = 0; r < world_; ++r) {
-      TITAN_CUDA_CHECK(cudaMemcpyAsync(recv + at, dev + most * (r + 1), counts[r] * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      std::copy_n(host + most * r, counts[r], recv + at);
       at += counts[r];
     }
-    wait("an all-gather");
   }
   void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) override {
     TITAN_CHECK(static_cast<int>(counts.size()) == world_, "reduce_scatter: ", counts.size(), " counts for ", world_,
                 " ranks");
     const int64_t most = *std::max_element(counts.begin(), counts.end());
     float* dev = scratch<float>(most * (world_ + 1));
-    TITAN_CUDA_CHECK(cudaMemsetAsync(dev, 0, most * world_ * sizeof(float), stream_));
+    float* host = pinned<float>(most * world_);
+    std::fill_n(host, most * world_, 0.0f);
     int64_t at = 0;
     for (int r = 0; r < world_; ++r) {
-      TITAN_CUDA_CHECK(cudaMemcpyAsync(dev + most * r, send + at, counts[r] * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      std::copy_n(send + at, counts[r], host + most * r);
       at += counts[r];
     }
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, host, most * world_ * sizeof(float), cudaMemcpyHostToDevice, stream_));
     check_nccl(nccl().reduce_scatter(dev, dev + most * world_, most, ncclFloat32, ncclSum, comm_, stream_),
                "ncclReduceScatter");
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(recv, dev + most * world_, counts[rank_] * sizeof(float), cudaMemcpyDeviceToHost, stream_));
-    wait("a reduce-scatter");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(host, dev + most * world_, most * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    wait(stream_, "a reduce-scatter");
+    std::copy_n(host, counts[rank_], recv);
   }
   void broadcast(void* data, int64_t bytes, int root) override {
     char* dev = scratch<char>(bytes);
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, data, bytes, cudaMemcpyHostToDevice, stream_));
+    char* host = pinned<char>(bytes);
+    std::memcpy(host, data, static_cast<size_t>(bytes));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream_));
     check_nccl(nccl().broadcast(dev, dev, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(data, dev, bytes, cudaMemcpyDeviceToHost, stream_));
-    wait("a broadcast");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream_));
+    wait(stream_, "a broadcast");
+    std::memcpy(data, host, static_cast<size_t>(bytes));
   }
   void barrier() override {
     float one = 1;
@@ -169,24 +186,40 @@ class NcclGroupImpl final : public NcclGroup {
     return static_cast<T*>(scratch_);
   }
   template <typename T>
+  T* pinned(int64_t count) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    if (bytes > pinned_bytes_) {
+      if (pinned_) TITAN_CUDA_CHECK(cudaFreeHost(pinned_));
+      pinned_ = nullptr;
+      TITAN_CUDA_CHECK(cudaMallocHost(&pinned_, bytes));
+      pinned_bytes_ = bytes;
+    }
+    return static_cast<T*>(pinned_);
+  }
+  template <typename T>
   void host_all_reduce(T* data, int64_t count, ncclDataType_t type) {
     T* dev = scratch<T>(count);
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, data, count * sizeof(T), cudaMemcpyHostToDevice, stream_));
+    T* host = pinned<T>(count);
+    std::copy_n(data, count, host);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(dev, host, count * sizeof(T), cudaMemcpyHostToDevice, stream_));
     check_nccl(nccl().all_reduce(dev, dev, count, type, ncclSum, comm_, stream_), "ncclAllReduce");
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(data, dev, count * sizeof(T), cudaMemcpyDeviceToHost, stream_));
-    wait("an all-reduce");
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(host, dev, count * sizeof(T), cudaMemcpyDeviceToHost, stream_));
+    wait(stream_, "an all-reduce");
+    std::copy_n(host, count, data);
   }
   // Polls instead of blocking, so a dead or hung peer ends this rank after the timeout.
-  void wait(const char* what) {
+  void wait(cudaStream_t stream, const char* what) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
-    for (;;) {
-      const cudaError_t st = cudaStreamQuery(stream_);
+    for (int spins = 0;; ++spins) {
+      const cudaError_t st = cudaStreamQuery(stream);
       if (st == cudaSuccess) return;
       if (st != cudaErrorNotReady) TITAN_CUDA_CHECK(st);
       ncclResult_t async = ncclSuccess;
       nccl().comm_get_async_error(comm_, &async);
       if (async != ncclSuccess) check_nccl(async, what);
-      std::this_thread::yield();
+      // Spin briefly (most waits are short), then sleep so a waiting rank does not hold a core.
+      if (spins < 1000) std::this_thread::yield();
+      else std::this_thread::sleep_for(std::chrono::microseconds(200));
       if (std::chrono::steady_clock::now() > deadline) {
         std::fprintf(stderr,
                      "titan: error: rank %d of %d: %s did not finish within %g s (comm.train_timeout_seconds): "
@@ -204,6 +237,8 @@ class NcclGroupImpl final : public NcclGroup {
   ncclComm_t comm_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  void* pinned_ = nullptr;
+  size_t pinned_bytes_ = 0;
 };
 }  // namespace
 
@@ -224,10 +259,11 @@ std::unique_ptr<NcclGroup> make_nccl_group(ProcessGroup& host, double timeout_se
 }
 
 std::unique_ptr<NcclGroup> make_nccl_world(const LaunchEnv& env, double timeout_seconds) {
-  if (const int count = cuda::device_count(); env.local_rank >= count)
+  const int count = cuda::device_count(), device = count == 1 ? 0 : env.local_rank;  // one visible: bound by the launcher
+  if (count == 0 || device >= count)
     throw UserError(concat("started by torchrun-style variables: LOCAL_RANK=", env.local_rank, ", but ", count,
                            " CUDA devices are visible (that start runs over NCCL, one GPU per rank; on CPUs use mpirun)"));
-  TITAN_CUDA_CHECK(cudaSetDevice(env.local_rank));
+  TITAN_CUDA_CHECK(cudaSetDevice(device));
   const std::string id = tcp_broadcast(env, env.rank == 0 ? nccl_unique_id() : "", timeout_seconds);
   if (id.size() != sizeof(ncclUniqueId))
     throw UserError(concat("rendezvous: rank ", env.rank, " received ", id.size(), " bytes from rank 0, expected an NCCL id"));

@@ -50,6 +50,10 @@ class Engine {
   }
   // Device time per phase of a step (profiling.phase_times), as printable lines; empty when off.
   virtual std::string phase_report() const { return ""; }
+  // A GPU engine running FSDP: bytes its collectives moved since the last call, and the most
+  // bytes of gathered weights and whole gradients it held at once (0 otherwise).
+  virtual double take_comm_bytes() { return 0; }
+  virtual size_t peak_unsharded_bytes() const { return 0; }
 };
 
 // What the CUDA backend refuses in a config, checkable without a GPU (bf16 only, no activation

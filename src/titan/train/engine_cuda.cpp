@@ -14,10 +14,10 @@ namespace {
 class CudaEngine final : public Engine {
  public:
   CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
-             cuda::DeviceCollectives* fsdp, bool reshard_blocks)
+             cuda::DeviceCollectives* fsdp, llama3::CudaTransformer::FsdpPolicy policy)
       : host_(model), optimizer_(optimizer), device_(device), compile_(compile), phase_times_(phase_times) {
     TITAN_CUDA_CHECK(cudaSetDevice(device_));
-    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters(), fsdp, reshard_blocks);
+    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters(), fsdp, policy);
     model_->set_fused_kernels(compile_);
   }
   std::string description() const override {
@@ -84,6 +84,8 @@ class CudaEngine final : public Engine {
     }
     return out;
   }
+  double take_comm_bytes() override { return model_->take_comm_bytes(); }
+  size_t peak_unsharded_bytes() const override { return model_->peak_unsharded_bytes(); }
   void to_host() override { model_->download(host_.parameters()); }
   void from_host() override { model_->upload(host_.parameters()); }
   metrics::MemorySample memory() const override {
@@ -109,9 +111,11 @@ class CudaEngine final : public Engine {
 }  // namespace
 
 int select_cuda_device() {
-  const int device = parallel::detect_launch().local_rank, count = cuda::device_count();
+  const int local = parallel::detect_launch().local_rank, count = cuda::device_count();
+  // One visible device: the launcher bound this rank to its GPU (CUDA_VISIBLE_DEVICES per task).
+  const int device = count == 1 ? 0 : local;
   if (device >= count)
-    throw UserError(concat("this rank's local rank is ", device, ", but only ", count,
+    throw UserError(concat("this rank's local rank is ", local, ", but only ", count,
                            " CUDA devices are visible (one GPU per rank on each node)"));
   TITAN_CUDA_CHECK(cudaSetDevice(device));
   return device;
@@ -122,7 +126,8 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"), fsdp,
-                                      cfg.get_string("training.fsdp_reshard_after_forward") != "never");
+                                      llama3::CudaFsdpPolicy{cfg.get_string("training.fsdp_reshard_after_forward") != "never",
+                                                             cfg.get_string("training.fsdp_reshard_after_forward") == "always"});
 }
 
 }  // namespace titan::train

@@ -32,8 +32,8 @@ double device_block(double bytes) {
 }
 
 // Every buffer CudaTransformer allocates (constructor and plan), rounded as the allocator does.
-double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t shards, double* param_bytes,
-                       double* grad_bytes, double* opt_bytes) {
+double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t shards, bool keep_blocks,
+                       double* param_bytes, double* grad_bytes, double* opt_bytes) {
   const double n = double(s.rows()), d = double(a.dim), qd = double(a.n_heads * a.head_dim()), kvd = double(a.kv_dim()),
                f = double(a.ffn_hidden()), v = double(a.vocab_size), heads = double(a.n_heads), L = double(a.n_layers);
   // Flat parameter buffers: each parameter padded to 64 elements (11 small pads are noise).
@@ -43,7 +43,7 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   *opt_bytes = 2 * device_block(4 * p);
   if (shards > 1) {  // FSDP holds the root's and one block's bf16 weights and fp32 gradients, and one unit's reduced shards
     const double root = double(root_params(a)), block = double(block_params(a));
-    *param_bytes += device_block(2 * root) + device_block(2 * block);
+    *param_bytes += device_block(2 * root) + (keep_blocks ? L : 1.0) * device_block(2 * block);
     *grad_bytes += device_block(4 * root) + device_block(4 * block) + device_block(4 * std::max(root, block) / double(shards));
   }
   auto bf = [](double count) { return device_block(2 * count); };
@@ -83,13 +83,13 @@ double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, co
 }
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                               EstimateBackend backend, int64_t shards) {
+                               EstimateBackend backend, int64_t shards, bool keep_gathered_blocks) {
   TITAN_CHECK(shards >= 1, "shards ", shards);
   MemoryEstimate e;
   const double p = double(metrics::parameter_count(a));
   if (backend == EstimateBackend::cuda) {
     TITAN_CHECK(ac.mode == Mode::none, "the CUDA backend has no activation checkpointing yet");
-    e.activations = cuda_plan_bytes(a, s, shards, &e.parameters, &e.gradients, &e.optimizer);
+    e.activations = cuda_plan_bytes(a, s, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
     e.buffers = double(32 << 20) + device_block(264 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch, sums, step factors
     return e;
   }
@@ -97,9 +97,9 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   e.gradients = 4 * p / double(shards);
   e.optimizer = 8 * p / double(shards);
   if (shards > 1) {  // whole weights and gradients of the root and one block (no prefetch on the CPU)
-    const double unit = double(root_params(a)) + double(block_params(a));
-    e.parameters += 4 * unit;
-    e.gradients += 4 * unit;
+    const double root = double(root_params(a)), block = double(block_params(a));
+    e.parameters += 4 * (root + (keep_gathered_blocks ? double(a.n_layers) : 1.0) * block);
+    e.gradients += 4 * (root + block);
   }
   e.activations = cpu_activation_bytes(a, s, ac);
   return e;
@@ -200,7 +200,8 @@ int estimate_main(const std::vector<std::string>& args) {
   } catch (const UserError& e) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
-  auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, shards);
+  auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, shards,
+                           cfg.get_string("training.fsdp_reshard_after_forward") == "never");
   if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a, shards);
   std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size

@@ -3,8 +3,9 @@
 // allocates: the CPU plan (Transformer::plan, fp32) or the CUDA plan (CudaTransformer, bf16
 // activations, fp32 master weights, gradients and AdamW moments). With shards > 1 parameters,
 // gradients and optimizer state are FSDP shards (an even split) plus the whole weights and
-// gradients FSDP holds at once: the root and one block (no prefetch yet), measured equal on
-// the CPU; on a GPU also one unit's reduce-scatter output (not yet measured on a card).
+// gradients FSDP holds at once: the root and one block (no prefetch yet; every block's weights
+// with keep_gathered_blocks, fsdp_reshard_after_forward = "never"), measured equal on the CPU;
+// on a GPU also one unit's reduce-scatter output (not yet measured on a card).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -23,7 +24,7 @@ struct MemoryEstimate {
 enum class EstimateBackend { cpu, cuda };
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
-                               const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards);
+                               const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false);
 
 // Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes).
 double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac);

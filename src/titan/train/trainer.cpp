@@ -142,6 +142,9 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     if (!line.empty()) log_ << "  " << line << "\n";
 
   const bool on_cuda = resolve_device(cfg, args_);
+#ifdef TITAN_WITH_CUDA
+  if (on_cuda) select_cuda_device();  // before anything touches a GPU: each rank its own
+#endif
   parallel::MeshShape mesh;
   try {
     mesh = parallel::resolve_mesh(static_cast<int>(ranks), cfg.get_int("training.data_parallel_replicate_degree"),
@@ -223,7 +226,8 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
 void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const {
   const auto ac = activation_checkpointing(cfg);
-  auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, shards);
+  auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, shards,
+                           cfg.get_string("training.fsdp_reshard_after_forward") == "never");
   if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
@@ -302,7 +306,8 @@ void Trainer::export_weights(int64_t step) {
 void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
-    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, dp_->mesh().shard);
+    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, dp_->mesh().shard,
+                                   cfg_.get_string("training.fsdp_reshard_after_forward") == "never");
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);
@@ -502,7 +507,7 @@ std::vector<StepMetrics> Trainer::run() {
     tracer_.set_recording(false);
     window_seconds += history.back().step_seconds;
     window_data += history.back().data_seconds;
-    window_bytes += dp_->take_volume().total();
+    window_bytes += dp_->take_volume().total() + engine_->take_comm_bytes();
     ++window_steps;
     double stop = g_stop_signal != 0 ? 1.0 : 0.0;
     group_.all_reduce_sum(&stop, 1);  // every rank stops after the same step
@@ -528,9 +533,9 @@ std::vector<StepMetrics> Trainer::run() {
     }
   }
   if (checkpoints_) checkpoints_->wait();
-  if (dp_->sharded() && engine_->on_cpu())
-    log_ << "FSDP: at most " << dp_->peak_unsharded_bytes() << " bytes of whole weights and gradients were gathered "
-         << "at once on rank 0\n";
+  if (dp_->sharded())
+    log_ << "FSDP: at most " << std::max(dp_->peak_unsharded_bytes(), engine_->peak_unsharded_bytes())
+         << " bytes of whole weights and gradients were gathered at once on rank 0\n";
   log_ << engine_->phase_report() << std::flush;
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);

@@ -23,8 +23,8 @@ int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 }  // namespace
 
 CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
-                                 cuda::DeviceCollectives* fsdp, bool reshard_blocks)
-    : args_(args), fsdp_(fsdp), reshard_blocks_(reshard_blocks) {
+                                 cuda::DeviceCollectives* fsdp, FsdpPolicy policy)
+    : args_(args), fsdp_(fsdp), policy_(policy) {
   TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
   TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -120,8 +120,10 @@ void CudaTransformer::gather(size_t u) {
   gathered_[u] = DeviceBuffer(alloc_, static_cast<size_t>(unit_elems_[u]) * sizeof(bf16));
   track_unsharded(gathered_[u].bytes(), true);
   fsdp_->group_start();
-  for (size_t i : unit_params_[u])
+  for (size_t i : unit_params_[u]) {
     fsdp_->all_gather_bf16(ptr<bf16>(weights_) + offset_[i], ptr<bf16>(gathered_[u]) + unit_offset_[i], shard_[i], stream_);
+    comm_bytes_ += 2.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
+  }
   fsdp_->group_end();
 }
 
@@ -143,9 +145,11 @@ void CudaTransformer::reduce_unit_grads(size_t u) {
   if (!fsdp_) return;
   TITAN_CHECK(unit_grads_[u].bytes() > 0, "FSDP: unit ", u, " left a backward it did not enter");
   fsdp_->group_start();
-  for (size_t i : unit_params_[u])
+  for (size_t i : unit_params_[u]) {
     fsdp_->reduce_scatter_f32(ptr<float>(unit_grads_[u]) + unit_offset_[i], ptr<float>(reduced_) + reduced_offset_[i],
                               shard_[i], stream_);
+    comm_bytes_ += 4.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
+  }
   fsdp_->group_end();
   for (size_t i : unit_params_[u])
     cuda::accumulate_f32(ptr<float>(grad_) + offset_[i], ptr<float>(reduced_) + reduced_offset_[i], shard_[i], stream_);
@@ -154,9 +158,29 @@ void CudaTransformer::reduce_unit_grads(size_t u) {
   reshard(u);
 }
 
-void CudaTransformer::synchronize() { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaTransformer::synchronize() {
+  if (fsdp_) return fsdp_->synchronize(stream_);  // collectives in flight: wait with a deadline
+  TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+double CudaTransformer::take_comm_bytes() {
+  const double b = comm_bytes_;
+  comm_bytes_ = 0;
+  return b;
+}
+
+void CudaTransformer::release_units() {
+  for (size_t u = 0; u < gathered_.size(); ++u) {
+    if (unit_grads_[u].bytes() > 0) {
+      track_unsharded(unit_grads_[u].bytes(), false);
+      unit_grads_[u] = DeviceBuffer();
+    }
+    reshard(u);
+  }
+}
 
 void CudaTransformer::upload(const std::deque<Parameter>& params) {
+  release_units();  // gathered copies of the old weights must not survive
   size_t i = 0;
   for (const auto& p : params) {
     const size_t bytes = static_cast<size_t>(local_[i]) * sizeof(float);  // shard padding stays zero
@@ -349,7 +373,7 @@ void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
     gather(i + 1);
     block_forward(i, s);
-    if (!backward_follows || reshard_blocks_) reshard(i + 1);
+    if (!backward_follows || policy_.reshard_blocks) reshard(i + 1);
   }
   at(Phase::norm_elementwise);
   cuda::rmsnorm_forward(ptr<bf16>(residual_.back()), w(norm_), ptr<bf16>(final_out_), ptr<float>(final_rstd_), n,
@@ -393,12 +417,17 @@ void check_labels(const int32_t* labels, int64_t n, int64_t vocab, int32_t ignor
 
 cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                                         float grad_scale, int32_t ignore_index, Tracer* tracer) {
+  release_units();
   plan(s);
   const int64_t n = s.rows();
   check_labels(labels, n, args_.vocab_size, ignore_index);
   upload_batch(tokens, labels, n, true);
   forward_hidden(s, tracer, true);
   cpu::ClassifierResult result;
+  if (policy_.reshard_root) {  // FSDP2's root: freed after forward, gathered again for backward
+    reshard(0);
+    gather(0);
+  }
   begin_unit_grads(0);  // the root's: the classifier writes the output projection's
   {
     Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
@@ -499,6 +528,7 @@ cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const
     std::unique_ptr<cuda::PhaseTimer> held;
     ~Pause() { slot = std::move(held); }
   } pause{phases_, std::move(phases_)};
+  release_units();
   plan(s);
   const int64_t n = s.rows();
   check_labels(labels, n, args_.vocab_size, ignore_index);
@@ -513,6 +543,7 @@ cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const
 }
 
 void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
+  release_units();
   plan(s);
   const int64_t n = s.rows(), vocab = args_.vocab_size;
   upload_batch(tokens, nullptr, n, false);

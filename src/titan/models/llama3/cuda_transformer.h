@@ -25,17 +25,25 @@
 
 namespace titan::llama3 {
 
+// Which units free their gathered weights after forward (FSDP's reshard_after_forward).
+struct CudaFsdpPolicy {
+  bool reshard_blocks = true;  // a block's, gathered again for its backward
+  bool reshard_root = false;   // the root's too (its backward follows at once)
+};
+
 class CudaTransformer {
  public:
   // Parameters in the host Transformer's order (tok_embeddings, layers..., norm, output).
   // With `fsdp` the host parameters are shards of fsdp->rank() of fsdp->size() and so are the
   // device's fp32 state and bf16 weights (each padded to ceil(rows / size) rows); a unit's
   // whole bf16 weights (the root: embedding, norm, output; or one block) are all-gathered
-  // before it runs and freed after (blocks: after forward, when reshard_blocks, and after
-  // backward), and its fp32 gradients live only during its backward, which ends in a
-  // reduce-scatter added into the gradient shards. Steps run eagerly (no CUDA graph).
+  // before it runs and freed after (after forward as `policy` says, and after backward), and
+  // its fp32 gradients live only during its backward, which ends in a reduce-scatter added
+  // into the gradient shards. Steps run eagerly (no CUDA graph); waits go through
+  // fsdp->synchronize, so a dead peer ends the rank after the timeout.
+  using FsdpPolicy = CudaFsdpPolicy;
   CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
-                  cuda::DeviceCollectives* fsdp = nullptr, bool reshard_blocks = true);
+                  cuda::DeviceCollectives* fsdp = nullptr, FsdpPolicy policy = {});
   ~CudaTransformer();
   CudaTransformer(const CudaTransformer&) = delete;
   CudaTransformer& operator=(const CudaTransformer&) = delete;
@@ -73,8 +81,11 @@ class CudaTransformer {
   // Copies of the fp32 gradient of one parameter (this rank's rows under FSDP; tests).
   std::vector<float> gradient(size_t param_index);
   bool sharded() const { return fsdp_ != nullptr; }
-  // Bytes of gathered weights and whole gradients held now and at most (FSDP).
+  // Bytes of gathered weights and whole gradients held at most at once (FSDP).
   size_t peak_unsharded_bytes() const { return peak_unsharded_; }
+  // Bytes this rank's collectives moved since the last call, counted as a ring moves them:
+  // (size - 1) shards per all-gather or reduce-scatter.
+  double take_comm_bytes();
 
   const cuda::AllocatorStats& memory_stats() const { return alloc_.stats(); }
   // Device time per phase from events around every op (costs a little launch time); the
@@ -104,6 +115,8 @@ class CudaTransformer {
   void begin_unit_grads(size_t u);
   void reduce_unit_grads(size_t u);
   void track_unsharded(size_t bytes, bool allocated);
+  // Frees every unit's gathered weights and gradients (a step that threw left some behind).
+  void release_units();
   void block_forward(size_t layer, BatchShape s);
   void block_backward(size_t layer, BatchShape s);
   // Output projection + cross-entropy over row chunks (with grads also d_hidden_ and dW); the
@@ -128,7 +141,8 @@ class CudaTransformer {
   std::vector<size_t> unit_of_;
   int64_t total_ = 0;
   cuda::DeviceCollectives* fsdp_ = nullptr;
-  bool reshard_blocks_ = true;
+  FsdpPolicy policy_;
+  double comm_bytes_ = 0;
   std::vector<std::vector<size_t>> unit_params_;
   std::vector<int64_t> unit_elems_;
   std::vector<cuda::DeviceBuffer> gathered_, unit_grads_;  // per unit, only while needed

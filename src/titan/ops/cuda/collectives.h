@@ -23,6 +23,9 @@ class DeviceCollectives {
   // Collectives issued between these two run as one launch (per-parameter calls of a unit).
   virtual void group_start() = 0;
   virtual void group_end() = 0;
+  // Waits for `stream`'s work, collectives included; a peer that died or hangs ends this rank
+  // after the group's timeout instead of waiting forever.
+  virtual void synchronize(cudaStream_t stream) = 0;
 };
 
 }  // namespace titan::cuda
