@@ -281,18 +281,30 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
   // The (head, query tile) pairs this key tile meets, in order; pair i + 1's Q, dO and row
   // statistics load (into the other buffer) while pair i computes.
   const int64_t per_head = q_tiles - kt, pairs = group * per_head;
+  // Starts pair i's loads: Q and dO by cp.async; the row statistics (threads < kTile) into
+  // registers, stored by stash() later so their latency hides behind the current pair's work.
+  float next_lse = 0.0f, next_delta = 0.0f;
   auto issue = [&](int64_t i) {
     const int64_t h = kvh * group + i / per_head, q0 = (kt + i % per_head) * kTile;
     load_rows_async<D>(qbuf(i), q, b, q0, seq, dims.heads, h);
     load_rows_async<D>(dobuf(i), dout, b, q0, seq, dims.heads, h);
     cp_async_commit();
-    if (threadIdx.x < kTile) {  // plain stores: read only after the barrier that follows the wait
+    if (threadIdx.x < kTile) {
       const int64_t pos = q0 + threadIdx.x;
-      lse_buf(i)[threadIdx.x] = pos < seq ? lse[(b * dims.heads + h) * seq + pos] * kLog2e : 0.0f;
-      delta_buf(i)[threadIdx.x] = pos < seq ? delta[(b * dims.heads + h) * seq + pos] : 0.0f;
+      next_lse = pos < seq ? lse[(b * dims.heads + h) * seq + pos] * kLog2e : 0.0f;
+      next_delta = pos < seq ? delta[(b * dims.heads + h) * seq + pos] : 0.0f;
+    }
+  };
+  // Pair i's statistics into its buffer: that buffer's last readers (pair i - 2) are past a
+  // barrier, and its next readers (pair i) come after one.
+  auto stash = [&](int64_t i) {
+    if (threadIdx.x < kTile) {
+      lse_buf(i)[threadIdx.x] = next_lse;
+      delta_buf(i)[threadIdx.x] = next_delta;
     }
   };
   issue(0);
+  stash(0);
   load_rows<D>(ks, k, b, k0, seq, dims.kv_heads, kvh);
   load_rows<D>(vs, v, b, k0, seq, dims.kv_heads, kvh);
   float dk_acc[D / 8][4], dv_acc[D / 8][4];
@@ -377,6 +389,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
           mma16816(dk_acc[nd + 1], da, qb[2], qb[3]);
         }
       }
+      if (i + 1 < pairs) stash(i + 1);
       __syncthreads();  // every warp is done with this buffer before it is refilled
     }
   }
@@ -504,9 +517,16 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
   }
 }
 
+// Grids put batch in y and the tile in z (65,535 each at most).
+void check_grid(const AttentionShape& s) {
+  TITAN_CHECK(s.batch <= 65535 && (s.seq + kTile - 1) / kTile <= 65535, "attention: batch ", s.batch, " and seq ",
+              s.seq, " exceed the kernels' grid (65,535 sequences, 4,194,240 positions)");
+}
+
 template <int D>
 void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
                  cudaStream_t stream) {
+  check_grid(s);
   const dim3 grid(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch),
                   static_cast<unsigned>((s.seq + kTile - 1) / kTile));
   allow_smem_once<forward_kernel<D>>(forward_smem<D>());
@@ -518,6 +538,7 @@ void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* ls
 template <int D>
 void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse, const bf16* dout, bf16* dq, bf16* dk,
                   bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
+  check_grid(s);
   const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
   allow_smem_once<dkdv_kernel<D>>(dkdv_smem<D>());
   dkdv_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), tiles), kThreads,
