@@ -41,10 +41,11 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   *param_bytes = device_block(4 * p) + device_block(2 * p);
   *grad_bytes = device_block(4 * p);
   *opt_bytes = 2 * device_block(4 * p);
-  if (shards > 1) {  // FSDP holds the root's and one block's bf16 weights and fp32 gradients, and one unit's reduced shards
+  if (shards > 1) {  // FSDP: the root and two blocks gathered (one computing, one prefetched), two blocks'
+                     // whole gradients (one computing, one reducing), one unit's reduced shards
     const double root = double(root_params(a)), block = double(block_params(a));
-    *param_bytes += device_block(2 * root) + (keep_blocks ? L : 1.0) * device_block(2 * block);
-    *grad_bytes += device_block(4 * root) + device_block(4 * block) + device_block(4 * std::max(root, block) / double(shards));
+    *param_bytes += device_block(2 * root) + (keep_blocks ? L : 2.0) * device_block(2 * block);
+    *grad_bytes += device_block(4 * root) + 2 * device_block(4 * block) + device_block(4 * std::max(root, block) / double(shards));
   }
   auto bf = [](double count) { return device_block(2 * count); };
   auto fp = [](double count) { return device_block(4 * count); };

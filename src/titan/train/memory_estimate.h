@@ -3,9 +3,10 @@
 // allocates: the CPU plan (Transformer::plan, fp32) or the CUDA plan (CudaTransformer, bf16
 // activations, fp32 master weights, gradients and AdamW moments). With shards > 1 parameters,
 // gradients and optimizer state are FSDP shards (an even split) plus the whole weights and
-// gradients FSDP holds at once: the root and one block (no prefetch yet; every block's weights
-// with keep_gathered_blocks, fsdp_reshard_after_forward = "never"), measured equal on the CPU;
-// on a GPU also one unit's reduce-scatter output (not yet measured on a card).
+// gradients FSDP holds at once (every block's weights with keep_gathered_blocks, that is
+// fsdp_reshard_after_forward = "never"): on the CPU the root and one block, measured equal; on
+// a GPU the root and two blocks (the next one prefetched while one computes or reduces) and one
+// unit's reduce-scatter output (not yet measured on a card).
 #pragma once
 #include <cstdint>
 #include <string>

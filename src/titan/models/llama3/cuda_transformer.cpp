@@ -67,6 +67,18 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   }
   gathered_.resize(unit_params_.size());
   unit_grads_.resize(unit_params_.size());
+  awaiting_.assign(unit_params_.size(), false);
+  if (fsdp) {
+    TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_, cudaStreamNonBlocking));
+    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&compute_mark_, cudaEventDisableTiming));
+    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&comm_mark_, cudaEventDisableTiming));
+    for (size_t u = 0; u < unit_params_.size(); ++u) {
+      gathered_event_.push_back(nullptr);
+      reduced_event_.push_back(nullptr);
+      TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&gathered_event_.back(), cudaEventDisableTiming));
+      TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event_.back(), cudaEventDisableTiming));
+    }
+  }
   embedding_ = 0;
   for (int64_t l = 0; l < args.n_layers; ++l) {
     const size_t b = 1 + per_layer * static_cast<size_t>(l);
@@ -90,6 +102,14 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
 
 CudaTransformer::~CudaTransformer() {
   drop_graph();
+  if (comm_) {
+    cudaStreamSynchronize(comm_);
+    cudaStreamDestroy(comm_);
+  }
+  for (cudaEvent_t e : gathered_event_) cudaEventDestroy(e);
+  for (cudaEvent_t e : reduced_event_) cudaEventDestroy(e);
+  if (compute_mark_) cudaEventDestroy(compute_mark_);
+  if (comm_mark_) cudaEventDestroy(comm_mark_);
   if (stream_) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -99,7 +119,8 @@ CudaTransformer::~CudaTransformer() {
 bf16* CudaTransformer::w(size_t i) const {
   if (!fsdp_) return ptr<bf16>(weights_) + offset_[i];
   const DeviceBuffer& g = gathered_[unit_of_[i]];
-  TITAN_CHECK(g.bytes() > 0, "FSDP: weight ", i, " used while its unit ", unit_of_[i], " is not gathered");
+  TITAN_CHECK(g.bytes() > 0 && !awaiting_[unit_of_[i]], "FSDP: weight ", i, " used while its unit ", unit_of_[i],
+              " is not gathered, or its gather was not waited for");
   return ptr<bf16>(g) + unit_offset_[i];
 }
 
@@ -115,22 +136,47 @@ void CudaTransformer::track_unsharded(size_t bytes, bool allocated) {
   peak_unsharded_ = std::max(peak_unsharded_, unsharded_);
 }
 
+// The comm stream waits for everything queued on the compute stream so far: the weights it
+// sends are final and any buffer it is about to fill is no longer read.
+void CudaTransformer::comm_after_compute() {
+  TITAN_CUDA_CHECK(cudaEventRecord(compute_mark_, stream_));
+  TITAN_CUDA_CHECK(cudaStreamWaitEvent(comm_, compute_mark_, 0));
+}
+
+void CudaTransformer::compute_after_comm() {
+  if (!comm_) return;
+  TITAN_CUDA_CHECK(cudaEventRecord(comm_mark_, comm_));
+  TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream_, comm_mark_, 0));
+}
+
 void CudaTransformer::gather(size_t u) {
   if (!fsdp_ || gathered_[u].bytes() > 0) return;
   gathered_[u] = DeviceBuffer(alloc_, static_cast<size_t>(unit_elems_[u]) * sizeof(bf16));
   track_unsharded(gathered_[u].bytes(), true);
+  comm_after_compute();
   fsdp_->group_start();
   for (size_t i : unit_params_[u]) {
-    fsdp_->all_gather_bf16(ptr<bf16>(weights_) + offset_[i], ptr<bf16>(gathered_[u]) + unit_offset_[i], shard_[i], stream_);
+    fsdp_->all_gather_bf16(ptr<bf16>(weights_) + offset_[i], ptr<bf16>(gathered_[u]) + unit_offset_[i], shard_[i], comm_);
     comm_bytes_ += 2.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
   }
   fsdp_->group_end();
+  TITAN_CUDA_CHECK(cudaEventRecord(gathered_event_[u], comm_));
+  awaiting_[u] = true;
+}
+
+void CudaTransformer::use(size_t u) {
+  if (!fsdp_) return;
+  gather(u);  // unless prefetched
+  if (!awaiting_[u]) return;
+  TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream_, gathered_event_[u], 0));
+  awaiting_[u] = false;
 }
 
 void CudaTransformer::reshard(size_t u) {
   if (!fsdp_ || gathered_[u].bytes() == 0) return;
+  use(u);  // a gather still in flight must land before its buffer can be handed out again
   track_unsharded(gathered_[u].bytes(), false);
-  gathered_[u] = DeviceBuffer();  // back to the caching allocator; later work on stream_ reuses it in order
+  gathered_[u] = DeviceBuffer();  // back to the cache; later users on either stream are ordered after this point
 }
 
 void CudaTransformer::begin_unit_grads(size_t u) {
@@ -144,23 +190,37 @@ void CudaTransformer::begin_unit_grads(size_t u) {
 void CudaTransformer::reduce_unit_grads(size_t u) {
   if (!fsdp_) return;
   TITAN_CHECK(unit_grads_[u].bytes() > 0, "FSDP: unit ", u, " left a backward it did not enter");
+  retire_reduced();  // the previous unit's reduce-scatter has had this unit's backward to run
+  comm_after_compute();
   fsdp_->group_start();
   for (size_t i : unit_params_[u]) {
     fsdp_->reduce_scatter_f32(ptr<float>(unit_grads_[u]) + unit_offset_[i], ptr<float>(reduced_) + reduced_offset_[i],
-                              shard_[i], stream_);
+                              shard_[i], comm_);
     comm_bytes_ += 4.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
   }
   fsdp_->group_end();
   for (size_t i : unit_params_[u])
-    cuda::accumulate_f32(ptr<float>(grad_) + offset_[i], ptr<float>(reduced_) + reduced_offset_[i], shard_[i], stream_);
-  track_unsharded(unit_grads_[u].bytes(), false);
-  unit_grads_[u] = DeviceBuffer();
+    cuda::accumulate_f32(ptr<float>(grad_) + offset_[i], ptr<float>(reduced_) + reduced_offset_[i], shard_[i], comm_);
+  TITAN_CUDA_CHECK(cudaEventRecord(reduced_event_[u], comm_));
+  reducing_.push_back(u);
   reshard(u);
 }
 
+// The compute stream waits for the reduce-scatters issued so far (and their additions into
+// grad_); then their whole-gradient buffers can be handed out again.
+void CudaTransformer::retire_reduced() {
+  for (size_t v : reducing_) {
+    TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream_, reduced_event_[v], 0));
+    track_unsharded(unit_grads_[v].bytes(), false);
+    unit_grads_[v] = DeviceBuffer();
+  }
+  reducing_.clear();
+}
+
 void CudaTransformer::synchronize() {
-  if (fsdp_) return fsdp_->synchronize(stream_);  // collectives in flight: wait with a deadline
-  TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (!fsdp_) return TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  compute_after_comm();  // nothing on comm_ is left unwaited
+  fsdp_->synchronize(stream_);  // collectives in flight: wait with a deadline
 }
 
 double CudaTransformer::take_comm_bytes() {
@@ -170,7 +230,10 @@ double CudaTransformer::take_comm_bytes() {
 }
 
 void CudaTransformer::release_units() {
+  compute_after_comm();  // whatever comm_ still does to these buffers comes first
+  reducing_.clear();
   for (size_t u = 0; u < gathered_.size(); ++u) {
+    awaiting_[u] = false;
     if (unit_grads_[u].bytes() > 0) {
       track_unsharded(unit_grads_[u].bytes(), false);
       unit_grads_[u] = DeviceBuffer();
@@ -363,7 +426,7 @@ void CudaTransformer::block_backward(size_t layer, BatchShape s) {
 
 void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward_follows) {
   const int64_t n = s.rows();
-  gather(0);
+  use(0);
   {
     Tracer::Span span(tracer, "forward embedding");
     at(Phase::embedding);
@@ -371,7 +434,8 @@ void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
-    gather(i + 1);
+    use(i + 1);
+    if (i + 1 < layers_.size()) gather(i + 2);  // the next block's weights arrive while this one computes
     block_forward(i, s);
     if (!backward_follows || policy_.reshard_blocks) reshard(i + 1);
   }
@@ -424,9 +488,9 @@ cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, c
   upload_batch(tokens, labels, n, true);
   forward_hidden(s, tracer, true);
   cpu::ClassifierResult result;
-  if (policy_.reshard_root) {  // FSDP2's root: freed after forward, gathered again for backward
+  if (policy_.reshard_root && fsdp_) {  // FSDP2's root: freed after forward, gathered again for backward
     reshard(0);
-    gather(0);
+    use(0);
   }
   begin_unit_grads(0);  // the root's: the classifier writes the output projection's
   {
@@ -447,7 +511,8 @@ void CudaTransformer::enqueue_backward(BatchShape s) {
   cuda::rmsnorm_backward(ptr<bf16>(residual_.back()), w(norm_), ptr<float>(final_rstd_), ptr<bf16>(d_hidden_),
                          ptr<bf16>(d_resid_), false, dw(norm_), ptr<float>(norm_partial_), n, args_.dim, stream_);
   for (size_t i = layers_.size(); i-- > 0;) {
-    gather(i + 1);
+    use(i + 1);
+    if (i > 0) gather(i);  // the block below arrives while this one's backward runs
     begin_unit_grads(i + 1);
     block_backward(i, s);
     reduce_unit_grads(i + 1);
@@ -456,6 +521,7 @@ void CudaTransformer::enqueue_backward(BatchShape s) {
   cuda::embedding_backward(ptr<int32_t>(embed_ids_), ptr<int32_t>(embed_offsets_), ptr<int32_t>(embed_positions_),
                            embed_unique_, ptr<bf16>(d_resid_), dw(embedding_), args_.dim, stream_);
   reduce_unit_grads(0);
+  retire_reduced();  // grad_ complete, as the compute stream sees it
 }
 
 // Everything of one step after the batch is on the device; no host synchronisation inside.

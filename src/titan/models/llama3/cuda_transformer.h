@@ -109,11 +109,19 @@ class CudaTransformer {
   void enqueue_backward(BatchShape s);
   void drop_graph();
   void forward_hidden(BatchShape s, Tracer* tracer, bool backward_follows);
-  // FSDP's steps for unit u (0 = root, 1 + l = layers.l); no-ops without FSDP.
+  // FSDP's steps for unit u (0 = root, 1 + l = layers.l); no-ops without FSDP. Collectives run
+  // on comm_, so gathering the next unit overlaps this one's compute: gather() issues, use()
+  // makes the compute stream wait for it; a reduce-scatter overlaps the next unit's backward,
+  // and its gradient buffer is freed (retire_reduced) only once the compute stream has waited
+  // for it. Memory: the root and two blocks gathered, two blocks' whole gradients.
   void gather(size_t u);
+  void use(size_t u);
   void reshard(size_t u);
   void begin_unit_grads(size_t u);
   void reduce_unit_grads(size_t u);
+  void retire_reduced();
+  void comm_after_compute();
+  void compute_after_comm();
   void track_unsharded(size_t bytes, bool allocated);
   // Frees every unit's gathered weights and gradients (a step that threw left some behind).
   void release_units();
@@ -146,6 +154,11 @@ class CudaTransformer {
   std::vector<std::vector<size_t>> unit_params_;
   std::vector<int64_t> unit_elems_;
   std::vector<cuda::DeviceBuffer> gathered_, unit_grads_;  // per unit, only while needed
+  cudaStream_t comm_ = nullptr;                            // FSDP's collectives
+  cudaEvent_t compute_mark_ = nullptr, comm_mark_ = nullptr;
+  std::vector<cudaEvent_t> gathered_event_, reduced_event_;  // per unit
+  std::vector<bool> awaiting_;                             // gathered on comm_, not yet waited for by stream_
+  std::vector<size_t> reducing_;                           // units whose reduce-scatter may still read their grads
   cuda::DeviceBuffer reduced_;  // one unit's reduce-scatter results
   std::vector<int64_t> reduced_offset_;  // per parameter, within reduced_
   size_t unsharded_ = 0, peak_unsharded_ = 0;
