@@ -28,6 +28,11 @@ for t in cast kernels cuda_model fsdp; do
   else status=1; note "gpu.$t: FAIL (see test_$t.log)"; tail -30 "$OUT/test_$t.log"; fi
 done
 
+# The attention kernels' other row layout (16 query rows per warp instead of 32 for head_dim <= 64).
+if TITAN_ATTENTION_ROWS_PER_WARP=16 timeout 100 $GPU/bin/test_gpu_kernels > "$OUT/test_kernels_rows16.log" 2>&1; then
+  note "gpu.kernels with 16 attention rows per warp: PASS"
+else status=1; note "gpu.kernels with 16 attention rows per warp: FAIL (see test_kernels_rows16.log)"; tail -30 "$OUT/test_kernels_rows16.log"; fi
+
 common=(--config train_configs/debug_model.toml --training.steps 20 --metrics.log_freq 1
         --checkpoint.enable_checkpoint false --validation.enabled false --profiling.enable_profiling false
         --metrics.enable_tensorboard false)
@@ -53,7 +58,7 @@ done
 cat "$OUT/parity.txt"
 
 bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
-  timeout 120 $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
+  timeout 120 env ${BENCH_ENV:-} $TITAN train --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
     --training.dataset synthetic --training.seq_len $4 --training.batch_size $5 --training.steps 15 \
     --metrics.log_freq 5 --checkpoint.enable_checkpoint false --validation.enabled false \
     --profiling.enable_profiling false --metrics.enable_tensorboard false --training.device cuda \
@@ -73,6 +78,9 @@ bench 8B_4layers_4096x2 8B_4layers 128256 4096 2 llama3_8b_4l --training.compile
 # Without the graph: compile = false, and the 1B phase table (device events need the eager path).
 SKIP_TORCH=1 bench eager_debugmodel_2048x8 debugmodel 2048 2048 8 - --training.compile false
 SKIP_TORCH=1 bench phases_1B_2048x4 1B 128256 2048 4 - --training.compile true --profiling.phase_times true
+# The same with 16 attention rows per warp: which layout the attention phases prefer.
+BENCH_ENV=TITAN_ATTENTION_ROWS_PER_WARP=16 SKIP_TORCH=1 bench phases16_1B_2048x4 1B 128256 2048 4 - --training.compile true \
+  --profiling.phase_times true
 
 $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).

@@ -5,6 +5,8 @@
 // and dQ per query tile, so no gradient is summed with atomics and reruns are bit-identical.
 // Operands that an mma needs transposed are read with ldmatrix.trans from the row-major tiles.
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "titan/ops/cuda/attention_kernels.h"
 #include "titan/ops/cuda/attention_launch.cuh"
@@ -17,7 +19,7 @@ using namespace detail;
 
 namespace {
 constexpr int kTile = 64;              // rows of a query or key tile
-constexpr int kWarps = 4;              // 16 rows each
+constexpr int kWarps = 4;              // 16 rows each of a 64-row tile (forward and dQ: 16 x row_groups)
 constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -71,12 +73,12 @@ __device__ __forceinline__ void load_b_trans_x4(uint32_t (&b)[4], const bf16_t* 
                : "r"(addr));
 }
 
-// Rows [row0, row0 + 64) of one head into a row-major tile (zeros past seq), 16 bytes at a time.
-template <int D>
+// Rows [row0, row0 + R) of one head into a row-major tile (zeros past seq), 16 bytes at a time.
+template <int D, int R = kTile>
 __device__ void load_rows(bf16_t* tile, const bf16_t* src, int64_t b, int64_t row0, int64_t seq, int64_t heads,
                           int64_t head) {
   constexpr int kVec = D / 8;
-  for (int idx = threadIdx.x; idx < kTile * kVec; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < R * kVec; idx += blockDim.x) {
     const int r = idx / kVec, c = (idx % kVec) * 8;
     const int64_t pos = row0 + r;
     uint4 v = make_uint4(0, 0, 0, 0);
@@ -97,11 +99,11 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // load_rows, asynchronously: complete after cp_async_commit + cp_async_wait + __syncthreads.
-template <int D>
+template <int D, int R = kTile>
 __device__ void load_rows_async(bf16_t* tile, const bf16_t* src, int64_t b, int64_t row0, int64_t seq, int64_t heads,
                                 int64_t head) {
   constexpr int kVec = D / 8;
-  for (int idx = threadIdx.x; idx < kTile * kVec; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < R * kVec; idx += blockDim.x) {
     const int r = idx / kVec, c = (idx % kVec) * 8;
     const int64_t pos = row0 + r;
     const bool valid = pos < seq;
@@ -112,147 +114,195 @@ __device__ void load_rows_async(bf16_t* tile, const bf16_t* src, int64_t b, int6
 // Shared memory: the tiles that stream through a kernel are double-buffered.
 template <int D>
 constexpr size_t tile_bytes() { return kTile * ld<D>() * sizeof(bf16_t); }
-template <int D>
-constexpr size_t forward_smem() { return 5 * tile_bytes<D>(); }  // Q, 2 x (K, V)
+template <int D, int M>
+constexpr size_t forward_smem() { return (M + 4) * tile_bytes<D>(); }  // Q (M tiles), 2 x (K, V)
 template <int D>
 constexpr size_t dkdv_smem() { return 6 * tile_bytes<D>() + 4 * kTile * sizeof(float); }  // K, V, 2 x (Q, dO, lse, delta)
-template <int D>
-constexpr size_t dq_smem() { return 6 * tile_bytes<D>(); }  // Q, dO, 2 x (K, V)
+template <int D, int M>
+constexpr size_t dq_smem() { return (2 * M + 4) * tile_bytes<D>(); }  // Q, dO (M tiles each), 2 x (K, V)
 
-// grid (heads, batch, query tiles): the tile is the slowest index and runs backwards, so the
-// blocks with the most key tiles (the last queries) start first and short ones fill the tail.
-template <int D>
+// Query rows per warp in the forward and dQ kernels: M groups of 16. M = 2 (head_dim <= 64)
+// makes every K and V fragment a warp reads from shared memory feed two mma rows, at twice the
+// registers (forward 229, dQ 255 at head_dim 64: half the blocks per SM); head_dim 128 keeps
+// M = 1, where registers run out. TITAN_ATTENTION_ROWS_PER_WARP=16 picks M = 1 everywhere, so
+// one GPU session can measure both (read once per process).
+int row_groups_for(int head_dim) {
+  static const bool single = [] {
+    const char* v = std::getenv("TITAN_ATTENTION_ROWS_PER_WARP");
+    return v != nullptr && std::string(v) == "16";
+  }();
+  return head_dim <= 64 && !single ? 2 : 1;
+}
+
+// grid (heads, batch, query blocks of 64 M rows): the block is the slowest index and runs
+// backwards, so the blocks with the most key tiles (the last queries) start first and short
+// ones fill the tail.
+template <int D, int M>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                            bf16_t* o, float* lse, AttentionDims dims) {
+  constexpr int kRows = kTile * M, kTileElems = kTile * ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
-  constexpr int kTileElems = kTile * ld<D>();
-  // Buffer i's key and value tiles (i = 0, 1), after the query tile.
-  auto kbuf = [&](int64_t i) { return qs + (1 + 2 * (i & 1)) * kTileElems; };
-  auto vbuf = [&](int64_t i) { return qs + (2 + 2 * (i & 1)) * kTileElems; };
+  // Buffer i's key and value tiles (i = 0, 1), after the M query tiles.
+  auto kbuf = [&](int64_t i) { return qs + (M + 2 * (i & 1)) * kTileElems; };
+  auto vbuf = [&](int64_t i) { return qs + (M + 1 + 2 * (i & 1)) * kTileElems; };
   const int64_t qt = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y, seq = dims.seq;
-  const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kTile;
+  const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kRows;
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-  const int64_t row_a = q0 + warp * 16 + g, row_b = row_a + 8;  // this thread's two rows
+  const int64_t row0 = q0 + warp * 16 * M;  // this warp's rows: row0 + 16 m + g (+ 8)
+  const int64_t kt_end = ((q0 + kRows < seq ? q0 + kRows : seq) - 1) / kTile;  // the key tile of the block's last valid row
   const float scale_log2 = dims.scale * kLog2e;
-  load_rows_async<D>(kbuf(0), k, b, 0, seq, dims.kv_heads, kvh);  // key tile 0 flies while Q loads
-  load_rows_async<D>(vbuf(0), v, b, 0, seq, dims.kv_heads, kvh);
+  load_rows_async<D, kTile>(kbuf(0), k, b, 0, seq, dims.kv_heads, kvh);  // key tile 0 flies while Q loads
+  load_rows_async<D, kTile>(vbuf(0), v, b, 0, seq, dims.kv_heads, kvh);
   cp_async_commit();
-  load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
+  load_rows<D, kRows>(qs, q, b, q0, seq, dims.heads, h);
   __syncthreads();
-  uint32_t qf[D / 16][4];
+  uint32_t qf[M][D / 16][4];
 #pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc) load_a<ld<D>()>(qf[kc], qs, warp * 16, kc * 16);
-  float acc[D / 8][4];
+  for (int m = 0; m < M; ++m)
 #pragma unroll
-  for (int nd = 0; nd < D / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-  for (int64_t kt = 0; kt <= qt; ++kt) {
+    for (int kc = 0; kc < D / 16; ++kc) load_a<ld<D>()>(qf[m][kc], qs, warp * 16 * M + m * 16, kc * 16);
+  float acc[M][D / 8][4];
+  float m_a[M], m_b[M], l_a[M], l_b[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) acc[m][nd][0] = acc[m][nd][1] = acc[m][nd][2] = acc[m][nd][3] = 0.0f;
+    m_a[m] = m_b[m] = -INFINITY;
+    l_a[m] = l_b[m] = 0.0f;
+  }
+  for (int64_t kt = 0; kt <= kt_end; ++kt) {
     const int64_t k0 = kt * kTile;
     const bf16_t* ks = kbuf(kt);
     const bf16_t* vs = vbuf(kt);
-    if (kt < qt) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
-      load_rows_async<D>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
-      load_rows_async<D>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
+    if (kt < kt_end) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
+      load_rows_async<D, kTile>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
+      load_rows_async<D, kTile>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    float s[kTile / 8][4];
+    // A tile whose keys all follow this warp's rows changes nothing: the warp skips it (it
+    // still takes part in the loads and barriers). Tile 0 is never skipped, so every row's
+    // running maximum is finite from the first tile on.
+    if (k0 <= row0 + 16 * M - 1) {
+      float s[M][kTile / 8][4];
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      for (int j = 0; j < kTile / 8; ++j) {
 #pragma unroll
-      for (int kc = 0; kc < D / 16; ++kc) {
-        uint32_t b0, b1;
-        load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
-        mma16816(s[j], qf[kc], b0, b1);
-      }
-    }
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-    // Only the diagonal tile has masked keys: below it every key precedes every row of the
-    // tile, and the one partial key tile (past seq) is always a diagonal one.
-    if (kt == qt) {
+        for (int m = 0; m < M; ++m) s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
+        for (int kc = 0; kc < D / 16; ++kc) {
+          uint32_t b0, b1;
+          load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
-          s[j][e] = (key <= row && key < seq) ? s[j][e] * scale_log2 : -INFINITY;
+          for (int m = 0; m < M; ++m) mma16816(s[m][j], qf[m][kc], b0, b1);
         }
-    } else {
+      }
+      // Masks only where a key may follow one of the warp's rows, or lie past seq.
+      if (k0 + kTile - 1 > row0 || k0 + kTile > seq) {
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
+        for (int m = 0; m < M; ++m)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
-    }
+          for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j) {
-      mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
-      mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
-    }
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    // Key k0 <= q0 <= row is never masked, so the new maxima are finite.
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    const float alpha_a = exp2f(m_a - mn_a), alpha_b = exp2f(m_b - mn_b);
-    m_a = mn_a;
-    m_b = mn_b;
-    float sum_a = 0.0f, sum_b = 0.0f;
+            for (int e = 0; e < 4; ++e) {
+              const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = row0 + m * 16 + g + (e < 2 ? 0 : 8);
+              s[m][j][e] = (key <= row && key < seq) ? s[m][j][e] * scale_log2 : -INFINITY;
+            }
+      } else {
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j) {
-      s[j][0] = exp2f(s[j][0] - mn_a);
-      s[j][1] = exp2f(s[j][1] - mn_a);
-      s[j][2] = exp2f(s[j][2] - mn_b);
-      s[j][3] = exp2f(s[j][3] - mn_b);
-      sum_a += s[j][0] + s[j][1];
-      sum_b += s[j][2] + s[j][3];
-    }
-    l_a = l_a * alpha_a + sum_a;  // per-thread partial sums; the quad adds them at the end
-    l_b = l_b * alpha_b + sum_b;
+        for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd) {
-      acc[nd][0] *= alpha_a;
-      acc[nd][1] *= alpha_a;
-      acc[nd][2] *= alpha_b;
-      acc[nd][3] *= alpha_b;
-    }
+          for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-    for (int kc = 0; kc < kTile / 16; ++kc) {
-      const uint32_t pa[4] = {pack(s[2 * kc][0], s[2 * kc][1]), pack(s[2 * kc][2], s[2 * kc][3]),
-                              pack(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+            for (int e = 0; e < 4; ++e) s[m][j][e] *= scale_log2;
+      }
 #pragma unroll
-      for (int nd = 0; nd < D / 8; nd += 2) {
-        uint32_t vb[4];
-        load_b_trans_x4<ld<D>()>(vb, vs, kc * 16, nd * 8);
-        mma16816(acc[nd], pa, vb[0], vb[1]);
-        mma16816(acc[nd + 1], pa, vb[2], vb[3]);
+      for (int m = 0; m < M; ++m) {
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+          mx_a = fmaxf(mx_a, fmaxf(s[m][j][0], s[m][j][1]));
+          mx_b = fmaxf(mx_b, fmaxf(s[m][j][2], s[m][j][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float mn_a = fmaxf(m_a[m], mx_a), mn_b = fmaxf(m_b[m], mx_b);
+        const float alpha_a = exp2f(m_a[m] - mn_a), alpha_b = exp2f(m_b[m] - mn_b);
+        m_a[m] = mn_a;
+        m_b[m] = mn_b;
+        float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+          s[m][j][0] = exp2f(s[m][j][0] - mn_a);
+          s[m][j][1] = exp2f(s[m][j][1] - mn_a);
+          s[m][j][2] = exp2f(s[m][j][2] - mn_b);
+          s[m][j][3] = exp2f(s[m][j][3] - mn_b);
+          sum_a += s[m][j][0] + s[m][j][1];
+          sum_b += s[m][j][2] + s[m][j][3];
+        }
+        l_a[m] = l_a[m] * alpha_a + sum_a;  // per-thread partial sums; the quad adds them at the end
+        l_b[m] = l_b[m] * alpha_b + sum_b;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+          acc[m][nd][0] *= alpha_a;
+          acc[m][nd][1] *= alpha_a;
+          acc[m][nd][2] *= alpha_b;
+          acc[m][nd][3] *= alpha_b;
+        }
+      }
+#pragma unroll
+      for (int kc = 0; kc < kTile / 16; ++kc) {
+        uint32_t pa[M][4];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          pa[m][0] = pack(s[m][2 * kc][0], s[m][2 * kc][1]);
+          pa[m][1] = pack(s[m][2 * kc][2], s[m][2 * kc][3]);
+          pa[m][2] = pack(s[m][2 * kc + 1][0], s[m][2 * kc + 1][1]);
+          pa[m][3] = pack(s[m][2 * kc + 1][2], s[m][2 * kc + 1][3]);
+        }
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd += 2) {
+          uint32_t vb[4];
+          load_b_trans_x4<ld<D>()>(vb, vs, kc * 16, nd * 8);
+#pragma unroll
+          for (int m = 0; m < M; ++m) {
+            mma16816(acc[m][nd], pa[m], vb[0], vb[1]);
+            mma16816(acc[m][nd + 1], pa[m], vb[2], vb[3]);
+          }
+        }
       }
     }
     __syncthreads();  // every warp is done with this buffer before it is refilled
   }
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-  const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
 #pragma unroll
-  for (int nd = 0; nd < D / 8; ++nd) {
-    const int col = nd * 8 + 2 * t;
-    if (row_a < seq)
-      *reinterpret_cast<uint32_t*>(o + ((b * seq + row_a) * dims.heads + h) * D + col) =
-          pack(acc[nd][0] * inv_a, acc[nd][1] * inv_a);
-    if (row_b < seq)
-      *reinterpret_cast<uint32_t*>(o + ((b * seq + row_b) * dims.heads + h) * D + col) =
-          pack(acc[nd][2] * inv_b, acc[nd][3] * inv_b);
-  }
-  if (t == 0) {
-    if (row_a < seq) lse[(b * dims.heads + h) * seq + row_a] = (m_a + log2f(l_a)) * kLn2;
-    if (row_b < seq) lse[(b * dims.heads + h) * seq + row_b] = (m_b + log2f(l_b)) * kLn2;
+  for (int m = 0; m < M; ++m) {
+    float la = l_a[m], lb = l_b[m];
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    const float inv_a = 1.0f / la, inv_b = 1.0f / lb;
+    const int64_t row_a = row0 + m * 16 + g, row_b = row_a + 8;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      const int col = nd * 8 + 2 * t;
+      if (row_a < seq)
+        *reinterpret_cast<uint32_t*>(o + ((b * seq + row_a) * dims.heads + h) * D + col) =
+            pack(acc[m][nd][0] * inv_a, acc[m][nd][1] * inv_a);
+      if (row_b < seq)
+        *reinterpret_cast<uint32_t*>(o + ((b * seq + row_b) * dims.heads + h) * D + col) =
+            pack(acc[m][nd][2] * inv_b, acc[m][nd][3] * inv_b);
+    }
+    if (t == 0) {
+      if (row_a < seq) lse[(b * dims.heads + h) * seq + row_a] = (m_a[m] + log2f(la)) * kLn2;
+      if (row_b < seq) lse[(b * dims.heads + h) * seq + row_b] = (m_b[m] + log2f(lb)) * kLn2;
+    }
   }
 }
 
@@ -409,111 +459,147 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
   }
 }
 
-// grid (heads, batch, query tiles), the tile slowest and backwards (longest blocks first): dQ
-// of one query tile over the key tiles at or before it.
-template <int D>
+// grid (heads, batch, query blocks of 64 M rows), the block slowest and backwards (longest
+// blocks first): dQ of one query block over the key tiles at or before its rows.
+template <int D, int M>
 __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                       const float* lse, const bf16_t* dout, const float* delta,
                                                       bf16_t* dq, AttentionDims dims) {
+  constexpr int kRows = kTile * M, kTileElems = kTile * ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem_raw);
-  bf16_t* dos = qs + kTile * ld<D>();
-  constexpr int kTileElems = kTile * ld<D>();
-  // Buffer i's key and value tiles (i = 0, 1), after the query and dO tiles.
-  auto kbuf = [&](int64_t i) { return qs + (2 + 2 * (i & 1)) * kTileElems; };
-  auto vbuf = [&](int64_t i) { return qs + (3 + 2 * (i & 1)) * kTileElems; };
+  bf16_t* dos = qs + M * kTileElems;
+  // Buffer i's key and value tiles (i = 0, 1), after the query and dO rows.
+  auto kbuf = [&](int64_t i) { return qs + (2 * M + 2 * (i & 1)) * kTileElems; };
+  auto vbuf = [&](int64_t i) { return qs + (2 * M + 1 + 2 * (i & 1)) * kTileElems; };
   const int64_t qt = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y, seq = dims.seq;
-  const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kTile;
+  const int64_t kvh = h / (dims.heads / dims.kv_heads), q0 = qt * kRows;
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-  const int64_t row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+  const int64_t row0 = q0 + warp * 16 * M;  // this warp's rows: row0 + 16 m + g (+ 8)
+  const int64_t kt_end = ((q0 + kRows < seq ? q0 + kRows : seq) - 1) / kTile;
   const float scale_log2 = dims.scale * kLog2e;
   const int64_t stat = (b * dims.heads + h) * seq;
-  const float lse_a = row_a < seq ? lse[stat + row_a] * kLog2e : 0.0f, lse_b = row_b < seq ? lse[stat + row_b] * kLog2e : 0.0f;
-  const float delta_a = row_a < seq ? delta[stat + row_a] : 0.0f, delta_b = row_b < seq ? delta[stat + row_b] : 0.0f;
-  load_rows_async<D>(kbuf(0), k, b, 0, seq, dims.kv_heads, kvh);  // key tile 0 flies while Q, dO load
-  load_rows_async<D>(vbuf(0), v, b, 0, seq, dims.kv_heads, kvh);
-  cp_async_commit();
-  load_rows<D>(qs, q, b, q0, seq, dims.heads, h);
-  load_rows<D>(dos, dout, b, q0, seq, dims.heads, h);
-  float dq_acc[D / 8][4];
+  float lse_a[M], lse_b[M], delta_a[M], delta_b[M];
 #pragma unroll
-  for (int nd = 0; nd < D / 8; ++nd) dq_acc[nd][0] = dq_acc[nd][1] = dq_acc[nd][2] = dq_acc[nd][3] = 0.0f;
-  for (int64_t kt = 0; kt <= qt; ++kt) {
+  for (int m = 0; m < M; ++m) {
+    const int64_t row_a = row0 + m * 16 + g, row_b = row_a + 8;
+    lse_a[m] = row_a < seq ? lse[stat + row_a] * kLog2e : 0.0f;
+    lse_b[m] = row_b < seq ? lse[stat + row_b] * kLog2e : 0.0f;
+    delta_a[m] = row_a < seq ? delta[stat + row_a] : 0.0f;
+    delta_b[m] = row_b < seq ? delta[stat + row_b] : 0.0f;
+  }
+  load_rows_async<D, kTile>(kbuf(0), k, b, 0, seq, dims.kv_heads, kvh);  // key tile 0 flies while Q, dO load
+  load_rows_async<D, kTile>(vbuf(0), v, b, 0, seq, dims.kv_heads, kvh);
+  cp_async_commit();
+  load_rows<D, kRows>(qs, q, b, q0, seq, dims.heads, h);
+  load_rows<D, kRows>(dos, dout, b, q0, seq, dims.heads, h);
+  float dq_acc[M][D / 8][4];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) dq_acc[m][nd][0] = dq_acc[m][nd][1] = dq_acc[m][nd][2] = dq_acc[m][nd][3] = 0.0f;
+  for (int64_t kt = 0; kt <= kt_end; ++kt) {
     const int64_t k0 = kt * kTile;
     const bf16_t* ks = kbuf(kt);
     const bf16_t* vs = vbuf(kt);
-    if (kt < qt) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
-      load_rows_async<D>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
-      load_rows_async<D>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
+    if (kt < kt_end) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
+      load_rows_async<D, kTile>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
+      load_rows_async<D, kTile>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    float s[kTile / 8][4], dp[kTile / 8][4];
+    if (k0 <= row0 + 16 * M - 1) {  // else every key follows this warp's rows: nothing to add
+      float s[M][kTile / 8][4], dp[M][kTile / 8][4];
 #pragma unroll
-    for (int j = 0; j < kTile / 8; ++j)
+      for (int m = 0; m < M; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.0f;
+        for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-      uint32_t qa[4], ga[4];
-      load_a<ld<D>()>(qa, qs, warp * 16, kc * 16);
-      load_a<ld<D>()>(ga, dos, warp * 16, kc * 16);
+          for (int e = 0; e < 4; ++e) s[m][j][e] = dp[m][j][e] = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j) {
-        uint32_t b0, b1;
-        load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
-        mma16816(s[j], qa, b0, b1);
-        load_b<ld<D>()>(b0, b1, vs, j * 8, kc * 16);
-        mma16816(dp[j], ga, b0, b1);
+      for (int kc = 0; kc < D / 16; ++kc) {
+        uint32_t qa[M][4], ga[M][4];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          load_a<ld<D>()>(qa[m], qs, warp * 16 * M + m * 16, kc * 16);
+          load_a<ld<D>()>(ga[m], dos, warp * 16 * M + m * 16, kc * 16);
+        }
+#pragma unroll
+        for (int j = 0; j < kTile / 8; ++j) {
+          uint32_t b0, b1;
+          load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
+#pragma unroll
+          for (int m = 0; m < M; ++m) mma16816(s[m][j], qa[m], b0, b1);
+          load_b<ld<D>()>(b0, b1, vs, j * 8, kc * 16);
+#pragma unroll
+          for (int m = 0; m < M; ++m) mma16816(dp[m][j], ga[m], b0, b1);
+        }
       }
-    }
-    // Only the diagonal tile is masked: below it every key precedes the tile's rows (rows past
-    // seq compute finite values from zero-filled inputs and are never stored).
-    if (kt == qt) {
+      // Masks only where a key may follow one of the warp's rows, or lie past seq (rows past
+      // seq compute finite values from zero-filled inputs and are never stored).
+      if (k0 + kTile - 1 > row0 || k0 + kTile > seq) {
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
+        for (int m = 0; m < M; ++m)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = e < 2 ? row_a : row_b;
-          const float row_lse = e < 2 ? lse_a : lse_b, row_delta = e < 2 ? delta_a : delta_b;
-          const float p = (key <= row && row < seq) ? exp2f(s[j][e] * scale_log2 - row_lse) : 0.0f;
-          dp[j][e] = p * (dp[j][e] - row_delta);
+          for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = row0 + m * 16 + g + (e < 2 ? 0 : 8);
+              const float row_lse = e < 2 ? lse_a[m] : lse_b[m], row_delta = e < 2 ? delta_a[m] : delta_b[m];
+              const float p = (key <= row && row < seq) ? exp2f(s[m][j][e] * scale_log2 - row_lse) : 0.0f;
+              dp[m][j][e] = p * (dp[m][j][e] - row_delta);
+            }
+      } else {
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+#pragma unroll
+          for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float p = exp2f(s[m][j][e] * scale_log2 - (e < 2 ? lse_a[m] : lse_b[m]));
+              dp[m][j][e] = p * (dp[m][j][e] - (e < 2 ? delta_a[m] : delta_b[m]));
+            }
+      }
+#pragma unroll
+      for (int kc = 0; kc < kTile / 16; ++kc) {
+        uint32_t da[M][4];
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          da[m][0] = pack(dp[m][2 * kc][0], dp[m][2 * kc][1]);
+          da[m][1] = pack(dp[m][2 * kc][2], dp[m][2 * kc][3]);
+          da[m][2] = pack(dp[m][2 * kc + 1][0], dp[m][2 * kc + 1][1]);
+          da[m][3] = pack(dp[m][2 * kc + 1][2], dp[m][2 * kc + 1][3]);
         }
-    } else {
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j)
+        for (int nd = 0; nd < D / 8; nd += 2) {
+          uint32_t kb[4];
+          load_b_trans_x4<ld<D>()>(kb, ks, kc * 16, nd * 8);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float p = exp2f(s[j][e] * scale_log2 - (e < 2 ? lse_a : lse_b));
-          dp[j][e] = p * (dp[j][e] - (e < 2 ? delta_a : delta_b));
+          for (int m = 0; m < M; ++m) {
+            mma16816(dq_acc[m][nd], da[m], kb[0], kb[1]);
+            mma16816(dq_acc[m][nd + 1], da[m], kb[2], kb[3]);
+          }
         }
-    }
-#pragma unroll
-    for (int kc = 0; kc < kTile / 16; ++kc) {
-      const uint32_t da[4] = {pack(dp[2 * kc][0], dp[2 * kc][1]), pack(dp[2 * kc][2], dp[2 * kc][3]),
-                              pack(dp[2 * kc + 1][0], dp[2 * kc + 1][1]), pack(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
-#pragma unroll
-      for (int nd = 0; nd < D / 8; nd += 2) {
-        uint32_t kb[4];
-        load_b_trans_x4<ld<D>()>(kb, ks, kc * 16, nd * 8);
-        mma16816(dq_acc[nd], da, kb[0], kb[1]);
-        mma16816(dq_acc[nd + 1], da, kb[2], kb[3]);
       }
     }
     __syncthreads();  // every warp is done with this buffer before it is refilled
   }
 #pragma unroll
-  for (int nd = 0; nd < D / 8; ++nd) {
-    const int col = nd * 8 + 2 * t;
-    if (row_a < seq)
-      *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_a) * dims.heads + h) * D + col) =
-          pack(dq_acc[nd][0] * dims.scale, dq_acc[nd][1] * dims.scale);
-    if (row_b < seq)
-      *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_b) * dims.heads + h) * D + col) =
-          pack(dq_acc[nd][2] * dims.scale, dq_acc[nd][3] * dims.scale);
+  for (int m = 0; m < M; ++m) {
+    const int64_t row_a = row0 + m * 16 + g, row_b = row_a + 8;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      const int col = nd * 8 + 2 * t;
+      if (row_a < seq)
+        *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_a) * dims.heads + h) * D + col) =
+            pack(dq_acc[m][nd][0] * dims.scale, dq_acc[m][nd][1] * dims.scale);
+      if (row_b < seq)
+        *reinterpret_cast<uint32_t*>(dq + ((b * seq + row_b) * dims.heads + h) * D + col) =
+            pack(dq_acc[m][nd][2] * dims.scale, dq_acc[m][nd][3] * dims.scale);
+    }
   }
 }
 
@@ -523,16 +609,36 @@ void check_grid(const AttentionShape& s) {
               s.seq, " exceed the kernels' grid (65,535 sequences, 4,194,240 positions)");
 }
 
+template <int D, int M>
+void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
+                    cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch),
+                  static_cast<unsigned>((s.seq + kTile * M - 1) / (kTile * M)));
+  allow_smem_once<forward_kernel<D, M>>(forward_smem<D, M>());
+  forward_kernel<D, M><<<grid, kThreads, forward_smem<D, M>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v),
+                                                                         as_bf16(o), lse, dims_of(s));
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+template <int D, int M>
+void launch_dq(const bf16* q, const bf16* k, const bf16* v, const float* lse, const bf16* dout, bf16* dq,
+               const float* delta, const AttentionShape& s, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((s.seq + kTile * M - 1) / (kTile * M));
+  allow_smem_once<dq_kernel<D, M>>(dq_smem<D, M>());
+  dq_kernel<D, M><<<dim3(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch), blocks), kThreads,
+                    dq_smem<D, M>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
+                                               as_bf16(dq), dims_of(s));
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
 template <int D>
 void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
                  cudaStream_t stream) {
   check_grid(s);
-  const dim3 grid(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch),
-                  static_cast<unsigned>((s.seq + kTile - 1) / kTile));
-  allow_smem_once<forward_kernel<D>>(forward_smem<D>());
-  forward_kernel<D><<<grid, kThreads, forward_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), as_bf16(o), lse,
-                                                                   dims_of(s));
-  TITAN_CUDA_CHECK_LAUNCH();
+  if constexpr (D <= 64) {
+    if (row_groups_for(D) == 2) return launch_forward<D, 2>(q, k, v, o, lse, s, stream);
+  }
+  launch_forward<D, 1>(q, k, v, o, lse, s, stream);
 }
 
 template <int D>
@@ -545,10 +651,10 @@ void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse,
                    dkdv_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
                                              as_bf16(dk), as_bf16(dv), dims_of(s));
   TITAN_CUDA_CHECK_LAUNCH();
-  allow_smem_once<dq_kernel<D>>(dq_smem<D>());
-  dq_kernel<D><<<dim3(static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch), tiles), kThreads, dq_smem<D>(),
-                 stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta, as_bf16(dq), dims_of(s));
-  TITAN_CUDA_CHECK_LAUNCH();
+  if constexpr (D <= 64) {
+    if (row_groups_for(D) == 2) return launch_dq<D, 2>(q, k, v, lse, dout, dq, delta, s, stream);
+  }
+  launch_dq<D, 1>(q, k, v, lse, dout, dq, delta, s, stream);
 }
 }  // namespace
 
