@@ -165,7 +165,8 @@ TEST(CudaEmbedding, ForwardGathersAndBackwardSumsInOrder) {
 TEST(CudaAttention, ForwardAndBackwardMatchCpu) {
   TITAN_REQUIRE_GPU();
   const std::vector<cuda::AttentionShape> shapes{
-      {2, 100, 4, 2, 16}, {1, 130, 8, 8, 64}, {2, 64, 4, 1, 32}, {1, 257, 2, 1, 128}, {3, 1, 2, 2, 16}, {1, 200, 6, 3, 64}};
+      {2, 100, 4, 2, 16}, {1, 130, 8, 8, 64}, {2, 64, 4, 1, 32}, {1, 257, 2, 1, 128}, {3, 1, 2, 2, 16}, {1, 200, 6, 3, 64},
+      {1, 300, 4, 2, 64}, {2, 384, 2, 2, 32}};  // several 128-row blocks: full, partial, skipped and unmasked tiles
   for (auto impl : {cuda::AttentionImpl::tensor_core, cuda::AttentionImpl::fma})
   for (const auto& s : shapes) {
     const auto tag = where(impl == cuda::AttentionImpl::fma ? "fma attention b s h kv hd" : "tensor-core attention b s h kv hd",
