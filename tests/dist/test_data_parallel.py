@@ -49,20 +49,22 @@ def comm_bytes(folder):
 
 def summary(stdout):
     """Parameters, the root's elements and this rank's state bytes from the start summary."""
-    model = re.search(r"model: llama3 \S+ \(dim (\d+), .* vocab (\d+)\)", stdout)
+    model = re.search(r"model: llama3 \S+ \(dim (\d+), layers (\d+), .* vocab (\d+)\)", stdout)
     params = re.search(r"^parameters: (\d+)", stdout, re.M)
     state = re.search(r"state per rank \(bytes.*\): parameters (\d+), gradients (\d+), optimizer (\d+)", stdout)
     if not (model and params and state):
         return None
-    dim, vocab = int(model.group(1)), int(model.group(2))
-    return {"P": int(params.group(1)), "root": 2 * vocab * dim + dim, "state": [int(x) for x in state.groups()]}
+    dim, layers, vocab = int(model.group(1)), int(model.group(2)), int(model.group(3))
+    p, root = int(params.group(1)), 2 * vocab * dim + dim
+    return {"P": p, "root": root, "block": (p - root) // layers, "state": [int(x) for x in state.groups()]}
 
 
 def analytic_traffic(info, replicate, shard, reshard, micro):
     """Bytes per rank per step: REFERENCE.md's (W-1)/W x P x (4 + 4 + 4) in float32 when every unit
-    gathers twice; the default keeps the root's weights for backward (one gather fewer)."""
-    p, root = info["P"], info["root"]
-    gathered = {"always": 2 * p, "default": 2 * p - root, "never": p}[reshard]
+    gathers twice ("always"); the default keeps the root's and the last block's weights for
+    backward (one gather fewer each)."""
+    p, root, block = info["P"], info["root"], info["block"]
+    gathered = {"always": 2 * p, "default": 2 * p - root - block, "never": p}[reshard]
     fsdp = (shard - 1) / shard * 4 * (gathered + p) * micro
     return fsdp + 2 * (replicate - 1) / replicate * 4 * p / shard
 

@@ -87,11 +87,11 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
   auto nccl = one_rank_nccl();
   const ModelArgs a = small_args();
   const BatchShape s{2, 70};
-  for (const bool reshard_blocks : {true, false}) {
+  for (const CudaFsdpPolicy policy : {CudaFsdpPolicy{}, CudaFsdpPolicy{true, true, true}, CudaFsdpPolicy{false, false, false}}) {
     Transformer host(a);
     host.init_weights(fresh_seed());
     CudaTransformer plain(a, host.parameters());
-    CudaTransformer sharded(a, host.parameters(), nccl.get(), CudaFsdpPolicy{reshard_blocks, !reshard_blocks});
+    CudaTransformer sharded(a, host.parameters(), nccl.get(), policy);
     ASSERT_TRUE(sharded.sharded());
     for (int step = 0; step < 3; ++step) {
       const Batch b = random_batch(a, s, "batch" + std::to_string(step));
@@ -99,7 +99,8 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
       sharded.zero_grad();
       const auto want = plain.forward_backward(b.tokens.data(), b.labels.data(), s, 0.01f);
       const auto got = sharded.forward_backward(b.tokens.data(), b.labels.data(), s, 0.01f);
-      ASSERT_EQ(got.loss_sum, want.loss_sum) << "step " << step << ", reshard " << reshard_blocks << ", seed " << fresh_seed();
+      ASSERT_EQ(got.loss_sum, want.loss_sum) << "step " << step << ", reshard blocks " << policy.reshard_blocks << " root " << policy.reshard_root
+                                          << ", seed " << fresh_seed();
       for (size_t i = 0; i < host.parameters().size(); ++i)
         ASSERT_EQ(sharded.gradient(i), plain.gradient(i)) << host.parameters()[i].name << ", step " << step;
       ASSERT_EQ(sharded.grad_sq_sum(), plain.grad_sq_sum());
@@ -131,49 +132,68 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
 }
 
 namespace {
-// W ranks as threads on one GPU, each with its own CudaTransformer: the collectives meet at a
-// barrier and copy between the ranks' device buffers (sums in rank order), so FSDP's rank
-// offsets, padding and reduce-scatter slices are checked without several GPUs.
+// W ranks as threads on one GPU, each with its own CudaTransformer. A collective meets at host
+// barriers only to swap pointers and events; the data moves on each rank's own stream, ordered
+// by events as NCCL orders it (a rank's copies wait for every sender's event; a sender's stream
+// waits until every rank has copied), so a missing wait in the model shows up here too.
 class ThreadCollectives final : public cuda::DeviceCollectives {
  public:
   struct Meeting {
-    explicit Meeting(int w) : world(w), barrier(w), send(static_cast<size_t>(w), nullptr) {}
+    explicit Meeting(int w)
+        : world(w), barrier(w), send(static_cast<size_t>(w), nullptr), ready(static_cast<size_t>(w), nullptr),
+          done(static_cast<size_t>(w), nullptr) {}
     int world;
     std::barrier<> barrier;
     std::vector<const void*> send;
+    std::vector<cudaEvent_t> ready, done;
   };
-  ThreadCollectives(Meeting& m, int rank) : m_(m), rank_(rank) {}
+  ThreadCollectives(Meeting& m, int rank) : m_(m), rank_(rank) {
+    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+  ~ThreadCollectives() override {
+    cudaEventDestroy(ready_);
+    cudaEventDestroy(done_);
+  }
   int rank() const override { return rank_; }
   int size() const override { return m_.world; }
   void all_gather_bf16(const cuda::bf16* send, cuda::bf16* recv, int64_t count, cudaStream_t stream) override {
-    meet(send, stream);
-    for (int q = 0; q < m_.world; ++q)
-      TITAN_CUDA_CHECK(cudaMemcpy(recv + q * count, m_.send[q], count * sizeof(cuda::bf16), cudaMemcpyDeviceToDevice));
-    m_.barrier.arrive_and_wait();  // no rank reuses its send buffer before every rank has copied it
+    exchange(send, stream, [&] {
+      for (int q = 0; q < m_.world; ++q)
+        TITAN_CUDA_CHECK(cudaMemcpyAsync(recv + q * count, m_.send[q], count * sizeof(cuda::bf16),
+                                         cudaMemcpyDeviceToDevice, stream));
+    });
   }
   void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) override {
-    meet(send, stream);
-    std::vector<float> sum(static_cast<size_t>(count), 0.0f), part(static_cast<size_t>(count));
-    for (int q = 0; q < m_.world; ++q) {
-      TITAN_CUDA_CHECK(cudaMemcpy(part.data(), static_cast<const float*>(m_.send[q]) + rank_ * count,
-                                  count * sizeof(float), cudaMemcpyDeviceToHost));
-      for (int64_t i = 0; i < count; ++i) sum[i] += part[i];
-    }
-    TITAN_CUDA_CHECK(cudaMemcpy(recv, sum.data(), count * sizeof(float), cudaMemcpyHostToDevice));
-    m_.barrier.arrive_and_wait();
+    exchange(send, stream, [&] {  // rank 0's slice, then the others added in rank order
+      TITAN_CUDA_CHECK(cudaMemcpyAsync(recv, static_cast<const float*>(m_.send[0]) + rank_ * count,
+                                       count * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+      for (int q = 1; q < m_.world; ++q)
+        cuda::accumulate_f32(recv, static_cast<const float*>(m_.send[q]) + rank_ * count, count, stream);
+    });
   }
   void group_start() override {}
   void group_end() override {}
   void synchronize(cudaStream_t stream) override { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
  private:
-  void meet(const void* send, cudaStream_t stream) {
-    TITAN_CUDA_CHECK(cudaStreamSynchronize(stream));  // this rank's send buffer is written
+  template <typename Move>
+  void exchange(const void* send, cudaStream_t stream, Move move) {
+    TITAN_CUDA_CHECK(cudaEventRecord(ready_, stream));  // this rank's send buffer is written
     m_.send[rank_] = send;
+    m_.ready[rank_] = ready_;
     m_.barrier.arrive_and_wait();
+    for (int q = 0; q < m_.world; ++q) TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream, m_.ready[q], 0));
+    move();
+    TITAN_CUDA_CHECK(cudaEventRecord(done_, stream));
+    m_.done[rank_] = done_;
+    m_.barrier.arrive_and_wait();
+    for (int q = 0; q < m_.world; ++q) TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream, m_.done[q], 0));
+    m_.barrier.arrive_and_wait();  // nobody re-records its events before every rank has waited on them
   }
   Meeting& m_;
   int rank_;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
 };
 }  // namespace
 
@@ -185,7 +205,7 @@ TEST(Fsdp, SeveralRanksAsThreadsMatchThePlainModel) {
   const ModelArgs a = small_args();
   const int64_t rows = 2, seq = 70;
   for (const int world : {2, 3}) {
-    for (const CudaTransformer::FsdpPolicy policy : {CudaTransformer::FsdpPolicy{}, CudaTransformer::FsdpPolicy{false, true}}) {
+    for (const CudaFsdpPolicy policy : {CudaFsdpPolicy{}, CudaFsdpPolicy{true, true, true}}) {
       const uint64_t seed = fresh_seed() + static_cast<uint64_t>(world);
       Transformer host(a);
       host.init_weights(seed);

@@ -70,7 +70,7 @@ TEST(Fsdp, GroupOfOneEqualsThePlainModel) {
   auto group = parallel::make_local_group();
   for (const auto ac : {ActivationCheckpointing{}, ActivationCheckpointing{Mode::full, 1},
                         ActivationCheckpointing{Mode::selective_op, 1}}) {
-    for (const FsdpOptions opt : {FsdpOptions{}, FsdpOptions{true, true}, FsdpOptions{false, false}}) {
+    for (const FsdpOptions opt : {FsdpOptions{}, FsdpOptions{true, true, true}, FsdpOptions{false, false, false}}) {
       Transformer plain(a), sharded(a);
       plain.init_weights(7);
       sharded.init_weights(7);
@@ -111,7 +111,7 @@ TEST(Fsdp, PeakGatheredBytesAreTheRootAndOneBlock) {
     m.init_weights(1);
     const auto units = m.units();
     ASSERT_EQ(units.size(), static_cast<size_t>(a.n_layers + 1));
-    FullyShardedDataParallel fsdp(units, *group, FsdpOptions{reshard, false});
+    FullyShardedDataParallel fsdp(units, *group, FsdpOptions{reshard, false, false});
     m.set_hooks(&fsdp);
     const Batch b = random_batch(s, a.vocab_size, 3);
     m.forward_backward(b.tokens.data(), b.labels.data(), s, 0.2f);

@@ -47,9 +47,12 @@ DataParallel::DataParallel(ProcessGroup& world, MeshShape mesh, FsdpOptions fsdp
 
 void DataParallel::apply(llama3::Transformer& model, bool hooks) {
   const auto units = model.units();
-  root_elements_ = block_elements_ = 0;
+  root_elements_ = block_elements_ = last_block_elements_ = 0;
   for (size_t u = 0; u < units.size(); ++u)
-    for (const Parameter* p : units[u]) (u == 0 ? root_elements_ : block_elements_) += p->numel();
+    for (const Parameter* p : units[u]) {
+      (u == 0 ? root_elements_ : block_elements_) += p->numel();
+      if (u > 0 && u + 1 == units.size()) last_block_elements_ += p->numel();
+    }
   if (!sharded() || !hooks) return;
   fsdp_ = std::make_unique<FullyShardedDataParallel>(units, *shard_group_, fsdp_options_);
   model.set_hooks(fsdp_.get());
@@ -83,8 +86,10 @@ CommVolume DataParallel::take_volume() {
 double DataParallel::analytic_volume(int64_t micro_batches, double gather_bytes) const {
   const double s = mesh_.shard, r = mesh_.replicate, root = double(root_elements_), blocks = double(block_elements_);
   // (One forced FSDP rank moves nothing: (s - 1) / s = 0.)
-  const double gathered = root * (fsdp_options_.reshard_root_after_forward ? 2 : 1) +
-                          blocks * (fsdp_options_.reshard_blocks_after_forward ? 2 : 1);
+  const double last = double(last_block_elements_);
+  const double gathered = root * (fsdp_options_.reshard_root ? 2 : 1) +
+                          (blocks - last) * (fsdp_options_.reshard_blocks ? 2 : 1) +
+                          last * (fsdp_options_.reshard_last_block ? 2 : 1);
   const double fsdp = s > 1 ? (s - 1) / s * (gather_bytes * gathered + 4 * (root + blocks)) * double(micro_batches) : 0.0;
   const double replicate = 2.0 * (r - 1) / r * 4 * (root + blocks) / s;
   return fsdp + replicate;

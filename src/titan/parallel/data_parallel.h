@@ -51,10 +51,10 @@ class DataParallel {
   // Communication since the last call, this rank (bytes).
   CommVolume take_volume();
   // Bytes per rank per step, mean over the ranks, from the schedule (after apply): per
-  // micro-batch (W-1)/W x 4 bytes x (gathered elements + reduced elements), where a unit that
+  // micro-batch (W-1)/W x (gather bytes x gathered + 4 x reduced elements), where a unit that
   // reshards after forward is gathered twice; plus, across R replicas, 2 (R-1)/R x 4 bytes x
-  // the shard once per step. With every unit resharding this is REFERENCE.md's
-  // (W-1)/W x P x (4 + 4 + 4) (float32 gathers: the CPU computes in float32).
+  // the shard once per step. With every unit resharding ("always") this is REFERENCE.md's
+  // (W-1)/W x P x (4 + 4 + 4) with float32 gathers (the CPU computes in float32).
   double analytic_volume(int64_t micro_batches, double gather_bytes = 4) const;
   // Peak bytes of whole (gathered) weights and gradients so far; 0 without FSDP.
   size_t peak_unsharded_bytes() const { return fsdp_ ? fsdp_->peak_unsharded_bytes() : 0; }
@@ -66,7 +66,7 @@ class DataParallel {
   ProcessGroup* shard_group_ = nullptr;
   ProcessGroup* replicate_group_ = nullptr;
   FsdpOptions fsdp_options_;
-  int64_t root_elements_ = 0, block_elements_ = 0;  // set by apply
+  int64_t root_elements_ = 0, block_elements_ = 0, last_block_elements_ = 0;  // set by apply
   std::unique_ptr<FullyShardedDataParallel> fsdp_;
   CommVolume replicate_volume_;
 };

@@ -68,7 +68,8 @@ void FullyShardedDataParallel::reshard(Unit& u) {
 void FullyShardedDataParallel::before_forward(int index) { gather(unit(index)); }
 
 void FullyShardedDataParallel::after_forward(int index, bool backward_follows) {
-  const bool frees = index == 0 ? options_.reshard_root_after_forward : options_.reshard_blocks_after_forward;
+  const bool last = index + 1 == static_cast<int>(units_.size());
+  const bool frees = index == 0 ? options_.reshard_root : last ? options_.reshard_last_block : options_.reshard_blocks;
   const bool keep = backward_follows && !frees;
   if (!keep) reshard(unit(index));
 }

@@ -15,11 +15,12 @@
 namespace titan::parallel {
 
 // Whether a unit frees its whole weights after its forward and gathers them again for its
-// backward (less memory, one more all-gather). FSDP2's default: blocks do, the root does not
-// (its backward starts right after its forward).
+// backward (less memory, one more all-gather). torchtitan's default: blocks do, except the last
+// one and the root, whose backward starts right after their forward.
 struct FsdpOptions {
-  bool reshard_blocks_after_forward = true;
-  bool reshard_root_after_forward = false;
+  bool reshard_blocks = true;
+  bool reshard_root = false;
+  bool reshard_last_block = false;
 };
 
 // Bytes this rank moved, counted as a ring moves them: an all-gather or reduce-scatter of a

@@ -110,6 +110,13 @@ class CudaEngine final : public Engine {
 };
 }  // namespace
 
+namespace {
+// training.fsdp_reshard_after_forward as the CUDA model takes it (the same rules as FsdpOptions).
+llama3::CudaFsdpPolicy fsdp_policy(const std::string& reshard) {
+  return {reshard != "never", reshard == "always", reshard == "always"};
+}
+}  // namespace
+
 int select_cuda_device() {
   const int local = parallel::detect_launch().local_rank, count = cuda::device_count();
   // One visible device: the launcher bound this rank to its GPU (CUDA_VISIBLE_DEVICES per task).
@@ -126,8 +133,7 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"), fsdp,
-                                      llama3::CudaFsdpPolicy{cfg.get_string("training.fsdp_reshard_after_forward") != "never",
-                                                             cfg.get_string("training.fsdp_reshard_after_forward") == "always"});
+                                      fsdp_policy(cfg.get_string("training.fsdp_reshard_after_forward")));
 }
 
 }  // namespace titan::train

@@ -44,8 +44,9 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   if (shards > 1) {  // FSDP: the root and two blocks gathered (one computing, one prefetched), two blocks'
                      // whole gradients (one computing, one reducing), one unit's reduced shards
     const double root = double(root_params(a)), block = double(block_params(a));
-    *param_bytes += device_block(2 * root) + (keep_blocks ? L : 2.0) * device_block(2 * block);
-    *grad_bytes += device_block(4 * root) + 2 * device_block(4 * block) + device_block(4 * std::max(root, block) / double(shards));
+    const double held = std::min(2.0, L);
+    *param_bytes += device_block(2 * root) + (keep_blocks ? L : held) * device_block(2 * block);
+    *grad_bytes += device_block(4 * root) + held * device_block(4 * block) + device_block(4 * std::max(root, block) / double(shards));
   }
   auto bf = [](double count) { return device_block(2 * count); };
   auto fp = [](double count) { return device_block(4 * count); };

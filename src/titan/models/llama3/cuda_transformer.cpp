@@ -1,6 +1,7 @@
 #include "titan/models/llama3/cuda_transformer.h"
 
 #include <algorithm>
+#include <exception>
 
 #include "titan/ops/cuda/cuda_check.h"
 
@@ -20,6 +21,27 @@ T* ptr(const DeviceBuffer& b) { return b.as<T>(); }
 
 namespace {
 int64_t aligned(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// One NCCL group per unit, closed even when a call in it throws.
+class CollectiveGroup {
+ public:
+  explicit CollectiveGroup(cuda::DeviceCollectives& c) : c_(c) { c_.group_start(); }
+  ~CollectiveGroup() noexcept(false) {
+    if (std::uncaught_exceptions() > 0) {
+      try {
+        c_.group_end();
+      } catch (...) {
+      }
+      return;
+    }
+    c_.group_end();
+  }
+  CollectiveGroup(const CollectiveGroup&) = delete;
+  CollectiveGroup& operator=(const CollectiveGroup&) = delete;
+
+ private:
+  cuda::DeviceCollectives& c_;
+};
 }  // namespace
 
 CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
@@ -103,7 +125,11 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
 CudaTransformer::~CudaTransformer() {
   drop_graph();
   if (comm_) {
-    cudaStreamSynchronize(comm_);
+    try {  // with the collectives' deadline: a peer that died must not hang this rank here
+      compute_after_comm();
+      fsdp_->synchronize(stream_);
+    } catch (...) {
+    }
     cudaStreamDestroy(comm_);
   }
   for (cudaEvent_t e : gathered_event_) cudaEventDestroy(e);
@@ -154,12 +180,13 @@ void CudaTransformer::gather(size_t u) {
   gathered_[u] = DeviceBuffer(alloc_, static_cast<size_t>(unit_elems_[u]) * sizeof(bf16));
   track_unsharded(gathered_[u].bytes(), true);
   comm_after_compute();
-  fsdp_->group_start();
-  for (size_t i : unit_params_[u]) {
-    fsdp_->all_gather_bf16(ptr<bf16>(weights_) + offset_[i], ptr<bf16>(gathered_[u]) + unit_offset_[i], shard_[i], comm_);
-    comm_bytes_ += 2.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
+  {
+    CollectiveGroup group(*fsdp_);
+    for (size_t i : unit_params_[u]) {
+      fsdp_->all_gather_bf16(ptr<bf16>(weights_) + offset_[i], ptr<bf16>(gathered_[u]) + unit_offset_[i], shard_[i], comm_);
+      comm_bytes_ += 2.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
+    }
   }
-  fsdp_->group_end();
   TITAN_CUDA_CHECK(cudaEventRecord(gathered_event_[u], comm_));
   awaiting_[u] = true;
 }
@@ -192,13 +219,14 @@ void CudaTransformer::reduce_unit_grads(size_t u) {
   TITAN_CHECK(unit_grads_[u].bytes() > 0, "FSDP: unit ", u, " left a backward it did not enter");
   retire_reduced();  // the previous unit's reduce-scatter has had this unit's backward to run
   comm_after_compute();
-  fsdp_->group_start();
-  for (size_t i : unit_params_[u]) {
-    fsdp_->reduce_scatter_f32(ptr<float>(unit_grads_[u]) + unit_offset_[i], ptr<float>(reduced_) + reduced_offset_[i],
-                              shard_[i], comm_);
-    comm_bytes_ += 4.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
+  {
+    CollectiveGroup group(*fsdp_);
+    for (size_t i : unit_params_[u]) {
+      fsdp_->reduce_scatter_f32(ptr<float>(unit_grads_[u]) + unit_offset_[i], ptr<float>(reduced_) + reduced_offset_[i],
+                                shard_[i], comm_);
+      comm_bytes_ += 4.0 * static_cast<double>((fsdp_->size() - 1) * shard_[i]);
+    }
   }
-  fsdp_->group_end();
   for (size_t i : unit_params_[u])
     cuda::accumulate_f32(ptr<float>(grad_) + offset_[i], ptr<float>(reduced_) + reduced_offset_[i], shard_[i], comm_);
   TITAN_CUDA_CHECK(cudaEventRecord(reduced_event_[u], comm_));
@@ -257,6 +285,7 @@ void CudaTransformer::upload(const std::deque<Parameter>& params) {
 }
 
 void CudaTransformer::download(std::deque<Parameter>& params) {
+  compute_after_comm();
   size_t i = 0;
   for (auto& p : params) {
     const size_t bytes = static_cast<size_t>(local_[i]) * sizeof(float);
@@ -319,7 +348,10 @@ void CudaTransformer::plan(BatchShape s) {
   planned_ = s;
 }
 
-void CudaTransformer::zero_grad() { TITAN_CUDA_CHECK(cudaMemsetAsync(grad_.as<void>(), 0, grad_.bytes(), stream_)); }
+void CudaTransformer::zero_grad() {
+  compute_after_comm();  // no reduce-scatter may still add into grad_
+  TITAN_CUDA_CHECK(cudaMemsetAsync(grad_.as<void>(), 0, grad_.bytes(), stream_));
+}
 
 void CudaTransformer::upload_batch(const int32_t* tokens, const int32_t* labels, int64_t n, bool with_index) {
   for (int64_t i = 0; i < n; ++i)
@@ -427,6 +459,7 @@ void CudaTransformer::block_backward(size_t layer, BatchShape s) {
 void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward_follows) {
   const int64_t n = s.rows();
   use(0);
+  if (!layers_.empty()) gather(1);  // the first block's weights arrive while the embedding runs
   {
     Tracer::Span span(tracer, "forward embedding");
     at(Phase::embedding);
@@ -435,9 +468,10 @@ void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward
   for (size_t i = 0; i < layers_.size(); ++i) {
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
     use(i + 1);
-    if (i + 1 < layers_.size()) gather(i + 2);  // the next block's weights arrive while this one computes
+    const bool last = i + 1 == layers_.size();
+    if (!last) gather(i + 2);  // the next block's weights arrive while this one computes
     block_forward(i, s);
-    if (!backward_follows || policy_.reshard_blocks) reshard(i + 1);
+    if (!backward_follows || (last ? policy_.reshard_last_block : policy_.reshard_blocks)) reshard(i + 1);
   }
   at(Phase::norm_elementwise);
   cuda::rmsnorm_forward(ptr<bf16>(residual_.back()), w(norm_), ptr<bf16>(final_out_), ptr<float>(final_rstd_), n,
@@ -488,10 +522,11 @@ cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, c
   upload_batch(tokens, labels, n, true);
   forward_hidden(s, tracer, true);
   cpu::ClassifierResult result;
-  if (policy_.reshard_root && fsdp_) {  // FSDP2's root: freed after forward, gathered again for backward
+  if (policy_.reshard_root && fsdp_) {  // "always": the root too is freed after forward, gathered again
     reshard(0);
     use(0);
   }
+  if (fsdp_ && !layers_.empty()) gather(layers_.size());  // the last block, freed or not, arrives beside the classifier
   begin_unit_grads(0);  // the root's: the classifier writes the output projection's
   {
     Tracer::Span span(tracer, "loss (output projection + cross-entropy, forward and backward)");
@@ -626,6 +661,7 @@ void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float*
 }
 
 double CudaTransformer::grad_sq_sum() {
+  compute_after_comm();
   at(Phase::optimizer);
   cuda::sum_squares_f32(ptr<float>(grad_), total_, ptr<double>(sums_) + 1, ptr<double>(reduce_scratch_), stream_);
   double out = 0;
@@ -635,6 +671,7 @@ double CudaTransformer::grad_sq_sum() {
 }
 
 void CudaTransformer::adamw(const cuda::AdamWStep& step) {
+  compute_after_comm();  // no gather may still read the weights it rewrites
   at(Phase::optimizer);
   cuda::adamw(ptr<float>(master_), ptr<float>(grad_), ptr<float>(exp_avg_), ptr<float>(exp_avg_sq_), ptr<bf16>(weights_),
               total_, step, stream_);
@@ -646,6 +683,7 @@ void CudaTransformer::enable_phase_timing() {
 }
 
 std::vector<float> CudaTransformer::gradient(size_t param_index) {
+  compute_after_comm();
   std::vector<float> out(local_.at(param_index));  // the flat gradient (shard) buffer: after a backward
   TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), ptr<float>(grad_) + offset_[param_index], out.size() * sizeof(float),
                                    cudaMemcpyDeviceToHost, stream_));

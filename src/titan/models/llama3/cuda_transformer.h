@@ -25,10 +25,13 @@
 
 namespace titan::llama3 {
 
-// Which units free their gathered weights after forward (FSDP's reshard_after_forward).
+// Which units free their gathered weights after forward (FSDP's reshard_after_forward), as
+// parallel::FsdpOptions: by default blocks do, except the last one and the root, whose
+// backward follows at once.
 struct CudaFsdpPolicy {
-  bool reshard_blocks = true;  // a block's, gathered again for its backward
-  bool reshard_root = false;   // the root's too (its backward follows at once)
+  bool reshard_blocks = true;
+  bool reshard_root = false;
+  bool reshard_last_block = false;
 };
 
 class CudaTransformer {
@@ -38,8 +41,8 @@ class CudaTransformer {
   // device's fp32 state and bf16 weights (each padded to ceil(rows / size) rows); a unit's
   // whole bf16 weights (the root: embedding, norm, output; or one block) are all-gathered
   // before it runs and freed after (after forward as `policy` says, and after backward), and
-  // its fp32 gradients live only during its backward, which ends in a reduce-scatter added
-  // into the gradient shards. Steps run eagerly (no CUDA graph); waits go through
+  // its fp32 gradients live from its backward until the next unit's backward has run beside
+  // its reduce-scatter, whose result is added into the gradient shards. Steps run eagerly (no CUDA graph); waits go through
   // fsdp->synchronize, so a dead peer ends the rank after the timeout.
   using FsdpPolicy = CudaFsdpPolicy;
   CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
