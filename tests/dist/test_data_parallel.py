@@ -252,6 +252,21 @@ def main():
                 predicted = float(m.group(1))
                 check(abs(predicted - measured) <= 0.1 * measured,
                       f"{ranks} ranks: estimate {predicted:.3f} GiB within 10% of rank 0's {measured:.3f} GiB")
+        # Validation under FSDP (a forward-only pass through the gathers) equals one process's over the
+        # same validation batches (batch_size rows each, so that process accumulates 2 micro-batches).
+        val = ["--training.steps", "4", "--validation.enabled", "true", "--validation.freq", "2", "--validation.steps", "2"]
+        runs = {}
+        for ranks in (1, 2):
+            folder = os.path.join(tmp, f"val{ranks}")
+            r = train(a.titan, a.configs, folder, ranks, 6, *val)
+            check(r.returncode == 0, f"validation at {ranks} ranks ({r.stderr.strip()[-300:]})")
+            if r.returncode == 0:
+                with open(os.path.join(folder, "metrics.jsonl")) as f:
+                    runs[ranks] = [json.loads(line)["val_loss"] for line in f if "val_loss" in line]
+        if len(runs) == 2:
+            check(len(runs[1]) == 2 and len(runs[2]) == 2 and
+                  all(abs(x - y) <= 1e-6 * abs(x) for x, y in zip(runs[1], runs[2])),
+                  f"FSDP 2 ranks' validation losses {runs[2]} equal one process's {runs[1]}")
         # FSDP over one rank (training.fsdp_on_one_rank): every sharded path, the plain run's losses bit for bit.
         folder = os.path.join(tmp, "fsdp_one")
         r = train(a.titan, a.configs, folder, 1, 12, "--training.steps", "20", "--training.fsdp_on_one_rank", "true")
