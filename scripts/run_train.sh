@@ -2,12 +2,17 @@
 # torchtitan's run_train.sh for titan: NGPU ranks (under mpirun when more than one),
 # CONFIG_FILE, and any extra --section.key value overrides.
 #   NGPU=4 CONFIG_FILE=train_configs/debug_model.toml scripts/run_train.sh --training.steps 50
-# Ranks train data-parallel on the CPU backend for now (multi-GPU needs NCCL: issue 8).
+# Ranks shard the model (FSDP) by default; with the CUDA build (TITAN=build/cuda/titan, the
+# default when it exists) each rank uses the GPU of its local rank, over NCCL (multi-GPU runs
+# are not yet verified on a machine with several GPUs: docs/distributed.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NGPU=${NGPU:-1}
 CONFIG_FILE=${CONFIG_FILE:-./train_configs/debug_model.toml}
-TITAN=${TITAN:-build/cpu/titan}
+if [ -z "${TITAN:-}" ]; then
+  TITAN=build/cpu/titan
+  [ -x build/cuda/titan ] && TITAN=build/cuda/titan
+fi
 [[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || { echo "run_train.sh: NGPU=$NGPU: expected a positive integer" >&2; exit 2; }
 [ -x "$TITAN" ] || { echo "run_train.sh: $TITAN not built (cmake --preset cpu && cmake --build --preset cpu)" >&2; exit 2; }
 if [ "$NGPU" -eq 1 ]; then
