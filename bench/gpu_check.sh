@@ -64,7 +64,7 @@ bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
     --profiling.enable_profiling false --metrics.enable_tensorboard false --training.device cuda \
     --job.dump_folder "$OUT/bench_$1" "${@:7}" > "$OUT/bench_$1.log" 2>&1 || { status=1; tail -5 "$OUT/bench_$1.log"; }
   echo "== titan $1: $(grep -E "^step" "$OUT/bench_$1.log" | tail -1)"
-  grep -A8 "^gpu phases" "$OUT/bench_$1.log"
+  grep -A9 "^gpu phases" "$OUT/bench_$1.log"
   if [ -n "${SKIP_TORCH:-}" ]; then return; fi
   timeout 150 $PY $GPU/torch_anchor.py --model $6 --seq $4 --batch $5 --steps 10 --warmup 3 --variants ${TORCH_VARIANTS:-compile} \
     --out "$OUT/anchor_$1.json" > "$OUT/anchor_$1.log" 2>&1 || { status=1; tail -5 "$OUT/anchor_$1.log"; }
@@ -89,7 +89,7 @@ $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
   for t in cast kernels cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
   for p in cpu gpu rerun compile compile_rerun fsdp; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
-  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -16; done
+  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -18; done
   for a in "$OUT"/anchor_*.log; do [ -f "$a" ] && { echo "## $(basename $a)"; tail -6 "$a"; }; done
   echo "## summary"; for s in "${summary[@]}"; do echo "$s"; done
   cat "$OUT/table.txt"

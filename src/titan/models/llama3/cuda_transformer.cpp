@@ -171,6 +171,7 @@ void CudaTransformer::comm_after_compute() {
 
 void CudaTransformer::compute_after_comm() {
   if (!comm_) return;
+  at(Phase::communication);
   TITAN_CUDA_CHECK(cudaEventRecord(comm_mark_, comm_));
   TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream_, comm_mark_, 0));
 }
@@ -195,6 +196,7 @@ void CudaTransformer::use(size_t u) {
   if (!fsdp_) return;
   gather(u);  // unless prefetched
   if (!awaiting_[u]) return;
+  at(Phase::communication);  // until the next op's mark: time the compute stream waits for this gather
   TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream_, gathered_event_[u], 0));
   awaiting_[u] = false;
 }
@@ -237,6 +239,7 @@ void CudaTransformer::reduce_unit_grads(size_t u) {
 // The compute stream waits for the reduce-scatters issued so far (and their additions into
 // grad_); then their whole-gradient buffers can be handed out again.
 void CudaTransformer::retire_reduced() {
+  if (!reducing_.empty()) at(Phase::communication);
   for (size_t v : reducing_) {
     TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream_, reduced_event_[v], 0));
     track_unsharded(unit_grads_[v].bytes(), false);

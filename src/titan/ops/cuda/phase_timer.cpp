@@ -13,6 +13,7 @@ const char* phase_name(Phase p) {
     case Phase::attention_backward: return "attention backward";
     case Phase::classifier: return "classifier (GEMMs + cross-entropy)";
     case Phase::optimizer: return "grad norm + AdamW";
+    case Phase::communication: return "waiting for FSDP collectives";
     default: return "?";
   }
 }

@@ -11,7 +11,10 @@
 
 namespace titan::cuda {
 
-enum class Phase { embedding, norm_elementwise, gemm, attention_forward, attention_backward, classifier, optimizer, count };
+// communication: the compute stream waiting for FSDP's collectives (exposed communication).
+enum class Phase {
+  embedding, norm_elementwise, gemm, attention_forward, attention_backward, classifier, optimizer, communication, count
+};
 const char* phase_name(Phase p);
 
 class PhaseTimer {
