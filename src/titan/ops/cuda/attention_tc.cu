@@ -1,10 +1,13 @@
 // Causal grouped-query flash attention on the tensor cores (mma.sync m16n8k16, bf16 in, fp32
-// accumulate), FlashAttention-2's scheme: each warp owns 16 rows of a 64-row tile, scores and
-// probabilities stay in registers (an mma's accumulator layout is the next mma's operand
-// layout), the online softmax runs in fp32. The backward is two kernels, dK/dV per key tile
-// and dQ per query tile, so no gradient is summed with atomics and reruns are bit-identical.
+// accumulate), FlashAttention-2's scheme: each warp owns 16 x M query rows (M = 2 for
+// head_dim <= 64 in the forward and dQ kernels, else 1) against 64-key tiles that stream
+// through shared memory double-buffered (cp.async); scores and probabilities stay in registers
+// (an mma's accumulator layout is the next mma's operand layout), the online softmax runs in
+// fp32. The backward is two kernels, dK/dV per 64-key tile and dQ per query block, so no
+// gradient is summed with atomics and reruns are bit-identical.
 // Operands that an mma needs transposed are read with ldmatrix.trans from the row-major tiles.
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -129,6 +132,8 @@ constexpr size_t dq_smem() { return (2 * M + 4) * tile_bytes<D>(); }  // Q, dO (
 int row_groups_for(int head_dim) {
   static const bool single = [] {
     const char* v = std::getenv("TITAN_ATTENTION_ROWS_PER_WARP");
+    if (v != nullptr && std::string(v) != "16" && std::string(v) != "32")
+      std::fprintf(stderr, "titan: warning: TITAN_ATTENTION_ROWS_PER_WARP=%s: expected 16 or 32; using 32\n", v);
     return v != nullptr && std::string(v) == "16";
   }();
   return head_dim <= 64 && !single ? 2 : 1;
