@@ -267,6 +267,17 @@ def main():
             check(len(runs[1]) == 2 and len(runs[2]) == 2 and
                   all(abs(x - y) <= 1e-6 * abs(x) for x, y in zip(runs[1], runs[2])),
                   f"FSDP 2 ranks' validation losses {runs[2]} equal one process's {runs[1]}")
+        # scripts/run_train.sh (torchtitan's NGPU / CONFIG_FILE / overrides) starts the same FSDP run.
+        script = os.path.join(os.path.dirname(os.path.abspath(a.configs)), "scripts", "run_train.sh")
+        folder = os.path.join(tmp, "run_train")
+        env = dict(os.environ, NGPU="2", TITAN=a.titan, CONFIG_FILE=os.path.join(a.configs, "debug_model.toml"))
+        r = subprocess.run(["bash", script, "--training.device", "cpu", "--training.dataset", "synthetic",
+                            "--training.seq_len", "32", "--training.batch_size", "6", "--training.global_batch_size", "12",
+                            "--training.steps", "20", "--metrics.log_freq", "1", "--job.dump_folder", folder],
+                           capture_output=True, text=True, timeout=600, env=env)
+        check(r.returncode == 0 and "ranks: 2 (mpi), FSDP" in r.stdout, f"run_train.sh NGPU=2 ({r.stderr.strip()[-300:]})")
+        if r.returncode == 0:
+            close(losses(folder), ref, steps, "run_train.sh NGPU=2 vs one process")
         # FSDP over one rank (training.fsdp_on_one_rank): every sharded path, the plain run's losses bit for bit.
         folder = os.path.join(tmp, "fsdp_one")
         r = train(a.titan, a.configs, folder, 1, 12, "--training.steps", "20", "--training.fsdp_on_one_rank", "true")
