@@ -87,7 +87,7 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
   auto nccl = one_rank_nccl();
   const ModelArgs a = small_args();
   const BatchShape s{2, 70};
-  for (const CudaFsdpPolicy policy : {CudaFsdpPolicy{}, CudaFsdpPolicy{true, true, true}, CudaFsdpPolicy{false, false, false}}) {
+  for (const ReshardPolicy policy : {ReshardPolicy{}, ReshardPolicy{true, true, true}, ReshardPolicy{false, false, false}}) {
     Transformer host(a);
     host.init_weights(fresh_seed());
     CudaTransformer plain(a, host.parameters());
@@ -205,7 +205,7 @@ TEST(Fsdp, SeveralRanksAsThreadsMatchThePlainModel) {
   const ModelArgs a = small_args();
   const int64_t rows = 2, seq = 70;
   for (const int world : {2, 3}) {
-    for (const CudaFsdpPolicy policy : {CudaFsdpPolicy{}, CudaFsdpPolicy{true, true, true}}) {
+    for (const ReshardPolicy policy : {ReshardPolicy{}, ReshardPolicy{true, true, true}}) {
       const uint64_t seed = fresh_seed() + static_cast<uint64_t>(world);
       Transformer host(a);
       host.init_weights(seed);

@@ -25,7 +25,6 @@
 
 using namespace titan;
 using namespace titan::llama3;
-using titan::parallel::FsdpOptions;
 using titan::parallel::FullyShardedDataParallel;
 
 namespace {
@@ -70,7 +69,7 @@ TEST(Fsdp, GroupOfOneEqualsThePlainModel) {
   auto group = parallel::make_local_group();
   for (const auto ac : {ActivationCheckpointing{}, ActivationCheckpointing{Mode::full, 1},
                         ActivationCheckpointing{Mode::selective_op, 1}}) {
-    for (const FsdpOptions opt : {FsdpOptions{}, FsdpOptions{true, true, true}, FsdpOptions{false, false, false}}) {
+    for (const ReshardPolicy opt : {ReshardPolicy{}, ReshardPolicy{true, true, true}, ReshardPolicy{false, false, false}}) {
       Transformer plain(a), sharded(a);
       plain.init_weights(7);
       sharded.init_weights(7);
@@ -111,7 +110,7 @@ TEST(Fsdp, PeakGatheredBytesAreTheRootAndOneBlock) {
     m.init_weights(1);
     const auto units = m.units();
     ASSERT_EQ(units.size(), static_cast<size_t>(a.n_layers + 1));
-    FullyShardedDataParallel fsdp(units, *group, FsdpOptions{reshard, false, false});
+    FullyShardedDataParallel fsdp(units, *group, ReshardPolicy{reshard, false, false});
     m.set_hooks(&fsdp);
     const Batch b = random_batch(s, a.vocab_size, 3);
     m.forward_backward(b.tokens.data(), b.labels.data(), s, 0.2f);
@@ -133,7 +132,7 @@ TEST(Fsdp, MicroBatchesAccumulateInTheShards) {
   Transformer plain(a), sharded(a);
   plain.init_weights(5);
   sharded.init_weights(5);
-  FullyShardedDataParallel fsdp(sharded.units(), *group, FsdpOptions{});
+  FullyShardedDataParallel fsdp(sharded.units(), *group, ReshardPolicy{});
   sharded.set_hooks(&fsdp);
   const Batch b = random_batch(whole, a.vocab_size, 11);
   plain.zero_grad();
@@ -151,7 +150,7 @@ TEST(Fsdp, MicroBatchesAccumulateInTheShards) {
 TEST(Fsdp, RefusesShardsOfAnotherLayout) {
   Transformer m(small_args(), 1, 3);  // shards of rank 1 of 3, a group of one
   auto group = parallel::make_local_group();
-  EXPECT_THROW(FullyShardedDataParallel(m.units(), *group, FsdpOptions{}), InternalError);
+  EXPECT_THROW(FullyShardedDataParallel(m.units(), *group, ReshardPolicy{}), InternalError);
 }
 
 TEST(Mesh, DegreesResolveAgainstTheWorld) {
@@ -294,10 +293,12 @@ TEST(LaunchEnv, ReadsTorchrunVariablesAndRefusesBadOnes) {
     {{{"WORLD_SIZE", "2"}, {"RANK", "2"}}, "RANK=2 is not below WORLD_SIZE=2"},
     {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", nullptr}}, "needs MASTER_ADDR"},
     {{{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}}, "WORLD_SIZE=2 needs RANK"},
+    {{{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "h"}, {"TITAN_RDZV_PORT", "0"}}, "TITAN_RDZV_PORT=0"},
     {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}, "MASTER_PORT=70000"},
   };
   for (const auto& [vars, expect] : bad) {
-    ScopedEnv reset({{"WORLD_SIZE", nullptr}, {"RANK", nullptr}, {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr}});
+    ScopedEnv reset({{"WORLD_SIZE", nullptr}, {"RANK", nullptr}, {"MASTER_ADDR", nullptr}, {"MASTER_PORT", nullptr},
+                     {"TITAN_RDZV_PORT", nullptr}});
     std::vector<std::unique_ptr<ScopedEnv>> set;
     for (auto [name, value] : vars) set.push_back(std::make_unique<ScopedEnv>(std::initializer_list<std::pair<const char*, const char*>>{{name, value}}));
     try {

@@ -25,7 +25,7 @@ MeshShape resolve_mesh(int world, int64_t replicate_degree, int64_t shard_degree
   return {static_cast<int>(r), static_cast<int>(s)};
 }
 
-DataParallel::DataParallel(ProcessGroup& world, MeshShape mesh, FsdpOptions fsdp) : mesh_(mesh) {
+DataParallel::DataParallel(ProcessGroup& world, MeshShape mesh, ReshardPolicy fsdp) : mesh_(mesh) {
   TITAN_CHECK(mesh.replicate * mesh.shard == world.size(), "mesh ", mesh.replicate, " x ", mesh.shard, " for ",
               world.size(), " ranks");
   // Only a two-dimensional mesh needs sub-groups (NCCL's world, for one, cannot split yet).

@@ -28,7 +28,7 @@ MeshShape resolve_mesh(int world, int64_t replicate_degree, int64_t shard_degree
 class DataParallel {
  public:
   // Splits `world` into the mesh's groups (every rank must construct it).
-  DataParallel(ProcessGroup& world, MeshShape mesh, FsdpOptions fsdp);
+  DataParallel(ProcessGroup& world, MeshShape mesh, ReshardPolicy fsdp);
   const MeshShape& mesh() const { return mesh_; }
   bool sharded() const { return mesh_.shard > 1 || mesh_.force_fsdp; }
   // The group parameters are sharded over (the world without replicas; one rank without FSDP).
@@ -65,7 +65,7 @@ class DataParallel {
   std::unique_ptr<ProcessGroup> own_shard_group_, own_replicate_group_;  // made when the mesh needs them
   ProcessGroup* shard_group_ = nullptr;
   ProcessGroup* replicate_group_ = nullptr;
-  FsdpOptions fsdp_options_;
+  ReshardPolicy fsdp_options_;
   int64_t root_elements_ = 0, block_elements_ = 0, last_block_elements_ = 0;  // set by apply
   std::unique_ptr<FullyShardedDataParallel> fsdp_;
   CommVolume replicate_volume_;

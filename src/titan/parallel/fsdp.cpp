@@ -7,7 +7,7 @@
 namespace titan::parallel {
 
 FullyShardedDataParallel::FullyShardedDataParallel(std::vector<std::vector<Parameter*>> units, ProcessGroup& group,
-                                                   FsdpOptions options)
+                                                   ReshardPolicy options)
     : group_(group), options_(options) {
   const int world = group.size();
   size_t largest_shard = 0;

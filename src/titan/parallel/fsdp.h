@@ -10,18 +10,10 @@
 
 #include "titan/core/module_hooks.h"
 #include "titan/core/parameter.h"
+#include "titan/core/reshard_policy.h"
 #include "titan/parallel/process_group.h"
 
 namespace titan::parallel {
-
-// Whether a unit frees its whole weights after its forward and gathers them again for its
-// backward (less memory, one more all-gather). torchtitan's default: blocks do, except the last
-// one and the root, whose backward starts right after their forward.
-struct FsdpOptions {
-  bool reshard_blocks = true;
-  bool reshard_root = false;
-  bool reshard_last_block = false;
-};
 
 // Bytes this rank moved, counted as a ring moves them: an all-gather or reduce-scatter of a
 // tensor of T elements sends T - (own shard) elements per rank; an all-reduce twice that.
@@ -33,7 +25,7 @@ struct CommVolume {
 class FullyShardedDataParallel final : public ModuleHooks {
  public:
   // Takes over `full` and `full_grad` of every parameter in `units` (shards of `group`'s ranks).
-  FullyShardedDataParallel(std::vector<std::vector<Parameter*>> units, ProcessGroup& group, FsdpOptions options);
+  FullyShardedDataParallel(std::vector<std::vector<Parameter*>> units, ProcessGroup& group, ReshardPolicy options);
   void before_forward(int unit) override;
   void after_forward(int unit, bool backward_follows) override;
   void before_backward(int unit) override;
@@ -59,7 +51,7 @@ class FullyShardedDataParallel final : public ModuleHooks {
   void track(const Tensor& t, bool allocated);
 
   ProcessGroup& group_;
-  FsdpOptions options_;
+  ReshardPolicy options_;
   std::vector<Unit> units_;
   std::vector<float> scratch_;  // one parameter's reduced shard
   CommVolume volume_;

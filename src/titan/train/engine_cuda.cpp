@@ -14,7 +14,7 @@ namespace {
 class CudaEngine final : public Engine {
  public:
   CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
-             cuda::DeviceCollectives* fsdp, llama3::CudaTransformer::FsdpPolicy policy)
+             cuda::DeviceCollectives* fsdp, ReshardPolicy policy)
       : host_(model), optimizer_(optimizer), device_(device), compile_(compile), phase_times_(phase_times) {
     TITAN_CUDA_CHECK(cudaSetDevice(device_));
     model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters(), fsdp, policy);
@@ -110,13 +110,6 @@ class CudaEngine final : public Engine {
 };
 }  // namespace
 
-namespace {
-// training.fsdp_reshard_after_forward as the CUDA model takes it (the same rules as FsdpOptions).
-llama3::CudaFsdpPolicy fsdp_policy(const std::string& reshard) {
-  return {reshard != "never", reshard == "always", reshard == "always"};
-}
-}  // namespace
-
 int select_cuda_device() {
   const int local = parallel::detect_launch().local_rank, count = cuda::device_count();
   // One visible device: the launcher bound this rank to its GPU (CUDA_VISIBLE_DEVICES per task).
@@ -133,7 +126,7 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"), fsdp,
-                                      fsdp_policy(cfg.get_string("training.fsdp_reshard_after_forward")));
+                                      ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")));
 }
 
 }  // namespace titan::train

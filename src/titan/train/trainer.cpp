@@ -158,9 +158,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                            ": replicas (HSDP, or replicated data parallel) are not built for GPUs yet: shard over all ranks "
                            "(data_parallel_replicate_degree = 1, data_parallel_shard_degree = -1)"));
   check_memory_estimate(cfg, on_cuda, mesh.shard);
-  const auto reshard = cfg.get_string("training.fsdp_reshard_after_forward");  // default, always or never
   dp_ = std::make_unique<parallel::DataParallel>(
-    group_, mesh, parallel::FsdpOptions{reshard != "never", reshard == "always", reshard == "always"});
+    group_, mesh, ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")));
   // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
   model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard);
   dp_->apply(*model_, !on_cuda);

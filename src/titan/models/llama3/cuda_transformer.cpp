@@ -45,7 +45,7 @@ class CollectiveGroup {
 }  // namespace
 
 CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
-                                 cuda::DeviceCollectives* fsdp, FsdpPolicy policy)
+                                 cuda::DeviceCollectives* fsdp, ReshardPolicy policy)
     : args_(args), fsdp_(fsdp), policy_(policy) {
   TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
@@ -516,13 +516,20 @@ void check_labels(const int32_t* labels, int64_t n, int64_t vocab, int32_t ignor
 }
 }  // namespace
 
-cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s,
-                                                        float grad_scale, int32_t ignore_index, Tracer* tracer) {
+// Every pass begins so: no unit left gathered by a pass that threw, the plan for this shape, the
+// batch checked and on the device (with the embedding-gradient index when a backward follows).
+void CudaTransformer::start_pass(const int32_t* tokens, const int32_t* labels, BatchShape s, int32_t ignore_index,
+                                 bool with_index) {
   release_units();
   plan(s);
+  if (labels) check_labels(labels, s.rows(), args_.vocab_size, ignore_index);
+  upload_batch(tokens, labels, s.rows(), with_index);
+}
+
+cpu::ClassifierResult CudaTransformer::forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                                        float grad_scale, int32_t ignore_index, Tracer* tracer) {
+  start_pass(tokens, labels, s, ignore_index, true);
   const int64_t n = s.rows();
-  check_labels(labels, n, args_.vocab_size, ignore_index);
-  upload_batch(tokens, labels, n, true);
   forward_hidden(s, tracer, true);
   cpu::ClassifierResult result;
   if (policy_.reshard_root && fsdp_) {  // "always": the root too is freed after forward, gathered again
@@ -585,10 +592,8 @@ void CudaTransformer::drop_graph() {
 CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                                         float grad_scale, const cuda::AdamWStep& step, double max_norm,
                                                         bool use_graph, int32_t ignore_index) {
-  plan(s);
+  start_pass(tokens, labels, s, ignore_index, true);
   const int64_t n = s.rows();
-  check_labels(labels, n, args_.vocab_size, ignore_index);
-  upload_batch(tokens, labels, n, true);
   TITAN_CUDA_CHECK(cudaMemcpyAsync(step_factors_.as<void>(), &step, sizeof step, cudaMemcpyHostToDevice, stream_));
   const GraphKey key{s, grad_scale, max_norm, ignore_index};
   if (!use_graph) {
@@ -632,11 +637,8 @@ cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const
     std::unique_ptr<cuda::PhaseTimer> held;
     ~Pause() { slot = std::move(held); }
   } pause{phases_, std::move(phases_)};
-  release_units();
-  plan(s);
+  start_pass(tokens, labels, s, ignore_index, false);
   const int64_t n = s.rows();
-  check_labels(labels, n, args_.vocab_size, ignore_index);
-  upload_batch(tokens, labels, n, false);
   forward_hidden(s, nullptr, false);
   cpu::ClassifierResult result;
   classifier(n, ignore_index, 0.0f, false);
@@ -647,10 +649,8 @@ cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const
 }
 
 void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
-  release_units();
-  plan(s);
+  start_pass(tokens, nullptr, s, -100, false);
   const int64_t n = s.rows(), vocab = args_.vocab_size;
-  upload_batch(tokens, nullptr, n, false);
   forward_hidden(s, nullptr, false);
   for (int64_t r0 = 0; r0 < n; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, n - r0);

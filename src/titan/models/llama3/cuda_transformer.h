@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "titan/core/parameter.h"
+#include "titan/core/reshard_policy.h"
 #include "titan/core/trace.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/modules.h"
@@ -25,15 +26,6 @@
 
 namespace titan::llama3 {
 
-// Which units free their gathered weights after forward (FSDP's reshard_after_forward), as
-// parallel::FsdpOptions: by default blocks do, except the last one and the root, whose
-// backward follows at once.
-struct CudaFsdpPolicy {
-  bool reshard_blocks = true;
-  bool reshard_root = false;
-  bool reshard_last_block = false;
-};
-
 class CudaTransformer {
  public:
   // Parameters in the host Transformer's order (tok_embeddings, layers..., norm, output).
@@ -44,9 +36,8 @@ class CudaTransformer {
   // its fp32 gradients live from its backward until the next unit's backward has run beside
   // its reduce-scatter, whose result is added into the gradient shards. Steps run eagerly (no CUDA graph); waits go through
   // fsdp->synchronize, so a dead peer ends the rank after the timeout.
-  using FsdpPolicy = CudaFsdpPolicy;
   CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
-                  cuda::DeviceCollectives* fsdp = nullptr, FsdpPolicy policy = {});
+                  cuda::DeviceCollectives* fsdp = nullptr, ReshardPolicy policy = {});
   ~CudaTransformer();
   CudaTransformer(const CudaTransformer&) = delete;
   CudaTransformer& operator=(const CudaTransformer&) = delete;
@@ -108,6 +99,7 @@ class CudaTransformer {
   cuda::bf16* w(size_t i) const;   // bf16 compute weight of parameter i
   float* dw(size_t i) const;       // fp32 gradient of parameter i
   void upload_batch(const int32_t* tokens, const int32_t* labels, int64_t n, bool with_index);
+  void start_pass(const int32_t* tokens, const int32_t* labels, BatchShape s, int32_t ignore_index, bool with_index);
   void enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index);
   void enqueue_backward(BatchShape s);
   void drop_graph();
@@ -152,7 +144,7 @@ class CudaTransformer {
   std::vector<size_t> unit_of_;
   int64_t total_ = 0;
   cuda::DeviceCollectives* fsdp_ = nullptr;
-  FsdpPolicy policy_;
+  ReshardPolicy policy_;
   double comm_bytes_ = 0;
   std::vector<std::vector<size_t>> unit_params_;
   std::vector<int64_t> unit_elems_;

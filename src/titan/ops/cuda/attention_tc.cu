@@ -114,6 +114,23 @@ __device__ void load_rows_async(bf16_t* tile, const bf16_t* src, int64_t b, int6
   }
 }
 
+// One step of the K/V stream of the forward and dQ kernels: when there is a next key tile
+// (`more`), starts its loads into the other buffer (freed by the last iteration's closing
+// barrier); then waits until the current tile is in shared memory for every thread.
+template <int D>
+__device__ __forceinline__ void advance_kv(bool more, bf16_t* k_next, bf16_t* v_next, const bf16_t* k, const bf16_t* v,
+                                           int64_t b, int64_t next_k0, int64_t seq, int64_t kv_heads, int64_t kvh) {
+  if (more) {
+    load_rows_async<D>(k_next, k, b, next_k0, seq, kv_heads, kvh);
+    load_rows_async<D>(v_next, v, b, next_k0, seq, kv_heads, kvh);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 // Shared memory: the tiles that stream through a kernel are double-buffered.
 template <int D>
 constexpr size_t tile_bytes() { return kTile * ld<D>() * sizeof(bf16_t); }
@@ -126,7 +143,7 @@ constexpr size_t dq_smem() { return (2 * M + 4) * tile_bytes<D>(); }  // Q, dO (
 
 // Query rows per warp in the forward and dQ kernels: M groups of 16. M = 2 (head_dim <= 64)
 // makes every K and V fragment a warp reads from shared memory feed two mma rows, at twice the
-// registers (forward 229, dQ 255 at head_dim 64: half the blocks per SM); head_dim 128 keeps
+// registers (forward 230, dQ 255 at head_dim 64: half the blocks per SM); head_dim 128 keeps
 // M = 1, where registers run out. TITAN_ATTENTION_ROWS_PER_WARP=16 picks M = 1 everywhere, so
 // one GPU session can measure both (read once per process).
 int row_groups_for(int head_dim) {
@@ -180,15 +197,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
     const int64_t k0 = kt * kTile;
     const bf16_t* ks = kbuf(kt);
     const bf16_t* vs = vbuf(kt);
-    if (kt < kt_end) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
-      load_rows_async<D, kTile>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
-      load_rows_async<D, kTile>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    advance_kv<D>(kt < kt_end, kbuf(kt + 1), vbuf(kt + 1), k, v, b, k0 + kTile, seq, dims.kv_heads, kvh);
     // A tile whose keys all follow this warp's rows changes nothing: the warp skips it (it
     // still takes part in the loads and barriers). Tile 0 is never skipped, so every row's
     // running maximum is finite from the first tile on.
@@ -507,15 +516,7 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf1
     const int64_t k0 = kt * kTile;
     const bf16_t* ks = kbuf(kt);
     const bf16_t* vs = vbuf(kt);
-    if (kt < kt_end) {  // the next key tile into the other buffer, freed by the last iteration's closing barrier
-      load_rows_async<D, kTile>(kbuf(kt + 1), k, b, k0 + kTile, seq, dims.kv_heads, kvh);
-      load_rows_async<D, kTile>(vbuf(kt + 1), v, b, k0 + kTile, seq, dims.kv_heads, kvh);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    advance_kv<D>(kt < kt_end, kbuf(kt + 1), vbuf(kt + 1), k, v, b, k0 + kTile, seq, dims.kv_heads, kvh);
     if (k0 <= row0 + 16 * M - 1) {  // else every key follows this warp's rows: nothing to add
       float s[M][kTile / 8][4], dp[M][kTile / 8][4];
 #pragma unroll
