@@ -4,8 +4,11 @@ identity, and prints the benchmark table (titan beside the PyTorch peer).
   gpu_report.py parity CPU_METRICS GPU_METRICS GPU_RERUN_METRICS [--tol 0.02]
   gpu_report.py identical METRICS_A METRICS_B   (losses and grad norms bit for bit)
   gpu_report.py table OUT_DIR
+  gpu_report.py kernels NCU_CSV   (bench/gpu_profile.sh: one step's device time by kernel)
 """
 import argparse
+import collections
+import csv
 import glob
 import json
 import os
@@ -82,6 +85,44 @@ def table(a):
     return 0
 
 
+def short_kernel_name(name):
+    """Kernel name without parameter lists; template arguments kept (they name the variant)."""
+    name = name.replace("(anonymous namespace)::", "").replace("titan::cuda::", "")
+    return (name[5:] if name.startswith("void ") else name).split("(")[0]
+
+
+def kernels(a):
+    rows = []
+    with open(a.csv) as f:
+        lines = [line for line in f if line.startswith('"')]
+    for r in csv.DictReader(lines):
+        if r.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        unit = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}.get(r.get("Metric Unit"), None)
+        if unit is None:
+            print(f"kernels: FAIL unknown unit {r.get('Metric Unit')!r}")
+            return 1
+        rows.append((r["Kernel Name"], r.get("Grid Size", ""), float(r["Metric Value"].replace(",", "")) * unit))
+    if not rows:
+        print(f"kernels: FAIL no gpu__time_duration rows in {a.csv}")
+        return 1
+    # One step: from after the first AdamW launch through the second (else every launch).
+    ends = [i for i, r in enumerate(rows) if "adamw" in r[0] and (i + 1 == len(rows) or "adamw" not in rows[i + 1][0])]
+    step = rows[ends[0] + 1:ends[1] + 1] if len(ends) >= 2 else rows
+    total = sum(ms for _, _, ms in step)
+    groups = collections.defaultdict(lambda: [0, 0.0])
+    for name, grid, ms in step:
+        g = groups[(short_kernel_name(name), grid)]
+        g[0] += 1
+        g[1] += ms
+    print(f"kernels: {len(step)} launches, {total:.3f} ms of kernel time in one step"
+          f"{'' if len(ends) >= 2 else ' (no step boundary found: all launches)'}")
+    print(f"{'ms':>9} {'share':>6} {'count':>5} {'mean us':>9}  kernel [grid]")
+    for (name, grid), (count, ms) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        print(f"{ms:9.3f} {100 * ms / total:5.1f}% {count:5d} {1000 * ms / count:9.1f}  {name[:150]} {grid}")
+    return 0
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -95,5 +136,7 @@ if __name__ == "__main__":
     i.add_argument("b")
     t = sub.add_parser("table")
     t.add_argument("out")
+    k = sub.add_parser("kernels")
+    k.add_argument("csv")
     args = ap.parse_args()
-    sys.exit({"parity": parity, "identical": identical, "table": table}[args.cmd](args))
+    sys.exit({"parity": parity, "identical": identical, "table": table, "kernels": kernels}[args.cmd](args))

@@ -37,10 +37,9 @@ Batch random_batch(const ModelArgs& a, BatchShape s) {
   }
   return b;
 }
-}  // namespace
 
-TEST(CudaTransformer, LossLogitsAndGradientsMatchCpu) {
-  TITAN_REQUIRE_GPU();
+// The GPU model against the CPU one on one batch, with the classifier's rows walked as `budget` says.
+void expect_gpu_matches_cpu(ClassifierBudget budget) {
   const ModelArgs a = small_args();
   const BatchShape s{2, 70};  // 70: not a multiple of the 64-row attention tile
   Transformer cpu_model(a);
@@ -49,6 +48,7 @@ TEST(CudaTransformer, LossLogitsAndGradientsMatchCpu) {
   for (auto& p : cpu_model.parameters())
     for (int64_t i = 0; i < p.master.numel(); ++i) p.master.f32()[i] = bf16_to_f32(f32_to_bf16(p.master.f32()[i]));
   CudaTransformer gpu_model(a, cpu_model.parameters());
+  gpu_model.set_classifier_budget(budget);
   const Batch b = random_batch(a, s);
   const float scale = 1.0f / static_cast<float>(s.rows());
   cpu_model.zero_grad();
@@ -67,6 +67,22 @@ TEST(CudaTransformer, LossLogitsAndGradientsMatchCpu) {
   gpu_model.forward_logits(b.tokens.data(), s, logits.data());
   cpu_model.forward_logits(b.tokens.data(), s, ref_logits.data());
   EXPECT_LT(rel_l2(logits, ref_logits), 2e-2) << "logits, seed " << fresh_seed();
+}
+}  // namespace
+
+TEST(CudaTransformer, LossLogitsAndGradientsMatchCpu) {
+  TITAN_REQUIRE_GPU();
+  expect_gpu_matches_cpu({});
+}
+
+TEST(CudaTransformer, SmallClassifierChunksMatchCpu) {
+  TITAN_REQUIRE_GPU();
+  // 140 rows, vocab 301: 9 logits chunks of 16 rows in 3 gradient groups of 48 (the last 44).
+  const int64_t vocab = small_args().vocab_size;
+  const ClassifierPlan p = classifier_plan(140, vocab, {vocab * 4 * 16, vocab * 2 * 48});
+  ASSERT_EQ(p.logit_rows, 16);
+  ASSERT_EQ(p.grad_rows, 48);
+  expect_gpu_matches_cpu({vocab * 4 * 16, vocab * 2 * 48});
 }
 
 TEST(CudaTransformer, RerunsAreBitIdentical) {

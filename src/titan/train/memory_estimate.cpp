@@ -8,6 +8,7 @@
 #include "titan/cli/args.h"
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
+#include "titan/models/llama3/classifier_plan.h"
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/train/engine.h"
@@ -55,8 +56,8 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   act += L * (3 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + 2 * fp(n) + fp(lse));
   act += bf(n * d) + fp(n) + 4 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + fp(lse);
   act += fp(std::ceil(n / 128.0) * d);
-  const double chunk = std::clamp(std::floor(double(int64_t{512} << 20) / (v * 4)), 1.0, n);
-  act += fp(chunk * v) + bf(chunk * v) + fp(n);
+  const llama3::ClassifierPlan cp = llama3::classifier_plan(s.rows(), a.vocab_size);
+  act += fp(double(cp.logit_rows) * v) + bf(std::min(double(cp.grad_rows), n) * v) + fp(n);
   act += 4 * device_block(4 * n) + device_block(4 * (n + 1));  // tokens, labels, embedding index
   act += 2 * fp(double(s.seq) * double(a.head_dim() / 2));      // RoPE tables
   return act;

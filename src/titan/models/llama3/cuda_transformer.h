@@ -14,6 +14,7 @@
 #include "titan/core/parameter.h"
 #include "titan/core/reshard_policy.h"
 #include "titan/core/trace.h"
+#include "titan/models/llama3/classifier_plan.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/modules.h"
 #include "titan/ops/cuda/allocator.h"
@@ -59,6 +60,12 @@ class CudaTransformer {
   double grad_sq_sum();
   void adamw(const cuda::AdamWStep& step);
 
+  // Smaller classifier chunks than the default (tests: several chunks on a small batch); the
+  // next pass plans its buffers anew.
+  void set_classifier_budget(ClassifierBudget b) {
+    classifier_budget_ = b;
+    planned_ = {};
+  }
   // training.compile: the residual add fused into the next RMSNorm (else one op per kernel).
   void set_fused_kernels(bool fused) { fused_ = fused; }
   struct StepResult {
@@ -122,8 +129,8 @@ class CudaTransformer {
   void release_units();
   void block_forward(size_t layer, BatchShape s);
   void block_backward(size_t layer, BatchShape s);
-  // Output projection + cross-entropy over row chunks (with grads also d_hidden_ and dW); the
-  // loss sum is left on the device for read_loss_sum.
+  // Output projection + cross-entropy over row chunks (classifier_plan.h; with grads also
+  // d_hidden_ and dW, once per group of chunks); the loss sum is left on the device for read_loss_sum.
   void classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads);
   double read_loss_sum();  // waits for the step's work
   void at(cuda::Phase p) {
@@ -162,7 +169,8 @@ class CudaTransformer {
   size_t embedding_ = 0, norm_ = 0, output_ = 0;
 
   BatchShape planned_{};
-  int64_t chunk_rows_ = 0;
+  ClassifierBudget classifier_budget_;
+  ClassifierPlan classifier_plan_;
   std::vector<cuda::DeviceBuffer> residual_;
   std::vector<LayerActivations> saved_;
   cuda::DeviceBuffer final_out_, final_rstd_, d_hidden_, d_resid_, dxn_, proj_, d_att_, dq_, dk_, dv_, dg_, da1_, da3_;

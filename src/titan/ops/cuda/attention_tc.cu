@@ -156,11 +156,21 @@ int row_groups_for(int head_dim) {
   return head_dim <= 64 && !single ? 2 : 1;
 }
 
+// Blocks per multiprocessor each kernel is compiled for (__launch_bounds__' second argument caps
+// registers at 65,536 / (128 x blocks)). Resident warps hide the latency of each warp's chain of
+// mma -> softmax -> mma; at head_dim <= 64 the cap costs no spills and buys a third dK/dV block
+// (170 -> 168 registers) and a fourth 16-row dQ block (132 -> 128). The other values pin what the
+// compiler chose unasked (with no minimum it kept head_dim 128's 16-row kernels near 165).
+template <int D>
+constexpr int dkdv_min_blocks() { return D <= 64 ? 3 : 2; }
+template <int D, int M>
+constexpr int rows_min_blocks() { return M == 1 ? (D <= 64 ? 4 : 3) : 2; }
+
 // grid (heads, batch, query blocks of 64 M rows): the block is the slowest index and runs
 // backwards, so the blocks with the most key tiles (the last queries) start first and short
 // ones fill the tail.
 template <int D, int M>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+__global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) forward_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                            bf16_t* o, float* lse, AttentionDims dims) {
   constexpr int kRows = kTile * M, kTileElems = kTile * ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -324,7 +334,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
 // the query tiles at or after it, in a fixed order. Key tile 0 has the most query tiles: the
 // tile is the slowest grid index, so the long blocks start first.
 template <int D>
-__global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+__global__ void __launch_bounds__(kThreads, dkdv_min_blocks<D>()) dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                         const float* lse, const bf16_t* dout, const float* delta,
                                                         bf16_t* dk, bf16_t* dv, AttentionDims dims) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -476,7 +486,7 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const bf16_t* q, const b
 // grid (heads, batch, query blocks of 64 M rows), the block slowest and backwards (longest
 // blocks first): dQ of one query block over the key tiles at or before its rows.
 template <int D, int M>
-__global__ void __launch_bounds__(kThreads) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+__global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                                       const float* lse, const bf16_t* dout, const float* delta,
                                                       bf16_t* dq, AttentionDims dims) {
   constexpr int kRows = kTile * M, kTileElems = kTile * ld<D>();
