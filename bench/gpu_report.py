@@ -98,7 +98,7 @@ def kernels(a):
     for r in csv.DictReader(lines):
         if r.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        unit = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}.get(r.get("Metric Unit"), None)
+        unit = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0, "second": 1e3, "s": 1e3}.get(r.get("Metric Unit"), None)
         if unit is None:
             print(f"kernels: FAIL unknown unit {r.get('Metric Unit')!r}")
             return 1

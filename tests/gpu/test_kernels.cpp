@@ -204,17 +204,20 @@ TEST(CudaAttention, ForwardAndBackwardMatchCpu) {
 
 TEST(CudaCrossEntropy, LossAndGradientMatchDoubleReference) {
   TITAN_REQUIRE_GPU();
-  for (auto [rows, vocab] : std::vector<std::array<int64_t, 2>>{{1, 10}, {37, 2048}, {5, 128256}}) {
+  // 301: rows start at every alignment (the kernel's one-by-one head and tail); 128256: Llama 3's.
+  for (auto [rows, vocab] : std::vector<std::array<int64_t, 2>>{{1, 10}, {37, 2048}, {9, 301}, {5, 128256}}) {
     const auto tag = where("cross-entropy rows vocab", {rows, vocab});
     auto logits = randn(tag + "z", rows * vocab, 3.0f);
+    const std::vector<uint16_t> logits_bf16 = to_bf16(logits);
     NamedStream s(fresh_seed(), tag + "labels");
     std::vector<int32_t> labels(rows);
     for (int64_t r = 0; r < rows; ++r) labels[r] = r % 4 == 3 ? -100 : static_cast<int32_t>(s.uniform(r) * vocab) % vocab;
     const float scale = 1.0f / static_cast<float>(rows);
-    DeviceArray<float> dz(logits), loss(rows);
+    DeviceArray<uint16_t> dz(logits_bf16), dz_loss_only(logits_bf16);
+    DeviceArray<float> loss(rows), loss_only(rows);
     DeviceArray<int32_t> dl(labels);
-    DeviceArray<uint16_t> dlogits(rows * vocab);
-    cuda::cross_entropy_rows(dz.get(), dl.get(), rows, vocab, -100, scale, loss.get(), dlogits.get(), nullptr);
+    cuda::cross_entropy_rows(dz.get(), dl.get(), rows, vocab, -100, scale, loss.get(), true, nullptr);
+    cuda::cross_entropy_rows(dz_loss_only.get(), dl.get(), rows, vocab, -100, scale, loss_only.get(), false, nullptr);
     std::vector<float> rloss(rows), rgrad(rows * vocab);
     for (int64_t r = 0; r < rows; ++r) {
       const float* z = logits.data() + r * vocab;
@@ -228,28 +231,35 @@ TEST(CudaCrossEntropy, LossAndGradientMatchDoubleReference) {
         rgrad[r * vocab + j] = ignored ? 0.0f : static_cast<float>((std::exp(z[j] - lse) - (j == labels[r])) * scale);
     }
     EXPECT_LT(rel_l2(loss.download(), rloss), kF32) << tag << " loss";
-    EXPECT_LT(rel_l2(from_bf16(dlogits.download()), rgrad), kBF16) << tag << " dlogits";
+    EXPECT_LT(rel_l2(from_bf16(dz.download()), rgrad), kBF16) << tag << " gradient, in place of the logits";
+    EXPECT_EQ(loss_only.download(), loss.download()) << tag << " loss without the gradient";
+    EXPECT_EQ(dz_loss_only.download(), logits_bf16) << tag << " logits untouched without the gradient";
   }
 }
 
 TEST(CudaReduce, SumsMatchDoubleAndRepeat) {
   TITAN_REQUIRE_GPU();
-  for (int64_t n : {1L, 1000L, 1000003L}) {
-    const auto tag = where("reduce n", {n});
-    const auto x = randn(tag, n);
-    double sum = 0, sq = 0;
-    for (float v : x) {
-      sum += v;
-      sq += static_cast<double>(v) * v;
+  // Offsets 1..3 start the kernel's 16-byte loads after a one-by-one head; n = 3 is all head.
+  for (int64_t n : {1L, 3L, 1000L, 1000003L})
+    for (int64_t offset : {0L, 1L, 3L}) {
+      if (offset >= n) continue;
+      const auto tag = where("reduce n offset", {n, offset});
+      const auto x = randn(tag, n);
+      double sum = 0, sq = 0;
+      for (int64_t i = offset; i < n; ++i) {
+        sum += x[i];
+        sq += static_cast<double>(x[i]) * x[i];
+      }
+      DeviceArray<float> dx(x);
+      DeviceArray<double> out(2), scratch(cuda::reduce_scratch_doubles());
+      cuda::sum_f32(dx.get() + offset, n - offset, out.get(), scratch.get(), nullptr);
+      cuda::sum_squares_f32(dx.get() + offset, n - offset, out.get() + 1, scratch.get(), nullptr);
+      const auto got = out.download();
+      EXPECT_NEAR(got[0], sum, 1e-9 * std::max(1.0, sq)) << tag << " sum";
+      EXPECT_NEAR(got[1], sq, 1e-9 * sq) << tag << " sum of squares";
+      cuda::sum_squares_f32(dx.get() + offset, n - offset, out.get() + 1, scratch.get(), nullptr);
+      EXPECT_EQ(out.download()[1], got[1]) << tag << " repeat";
     }
-    DeviceArray<float> dx(x);
-    DeviceArray<double> out(2), scratch(cuda::reduce_scratch_doubles());
-    cuda::sum_f32(dx.get(), n, out.get(), scratch.get(), nullptr);
-    cuda::sum_squares_f32(dx.get(), n, out.get() + 1, scratch.get(), nullptr);
-    const auto got = out.download();
-    EXPECT_NEAR(got[0], sum, 1e-9 * std::max(1.0, sq)) << tag << " sum";
-    EXPECT_NEAR(got[1], sq, 1e-9 * sq) << tag << " sum of squares";
-  }
 }
 
 TEST(CudaAdamW, MatchesCpuOptimizerIncludingClipping) {

@@ -176,24 +176,15 @@ TEST(MemoryEstimate, ShardsDivideStateAndAddGatheredBlocks) {
   EXPECT_EQ(eight.activations, one.activations);  // FSDP shards state, not activations
 }
 
-TEST(ClassifierPlan, GroupsLogitChunksUnderBothBudgets) {
+TEST(ClassifierPlan, GroupsRowsUnderTheBudget) {
   const int64_t vocab = 128256;
-  // The 1B benchmark shape: 1,046-row logits chunks (512 MiB of fp32), all 8,192 rows' gradients in one group.
-  const ClassifierPlan one_b = classifier_plan(8192, vocab);
-  EXPECT_EQ(one_b.logit_rows, (int64_t{512} << 20) / (vocab * 4));
-  EXPECT_GE(one_b.grad_rows, 8192);
-  EXPECT_LE(std::min<int64_t>(one_b.grad_rows, 8192) * vocab * 2, int64_t{2} << 30);
-  // 32,768 rows (150M at 2048 x 16): gradient groups as large as 2 GiB of bf16 allows.
-  const ClassifierPlan big = classifier_plan(32768, vocab);
-  EXPECT_EQ(big.grad_rows % big.logit_rows, 0);
-  EXPECT_LE(big.grad_rows * vocab * 2, int64_t{2} << 30);
-  EXPECT_GT((big.grad_rows + big.logit_rows) * vocab * 2, int64_t{2} << 30);
-  // Budgets below one row still make progress, one row at a time.
-  const ClassifierPlan tiny = classifier_plan(10, vocab, {16, 16});
-  EXPECT_EQ(tiny.logit_rows, 1);
-  EXPECT_EQ(tiny.grad_rows, 1);
-  // A small batch: one chunk, one group.
-  const ClassifierPlan small = classifier_plan(70, 301);
-  EXPECT_EQ(small.logit_rows, 70);
-  EXPECT_EQ(small.grad_rows, 70);
+  // The 1B benchmark shape: all 8,192 rows' bf16 logits in one group (2 GiB hold 8,372 rows).
+  EXPECT_EQ(classifier_rows(8192, vocab), 8192);
+  // 32,768 rows (150M at 2048 x 16): the most rows 2 GiB of bf16 logits hold.
+  const int64_t big = classifier_rows(32768, vocab);
+  EXPECT_LE(big * vocab * 2, int64_t{2} << 30);
+  EXPECT_GT((big + 1) * vocab * 2, int64_t{2} << 30);
+  // A budget below one row still makes progress, one row at a time; a small batch is one group.
+  EXPECT_EQ(classifier_rows(10, vocab, {16}), 1);
+  EXPECT_EQ(classifier_rows(70, 301), 70);
 }

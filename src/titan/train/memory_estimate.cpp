@@ -56,8 +56,7 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   act += L * (3 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + 2 * fp(n) + fp(lse));
   act += bf(n * d) + fp(n) + 4 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + fp(lse);
   act += fp(std::ceil(n / 128.0) * d);
-  const llama3::ClassifierPlan cp = llama3::classifier_plan(s.rows(), a.vocab_size);
-  act += fp(double(cp.logit_rows) * v) + bf(std::min(double(cp.grad_rows), n) * v) + fp(n);
+  act += bf(double(llama3::classifier_rows(s.rows(), a.vocab_size)) * v) + fp(n);
   act += 4 * device_block(4 * n) + device_block(4 * (n + 1));  // tokens, labels, embedding index
   act += 2 * fp(double(s.seq) * double(a.head_dim() / 2));      // RoPE tables
   return act;
@@ -93,7 +92,7 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   if (backend == EstimateBackend::cuda) {
     TITAN_CHECK(ac.mode == Mode::none, "the CUDA backend has no activation checkpointing yet");
     e.activations = cuda_plan_bytes(a, s, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
-    e.buffers = double(32 << 20) + device_block(264 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch, sums, step factors
+    e.buffers = double(32 << 20) + device_block(1056 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch (ops/cuda/reduce.cu), sums, step factors
     return e;
   }
   e.parameters = 4 * p / double(shards);

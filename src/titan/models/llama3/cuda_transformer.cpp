@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 
+#include "titan/core/dtype.h"
 #include "titan/ops/cuda/cuda_check.h"
 
 namespace titan::llama3 {
@@ -330,9 +331,8 @@ void CudaTransformer::plan(BatchShape s) {
   da3_ = bf(n * f);
   delta_ = fp(s.batch * args_.n_heads * s.seq);
   norm_partial_ = fp(cuda::rmsnorm_partial_floats(n, d));
-  classifier_plan_ = classifier_plan(n, vocab, classifier_budget_);
-  logits_ = fp(classifier_plan_.logit_rows * vocab);
-  dlogits_ = bf(std::min(classifier_plan_.grad_rows, n) * vocab);
+  classifier_rows_ = classifier_rows(n, vocab, classifier_budget_);
+  logits_ = bf(classifier_rows_ * vocab);
   row_loss_ = fp(n);
   tokens_ = i32(n);
   labels_ = i32(n);
@@ -482,23 +482,17 @@ void CudaTransformer::forward_hidden(BatchShape s, Tracer* tracer, bool backward
 
 void CudaTransformer::classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads) {
   const int64_t d = args_.dim, vocab = args_.vocab_size;
-  const ClassifierPlan& p = classifier_plan_;
   at(Phase::classifier);
-  for (int64_t g0 = 0; g0 < n; g0 += p.grad_rows) {
-    const int64_t group = std::min(p.grad_rows, n - g0);
-    for (int64_t r0 = g0; r0 < g0 + group; r0 += p.logit_rows) {
-      const int64_t rows = std::min(p.logit_rows, g0 + group - r0);
-      gemm_->run(false, true, rows, vocab, d, ptr<bf16>(final_out_) + r0 * d, w(output_), logits_.as<void>(),
-                 cuda::OutType::f32, 1.0f, 0.0f);
-      cuda::cross_entropy_rows(ptr<float>(logits_), ptr<int32_t>(labels_) + r0, rows, vocab, ignore_index, grad_scale,
-                               ptr<float>(row_loss_) + r0, with_grads ? ptr<bf16>(dlogits_) + (r0 - g0) * vocab : nullptr,
-                               stream_);
-    }
+  for (int64_t r0 = 0; r0 < n; r0 += classifier_rows_) {
+    const int64_t rows = std::min(classifier_rows_, n - r0);
+    const bf16* h = ptr<bf16>(final_out_) + r0 * d;
+    gemm_->run(false, true, rows, vocab, d, h, w(output_), logits_.as<void>(), cuda::OutType::bf16, 1.0f, 0.0f);
+    cuda::cross_entropy_rows(ptr<bf16>(logits_), ptr<int32_t>(labels_) + r0, rows, vocab, ignore_index, grad_scale,
+                             ptr<float>(row_loss_) + r0, with_grads, stream_);
     if (!with_grads) continue;
-    const bf16* h = ptr<bf16>(final_out_) + g0 * d;
-    gemm_->run(false, false, group, d, vocab, ptr<bf16>(dlogits_), w(output_), ptr<bf16>(d_hidden_) + g0 * d,
+    gemm_->run(false, false, rows, d, vocab, ptr<bf16>(logits_), w(output_), ptr<bf16>(d_hidden_) + r0 * d,
                cuda::OutType::bf16, 1.0f, 0.0f);
-    gemm_->run(true, false, vocab, d, group, ptr<bf16>(dlogits_), h, dw(output_), cuda::OutType::f32, 1.0f, 1.0f);
+    gemm_->run(true, false, vocab, d, rows, ptr<bf16>(logits_), h, dw(output_), cuda::OutType::f32, 1.0f, 1.0f);
   }
   cuda::sum_f32(ptr<float>(row_loss_), n, ptr<double>(sums_), ptr<double>(reduce_scratch_), stream_);
 }
@@ -657,13 +651,15 @@ void CudaTransformer::forward_logits(const int32_t* tokens, BatchShape s, float*
   start_pass(tokens, nullptr, s, -100, false);
   const int64_t n = s.rows(), vocab = args_.vocab_size;
   forward_hidden(s, nullptr, false);
-  for (int64_t r0 = 0; r0 < n; r0 += classifier_plan_.logit_rows) {
-    const int64_t rows = std::min(classifier_plan_.logit_rows, n - r0);
+  std::vector<bf16_bits> chunk(static_cast<size_t>(std::min(classifier_rows_, n) * vocab));
+  for (int64_t r0 = 0; r0 < n; r0 += classifier_rows_) {
+    const int64_t rows = std::min(classifier_rows_, n - r0);
     gemm_->run(false, true, rows, vocab, args_.dim, ptr<bf16>(final_out_) + r0 * args_.dim, w(output_),
-               logits_.as<void>(), cuda::OutType::f32, 1.0f, 0.0f);
-    TITAN_CUDA_CHECK(cudaMemcpyAsync(logits + r0 * vocab, logits_.as<void>(), rows * vocab * sizeof(float),
+               logits_.as<void>(), cuda::OutType::bf16, 1.0f, 0.0f);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(chunk.data(), logits_.as<void>(), rows * vocab * sizeof(bf16_bits),
                                      cudaMemcpyDeviceToHost, stream_));
     synchronize();
+    std::transform(chunk.begin(), chunk.begin() + rows * vocab, logits + r0 * vocab, bf16_to_f32);
   }
   reshard(0);
 }

@@ -54,7 +54,7 @@ class CudaTransformer {
                                          float grad_scale, int32_t ignore_index = -100, Tracer* tracer = nullptr);
   cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                      int32_t ignore_index = -100);
-  // Forward to fp32 logits [rows, vocab] on the host (tests).
+  // Forward to logits [rows, vocab] on the host (tests; computed in bf16 as in training).
   void forward_logits(const int32_t* tokens, BatchShape s, float* logits);
   // Sum of squares of all gradients (synchronises).
   double grad_sq_sum();
@@ -129,8 +129,8 @@ class CudaTransformer {
   void release_units();
   void block_forward(size_t layer, BatchShape s);
   void block_backward(size_t layer, BatchShape s);
-  // Output projection + cross-entropy over row chunks (classifier_plan.h; with grads also
-  // d_hidden_ and dW, once per group of chunks); the loss sum is left on the device for read_loss_sum.
+  // Output projection + cross-entropy over groups of rows (classifier_plan.h; with grads also
+  // d_hidden_ and dW); the loss sum is left on the device for read_loss_sum.
   void classifier(int64_t n, int32_t ignore_index, float grad_scale, bool with_grads);
   double read_loss_sum();  // waits for the step's work
   void at(cuda::Phase p) {
@@ -170,11 +170,11 @@ class CudaTransformer {
 
   BatchShape planned_{};
   ClassifierBudget classifier_budget_;
-  ClassifierPlan classifier_plan_;
+  int64_t classifier_rows_ = 0;
   std::vector<cuda::DeviceBuffer> residual_;
   std::vector<LayerActivations> saved_;
   cuda::DeviceBuffer final_out_, final_rstd_, d_hidden_, d_resid_, dxn_, proj_, d_att_, dq_, dk_, dv_, dg_, da1_, da3_;
-  cuda::DeviceBuffer delta_, norm_partial_, logits_, dlogits_, row_loss_, reduce_scratch_, sums_;
+  cuda::DeviceBuffer delta_, norm_partial_, logits_, row_loss_, reduce_scratch_, sums_;  // logits_: bf16, then their gradient
   cuda::DeviceBuffer tokens_, labels_, embed_ids_, embed_offsets_, embed_positions_, rope_cos_, rope_sin_;
   int64_t embed_unique_ = 0;
   EmbeddingIndex embed_index_;

@@ -114,17 +114,40 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const bf16_t* q, cons
   if (sub == 0) lse[(b * dims.heads + h) * seq + qpos] = (m + log2f(l)) * kLn2;
 }
 
-// delta[b, h, s] = sum_d dout * o; one warp per (b, s, h) row.
+// delta[b, h, s] = sum_d dout * o over rows (b, s, h) of kLanes x 8 elements: each thread takes
+// 16 bytes of both, kLanes neighbouring lanes add theirs. (One warp per row with 2-byte loads
+// ran at a quarter of HBM's rate.) The loop runs whole warps, so every lane reaches the shuffles.
+template <int kLanes>
 __global__ void delta_kernel(const bf16_t* o, const bf16_t* dout, float* delta, int64_t rows, int64_t seq,
-                             int64_t heads, int64_t head_dim) {
-  const int64_t row = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5;
+                             int64_t heads) {
+  const int64_t total = rows * kLanes, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  float acc = 0.0f;
-  for (int64_t d = lane; d < head_dim; d += 32) acc += to_f(o[row * head_dim + d]) * to_f(dout[row * head_dim + d]);
-  acc = warp_sum(acc);
-  const int64_t h = row % heads, bs = row / heads, b = bs / seq, s = bs % seq;
-  if (lane == 0) delta[(b * heads + h) * seq + s] = acc;
+  for (int64_t base = blockIdx.x * static_cast<int64_t>(blockDim.x) + (threadIdx.x - lane); base < total;
+       base += stride) {
+    const int64_t i = base + lane;
+    float acc = 0.0f;
+    if (i < total) {
+      const uint4 a = reinterpret_cast<const uint4*>(o)[i], b = reinterpret_cast<const uint4*>(dout)[i];
+      const bf16_t* x = reinterpret_cast<const bf16_t*>(&a);
+      const bf16_t* y = reinterpret_cast<const bf16_t*>(&b);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) acc += to_f(x[k]) * to_f(y[k]);
+    }
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (i < total && i % kLanes == 0) {
+      const int64_t row = i / kLanes, h = row % heads, bs = row / heads;
+      delta[(bs / seq * heads + h) * seq + bs % seq] = acc;
+    }
+  }
+}
+
+template <int kLanes>
+void launch_delta(const bf16* o, const bf16* dout, float* delta, int64_t rows, const AttentionShape& s,
+                  cudaStream_t stream) {
+  delta_kernel<kLanes><<<grid_for(rows * kLanes, kThreads), kThreads, 0, stream>>>(as_bf16(o), as_bf16(dout), delta,
+                                                                                 rows, s.seq, s.heads);
+  TITAN_CUDA_CHECK_LAUNCH();
 }
 
 // grid (key tiles, kv heads, batch): dK and dV of one key tile, summed over the query heads
@@ -320,9 +343,12 @@ void attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16*
   check_shape(s);
   if (s.batch * s.seq == 0) return;
   const int64_t rows = s.batch * s.seq * s.heads;
-  delta_kernel<<<grid_for(rows * 32, kThreads), kThreads, 0, stream>>>(as_bf16(o), as_bf16(dout), delta, rows, s.seq,
-                                                                       s.heads, s.head_dim);
-  TITAN_CUDA_CHECK_LAUNCH();
+  switch (s.head_dim) {
+    case 16: launch_delta<2>(o, dout, delta, rows, s, stream); break;
+    case 32: launch_delta<4>(o, dout, delta, rows, s, stream); break;
+    case 64: launch_delta<8>(o, dout, delta, rows, s, stream); break;
+    default: launch_delta<16>(o, dout, delta, rows, s, stream); break;
+  }
   if (impl == AttentionImpl::tensor_core) return attention_backward_tc(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);
   switch (s.head_dim) {
     case 16: return backward_for<16>(q, k, v, lse, dout, dq, dk, dv, delta, s, stream);

@@ -37,7 +37,14 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ uint32_t ld32(const bf16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// 2^x on the special-function unit alone. exp2f adds instructions that keep subnormal results
+// (scaling around the MUFU op); the softmax has no use for values below 2^-126, and ncu found
+// these kernels bound by instruction issue, not by any one pipe (2026-11-26).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // Two floats as a bf16 pair; the first is the lower-indexed element.
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
@@ -45,22 +52,54 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// A-operand fragment of rows [row0, row0 + 16) and columns [col0, col0 + 16) of a row-major tile.
+// Shared-memory address of a tile element, as ldmatrix takes it.
+__device__ __forceinline__ uint32_t smem_addr(const bf16_t* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// A-operand fragment of rows [row0, row0 + 16) and columns [col0, col0 + 16) of a row-major
+// tile. Plain loads, not ldmatrix: the compiler may schedule them freely, which keeps dQ and
+// dK/dV within their register caps (with ldmatrix both spilled).
 template <int LD>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16_t* tile, int row0, int col0) {
   const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  auto ld32 = [](const bf16_t* p) { return *reinterpret_cast<const uint32_t*>(p); };
   a[0] = ld32(tile + (row0 + g) * LD + col0 + 2 * t);
   a[1] = ld32(tile + (row0 + g + 8) * LD + col0 + 2 * t);
   a[2] = ld32(tile + (row0 + g) * LD + col0 + 2 * t + 8);
   a[3] = ld32(tile + (row0 + g + 8) * LD + col0 + 2 * t + 8);
 }
 
-// B operand (16 x 8) whose column n is row (n0 + n) of a row-major tile, k along that row.
+// B operand (16 x 8) whose column n is row (n0 + n) of a row-major tile, k along that row:
+// one ldmatrix.x2 (lanes 0-15 point at row l % 8 of block l / 8, columns k0 + 8 for the second).
+// In dQ, this rather than load_b_x4 keeps the 32-row kernel from spilling.
 template <int LD>
 __device__ __forceinline__ void load_b(uint32_t& b0, uint32_t& b1, const bf16_t* tile, int n0, int k0) {
+  const int lane = threadIdx.x & 15, m = lane >> 3, r = lane & 7;
+  const uint32_t addr = smem_addr(tile + (n0 + r) * LD + k0 + m * 8);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+}
+
+// load_b through plain loads, which the compiler may schedule freely: the dK/dV kernel at its
+// 168-register cap spills with ldmatrix.
+template <int LD>
+__device__ __forceinline__ void load_b_lds(uint32_t& b0, uint32_t& b1, const bf16_t* tile, int n0, int k0) {
   const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-  b0 = ld32(tile + (n0 + g) * LD + k0 + 2 * t);
-  b1 = ld32(tile + (n0 + g) * LD + k0 + 2 * t + 8);
+  b0 = *reinterpret_cast<const uint32_t*>(tile + (n0 + g) * LD + k0 + 2 * t);
+  b1 = *reinterpret_cast<const uint32_t*>(tile + (n0 + g) * LD + k0 + 2 * t + 8);
+}
+
+// B operands (16 x 8 each) for columns [n0, n0 + 16), column n being row (n0 + n) of a
+// row-major tile with k along that row: b[0], b[1] for n0..n0+7, b[2], b[3] for n0+8..n0+15.
+// One ldmatrix.x4: lane l points at row l % 8 of block l / 8 (columns k0 + 8 for odd blocks,
+// rows n0 + 8 for the upper two).
+template <int LD>
+__device__ __forceinline__ void load_b_x4(uint32_t (&b)[4], const bf16_t* tile, int n0, int k0) {
+  const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
+  const uint32_t addr = smem_addr(tile + (n0 + (m >> 1) * 8 + r) * LD + k0 + (m & 1) * 8);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+               : "r"(addr));
 }
 
 // B operands for two adjacent 8-column chunks [n0, n0 + 16) of a 16 x 16 block whose k runs
@@ -69,8 +108,7 @@ __device__ __forceinline__ void load_b(uint32_t& b0, uint32_t& b1, const bf16_t*
 template <int LD>
 __device__ __forceinline__ void load_b_trans_x4(uint32_t (&b)[4], const bf16_t* tile, int row0, int n0) {
   const int lane = threadIdx.x & 31, m = lane >> 3, r = lane & 7;
-  const bf16_t* p = tile + (row0 + (m & 1) * 8 + r) * LD + n0 + (m >> 1) * 8;
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  const uint32_t addr = smem_addr(tile + (row0 + (m & 1) * 8 + r) * LD + n0 + (m >> 1) * 8);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
                : "r"(addr));
@@ -214,18 +252,23 @@ __global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) forward_k
     if (k0 <= row0 + 16 * M - 1) {
       float s[M][kTile / 8][4];
 #pragma unroll
-      for (int j = 0; j < kTile / 8; ++j) {
+      for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
         for (int m = 0; m < M; ++m) s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.0f;
 #pragma unroll
-        for (int kc = 0; kc < D / 16; ++kc) {
-          uint32_t b0, b1;
-          load_b<ld<D>()>(b0, b1, ks, j * 8, kc * 16);
+      for (int j = 0; j < kTile / 8; j += 2)
 #pragma unroll
-          for (int m = 0; m < M; ++m) mma16816(s[m][j], qf[m][kc], b0, b1);
+        for (int kc = 0; kc < D / 16; ++kc) {
+          uint32_t kb[4];
+          load_b_x4<ld<D>()>(kb, ks, j * 8, kc * 16);
+#pragma unroll
+          for (int m = 0; m < M; ++m) {
+            mma16816(s[m][j], qf[m][kc], kb[0], kb[1]);
+            mma16816(s[m][j + 1], qf[m][kc], kb[2], kb[3]);
+          }
         }
-      }
-      // Masks only where a key may follow one of the warp's rows, or lie past seq.
+      // Masks only where a key may follow one of the warp's rows, or lie past seq. Scores stay
+      // unscaled (scale > 0 keeps their order); the scale goes into each exponent's FFMA.
       if (k0 + kTile - 1 > row0 || k0 + kTile > seq) {
 #pragma unroll
         for (int m = 0; m < M; ++m)
@@ -234,15 +277,8 @@ __global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) forward_k
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = row0 + m * 16 + g + (e < 2 ? 0 : 8);
-              s[m][j][e] = (key <= row && key < seq) ? s[m][j][e] * scale_log2 : -INFINITY;
+              if (!(key <= row && key < seq)) s[m][j][e] = -INFINITY;
             }
-      } else {
-#pragma unroll
-        for (int m = 0; m < M; ++m)
-#pragma unroll
-          for (int j = 0; j < kTile / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[m][j][e] *= scale_log2;
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -256,17 +292,18 @@ __global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) forward_k
         mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-        const float mn_a = fmaxf(m_a[m], mx_a), mn_b = fmaxf(m_b[m], mx_b);
-        const float alpha_a = exp2f(m_a[m] - mn_a), alpha_b = exp2f(m_b[m] - mn_b);
+        // Running maxima m_a, m_b are in log2 units (scores x scale x log2 e).
+        const float mn_a = fmaxf(m_a[m], mx_a * scale_log2), mn_b = fmaxf(m_b[m], mx_b * scale_log2);
+        const float alpha_a = fast_exp2(m_a[m] - mn_a), alpha_b = fast_exp2(m_b[m] - mn_b);
         m_a[m] = mn_a;
         m_b[m] = mn_b;
         float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j) {
-          s[m][j][0] = exp2f(s[m][j][0] - mn_a);
-          s[m][j][1] = exp2f(s[m][j][1] - mn_a);
-          s[m][j][2] = exp2f(s[m][j][2] - mn_b);
-          s[m][j][3] = exp2f(s[m][j][3] - mn_b);
+          s[m][j][0] = fast_exp2(fmaf(s[m][j][0], scale_log2, -mn_a));
+          s[m][j][1] = fast_exp2(fmaf(s[m][j][1], scale_log2, -mn_a));
+          s[m][j][2] = fast_exp2(fmaf(s[m][j][2], scale_log2, -mn_b));
+          s[m][j][3] = fast_exp2(fmaf(s[m][j][3], scale_log2, -mn_b));
           sum_a += s[m][j][0] + s[m][j][1];
           sum_b += s[m][j][2] + s[m][j][3];
         }
@@ -414,9 +451,9 @@ __global__ void __launch_bounds__(kThreads, dkdv_min_blocks<D>()) dkdv_kernel(co
 #pragma unroll
         for (int j = 0; j < kTile / 8; ++j) {
           uint32_t b0, b1;
-          load_b<ld<D>()>(b0, b1, qs, j * 8, kc * 16);
+          load_b_lds<ld<D>()>(b0, b1, qs, j * 8, kc * 16);
           mma16816(st[j], ka, b0, b1);
-          load_b<ld<D>()>(b0, b1, dos, j * 8, kc * 16);
+          load_b_lds<ld<D>()>(b0, b1, dos, j * 8, kc * 16);
           mma16816(dpt[j], va, b0, b1);
         }
       }
@@ -429,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, dkdv_min_blocks<D>()) dkdv_kernel(co
           for (int e = 0; e < 4; ++e) {
             const int ql = j * 8 + 2 * t + (e & 1);
             const int64_t query = q0 + ql, key = e < 2 ? key_a : key_b;
-            const float p = (key <= query && query < seq) ? exp2f(st[j][e] * scale_log2 - lse_s[ql]) : 0.0f;
+            const float p = (key <= query && query < seq) ? fast_exp2(st[j][e] * scale_log2 - lse_s[ql]) : 0.0f;
             st[j][e] = p;
             dpt[j][e] = p * (dpt[j][e] - delta_s[ql]);
           }
@@ -439,7 +476,7 @@ __global__ void __launch_bounds__(kThreads, dkdv_min_blocks<D>()) dkdv_kernel(co
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int ql = j * 8 + 2 * t + (e & 1);
-            const float p = exp2f(st[j][e] * scale_log2 - lse_s[ql]);
+            const float p = fast_exp2(st[j][e] * scale_log2 - lse_s[ql]);
             st[j][e] = p;
             dpt[j][e] = p * (dpt[j][e] - delta_s[ql]);
           }
@@ -565,7 +602,7 @@ __global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) dq_kernel
             for (int e = 0; e < 4; ++e) {
               const int64_t key = k0 + j * 8 + 2 * t + (e & 1), row = row0 + m * 16 + g + (e < 2 ? 0 : 8);
               const float row_lse = e < 2 ? lse_a[m] : lse_b[m], row_delta = e < 2 ? delta_a[m] : delta_b[m];
-              const float p = (key <= row && row < seq) ? exp2f(s[m][j][e] * scale_log2 - row_lse) : 0.0f;
+              const float p = (key <= row && row < seq) ? fast_exp2(s[m][j][e] * scale_log2 - row_lse) : 0.0f;
               dp[m][j][e] = p * (dp[m][j][e] - row_delta);
             }
       } else {
@@ -575,7 +612,7 @@ __global__ void __launch_bounds__(kThreads, (rows_min_blocks<D, M>())) dq_kernel
           for (int j = 0; j < kTile / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float p = exp2f(s[m][j][e] * scale_log2 - (e < 2 ? lse_a[m] : lse_b[m]));
+              const float p = fast_exp2(s[m][j][e] * scale_log2 - (e < 2 ? lse_a[m] : lse_b[m]));
               dp[m][j][e] = p * (dp[m][j][e] - (e < 2 ? delta_a[m] : delta_b[m]));
             }
       }

@@ -1,5 +1,8 @@
-// Softmax cross-entropy over rows of fp32 logits, with the logits' gradient in bf16: the
-// middle of the fused classifier (the GEMMs around it are in models/llama3/cuda_model.cpp).
+// Softmax cross-entropy over rows of bf16 logits, their gradient written in place: the middle
+// of the fused classifier (the GEMMs around it are in models/llama3/cuda_transformer.cpp).
+// bf16 logits (as torch's bf16 autocast gives them) halve the bytes of the GEMM's output and of
+// both passes here; with fp32 logits these passes took 4.4 of the 1B step's 130 ms of kernels on
+// an H200 (2026-11-26), the largest share of the classifier after its GEMMs.
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cuda_ops.h"
 #include "titan/ops/cuda/kernel_util.cuh"
@@ -11,43 +14,65 @@ using namespace detail;
 namespace {
 constexpr int kThreads = 512;
 
-// One block per row: one pass for an online (max, sum of exp), one for the gradient.
-__global__ void cross_entropy_kernel(const float* logits, const int32_t* labels, int64_t vocab, int32_t ignore_index,
-                                     float grad_scale, float* loss, bf16_t* dlogits) {
+// Calls f(j, z[j]) on every element of a row of n bf16 (with kWrite, f may overwrite z[j]
+// through the reference), 8 per 16-byte access where the row is aligned; the unaligned head
+// and tail go one element at a time. Each element is visited by one thread.
+template <bool kWrite, typename F>
+__device__ __forceinline__ void for_each_in_row(bf16_t* z, int64_t n, F f) {
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(z) % 16) / 2;
+  const int64_t head0 = misalign == 0 ? 0 : 8 - misalign;
+  const int64_t head = head0 < n ? head0 : n;
+  for (int64_t j = threadIdx.x; j < head; j += blockDim.x) f(j, z[j]);
+  const int64_t vecs = (n - head) / 8;
+  uint4* zv = reinterpret_cast<uint4*>(z + head);
+  for (int64_t i = threadIdx.x; i < vecs; i += blockDim.x) {
+    uint4 u = zv[i];
+    bf16_t* e = reinterpret_cast<bf16_t*>(&u);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) f(head + 8 * i + k, e[k]);
+    if (kWrite) zv[i] = u;
+  }
+  for (int64_t j = head + 8 * vecs + threadIdx.x; j < n; j += blockDim.x) f(j, z[j]);
+}
+
+// One block per row: one pass for an online (max, sum of exp), one that overwrites the logits
+// with their gradient.
+__global__ void cross_entropy_kernel(bf16_t* logits, const int32_t* labels, int64_t vocab, int32_t ignore_index,
+                                     float grad_scale, float* loss, bool with_grad) {
   __shared__ float red[32];
-  const int64_t row = blockIdx.x;
-  const float* z = logits + row * vocab;
-  const int32_t label = labels[row];
+  bf16_t* z = logits + blockIdx.x * vocab;
+  const int32_t label = labels[blockIdx.x];
+  const bool ignored = label == ignore_index;
+  // Read before the barriers in the reductions below; the gradient pass overwrites it after them.
+  const float label_logit = threadIdx.x == 0 && !ignored ? to_f(z[label]) : 0.0f;
   float m = -INFINITY, s = 0;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float v = z[j];
+  for_each_in_row<false>(z, vocab, [&](int64_t, bf16_t& x) {
+    const float v = to_f(x);
     if (v > m) {
       s = s * __expf(m - v) + 1.0f;
       m = v;
     } else {
       s += __expf(v - m);
     }
-  }
+  });
   const float mx = block_max(m, red);
   const float total = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx), red);
   const float lse = mx + __logf(total);
-  const bool ignored = label == ignore_index;
-  if (threadIdx.x == 0) loss[row] = ignored ? 0.0f : lse - z[label];
-  if (!dlogits) return;
-  bf16_t* dz = dlogits + row * vocab;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    float g = ignored ? 0.0f : __expf(z[j] - lse) * grad_scale;
+  if (threadIdx.x == 0) loss[blockIdx.x] = ignored ? 0.0f : lse - label_logit;
+  if (!with_grad) return;
+  for_each_in_row<true>(z, vocab, [&](int64_t j, bf16_t& x) {
+    float g = ignored ? 0.0f : __expf(to_f(x) - lse) * grad_scale;
     if (j == label) g -= grad_scale;
-    dz[j] = to_bf(g);
-  }
+    x = to_bf(g);
+  });
 }
 }  // namespace
 
-void cross_entropy_rows(const float* logits, const int32_t* labels, int64_t rows, int64_t vocab,
-                        int32_t ignore_index, float grad_scale, float* loss, bf16* dlogits, cudaStream_t stream) {
+void cross_entropy_rows(bf16* logits, const int32_t* labels, int64_t rows, int64_t vocab, int32_t ignore_index,
+                        float grad_scale, float* loss, bool with_grad, cudaStream_t stream) {
   if (rows == 0) return;
-  cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, labels, vocab, ignore_index,
-                                                                             grad_scale, loss, as_bf16(dlogits));
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(as_bf16(logits), labels, vocab,
+                                                                             ignore_index, grad_scale, loss, with_grad);
   TITAN_CUDA_CHECK_LAUNCH();
 }
 

@@ -74,10 +74,10 @@ void attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16*
                         const bf16* dout, bf16* dq, bf16* dk, bf16* dv, float* delta, const AttentionShape& s,
                         cudaStream_t stream, AttentionImpl impl = AttentionImpl::tensor_core);
 
-// Per row of fp32 logits [rows, vocab]: loss[r] = logsumexp - logit[label] (0 where the label
-// is ignore_index), and with dlogits != nullptr dlogits = (softmax - onehot) * grad_scale.
-void cross_entropy_rows(const float* logits, const int32_t* labels, int64_t rows, int64_t vocab,
-                        int32_t ignore_index, float grad_scale, float* loss, bf16* dlogits, cudaStream_t stream);
+// Per row of bf16 logits [rows, vocab]: loss[r] = logsumexp - logit[label] (0 where the label
+// is ignore_index), and with_grad the logits are overwritten by (softmax - onehot) * grad_scale.
+void cross_entropy_rows(bf16* logits, const int32_t* labels, int64_t rows, int64_t vocab, int32_t ignore_index,
+                        float grad_scale, float* loss, bool with_grad, cudaStream_t stream);
 
 // Sum of x[0..n) in a fixed order into *out (one double); `scratch` holds reduce_scratch_doubles().
 int64_t reduce_scratch_doubles();

@@ -9,7 +9,9 @@ namespace titan::cuda {
 using namespace detail;
 
 namespace {
-constexpr int kBlocks = 264, kThreads = 256;  // two blocks per H100/H200 multiprocessor
+// Eight blocks per H100/H200 multiprocessor and 16-byte loads keep enough bytes in flight for
+// HBM: with two blocks and 4-byte loads the 1B flavor's gradient norm (6 GB) ran at 2.1 TB/s.
+constexpr int kBlocks = 1056, kThreads = 256;
 
 __device__ double block_sum_double(double v) {
   __shared__ double red[32];
@@ -22,13 +24,28 @@ __device__ double block_sum_double(double v) {
 }
 
 template <bool kSquare>
+__device__ __forceinline__ double term(float x) {
+  const double v = x;
+  return kSquare ? v * v : v;
+}
+
+// Each thread's share in a fixed order: 16-byte loads over the aligned body, then the
+// elements before and after it one at a time.
+template <bool kSquare>
 __global__ void partial_sum_kernel(const float* x, int64_t n, double* partial) {
+  const int64_t tid = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(x) % 16) / 4;
+  const int64_t head = misalign == 0 ? 0 : (4 - misalign < n ? 4 - misalign : n);
+  const int64_t n4 = (n - head) / 4;
+  const float4* body = reinterpret_cast<const float4*>(x + head);
   double acc = 0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double v = x[i];
-    acc += kSquare ? v * v : v;
+  for (int64_t i = tid; i < n4; i += stride) {
+    const float4 v = body[i];
+    acc += term<kSquare>(v.x) + term<kSquare>(v.y) + term<kSquare>(v.z) + term<kSquare>(v.w);
   }
+  if (tid < head) acc += term<kSquare>(x[tid]);
+  for (int64_t i = head + 4 * n4 + tid; i < n; i += stride) acc += term<kSquare>(x[i]);
   acc = block_sum_double(acc);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
