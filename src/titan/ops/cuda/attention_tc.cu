@@ -5,7 +5,8 @@
 // (an mma's accumulator layout is the next mma's operand layout), the online softmax runs in
 // fp32. The backward is two kernels, dK/dV per 64-key tile and dQ per query block, so no
 // gradient is summed with atomics and reruns are bit-identical.
-// Operands that an mma needs transposed are read with ldmatrix.trans from the row-major tiles.
+// Operands are read from the row-major tiles with ldmatrix (.trans where an mma needs them
+// transposed), except where plain loads keep a kernel within its register cap.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -37,9 +38,8 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// 2^x on the special-function unit alone. exp2f adds instructions that keep subnormal results
-// (scaling around the MUFU op); the softmax has no use for values below 2^-126, and ncu found
-// these kernels bound by instruction issue, not by any one pipe (2026-11-26).
+// 2^x on the special-function unit alone: exp2f adds instructions around it to keep subnormal
+// results, which the softmax has no use for.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
