@@ -75,9 +75,10 @@ bench debugmodel_2048x8 debugmodel 2048 2048 8 debugmodel --training.compile tru
 bench 150M_2048x16 150M 128256 2048 16 llama3_150m --training.compile true
 bench 1B_2048x4 1B 128256 2048 4 llama3_1b --training.compile true
 bench 8B_4layers_4096x2 8B_4layers 128256 4096 2 llama3_8b_4l --training.compile true
-# Without the graph: compile = false, and the 1B phase table (device events need the eager path).
+# Without the graph: compile = false, and the 1B and 8B-layer phase tables (device events need the eager path).
 SKIP_TORCH=1 bench eager_debugmodel_2048x8 debugmodel 2048 2048 8 - --training.compile false
 SKIP_TORCH=1 bench phases_1B_2048x4 1B 128256 2048 4 - --training.compile true --profiling.phase_times true
+SKIP_TORCH=1 bench phases_8B_4layers_4096x2 8B_4layers 128256 4096 2 - --training.compile true --profiling.phase_times true
 # The same with 16 attention rows per warp: which layout the attention phases prefer.
 BENCH_ENV=TITAN_ATTENTION_ROWS_PER_WARP=16 SKIP_TORCH=1 bench phases16_1B_2048x4 1B 128256 2048 4 - --training.compile true \
   --profiling.phase_times true
