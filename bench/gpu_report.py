@@ -87,7 +87,8 @@ def table(a):
 
 def short_kernel_name(name):
     """Kernel name without parameter lists; template arguments kept (they name the variant)."""
-    name = name.replace("(anonymous namespace)::", "").replace("titan::cuda::", "")
+    for prefix in ("(anonymous namespace)::", "<unnamed>::", "titan::cuda::", "titan::"):
+        name = name.replace(prefix, "")
     return (name[5:] if name.startswith("void ") else name).split("(")[0]
 
 

@@ -211,7 +211,7 @@ int estimate_main(const std::vector<std::string>& args) {
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";
   std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
                                          shards > 1 ? concat(", FSDP over ", shards, " devices",
-                                                             device == "cuda" ? " (GPU FSDP: not yet measured on a card)" : "")
+                                                             device == "cuda" ? " (GPU FSDP memory: not yet measured on several cards)" : "")
                                                     : ""),
                                0)
             << "\n";

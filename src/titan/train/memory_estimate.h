@@ -6,7 +6,7 @@
 // gradients FSDP holds at once (every block's weights with keep_gathered_blocks, that is
 // fsdp_reshard_after_forward = "never"): on the CPU the root and one block, measured equal; on
 // a GPU the root and two blocks (the next one prefetched while one computes or reduces) and one
-// unit's reduce-scatter output (not yet measured on a card).
+// unit's reduce-scatter output (not yet measured on several cards).
 #pragma once
 #include <cstdint>
 #include <string>
