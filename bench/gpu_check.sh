@@ -32,6 +32,10 @@ done
 if TITAN_ATTENTION_ROWS_PER_WARP=16 timeout 100 $GPU/bin/test_gpu_kernels > "$OUT/test_kernels_rows16.log" 2>&1; then
   note "gpu.kernels with 16 attention rows per warp: PASS"
 else status=1; note "gpu.kernels with 16 attention rows per warp: FAIL (see test_kernels_rows16.log)"; tail -30 "$OUT/test_kernels_rows16.log"; fi
+# The opt-in dK/dV kernel with 32 keys per warp (head_dim <= 64).
+if TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32 timeout 100 $GPU/bin/test_gpu_kernels > "$OUT/test_kernels_dkdv32.log" 2>&1; then
+  note "gpu.kernels with 32 dK/dV keys per warp: PASS"
+else status=1; note "gpu.kernels with 32 dK/dV keys per warp: FAIL (see test_kernels_dkdv32.log)"; tail -30 "$OUT/test_kernels_dkdv32.log"; fi
 
 common=(--config train_configs/debug_model.toml --training.steps 20 --metrics.log_freq 1
         --checkpoint.enable_checkpoint false --validation.enabled false --profiling.enable_profiling false
@@ -82,12 +86,15 @@ SKIP_TORCH=1 bench phases_8B_4layers_4096x2 8B_4layers 128256 4096 2 - --trainin
 # The same with 16 attention rows per warp: which layout the attention phases prefer.
 BENCH_ENV=TITAN_ATTENTION_ROWS_PER_WARP=16 SKIP_TORCH=1 bench phases16_1B_2048x4 1B 128256 2048 4 - --training.compile true \
   --profiling.phase_times true
+# And with the 32-keys-per-warp dK/dV kernel: whether it should become the default.
+BENCH_ENV=TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32 SKIP_TORCH=1 bench phases_dkdv32_1B_2048x4 1B 128256 2048 4 - \
+  --training.compile true --profiling.phase_times true
 
 $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).
 {
   echo "# titan gpu_check, $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$OUT/device.txt"
-  for t in cast kernels kernels_rows16 cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
+  for t in cast kernels kernels_rows16 kernels_dkdv32 cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
   for p in cpu gpu rerun compile compile_rerun fsdp; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
   for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -18; done

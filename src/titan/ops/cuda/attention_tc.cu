@@ -194,6 +194,25 @@ int row_groups_for(int head_dim) {
   return head_dim <= 64 && !single ? 2 : 1;
 }
 
+// dK/dV with 32 keys per warp (head_dim <= 64, opt-in: TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32):
+// each Q and dO fragment read from shared memory feeds two mma rows, a third less shared-memory
+// traffic per mma than 16 keys per warp (ncu put the 16-key kernel's L1/shared pipe at 66% on
+// an H200), at 2 blocks per SM instead of 3. Not yet measured; gpu_check runs both.
+constexpr int kWideKeys = 2 * kTile;  // keys per block of the 32-keys-per-warp kernel
+template <int D>
+constexpr size_t dkdv_wide_smem() {  // K, V (128 rows each), 2 x (Q, dO, lse, delta)
+  return 2 * kWideKeys * ld<D>() * sizeof(bf16_t) + 4 * tile_bytes<D>() + 4 * kTile * sizeof(float);
+}
+bool wide_dkdv_for(int head_dim) {
+  static const bool wide = [] {
+    const char* v = std::getenv("TITAN_ATTENTION_DKDV_KEYS_PER_WARP");
+    if (v != nullptr && std::string(v) != "16" && std::string(v) != "32")
+      std::fprintf(stderr, "titan: warning: TITAN_ATTENTION_DKDV_KEYS_PER_WARP=%s: expected 16 or 32; using 16\n", v);
+    return v != nullptr && std::string(v) == "32";
+  }();
+  return head_dim <= 64 && wide;
+}
+
 // Blocks per multiprocessor each kernel is compiled for (__launch_bounds__' second argument caps
 // registers at 65,536 / (128 x blocks)). Resident warps hide the latency of each warp's chain of
 // mma -> softmax -> mma; at head_dim <= 64 the cap costs no spills and buys a third dK/dV block
@@ -520,6 +539,190 @@ __global__ void __launch_bounds__(kThreads, dkdv_min_blocks<D>()) dkdv_kernel(co
   }
 }
 
+// dK/dV as dkdv_kernel, for a 128-key block: each warp owns 32 keys (two m16 groups km) and
+// takes each 64-query tile in two halves of 32 queries, so S^T and dP^T of a half (32 x 32 per
+// warp) fit in registers beside the 32 x head_dim dK and dV accumulators.
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) dkdv_wide_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                                               const float* lse, const bf16_t* dout,
+                                                               const float* delta, bf16_t* dk, bf16_t* dv,
+                                                               AttentionDims dims) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kTileElems = kTile * ld<D>();
+  bf16_t* ks = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* vs = ks + kWideKeys * ld<D>();
+  bf16_t* tiles = vs + kWideKeys * ld<D>();
+  float* stats = reinterpret_cast<float*>(tiles + 4 * kTileElems);
+  auto qbuf = [&](int64_t i) { return tiles + 2 * (i & 1) * kTileElems; };
+  auto dobuf = [&](int64_t i) { return tiles + (1 + 2 * (i & 1)) * kTileElems; };
+  auto lse_buf = [&](int64_t i) { return stats + 2 * kTile * (i & 1); };
+  auto delta_buf = [&](int64_t i) { return stats + kTile + 2 * kTile * (i & 1); };
+  const int64_t kvh = blockIdx.x, b = blockIdx.y, seq = dims.seq, k0 = blockIdx.z * int64_t{kWideKeys};
+  const int64_t group = dims.heads / dims.kv_heads, q_tiles = (seq + kTile - 1) / kTile, qt0 = k0 / kTile;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const int64_t kw = k0 + warp * 32;  // this warp's keys: kw + 16 km + g (+ 8)
+  const float scale_log2 = dims.scale * kLog2e;
+  const int64_t per_head = q_tiles - qt0, pairs = group * per_head;
+  float next_lse = 0.0f, next_delta = 0.0f;
+  auto issue = [&](int64_t i) {
+    const int64_t h = kvh * group + i / per_head, q0 = (qt0 + i % per_head) * kTile;
+    load_rows_async<D>(qbuf(i), q, b, q0, seq, dims.heads, h);
+    load_rows_async<D>(dobuf(i), dout, b, q0, seq, dims.heads, h);
+    cp_async_commit();
+    if (threadIdx.x < kTile) {
+      const int64_t pos = q0 + threadIdx.x;
+      next_lse = pos < seq ? lse[(b * dims.heads + h) * seq + pos] * kLog2e : 0.0f;
+      next_delta = pos < seq ? delta[(b * dims.heads + h) * seq + pos] : 0.0f;
+    }
+  };
+  auto stash = [&](int64_t i) {
+    if (threadIdx.x < kTile) {
+      lse_buf(i)[threadIdx.x] = next_lse;
+      delta_buf(i)[threadIdx.x] = next_delta;
+    }
+  };
+  issue(0);
+  stash(0);
+  load_rows<D, kWideKeys>(ks, k, b, k0, seq, dims.kv_heads, kvh);
+  load_rows<D, kWideKeys>(vs, v, b, k0, seq, dims.kv_heads, kvh);
+  float dk_acc[2][D / 8][4], dv_acc[2][D / 8][4];
+#pragma unroll
+  for (int km = 0; km < 2; ++km)
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk_acc[km][nd][e] = dv_acc[km][nd][e] = 0.0f;
+  for (int64_t i = 0; i < pairs; ++i) {
+    const int64_t q0 = (qt0 + i % per_head) * kTile;
+    const bf16_t* qs = qbuf(i);
+    const bf16_t* dos = dobuf(i);
+    const float* lse_s = lse_buf(i);
+    const float* delta_s = delta_buf(i);
+    if (i + 1 < pairs) {
+      issue(i + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+      const int64_t hq0 = q0 + 32 * half;  // the half's first query
+      // Every key of this warp follows every query of the half. (Also skipping halves past seq,
+      // which come out zero, costs a register spill at head_dim 64.)
+      if (kw > hq0 + 31) continue;
+      // S^T = K Q^T and dP^T = V dO^T: this warp's 32 keys x the half's 32 queries.
+      float st[2][4][4], dpt[2][4][4];
+#pragma unroll
+      for (int km = 0; km < 2; ++km)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) st[km][j][e] = dpt[km][j][e] = 0.0f;
+      // One product at a time, so only one operand's two A fragments are live (registers).
+#pragma unroll
+      for (int product = 0; product < 2; ++product) {
+        const bf16_t* a_tile = product == 0 ? ks : vs;
+        const bf16_t* b_tile = product == 0 ? qs : dos;
+        float(&acc)[2][4][4] = product == 0 ? st : dpt;
+#pragma unroll
+        for (int kc = 0; kc < D / 16; ++kc) {
+          uint32_t a[2][4];
+          load_a<ld<D>()>(a[0], a_tile, warp * 32, kc * 16);
+          load_a<ld<D>()>(a[1], a_tile, warp * 32 + 16, kc * 16);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            uint32_t b0, b1;
+            load_b_lds<ld<D>()>(b0, b1, b_tile, 32 * half + j * 8, kc * 16);
+            mma16816(acc[0][j], a[0], b0, b1);
+            mma16816(acc[1][j], a[1], b0, b1);
+          }
+        }
+      }
+      // P^T and dS^T = P^T * (dP^T - delta), in place; masks where a key may follow a query of
+      // the half (causality) or the half runs past seq.
+      if (kw + 31 > hq0 || hq0 + 32 > seq) {
+#pragma unroll
+        for (int km = 0; km < 2; ++km)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int ql = 32 * half + j * 8 + 2 * t + (e & 1);
+              const int64_t query = q0 + ql, key = kw + km * 16 + g + (e < 2 ? 0 : 8);
+              const float p = (key <= query && query < seq) ? fast_exp2(st[km][j][e] * scale_log2 - lse_s[ql]) : 0.0f;
+              st[km][j][e] = p;
+              dpt[km][j][e] = p * (dpt[km][j][e] - delta_s[ql]);
+            }
+      } else {
+#pragma unroll
+        for (int km = 0; km < 2; ++km)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int ql = 32 * half + j * 8 + 2 * t + (e & 1);
+              const float p = fast_exp2(st[km][j][e] * scale_log2 - lse_s[ql]);
+              st[km][j][e] = p;
+              dpt[km][j][e] = p * (dpt[km][j][e] - delta_s[ql]);
+            }
+      }
+      // dV += P^T dO and dK += dS^T Q over the half's queries (two k16 chunks).
+#pragma unroll
+      for (int kc = 0; kc < 2; ++kc) {
+        uint32_t pa[2][4], da[2][4];
+#pragma unroll
+        for (int km = 0; km < 2; ++km) {
+          pa[km][0] = pack(st[km][2 * kc][0], st[km][2 * kc][1]);
+          pa[km][1] = pack(st[km][2 * kc][2], st[km][2 * kc][3]);
+          pa[km][2] = pack(st[km][2 * kc + 1][0], st[km][2 * kc + 1][1]);
+          pa[km][3] = pack(st[km][2 * kc + 1][2], st[km][2 * kc + 1][3]);
+          da[km][0] = pack(dpt[km][2 * kc][0], dpt[km][2 * kc][1]);
+          da[km][1] = pack(dpt[km][2 * kc][2], dpt[km][2 * kc][3]);
+          da[km][2] = pack(dpt[km][2 * kc + 1][0], dpt[km][2 * kc + 1][1]);
+          da[km][3] = pack(dpt[km][2 * kc + 1][2], dpt[km][2 * kc + 1][3]);
+        }
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd += 2) {
+          uint32_t ob[4], qb[4];
+          load_b_trans_x4<ld<D>()>(ob, dos, 32 * half + kc * 16, nd * 8);
+#pragma unroll
+          for (int km = 0; km < 2; ++km) {
+            mma16816(dv_acc[km][nd], pa[km], ob[0], ob[1]);
+            mma16816(dv_acc[km][nd + 1], pa[km], ob[2], ob[3]);
+          }
+          load_b_trans_x4<ld<D>()>(qb, qs, 32 * half + kc * 16, nd * 8);
+#pragma unroll
+          for (int km = 0; km < 2; ++km) {
+            mma16816(dk_acc[km][nd], da[km], qb[0], qb[1]);
+            mma16816(dk_acc[km][nd + 1], da[km], qb[2], qb[3]);
+          }
+        }
+      }
+    }
+    if (i + 1 < pairs) stash(i + 1);
+    __syncthreads();  // every warp is done with this buffer before it is refilled
+  }
+#pragma unroll
+  for (int km = 0; km < 2; ++km) {
+    const int64_t key_a = kw + km * 16 + g, key_b = key_a + 8;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      const int col = nd * 8 + 2 * t;
+      if (key_a < seq) {
+        const int64_t base = ((b * seq + key_a) * dims.kv_heads + kvh) * D + col;
+        *reinterpret_cast<uint32_t*>(dk + base) = pack(dk_acc[km][nd][0] * dims.scale, dk_acc[km][nd][1] * dims.scale);
+        *reinterpret_cast<uint32_t*>(dv + base) = pack(dv_acc[km][nd][0], dv_acc[km][nd][1]);
+      }
+      if (key_b < seq) {
+        const int64_t base = ((b * seq + key_b) * dims.kv_heads + kvh) * D + col;
+        *reinterpret_cast<uint32_t*>(dk + base) = pack(dk_acc[km][nd][2] * dims.scale, dk_acc[km][nd][3] * dims.scale);
+        *reinterpret_cast<uint32_t*>(dv + base) = pack(dv_acc[km][nd][2], dv_acc[km][nd][3]);
+      }
+    }
+  }
+}
+
 // grid (heads, batch, query blocks of 64 M rows), the block slowest and backwards (longest
 // blocks first): dQ of one query block over the key tiles at or before its rows.
 template <int D, int M>
@@ -698,6 +901,18 @@ template <int D>
 void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse, const bf16* dout, bf16* dq, bf16* dk,
                   bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
   check_grid(s);
+  if constexpr (D <= 64) {
+    if (wide_dkdv_for(D)) {
+      const unsigned blocks = static_cast<unsigned>((s.seq + kWideKeys - 1) / kWideKeys);
+      allow_smem_once<dkdv_wide_kernel<D>>(dkdv_wide_smem<D>());
+      dkdv_wide_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), blocks), kThreads,
+                            dkdv_wide_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout),
+                                                           delta, as_bf16(dk), as_bf16(dv), dims_of(s));
+      TITAN_CUDA_CHECK_LAUNCH();
+      if (row_groups_for(D) == 2) return launch_dq<D, 2>(q, k, v, lse, dout, dq, delta, s, stream);
+      return launch_dq<D, 1>(q, k, v, lse, dout, dq, delta, s, stream);
+    }
+  }
   const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
   allow_smem_once<dkdv_kernel<D>>(dkdv_smem<D>());
   dkdv_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), tiles), kThreads,
