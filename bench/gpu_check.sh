@@ -8,14 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$OUT"
-GPU=build/gpu
-PY=${PYTHON:-python3}
-# cuBLASLt from the machine's CUDA, else from PyTorch's wheel of it.
-CUBLAS_WHEEL=$($PY -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-# NCCL (loaded by titan only for FSDP on GPUs) likewise: the machine's, else PyTorch's wheel.
-NCCL_WHEEL=$($PY -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="$PWD/$GPU/lib:/usr/local/cuda/lib64:${CUBLAS_WHEEL}:${NCCL_WHEEL}:${LD_LIBRARY_PATH:-}"
-TITAN=$GPU/bin/titan
+. bench/gpu_env.sh  # GPU, PY, TITAN, LD_LIBRARY_PATH
 status=0
 summary=()
 note() { summary+=("$1"); echo "== $1"; }

@@ -12,14 +12,11 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-gpu_profile_out}}
 mkdir -p "$OUT"
-GPU=build/gpu
-PY=${PYTHON:-python3}
-CUBLAS_WHEEL=$($PY -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="$PWD/$GPU/lib:/usr/local/cuda/lib64:${CUBLAS_WHEEL}:${LD_LIBRARY_PATH:-}"
+. bench/gpu_env.sh  # GPU, PY, TITAN, LD_LIBRARY_PATH
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
 [ -n "$NCU" ] || { echo "gpu_profile: no ncu on this machine" >&2; exit 2; }
 # phase_times runs the compiled step's kernels eagerly, so each one is a launch ncu can see.
-train=($GPU/bin/titan train --config train_configs/debug_model.toml --model.flavor 1B --model.vocab_size 128256
+train=($TITAN train --config train_configs/debug_model.toml --model.flavor 1B --model.vocab_size 128256
        --training.dataset synthetic --training.seq_len 2048 --training.batch_size 4 --training.device cuda
        --training.compile true --profiling.phase_times true --metrics.log_freq 1 --checkpoint.enable_checkpoint false
        --validation.enabled false --profiling.enable_profiling false --metrics.enable_tensorboard false)

@@ -2,8 +2,12 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <cstdlib>
 
 #include "titan/core/dtype.h"
+#include "titan/core/env.h"
+#include "titan/core/error.h"
 #include "titan/core/parameter.h"
 #include "titan/core/rng.h"
 #include "titan/core/tensor.h"
@@ -93,4 +97,26 @@ TEST(Parameter, WorldOneAliasesFullWeight) {
   Parameter s = make_parameter("w", {4, 2}, 1, 2);
   EXPECT_EQ(s.master.dim(0), 2);
   EXPECT_EQ(s.global_index(0), 4);
+}
+
+TEST(Environment, IntegersAndChoicesWithOneLineErrors) {
+  const char* name = "TITAN_TEST_ENV_SETTING";
+  unsetenv(name);
+  EXPECT_EQ(env_int(name, 7, 0, 10), 7);
+  EXPECT_EQ(env_one_of(name, {16, 32}, 16), 16);
+  setenv(name, "32", 1);
+  EXPECT_EQ(env_int(name, 7, 0, 100), 32);
+  EXPECT_EQ(env_one_of(name, {16, 32}, 16), 32);
+  for (const char* bad : {"", "20", "32x", "x", "99999999999999999999"}) {
+    setenv(name, bad, 1);
+    try {
+      env_one_of(name, {16, 32}, 16);
+      FAIL() << "accepted " << name << "=" << bad;
+    } catch (const UserError& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("environment: ") + name + "=" + bad + ": expected 16 or 32");
+    }
+  }
+  setenv(name, "11", 1);
+  EXPECT_THROW(env_int(name, 7, 0, 10), UserError);
+  unsetenv(name);
 }

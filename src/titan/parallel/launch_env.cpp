@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "titan/core/env.h"
 #include "titan/core/error.h"
 
 namespace titan::parallel {
@@ -23,18 +24,6 @@ namespace titan::parallel {
 namespace {
 using Clock = std::chrono::steady_clock;
 constexpr char kMagic[8] = {'t', 'i', 't', 'a', 'n', 'r', 'd', 'v'};  // a foreign server is refused, not misread
-
-// The variable's integer value, or `fallback` when unset.
-int env_int(const char* name, int fallback, int min_value, int max_value) {
-  const char* v = std::getenv(name);
-  if (!v) return fallback;
-  char* end = nullptr;
-  errno = 0;
-  const long n = std::strtol(v, &end, 10);
-  if (*v == '\0' || *end != '\0' || errno != 0 || n < min_value || n > max_value)
-    throw UserError(concat("environment: ", name, "=", v, ": expected an integer from ", min_value, " to ", max_value));
-  return static_cast<int>(n);
-}
 
 int launcher_world_size() {
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"}) {
@@ -85,32 +74,29 @@ bool wait_for(int fd, short events, Clock::time_point deadline) {
   }
 }
 
-bool send_all(int fd, const char* data, size_t n, Clock::time_point deadline) {
-  while (n > 0) {
-    if (!wait_for(fd, POLLOUT, deadline)) return false;
-    const ssize_t k = ::send(fd, data, n, MSG_NOSIGNAL);
+// Moves all n bytes with `io` (a send or recv of up to `left` bytes from `done`), waiting for
+// `events` before each call; false on a closed peer, an error or the deadline.
+template <typename Io>
+bool transfer_all(int fd, short events, size_t n, Clock::time_point deadline, Io io) {
+  for (size_t done = 0; done < n;) {
+    if (!wait_for(fd, events, deadline)) return false;
+    const ssize_t k = io(done, n - done);
     if (k <= 0) {
       if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
       return false;
     }
-    data += k;
-    n -= static_cast<size_t>(k);
+    done += static_cast<size_t>(k);
   }
   return true;
 }
 
+bool send_all(int fd, const char* data, size_t n, Clock::time_point deadline) {
+  return transfer_all(fd, POLLOUT, n, deadline,
+                      [&](size_t done, size_t left) { return ::send(fd, data + done, left, MSG_NOSIGNAL); });
+}
+
 bool recv_all(int fd, char* data, size_t n, Clock::time_point deadline) {
-  while (n > 0) {
-    if (!wait_for(fd, POLLIN, deadline)) return false;
-    const ssize_t k = ::recv(fd, data, n, 0);
-    if (k <= 0) {
-      if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      return false;
-    }
-    data += k;
-    n -= static_cast<size_t>(k);
-  }
-  return true;
+  return transfer_all(fd, POLLIN, n, deadline, [&](size_t done, size_t left) { return ::recv(fd, data + done, left, 0); });
 }
 
 // A listening socket on every address (IPv6 with IPv4 mapped, or IPv4 where IPv6 is off),

@@ -8,10 +8,8 @@
 // Operands are read from the row-major tiles with ldmatrix (.trans where an mma needs them
 // transposed), except where plain loads keep a kernel within its register cap.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <string>
 
+#include "titan/core/env.h"
 #include "titan/ops/cuda/attention_kernels.h"
 #include "titan/ops/cuda/attention_launch.cuh"
 #include "titan/ops/cuda/cuda_check.h"
@@ -183,15 +181,10 @@ constexpr size_t dq_smem() { return (2 * M + 4) * tile_bytes<D>(); }  // Q, dO (
 // makes every K and V fragment a warp reads from shared memory feed two mma rows, at twice the
 // registers (forward 230, dQ 255 at head_dim 64: half the blocks per SM); head_dim 128 keeps
 // M = 1, where registers run out. TITAN_ATTENTION_ROWS_PER_WARP=16 picks M = 1 everywhere, so
-// one GPU session can measure both (read once per process).
+// one GPU session can measure both (read once per process; other values are an error).
 int row_groups_for(int head_dim) {
-  static const bool single = [] {
-    const char* v = std::getenv("TITAN_ATTENTION_ROWS_PER_WARP");
-    if (v != nullptr && std::string(v) != "16" && std::string(v) != "32")
-      std::fprintf(stderr, "titan: warning: TITAN_ATTENTION_ROWS_PER_WARP=%s: expected 16 or 32; using 32\n", v);
-    return v != nullptr && std::string(v) == "16";
-  }();
-  return head_dim <= 64 && !single ? 2 : 1;
+  static const int rows = env_one_of("TITAN_ATTENTION_ROWS_PER_WARP", {16, 32}, 32);
+  return head_dim <= 64 && rows == 32 ? 2 : 1;
 }
 
 // dK/dV with 32 keys per warp (head_dim <= 64, opt-in: TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32):
@@ -204,13 +197,8 @@ constexpr size_t dkdv_wide_smem() {  // K, V (128 rows each), 2 x (Q, dO, lse, d
   return 2 * kWideKeys * ld<D>() * sizeof(bf16_t) + 4 * tile_bytes<D>() + 4 * kTile * sizeof(float);
 }
 bool wide_dkdv_for(int head_dim) {
-  static const bool wide = [] {
-    const char* v = std::getenv("TITAN_ATTENTION_DKDV_KEYS_PER_WARP");
-    if (v != nullptr && std::string(v) != "16" && std::string(v) != "32")
-      std::fprintf(stderr, "titan: warning: TITAN_ATTENTION_DKDV_KEYS_PER_WARP=%s: expected 16 or 32; using 16\n", v);
-    return v != nullptr && std::string(v) == "32";
-  }();
-  return head_dim <= 64 && wide;
+  static const int keys = env_one_of("TITAN_ATTENTION_DKDV_KEYS_PER_WARP", {16, 32}, 16);
+  return head_dim <= 64 && keys == 32;
 }
 
 // Blocks per multiprocessor each kernel is compiled for (__launch_bounds__' second argument caps
