@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU machine's check, with prebuilt binaries (scripts/gpu_bundle.sh; nothing is built
 # there): the gpu tests, the 20-step CPU fp32 vs GPU bf16 parity run (plus a GPU rerun that
-# must be bit-identical), and a short benchmark of the debug and 1B shapes beside PyTorch
-# (../shared/bench/torch_anchor.py). Prints a short table last; logs go to OUT_DIR.
+# must be bit-identical), a short benchmark of the four shapes beside PyTorch
+# (../shared/bench/torch_anchor.py), and the same with cuDNN attention. Prints a short table
+# last; logs go to OUT_DIR.
 #   tar xzf build/gpu_bundle/bundle.tar.gz && bash bench/gpu_check.sh [OUT_DIR]
 set -u
 cd "$(dirname "$0")/.."
@@ -15,16 +16,13 @@ note() { summary+=("$1"); echo "== $1"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/device.txt"
 
-for t in cast kernels cuda_model fsdp; do
-  if timeout 100 $GPU/bin/test_gpu_$t > "$OUT/test_$t.log" 2>&1; then
+# (CudnnDeviceless is for machines without a GPU, where CI runs it: left out here.)
+for t in cast kernels cudnn_attention cuda_model fsdp; do
+  if timeout 100 $GPU/bin/test_gpu_$t --gtest_filter=-CudnnDeviceless.* > "$OUT/test_$t.log" 2>&1; then
     if grep -q "SKIPPED" "$OUT/test_$t.log"; then status=1; note "gpu.$t: SKIPPED (no GPU seen)"; else note "gpu.$t: PASS"; fi
   else status=1; note "gpu.$t: FAIL (see test_$t.log)"; tail -30 "$OUT/test_$t.log"; fi
 done
 
-# The attention kernels' other row layout (16 query rows per warp instead of 32 for head_dim <= 64).
-if TITAN_ATTENTION_ROWS_PER_WARP=16 timeout 100 $GPU/bin/test_gpu_kernels > "$OUT/test_kernels_rows16.log" 2>&1; then
-  note "gpu.kernels with 16 attention rows per warp: PASS"
-else status=1; note "gpu.kernels with 16 attention rows per warp: FAIL (see test_kernels_rows16.log)"; tail -30 "$OUT/test_kernels_rows16.log"; fi
 # The opt-in dK/dV kernel with 32 keys per warp (head_dim <= 64).
 if TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32 timeout 100 $GPU/bin/test_gpu_kernels > "$OUT/test_kernels_dkdv32.log" 2>&1; then
   note "gpu.kernels with 32 dK/dV keys per warp: PASS"
@@ -76,18 +74,27 @@ bench 8B_4layers_4096x2 8B_4layers 128256 4096 2 llama3_8b_4l --training.compile
 SKIP_TORCH=1 bench eager_debugmodel_2048x8 debugmodel 2048 2048 8 - --training.compile false
 SKIP_TORCH=1 bench phases_1B_2048x4 1B 128256 2048 4 - --training.compile true --profiling.phase_times true
 SKIP_TORCH=1 bench phases_8B_4layers_4096x2 8B_4layers 128256 4096 2 - --training.compile true --profiling.phase_times true
-# The same with 16 attention rows per warp: which layout the attention phases prefer.
-BENCH_ENV=TITAN_ATTENTION_ROWS_PER_WARP=16 SKIP_TORCH=1 bench phases16_1B_2048x4 1B 128256 2048 4 - --training.compile true \
-  --profiling.phase_times true
 # And with the 32-keys-per-warp dK/dV kernel: whether it should become the default.
 BENCH_ENV=TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32 SKIP_TORCH=1 bench phases_dkdv32_1B_2048x4 1B 128256 2048 4 - \
   --training.compile true --profiling.phase_times true
+
+# cuDNN's fused attention (TITAN_ATTENTION_IMPL=cudnn) on the shapes it takes (head_dim 64/128):
+# tokens/s, the attention phases, and the same losses as titan's kernels on the same batches.
+for shape in "150M_2048x16 150M 128256 2048 16" "1B_2048x4 1B 128256 2048 4" "8B_4layers_4096x2 8B_4layers 128256 4096 2"; do
+  set -- $shape
+  BENCH_ENV=TITAN_ATTENTION_IMPL=cudnn SKIP_TORCH=1 bench cudnn_$1 $2 $3 $4 $5 - --training.compile true
+  $PY bench/gpu_report.py close "$OUT/bench_$1/metrics.jsonl" "$OUT/bench_cudnn_$1/metrics.jsonl" > "$OUT/close_$1.txt" 2>&1 ||
+    status=1
+  note "cudnn vs titan attention losses, $1: $(tail -1 "$OUT/close_$1.txt")"
+done
+BENCH_ENV=TITAN_ATTENTION_IMPL=cudnn SKIP_TORCH=1 bench phases_cudnn_1B_2048x4 1B 128256 2048 4 - --training.compile true \
+  --profiling.phase_times true
 
 $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).
 {
   echo "# titan gpu_check, $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$OUT/device.txt"
-  for t in cast kernels kernels_rows16 kernels_dkdv32 cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
+  for t in cast kernels kernels_dkdv32 cudnn_attention cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
   for p in cpu gpu rerun compile compile_rerun fsdp; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
   for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -18; done

@@ -3,6 +3,7 @@ identity, and prints the benchmark table (titan beside the PyTorch peer).
 
   gpu_report.py parity CPU_METRICS GPU_METRICS GPU_RERUN_METRICS [--tol 0.02]
   gpu_report.py identical METRICS_A METRICS_B   (losses and grad norms bit for bit)
+  gpu_report.py close METRICS_A METRICS_B [--tol 0.02]   (same steps, losses within tol)
   gpu_report.py table OUT_DIR
   gpu_report.py kernels NCU_CSV   (bench/gpu_profile.sh: one step's device time by kernel)
 """
@@ -55,6 +56,20 @@ def identical(a):
     return 0 if same else 1
 
 
+def close(a):
+    for path in (a.a, a.b):
+        if not os.path.exists(path):
+            print(f"close: FAIL {path} is missing (that run failed: see its log)")
+            return 1
+    x, y = records(a.a), records(a.b)
+    ok = len(x) == len(y) > 0 and all(p["step"] == q["step"] for p, q in zip(x, y))
+    worst = max((abs(p["loss"] - q["loss"]) for p, q in zip(x, y)), default=float("nan"))
+    ok = ok and worst <= a.tol
+    print(f"close: {'PASS' if ok else 'FAIL'} {len(x)} vs {len(y)} logged steps, worst |loss diff| {worst:.5f} "
+          f"(bound {a.tol})")
+    return 0 if ok else 1
+
+
 def titan_tps(path, skip_steps):
     """Mean tokens/s of the logged windows after the first `skip_steps` steps."""
     rs = [r for r in records(path) if r["step"] > skip_steps]
@@ -72,6 +87,8 @@ def table(a):
             os.path.join(run, "metrics.jsonl")) else (None, None, None)
         peer, peer_mem = {}, {}
         anchor = os.path.join(a.out, f"anchor_{name}.json")
+        if not os.path.exists(anchor) and name.startswith("cudnn_"):  # same shape, other attention
+            anchor = os.path.join(a.out, f"anchor_{name[len('cudnn_'):]}.json")
         if os.path.exists(anchor):
             for r in json.load(open(anchor)).get("runs", []):
                 peer[r["variant"]] = r.get("tokens_per_s")
@@ -135,9 +152,13 @@ if __name__ == "__main__":
     i = sub.add_parser("identical")
     i.add_argument("a")
     i.add_argument("b")
+    c = sub.add_parser("close")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--tol", type=float, default=0.02)
     t = sub.add_parser("table")
     t.add_argument("out")
     k = sub.add_parser("kernels")
     k.add_argument("csv")
     args = ap.parse_args()
-    sys.exit({"parity": parity, "identical": identical, "table": table, "kernels": kernels}[args.cmd](args))
+    sys.exit({"parity": parity, "identical": identical, "close": close, "table": table, "kernels": kernels}[args.cmd](args))

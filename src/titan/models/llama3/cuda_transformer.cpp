@@ -51,6 +51,7 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
   TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
+  if (cuda::cudnn_attention_requested()) cudnn_attention_ = std::make_unique<cuda::CudnnAttention>(stream_, alloc_);
   // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
   const size_t per_layer = 9;
   TITAN_CHECK(params.size() == 3 + per_layer * static_cast<size_t>(args.n_layers), "unexpected parameter count ",
@@ -138,6 +139,7 @@ CudaTransformer::~CudaTransformer() {
   if (comm_mark_) cudaEventDestroy(comm_mark_);
   if (stream_) {
     cudaStreamSynchronize(stream_);
+    cudnn_attention_.reset();  // its handle is bound to stream_
     cudaStreamDestroy(stream_);
   }
 }
@@ -401,7 +403,11 @@ void CudaTransformer::block_forward(size_t layer, BatchShape s) {
   cuda::rope(ptr<bf16>(a.k), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, false, stream_);
   const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
   at(Phase::attention_forward);
-  cuda::attention_forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as, stream_);
+  if (cudnn_attention_ && cuda::CudnnAttention::handles(as))
+    cudnn_attention_->forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as);
+  else
+    cuda::attention_forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as,
+                            stream_);
   at(Phase::gemm);
   linear(ptr<bf16>(a.att), lw.wo, ptr<bf16>(proj_), n);
   at(Phase::norm_elementwise);
@@ -443,9 +449,13 @@ void CudaTransformer::block_backward(size_t layer, BatchShape s) {
   linear_backward(ptr<bf16>(a.att), lw.wo, dr, ptr<bf16>(d_att_), n, 0.0f);
   const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
   at(Phase::attention_backward);
-  cuda::attention_backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
-                           ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), ptr<float>(delta_), as,
-                           stream_);
+  if (cudnn_attention_ && cuda::CudnnAttention::handles(as))
+    cudnn_attention_->backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
+                               ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), as);
+  else
+    cuda::attention_backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
+                             ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), ptr<float>(delta_), as,
+                             stream_);
   at(Phase::norm_elementwise);
   cuda::rope(ptr<bf16>(dq_), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_heads, hd, true, stream_);
   cuda::rope(ptr<bf16>(dk_), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, true, stream_);

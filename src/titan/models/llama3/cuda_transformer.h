@@ -20,6 +20,7 @@
 #include "titan/ops/cuda/allocator.h"
 #include "titan/ops/cuda/collectives.h"
 #include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/cudnn_attention.h"
 #include "titan/ops/cuda/gemm.h"
 #include "titan/ops/cuda/phase_timer.h"
 #include "titan/ops/embedding_index.h"
@@ -145,6 +146,7 @@ class CudaTransformer {
   cudaStream_t stream_ = nullptr;
   cuda::DeviceAllocator alloc_;
   std::unique_ptr<cuda::Gemm> gemm_;
+  std::unique_ptr<cuda::CudnnAttention> cudnn_attention_;  // only under TITAN_ATTENTION_IMPL=cudnn
   // Per parameter: offset in the flat (shard) buffers, whole size, rows, cols, this rank's
   // elements, padded shard elements; its unit and offset in that unit's gathered buffer.
   std::vector<int64_t> offset_, numel_, out_, in_, local_, shard_, unit_offset_;

@@ -1,0 +1,292 @@
+#include "titan/ops/cuda/cudnn_attention.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "titan/core/error.h"
+#include "titan/ops/cuda/cuda_check.h"
+#include "titan/ops/cuda/cudnn_graph.h"
+
+namespace titan::cuda {
+
+using cudnn::Graph;
+
+bool cudnn_attention_requested() {
+  const char* v = std::getenv("TITAN_ATTENTION_IMPL");
+  if (!v || std::strcmp(v, "titan") == 0) return false;
+  if (std::strcmp(v, "cudnn") == 0) return true;
+  throw UserError(concat("environment: TITAN_ATTENTION_IMPL=", v, ": expected titan or cudnn"));
+}
+
+// One shape's graph, the uids its execution binds, and the workspace its plan asked for.
+struct CudnnAttention::Plan {
+  Graph graph;
+  AttentionUids id;
+  DeviceBuffer scratch, workspace;  // scratch: the backward's dq_accum, then softmax_sum
+  size_t softmax_sum_offset = 0;
+};
+
+namespace {
+cudnnHandle_t as_handle(void* h) { return static_cast<cudnnHandle_t>(h); }
+
+// Logical [batch, heads, seq, head_dim] views of titan's [batch, seq, heads, head_dim] rows.
+Graph::TensorSpec bshd(const AttentionShape& s, int64_t heads) {
+  return {{s.batch, heads, s.seq, s.head_dim},
+          {s.seq * heads * s.head_dim, s.head_dim, heads * s.head_dim, 1},
+          CUDNN_DATA_BFLOAT16};
+}
+// The same rows seen as [batch, heads, head_dim, seq]: K transposed for Q K^T.
+Graph::TensorSpec bshd_transposed(const AttentionShape& s, int64_t heads) {
+  return {{s.batch, heads, s.head_dim, s.seq},
+          {s.seq * heads * s.head_dim, s.head_dim, 1, heads * s.head_dim},
+          CUDNN_DATA_BFLOAT16};
+}
+// lse / cuDNN's softmax stats: [batch, heads, seq, 1], packed.
+Graph::TensorSpec row_stats(const AttentionShape& s, bool is_virtual) {
+  return {{s.batch, s.heads, s.seq, 1}, {s.heads * s.seq, s.seq, 1, 1}, CUDNN_DATA_FLOAT, is_virtual};
+}
+Graph::TensorSpec scores(const AttentionShape& s, cudnnDataType_t type) {
+  const std::vector<int64_t> dims{s.batch, s.heads, s.seq, s.seq};
+  return {dims, Graph::packed(dims), type, true};
+}
+Graph::TensorSpec host_scalar() { return {{1, 1, 1, 1}, {1, 1, 1, 1}, CUDNN_DATA_FLOAT, false, true}; }
+
+// P^T / dS^T: [batch, heads, keys, queries] views of packed [batch, heads, queries, keys] scores.
+Graph::TensorSpec scores_transposed(const AttentionShape& s, cudnnDataType_t type) {
+  return {{s.batch, s.heads, s.seq, s.seq}, {s.heads * s.seq * s.seq, s.seq * s.seq, 1, s.seq}, type, true};
+}
+// Per-query-head dK / dV before the sum over each key head's group (GQA).
+Graph::TensorSpec per_query_head(const AttentionShape& s) {
+  const std::vector<int64_t> dims{s.batch, s.heads, s.seq, s.head_dim};
+  return {dims, Graph::packed(dims), CUDNN_DATA_BFLOAT16, true};
+}
+float softmax_scale(const AttentionShape& s) { return 1.0f / std::sqrt(static_cast<float>(s.head_dim)); }
+// Masked scores; exp of it is exactly 0. (cuDNN's frontend uses this value before 9.10, -inf after.)
+constexpr float kMasked = std::numeric_limits<float>::lowest();
+constexpr float kOne = 1.0f;
+
+size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// Keeps scores where query >= key (top-left causal); the rest become `masked`.
+int64_t causal_mask(Graph& g, const AttentionShape& s, int64_t scores_in, int64_t masked) {
+  const int64_t row = g.tensor(scores(s, CUDNN_DATA_INT32)), col = g.tensor(scores(s, CUDNN_DATA_INT32));
+  g.pointwise({.mode = CUDNN_POINTWISE_GEN_INDEX, .x = scores_in, .y = row, .axis = 2});
+  g.pointwise({.mode = CUDNN_POINTWISE_GEN_INDEX, .x = scores_in, .y = col, .axis = 3});
+  const int64_t keep = g.tensor(scores(s, CUDNN_DATA_BOOLEAN));
+  g.pointwise({.mode = CUDNN_POINTWISE_CMP_GE, .x = row, .y = keep, .b = col, .precision = CUDNN_DATA_BOOLEAN});
+  const int64_t out = g.tensor(scores(s, CUDNN_DATA_FLOAT));
+  g.pointwise({.mode = CUDNN_POINTWISE_BINARY_SELECT, .x = scores_in, .y = out, .b = masked, .t = keep});
+  return out;
+}
+
+// y = op(x, b) into a new virtual tensor shaped like `like`.
+int64_t binary(Graph& g, cudnnPointwiseMode_t mode, int64_t x, int64_t b, const Graph::TensorSpec& like) {
+  const int64_t y = g.tensor(like);
+  g.pointwise({.mode = mode, .x = x, .y = y, .b = b});
+  return y;
+}
+int64_t unary(Graph& g, cudnnPointwiseMode_t mode, int64_t x, const Graph::TensorSpec& like) {
+  const int64_t y = g.tensor(like);
+  g.pointwise({.mode = mode, .x = x, .y = y});
+  return y;
+}
+}  // namespace
+
+CudnnAttention::CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc) : stream_(stream), alloc_(alloc) {
+  cudnnHandle_t h = nullptr;
+  cudnn::check(cudnn::api().create(&h), "cudnnCreate");
+  handle_ = h;
+  cudnn::check(cudnn::api().set_stream(h, stream_), "cudnnSetStream");
+}
+
+CudnnAttention::~CudnnAttention() {
+  forward_.clear();
+  backward_.clear();
+  if (handle_) cudnn::api().destroy(as_handle(handle_));
+}
+
+bool CudnnAttention::handles(const AttentionShape& s) {
+  return (s.head_dim == 64 || s.head_dim == 128) && s.seq > 0 && s.seq % 128 == 0 && s.kv_heads > 0 &&
+         s.heads % s.kv_heads == 0;
+}
+
+size_t CudnnAttention::workspace_bytes() const {
+  size_t total = 0;
+  for (const auto* plans : {&forward_, &backward_})
+    for (const auto& [key, plan] : *plans) total += plan->workspace.bytes();
+  return total;
+}
+
+// The graph cuDNN's frontend builds for causal training SDPA (its fused flash-attention engines
+// match this pattern): S = Q K^T * scale, causal mask, softmax with its log-sum-exp saved as
+// stats, O = P V. GQA is the matmul's broadcast of K and V over each group of query heads.
+AttentionUids describe_attention_forward(Graph& g, const AttentionShape& s) {
+  AttentionUids u;
+  u.q = g.tensor(bshd(s, s.heads));
+  u.k = g.tensor(bshd_transposed(s, s.kv_heads));
+  u.v = g.tensor(bshd(s, s.kv_heads));
+  u.o = g.tensor(bshd(s, s.heads));
+  u.stats = g.tensor(row_stats(s, false));
+  u.scale = g.tensor(host_scalar());
+  u.neg_inf = g.tensor(host_scalar());
+  const auto f32 = scores(s, CUDNN_DATA_FLOAT);
+  const int64_t raw = g.tensor(f32);
+  g.matmul(u.q, u.k, raw);
+  const int64_t scaled = binary(g, CUDNN_POINTWISE_MUL, raw, u.scale, f32);
+  const int64_t masked = causal_mask(g, s, scaled, u.neg_inf);
+  const int64_t max = g.tensor(row_stats(s, true));
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, masked, max);
+  const int64_t shifted = binary(g, CUDNN_POINTWISE_SUB, masked, max, f32);
+  const int64_t e = unary(g, CUDNN_POINTWISE_EXP, shifted, f32);
+  const int64_t sum = g.tensor(row_stats(s, true));
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, sum);
+  const int64_t log_sum = unary(g, CUDNN_POINTWISE_LOG, sum, row_stats(s, true));
+  g.pointwise({.mode = CUDNN_POINTWISE_ADD, .x = max, .y = u.stats, .b = log_sum});
+  const int64_t probs = binary(g, CUDNN_POINTWISE_DIV, e, sum, scores(s, CUDNN_DATA_BFLOAT16));  // bmm2 wants bf16
+  g.matmul(probs, u.v, u.o);
+  return u;
+}
+
+// The frontend's backward graph: rowsum(dO * O) into an fp32 tensor, the probabilities rebuilt
+// from the saved stats, dV = P^T dO, dS = P * (dO V^T - rowsum) * scale, dK = dS^T Q,
+// dQ = dS K through an fp32 accumulator. Under GQA dK/dV are formed per query head and summed
+// over each group.
+AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
+  AttentionUids u;
+  const bool grouped = s.heads != s.kv_heads;
+  u.q = g.tensor(bshd(s, s.heads));
+  u.k = g.tensor(bshd_transposed(s, s.kv_heads));
+  u.v = g.tensor(bshd_transposed(s, s.kv_heads));  // V is only used as V^T
+  u.o = g.tensor(bshd(s, s.heads));
+  u.dout = g.tensor(bshd(s, s.heads));
+  u.stats = g.tensor(row_stats(s, false));
+  u.dq = g.tensor(bshd(s, s.heads));
+  u.dk = g.tensor(bshd(s, s.kv_heads));
+  u.dv = g.tensor(bshd(s, s.kv_heads));
+  u.scale = g.tensor(host_scalar());
+  u.neg_inf = g.tensor(host_scalar());
+  u.one = g.tensor(host_scalar());
+
+  // rowsum(dO * O), kept in fp32 memory titan provides.
+  const int64_t prod = g.tensor({{s.batch, s.heads, s.seq, s.head_dim},
+                                 {s.heads * s.seq * s.head_dim, s.seq * s.head_dim, s.heads * s.head_dim, 1},
+                                 CUDNN_DATA_FLOAT,
+                                 true});
+  g.pointwise({.mode = CUDNN_POINTWISE_MUL, .x = u.dout, .y = prod, .b = u.o});
+  const int64_t rowsum = g.tensor(row_stats(s, true));
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, prod, rowsum);
+  u.softmax_sum = g.tensor(row_stats(s, false));
+  g.pointwise({.mode = CUDNN_POINTWISE_MUL, .x = rowsum, .y = u.softmax_sum, .b = u.one});
+
+  const auto f32 = scores(s, CUDNN_DATA_FLOAT);
+  const int64_t raw = g.tensor(f32);
+  g.matmul(u.q, u.k, raw);
+  const int64_t scaled = binary(g, CUDNN_POINTWISE_MUL, raw, u.scale, f32);
+  const int64_t shifted = binary(g, CUDNN_POINTWISE_SUB, scaled, u.stats, f32);
+  const int64_t masked = causal_mask(g, s, shifted, u.neg_inf);
+  const int64_t probs = unary(g, CUDNN_POINTWISE_EXP, masked, f32);
+  const int64_t probs_t = g.tensor(scores_transposed(s, CUDNN_DATA_BFLOAT16));
+  g.reshape(probs, probs_t);
+  if (grouped) {
+    const int64_t dv_full = g.tensor(per_query_head(s));
+    g.matmul(probs_t, u.dout, dv_full);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dv_full, u.dv);
+  } else {
+    g.matmul(probs_t, u.dout, u.dv);
+  }
+  const int64_t dp = g.tensor(f32);
+  g.matmul(u.dout, u.v, dp);
+  const int64_t centred = binary(g, CUDNN_POINTWISE_SUB, dp, u.softmax_sum, f32);
+  const int64_t weighted = binary(g, CUDNN_POINTWISE_MUL, centred, probs, f32);
+  const int64_t ds = binary(g, CUDNN_POINTWISE_MUL, weighted, u.scale, f32);
+  const int64_t ds_t = g.tensor(scores_transposed(s, CUDNN_DATA_BFLOAT16));
+  g.reshape(ds, ds_t);
+  if (grouped) {
+    const int64_t dk_full = g.tensor(per_query_head(s));
+    g.matmul(ds_t, u.q, dk_full);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dk_full, u.dk);
+  } else {
+    g.matmul(ds_t, u.q, u.dk);
+  }
+  // K back in its own layout; the frontend types this view fp32 and the engines expect that.
+  Graph::TensorSpec k_view = bshd(s, s.kv_heads);
+  k_view.type = CUDNN_DATA_FLOAT;
+  k_view.is_virtual = true;
+  const int64_t k = g.tensor(k_view);
+  g.reshape(u.k, k);
+  const std::vector<int64_t> dq_dims{s.batch, s.heads, s.seq, s.head_dim};
+  u.dq_accum = g.tensor({dq_dims, Graph::packed(dq_dims), CUDNN_DATA_FLOAT});
+  g.matmul(ds, k, u.dq_accum);
+  g.pointwise({.mode = CUDNN_POINTWISE_IDENTITY, .x = u.dq_accum, .y = u.dq});
+  return u;
+}
+
+CudnnAttention::Plan& CudnnAttention::forward_plan(const AttentionShape& s) {
+  auto& slot = forward_[Key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim}];
+  if (slot) return *slot;
+  auto p = std::make_unique<Plan>();
+  p->id = describe_attention_forward(p->graph, s);
+  p->graph.build(as_handle(handle_), "attention forward");
+  if (p->graph.workspace_bytes() > 0)
+    p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
+  slot = std::move(p);
+  return *slot;
+}
+
+CudnnAttention::Plan& CudnnAttention::backward_plan(const AttentionShape& s) {
+  auto& slot = backward_[Key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim}];
+  if (slot) return *slot;
+  auto p = std::make_unique<Plan>();
+  p->id = describe_attention_backward(p->graph, s);
+  p->graph.build(as_handle(handle_), "attention backward");
+  const size_t accum_bytes = static_cast<size_t>(s.batch * s.heads * s.seq * s.head_dim) * sizeof(float);
+  p->softmax_sum_offset = align16(accum_bytes);
+  p->scratch = DeviceBuffer(alloc_, p->softmax_sum_offset + static_cast<size_t>(s.batch * s.heads * s.seq) * sizeof(float));
+  // cuDNN 9.6+ keeps the accumulator clean itself (the frontend stopped clearing it); a zero
+  // start costs one memset per shape and keeps a first run right either way.
+  TITAN_CUDA_CHECK(cudaMemsetAsync(p->scratch.as<void>(), 0, accum_bytes, stream_));
+  if (p->graph.workspace_bytes() > 0)
+    p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
+  slot = std::move(p);
+  return *slot;
+}
+
+void CudnnAttention::forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse,
+                             const AttentionShape& s) {
+  TITAN_CHECK(handles(s), "cuDNN attention given a shape it does not take (seq ", s.seq, ", head_dim ", s.head_dim, ")");
+  const Plan& p = forward_plan(s);
+  const AttentionUids& u = p.id;
+  const float scale = softmax_scale(s);
+  p.graph.execute(as_handle(handle_),
+                  {{u.q, q}, {u.k, k}, {u.v, v}, {u.o, o}, {u.stats, lse}, {u.scale, &scale}, {u.neg_inf, &kMasked}},
+                  p.workspace.as<void>());
+}
+
+void CudnnAttention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,
+                              const bf16* dout, bf16* dq, bf16* dk, bf16* dv, const AttentionShape& s) {
+  TITAN_CHECK(handles(s), "cuDNN attention given a shape it does not take (seq ", s.seq, ", head_dim ", s.head_dim, ")");
+  const Plan& p = backward_plan(s);
+  const AttentionUids& u = p.id;
+  const float scale = softmax_scale(s);
+  p.graph.execute(as_handle(handle_),
+                  {{u.q, q},
+                   {u.k, k},
+                   {u.v, v},
+                   {u.o, o},
+                   {u.stats, lse},
+                   {u.dout, dout},
+                   {u.dq, dq},
+                   {u.dk, dk},
+                   {u.dv, dv},
+                   {u.dq_accum, p.scratch.as<char>()},
+                   {u.softmax_sum, p.scratch.as<char>() + p.softmax_sum_offset},
+                   {u.scale, &scale},
+                   {u.neg_inf, &kMasked},
+                   {u.one, &kOne}},
+                  p.workspace.as<void>());
+}
+
+}  // namespace titan::cuda
