@@ -4,6 +4,8 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,7 +35,7 @@ std::string error_of(void (*f)()) {
   return "no UserError";
 }
 
-// Sets an environment variable for one scope.
+// Sets (or, given nullptr, unsets) an environment variable for one scope.
 struct ScopedEnv {
   ScopedEnv(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) old_ = old;
@@ -41,11 +43,11 @@ struct ScopedEnv {
     else unsetenv(name);
   }
   ~ScopedEnv() {
-    if (old_.empty()) unsetenv(name_);
-    else setenv(name_, old_.c_str(), 1);
+    if (old_) setenv(name_, old_->c_str(), 1);
+    else unsetenv(name_);
   }
   const char* name_;
-  std::string old_;
+  std::optional<std::string> old_;
 };
 
 // Random bf16 inputs of one shape, their device copies, and the CPU reference results.
@@ -159,10 +161,12 @@ TEST(CudnnAttentionGraph, EveryOpOfBothGraphsFinalizes) {
     cuda::cudnn::Graph fwd, bwd;
     const auto f = cuda::describe_attention_forward(fwd, s);
     const auto b = cuda::describe_attention_backward(bwd, s);
-    for (int64_t uid : {f.q, f.k, f.v, f.o, f.stats, f.scale, f.neg_inf}) EXPECT_GT(uid, 0) << where(s);
-    for (int64_t uid : {b.q, b.k, b.v, b.o, b.dout, b.stats, b.dq, b.dk, b.dv, b.scale, b.neg_inf, b.one,
-                        b.softmax_sum, b.dq_accum})
-      EXPECT_GT(uid, 0) << where(s);
+    // Each tensor bound at execute time is a distinct tensor of its graph.
+    const std::set<int64_t> fwd_bound{f.q, f.k, f.v, f.o, f.stats, f.scale, f.neg_inf};
+    const std::set<int64_t> bwd_bound{b.q, b.k, b.v, b.o, b.dout, b.stats, b.dq, b.dk, b.dv, b.scale, b.neg_inf,
+                                      b.one, b.softmax_sum, b.dq_accum};
+    EXPECT_EQ(fwd_bound.size(), 7u) << where(s);
+    EXPECT_EQ(bwd_bound.size(), 14u) << where(s);
     EXPECT_EQ(fwd.op_count(), 14) << where(s);
     EXPECT_EQ(bwd.op_count(), s.heads == s.kv_heads ? 22 : 24) << where(s);
   }
@@ -180,8 +184,8 @@ constexpr const char* kH100 = R"({"maxGridSize": [2147483647, 65535, 65535], "ma
 
 // Without a GPU: cuDNN builds both plans for an H100 as far as it can. Its fused attention
 // engines accept the graphs and compile their kernels; only loading the compiled module needs
-// a driver, and the CUDA toolkit's stub driver refuses that. So a failure there, and not "not
-// supported", shows an engine took the graph. Run alone (ctest gpu.cudnn_deviceless): the stub
+// a driver, and the CUDA toolkit's stub driver refuses that. So the best-ranked engine failing
+// there, and not "not supported" or "no engine", shows it took the graph. Run alone (ctest gpu.cudnn_deviceless): the stub
 // driver stays loaded in the process. On a machine with a GPU the tests above do this for real.
 TEST(CudnnDeviceless, FusedEnginesCompileBothGraphsForHopper) {
   if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is here: the device tests build real plans";
@@ -203,13 +207,14 @@ TEST(CudnnDeviceless, FusedEnginesCompileBothGraphsForHopper) {
       cuda::cudnn::Graph g;
       if (backward) cuda::describe_attention_backward(g, s);
       else cuda::describe_attention_forward(g, s);
-      std::string failure = "built without a driver";
+      // The error names the best-ranked engine's failure; a build that succeeds passes too.
+      std::string failure;
       try {
         g.build_for_device(h100, backward ? "attention backward" : "attention forward");
       } catch (const UserError& e) {
         failure = e.what();
       }
-      EXPECT_NE(failure.find("CUDA_DRIVER"), std::string::npos)
+      EXPECT_TRUE(failure.empty() || failure.find("CUDA_DRIVER") != std::string::npos)
           << where(s) << (backward ? " backward: " : " forward: ") << failure;
     }
   }

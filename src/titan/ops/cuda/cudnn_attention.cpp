@@ -25,6 +25,7 @@ bool cudnn_attention_requested() {
 struct CudnnAttention::Plan {
   Graph graph;
   AttentionUids id;
+  float scale = 0;  // the softmax scale, bound by address: it must outlive any captured launch
   DeviceBuffer scratch, workspace;  // scratch: the backward's dq_accum, then softmax_sum
   size_t softmax_sum_offset = 0;
 };
@@ -96,10 +97,19 @@ int64_t unary(Graph& g, cudnnPointwiseMode_t mode, int64_t x, const Graph::Tenso
 }  // namespace
 
 CudnnAttention::CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc) : stream_(stream), alloc_(alloc) {
+  const size_t version = cudnn::api().get_version();
+  // Before 9.6 the caller had to clear the dQ accumulator before every backward (titan clears
+  // it once); cuDNN's frontend refuses bf16 attention on 9.10.0 and 9.10.1 (backend bugs).
+  if (version < 90600 || version == 91000 || version == 91001)
+    throw UserError(concat("TITAN_ATTENTION_IMPL=cudnn: the loaded cuDNN is ", version,
+                           "; cuDNN attention needs 9.6 or newer, and not 9.10.0 or 9.10.1"));
   cudnnHandle_t h = nullptr;
   cudnn::check(cudnn::api().create(&h), "cudnnCreate");
+  if (const cudnnStatus_t st = cudnn::api().set_stream(h, stream_); st != CUDNN_STATUS_SUCCESS) {
+    cudnn::api().destroy(h);
+    cudnn::check(st, "cudnnSetStream");
+  }
   handle_ = h;
-  cudnn::check(cudnn::api().set_stream(h, stream_), "cudnnSetStream");
 }
 
 CudnnAttention::~CudnnAttention() {
@@ -111,13 +121,6 @@ CudnnAttention::~CudnnAttention() {
 bool CudnnAttention::handles(const AttentionShape& s) {
   return (s.head_dim == 64 || s.head_dim == 128) && s.seq > 0 && s.seq % 128 == 0 && s.kv_heads > 0 &&
          s.heads % s.kv_heads == 0;
-}
-
-size_t CudnnAttention::workspace_bytes() const {
-  size_t total = 0;
-  for (const auto* plans : {&forward_, &backward_})
-    for (const auto& [key, plan] : *plans) total += plan->workspace.bytes();
-  return total;
 }
 
 // The graph cuDNN's frontend builds for causal training SDPA (its fused flash-attention engines
@@ -225,21 +228,22 @@ AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
 }
 
 CudnnAttention::Plan& CudnnAttention::forward_plan(const AttentionShape& s) {
-  auto& slot = forward_[Key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim}];
-  if (slot) return *slot;
+  const Key key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
+  if (auto it = forward_.find(key); it != forward_.end()) return *it->second;
   auto p = std::make_unique<Plan>();
+  p->scale = softmax_scale(s);
   p->id = describe_attention_forward(p->graph, s);
   p->graph.build(as_handle(handle_), "attention forward");
   if (p->graph.workspace_bytes() > 0)
     p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
-  slot = std::move(p);
-  return *slot;
+  return *(forward_[key] = std::move(p));
 }
 
 CudnnAttention::Plan& CudnnAttention::backward_plan(const AttentionShape& s) {
-  auto& slot = backward_[Key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim}];
-  if (slot) return *slot;
+  const Key key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
+  if (auto it = backward_.find(key); it != backward_.end()) return *it->second;
   auto p = std::make_unique<Plan>();
+  p->scale = softmax_scale(s);
   p->id = describe_attention_backward(p->graph, s);
   p->graph.build(as_handle(handle_), "attention backward");
   const size_t accum_bytes = static_cast<size_t>(s.batch * s.heads * s.seq * s.head_dim) * sizeof(float);
@@ -250,8 +254,7 @@ CudnnAttention::Plan& CudnnAttention::backward_plan(const AttentionShape& s) {
   TITAN_CUDA_CHECK(cudaMemsetAsync(p->scratch.as<void>(), 0, accum_bytes, stream_));
   if (p->graph.workspace_bytes() > 0)
     p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
-  slot = std::move(p);
-  return *slot;
+  return *(backward_[key] = std::move(p));
 }
 
 void CudnnAttention::forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse,
@@ -259,9 +262,8 @@ void CudnnAttention::forward(const bf16* q, const bf16* k, const bf16* v, bf16* 
   TITAN_CHECK(handles(s), "cuDNN attention given a shape it does not take (seq ", s.seq, ", head_dim ", s.head_dim, ")");
   const Plan& p = forward_plan(s);
   const AttentionUids& u = p.id;
-  const float scale = softmax_scale(s);
   p.graph.execute(as_handle(handle_),
-                  {{u.q, q}, {u.k, k}, {u.v, v}, {u.o, o}, {u.stats, lse}, {u.scale, &scale}, {u.neg_inf, &kMasked}},
+                  {{u.q, q}, {u.k, k}, {u.v, v}, {u.o, o}, {u.stats, lse}, {u.scale, &p.scale}, {u.neg_inf, &kMasked}},
                   p.workspace.as<void>());
 }
 
@@ -270,7 +272,6 @@ void CudnnAttention::backward(const bf16* q, const bf16* k, const bf16* v, const
   TITAN_CHECK(handles(s), "cuDNN attention given a shape it does not take (seq ", s.seq, ", head_dim ", s.head_dim, ")");
   const Plan& p = backward_plan(s);
   const AttentionUids& u = p.id;
-  const float scale = softmax_scale(s);
   p.graph.execute(as_handle(handle_),
                   {{u.q, q},
                    {u.k, k},
@@ -283,7 +284,7 @@ void CudnnAttention::backward(const bf16* q, const bf16* k, const bf16* v, const
                    {u.dv, dv},
                    {u.dq_accum, p.scratch.as<char>()},
                    {u.softmax_sum, p.scratch.as<char>() + p.softmax_sum_offset},
-                   {u.scale, &scale},
+                   {u.scale, &p.scale},
                    {u.neg_inf, &kMasked},
                    {u.one, &kOne}},
                   p.workspace.as<void>());

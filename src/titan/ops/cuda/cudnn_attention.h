@@ -40,14 +40,13 @@ class CudnnAttention {
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;
 
-  // The shapes given to cuDNN: head_dim 64 or 128 and seq a multiple of 128 (cuDNN 9.14's
-  // backward could fault under graph replay for other key lengths); the rest stay on titan's kernels.
+  // The shapes given to cuDNN: head_dim 64 or 128 and seq a multiple of 128 (through 9.15 other
+  // key lengths need a padding mask in the backward graph, and were reported to fault under
+  // graph replay); the rest stay on titan's kernels.
   static bool handles(const AttentionShape& s);
   void forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s);
   void backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, const bf16* dout,
                 bf16* dq, bf16* dk, bf16* dv, const AttentionShape& s);
-  // Workspace bytes held for the plans built so far.
-  size_t workspace_bytes() const;
 
  private:
   struct Plan;

@@ -1,5 +1,8 @@
 #include "titan/ops/cuda/cudnn_graph.h"
 
+#include <algorithm>
+#include <string>
+
 #include "titan/core/error.h"
 
 namespace titan::cuda::cudnn {
@@ -97,6 +100,37 @@ void Graph::reshape(int64_t x, int64_t y) {
   ops_.push_back(std::move(op));
 }
 
+Graph::Ranked Graph::ranked_configs(cudnnBackendHeurMode_t mode, const Descriptor* device,
+                                    std::vector<std::string>& failures) const {
+  const char* source = mode == CUDNN_HEUR_MODE_A ? "heuristics A" : "fallback list";
+  Ranked r;
+  r.heur = Descriptor(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+  r.heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph_);
+  r.heur.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+  if (device) r.heur.set_desc(CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, *device);
+  int64_t count = 0;
+  cudnnStatus_t st = r.heur.try_finalize();
+  if (st == CUDNN_STATUS_SUCCESS)
+    st = api().get_attribute(r.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
+                             nullptr);
+  std::vector<cudnnBackendDescriptor_t> raw;
+  for (int64_t i = 0; st == CUDNN_STATUS_SUCCESS && i < count; ++i) {
+    r.configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    raw.push_back(r.configs.back().get());
+  }
+  int64_t returned = 0;
+  if (st == CUDNN_STATUS_SUCCESS && count > 0)
+    st = api().get_attribute(r.heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                             &returned, raw.data());
+  if (st != CUDNN_STATUS_SUCCESS) {
+    failures.push_back(concat(source, ": ", describe(st)));
+    r.configs.clear();
+  }
+  r.configs.resize(static_cast<size_t>(std::min(returned, count)));
+  r.source = source;
+  return r;
+}
+
 void Graph::build_for(cudnnHandle_t handle, const Descriptor* device, const char* what) {
   std::vector<cudnnBackendDescriptor_t> raw_ops;
   for (const auto& op : ops_) raw_ops.push_back(op.get());
@@ -107,51 +141,35 @@ void Graph::build_for(cudnnHandle_t handle, const Descriptor* device, const char
   if (const cudnnStatus_t st = graph_.try_finalize(); st != CUDNN_STATUS_SUCCESS)
     throw UserError(concat("cuDNN ", api().get_version(), " rejects the ", what, " graph: ", describe(st)));
 
-  std::string last_failure = "the heuristics offered no engine";
+  // Every engine tried, best ranked first; the error names the first one's failure, which is
+  // the engine meant for this graph.
+  std::vector<std::string> failures;
   for (const cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-    Descriptor heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-    heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph_);
-    heur.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
-    if (device) heur.set_desc(CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, *device);
-    if (const cudnnStatus_t st = heur.try_finalize(); st != CUDNN_STATUS_SUCCESS) {
-      last_failure = describe(st);
-      continue;
-    }
-    int64_t count = 0;
-    check(api().get_attribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
-                              nullptr),
-          "engine heuristics: result count");
-    std::vector<Descriptor> configs;
-    std::vector<cudnnBackendDescriptor_t> raw_configs;
-    for (int64_t i = 0; i < count; ++i) {
-      configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-      raw_configs.push_back(configs.back().get());
-    }
-    int64_t returned = 0;
-    check(api().get_attribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
-                              &returned, raw_configs.data()),
-          "engine heuristics: results");
-    for (int64_t i = 0; i < returned; ++i) {
+    Ranked ranked = ranked_configs(mode, device, failures);
+    for (size_t i = 0; i < ranked.configs.size(); ++i) {
       Descriptor plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
       if (handle) plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
       if (device) plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, *device);
-      plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[static_cast<size_t>(i)]);
-      if (const cudnnStatus_t st = plan.try_finalize(); st != CUDNN_STATUS_SUCCESS) {
-        last_failure = describe(st);
+      plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, ranked.configs[i]);
+      cudnnStatus_t st = plan.try_finalize();
+      int64_t n = 0;
+      if (st == CUDNN_STATUS_SUCCESS)
+        st = api().get_attribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
+                                 &workspace_bytes_);
+      if (st != CUDNN_STATUS_SUCCESS) {
+        failures.push_back(concat(ranked.source, " #", i, ": ", describe(st)));
         continue;
       }
-      int64_t n = 0;
-      check(api().get_attribute(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
-                                &workspace_bytes_),
-            "execution plan: workspace size");
       // The plan points at its engine config, and that at the heuristics' results: kept alive.
       plan_ = std::move(plan);
-      config_ = std::move(configs[static_cast<size_t>(i)]);
-      heur_ = std::move(heur);
+      config_ = std::move(ranked.configs[i]);
+      heur_ = std::move(ranked.heur);
       return;
     }
   }
-  throw UserError(concat("cuDNN ", api().get_version(), " has no engine for the ", what, " graph: ", last_failure));
+  throw UserError(concat("cuDNN ", api().get_version(), " has no engine for the ", what, " graph: ",
+                         failures.empty() ? std::string("the heuristics offered none") : failures.front(),
+                         failures.size() > 1 ? concat(" (and ", failures.size() - 1, " more failures)") : ""));
 }
 
 void Graph::execute(cudnnHandle_t handle, const std::vector<std::pair<int64_t, const void*>>& pointers,

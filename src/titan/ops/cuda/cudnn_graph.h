@@ -5,6 +5,7 @@
 #include <cudnn_graph.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -54,6 +55,14 @@ class Graph {
  private:
   const Descriptor& tensor_desc(int64_t uid) const;
   void build_for(cudnnHandle_t handle, const Descriptor* device, const char* what);
+  // The engine configs one heuristics mode ranks for the finalized graph, best first; a failed
+  // query adds to `failures` and gives none.
+  struct Ranked {
+    Descriptor heur;
+    std::vector<Descriptor> configs;
+    const char* source = "";
+  };
+  Ranked ranked_configs(cudnnBackendHeurMode_t mode, const Descriptor* device, std::vector<std::string>& failures) const;
 
   std::vector<std::pair<int64_t, Descriptor>> tensors_;
   std::vector<Descriptor> op_parts_;  // matmul / pointwise / reduction settings the ops point at
