@@ -27,7 +27,7 @@ class CudaEngine final : public Engine {
                               : model_->sharded() ? "compile: fused kernels (no CUDA graph under FSDP yet)"
                                                   : "compile: fused kernels + CUDA graph of the step")
                            : "one op per kernel",
-                  model_->sharded() ? ", FSDP over NCCL" : "");
+                  ", ", model_->attention_description(), model_->sharded() ? ", FSDP over NCCL" : "");
   }
   bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
                   double max_norm, StepOutcome& out) override {

@@ -144,6 +144,12 @@ CudaTransformer::~CudaTransformer() {
   }
 }
 
+std::string CudaTransformer::attention_description() const {
+  if (!cudnn_attention_) return "titan's attention kernels";
+  return concat("cuDNN ", cudnn_attention_->version(),
+                " fused attention (head_dim 64/128, seq a multiple of 128; titan's kernels otherwise)");
+}
+
 bf16* CudaTransformer::w(size_t i) const {
   if (!fsdp_) return ptr<bf16>(weights_) + offset_[i];
   const DeviceBuffer& g = gathered_[unit_of_[i]];

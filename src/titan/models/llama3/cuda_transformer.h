@@ -9,6 +9,7 @@
 
 #include <deque>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "titan/core/parameter.h"
@@ -83,6 +84,8 @@ class CudaTransformer {
   // Copies of the fp32 gradient of one parameter (this rank's rows under FSDP; tests).
   std::vector<float> gradient(size_t param_index);
   bool sharded() const { return fsdp_ != nullptr; }
+  // Which attention runs (TITAN_ATTENTION_IMPL), for the run's device line.
+  std::string attention_description() const;
   // Bytes of gathered weights and whole gradients held at most at once (FSDP).
   size_t peak_unsharded_bytes() const { return peak_unsharded_; }
   // Bytes this rank's collectives moved since the last call, counted as a ring moves them:

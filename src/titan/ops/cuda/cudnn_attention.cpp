@@ -97,7 +97,7 @@ int64_t unary(Graph& g, cudnnPointwiseMode_t mode, int64_t x, const Graph::Tenso
 }  // namespace
 
 CudnnAttention::CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc) : stream_(stream), alloc_(alloc) {
-  const size_t version = cudnn::api().get_version();
+  const size_t version = version_ = cudnn::api().get_version();
   // Before 9.6 the caller had to clear the dQ accumulator before every backward (titan clears
   // it once); cuDNN's frontend refuses bf16 attention on 9.10.0 and 9.10.1 (backend bugs).
   if (version < 90600 || version == 91000 || version == 91001)

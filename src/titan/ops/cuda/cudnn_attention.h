@@ -44,6 +44,7 @@ class CudnnAttention {
   // key lengths need a padding mask in the backward graph, and were reported to fault under
   // graph replay); the rest stay on titan's kernels.
   static bool handles(const AttentionShape& s);
+  size_t version() const { return version_; }  // of the loaded cuDNN, e.g. 91400
   void forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s);
   void backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, const bf16* dout,
                 bf16* dq, bf16* dk, bf16* dv, const AttentionShape& s);
@@ -56,6 +57,7 @@ class CudnnAttention {
 
   cudaStream_t stream_;
   DeviceAllocator& alloc_;
+  size_t version_ = 0;
   void* handle_ = nullptr;  // cudnnHandle_t, kept out of this header so callers need no cuDNN headers
   std::map<Key, std::unique_ptr<Plan>> forward_, backward_;
 };
