@@ -202,7 +202,10 @@ TEST(CudnnDeviceless, FusedEnginesCompileBothGraphsForHopper) {
   const std::string json = kH100;
   h100.set(CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, static_cast<int64_t>(json.size()), json.data());
   h100.finalize();
-  for (const auto& s : kShapes) {
+  // The test shapes, and the benchmark shapes titan runs with cuDNN (150M, 1B, 8B layers).
+  std::vector<cuda::AttentionShape> shapes = kShapes;
+  shapes.insert(shapes.end(), {{16, 2048, 12, 4, 64}, {4, 2048, 32, 8, 64}, {2, 4096, 32, 8, 128}});
+  for (const auto& s : shapes) {
     for (const bool backward : {false, true}) {
       cuda::cudnn::Graph g;
       if (backward) cuda::describe_attention_backward(g, s);
