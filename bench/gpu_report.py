@@ -44,12 +44,20 @@ def parity(a):
     return 0 if ok else 1
 
 
-def identical(a):
-    for path in (a.a, a.b):
+def records_of_both(check, a, b):
+    """Both runs' records, or None (after saying which file is missing) when a run failed."""
+    for path in (a, b):
         if not os.path.exists(path):
-            print(f"identical: FAIL {path} is missing (that run failed: see its log)")
-            return 1
-    x, y = records(a.a), records(a.b)
+            print(f"{check}: FAIL {path} is missing (that run failed: see its log)")
+            return None
+    return records(a), records(b)
+
+
+def identical(a):
+    both = records_of_both("identical", a.a, a.b)
+    if both is None:
+        return 1
+    x, y = both
     same = len(x) == len(y) > 0 and all(p["loss"] == q["loss"] and p["grad_norm"] == q["grad_norm"] for p, q in zip(x, y))
     worst = max((abs(p["loss"] - q["loss"]) for p, q in zip(x, y)), default=float("nan"))
     print(f"identical: {'PASS' if same else 'FAIL'} {len(x)} vs {len(y)} steps, worst |loss diff| {worst:.3g}")
@@ -57,11 +65,10 @@ def identical(a):
 
 
 def close(a):
-    for path in (a.a, a.b):
-        if not os.path.exists(path):
-            print(f"close: FAIL {path} is missing (that run failed: see its log)")
-            return 1
-    x, y = records(a.a), records(a.b)
+    both = records_of_both("close", a.a, a.b)
+    if both is None:
+        return 1
+    x, y = both
     ok = len(x) == len(y) > 0 and all(p["step"] == q["step"] for p, q in zip(x, y))
     worst = max((abs(p["loss"] - q["loss"]) for p, q in zip(x, y)), default=float("nan"))
     ok = ok and worst <= a.tol

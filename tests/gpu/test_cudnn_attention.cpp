@@ -185,8 +185,8 @@ constexpr const char* kH100 = R"({"maxGridSize": [2147483647, 65535, 65535], "ma
 // Without a GPU: cuDNN builds both plans for an H100 as far as it can. Its fused attention
 // engines accept the graphs and compile their kernels; only loading the compiled module needs
 // a driver, and the CUDA toolkit's stub driver refuses that. So the best-ranked engine failing
-// there, and not "not supported" or "no engine", shows it took the graph. Run alone (ctest gpu.cudnn_deviceless): the stub
-// driver stays loaded in the process. On a machine with a GPU the tests above do this for real.
+// there, and not "not supported" or "no engine", shows it took the graph. Run alone (ctest
+// gpu.cudnn_deviceless): the stub driver stays loaded in the process. On a machine with a GPU the tests above do this for real.
 TEST(CudnnDeviceless, FusedEnginesCompileBothGraphsForHopper) {
   if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is here: the device tests build real plans";
   size_t version = 0;

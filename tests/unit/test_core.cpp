@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "titan/core/dtype.h"
+#include "titan/core/dynamic_library.h"
 #include "titan/core/env.h"
 #include "titan/core/error.h"
 #include "titan/core/parameter.h"
@@ -119,4 +120,38 @@ TEST(Environment, IntegersAndChoicesWithOneLineErrors) {
   setenv(name, "11", 1);
   EXPECT_THROW(env_int(name, 7, 0, 10), UserError);
   unsetenv(name);
+  EXPECT_EQ(env_word(name, {"titan", "cudnn"}, "titan"), "titan");
+  setenv(name, "cudnn", 1);
+  EXPECT_EQ(env_word(name, {"titan", "cudnn"}, "titan"), "cudnn");
+  for (const char* bad : {"", "cuDNN", "cudnn "}) {
+    setenv(name, bad, 1);
+    try {
+      env_word(name, {"titan", "cudnn"}, "titan");
+      FAIL() << "accepted " << name << "=" << bad;
+    } catch (const UserError& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("environment: ") + name + "=" + bad + ": expected titan or cudnn");
+    }
+  }
+  unsetenv(name);
+}
+
+TEST(DynamicLibrary, MissingLibraryOrSymbolIsAOneLineUserError) {
+  try {
+    DynamicLibrary lib("libtitan-no-such-library.so.1", "this feature needs X", "install X");
+    FAIL() << "a missing library loaded";
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.rfind("this feature needs X: cannot load libtitan-no-such-library.so.1 (", 0), 0u) << msg;
+    EXPECT_NE(msg.find("); install X"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
+  DynamicLibrary libm("libm.so.6", "math", "none");
+  using Cos = double (*)(double);
+  EXPECT_EQ(libm.symbol<Cos>("cos", "a C library")(0.0), 1.0);
+  try {
+    (void)libm.symbol<Cos>("titan_no_such_symbol", "X 2 or newer");
+    FAIL() << "a missing symbol resolved";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()), "libm.so.6: no symbol titan_no_such_symbol (X 2 or newer)");
+  }
 }

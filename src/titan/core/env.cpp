@@ -37,4 +37,15 @@ int env_one_of(const char* name, std::initializer_list<int> allowed, int fallbac
   throw UserError(concat("environment: ", name, "=", v, ": expected ", expected));
 }
 
+std::string env_word(const char* name, std::initializer_list<const char*> allowed, const char* fallback) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  std::string expected;
+  for (const char* a : allowed) {
+    if (std::string(v) == a) return v;
+    expected += (expected.empty() ? "" : " or ") + std::string(a);
+  }
+  throw UserError(concat("environment: ", name, "=", v, ": expected ", expected));
+}
+
 }  // namespace titan

@@ -1,6 +1,5 @@
 #include "titan/parallel/nccl_group.h"
 
-#include <dlfcn.h>
 #include <nccl.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "titan/core/dynamic_library.h"
 #include "titan/core/error.h"
 #include "titan/ops/cuda/cuda_check.h"
 
@@ -35,29 +35,23 @@ struct NcclApi {
 
 NcclApi load_nccl() {
   const char* custom = std::getenv("TITAN_NCCL_LIBRARY");
-  const std::string name = custom && *custom ? custom : "libnccl.so.2";
-  void* lib = ::dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
-  if (!lib)
-    throw UserError(concat("FSDP on GPUs needs NCCL: cannot load ", name, " (", ::dlerror(),
-                           "); install NCCL 2, or point LD_LIBRARY_PATH or TITAN_NCCL_LIBRARY at libnccl.so.2"));
-  auto sym = [&](const char* symbol) {
-    void* f = ::dlsym(lib, symbol);
-    if (!f) throw UserError(concat(name, ": no symbol ", symbol, " (NCCL 2.12 or newer is needed)"));
-    return f;
-  };
+  DynamicLibrary lib(custom && *custom ? custom : "libnccl.so.2", "FSDP on GPUs needs NCCL",
+                     "install NCCL 2, or point LD_LIBRARY_PATH or TITAN_NCCL_LIBRARY at libnccl.so.2");
+  const char* need = "NCCL 2.12 or newer is needed";
   NcclApi api;
-  api.get_unique_id = reinterpret_cast<decltype(api.get_unique_id)>(sym("ncclGetUniqueId"));
-  api.comm_init_rank = reinterpret_cast<decltype(api.comm_init_rank)>(sym("ncclCommInitRank"));
-  api.comm_destroy = reinterpret_cast<decltype(api.comm_destroy)>(sym("ncclCommDestroy"));
-  api.comm_abort = reinterpret_cast<decltype(api.comm_abort)>(sym("ncclCommAbort"));
-  api.comm_get_async_error = reinterpret_cast<decltype(api.comm_get_async_error)>(sym("ncclCommGetAsyncError"));
-  api.all_reduce = reinterpret_cast<decltype(api.all_reduce)>(sym("ncclAllReduce"));
-  api.reduce_scatter = reinterpret_cast<decltype(api.reduce_scatter)>(sym("ncclReduceScatter"));
-  api.all_gather = reinterpret_cast<decltype(api.all_gather)>(sym("ncclAllGather"));
-  api.broadcast = reinterpret_cast<decltype(api.broadcast)>(sym("ncclBroadcast"));
-  api.group_start = reinterpret_cast<decltype(api.group_start)>(sym("ncclGroupStart"));
-  api.group_end = reinterpret_cast<decltype(api.group_end)>(sym("ncclGroupEnd"));
-  api.error_string = reinterpret_cast<decltype(api.error_string)>(sym("ncclGetErrorString"));
+  api.get_unique_id = lib.symbol<decltype(api.get_unique_id)>("ncclGetUniqueId", need);
+  api.comm_init_rank = lib.symbol<decltype(api.comm_init_rank)>("ncclCommInitRank", need);
+  api.comm_destroy = lib.symbol<decltype(api.comm_destroy)>("ncclCommDestroy", need);
+  api.comm_abort = lib.symbol<decltype(api.comm_abort)>("ncclCommAbort", need);
+  api.comm_get_async_error = lib.symbol<decltype(api.comm_get_async_error)>("ncclCommGetAsyncError", need);
+  api.all_reduce = lib.symbol<decltype(api.all_reduce)>("ncclAllReduce", need);
+  api.reduce_scatter = lib.symbol<decltype(api.reduce_scatter)>("ncclReduceScatter", need);
+  api.all_gather = lib.symbol<decltype(api.all_gather)>("ncclAllGather", need);
+  api.broadcast = lib.symbol<decltype(api.broadcast)>("ncclBroadcast", need);
+  api.group_start = lib.symbol<decltype(api.group_start)>("ncclGroupStart", need);
+  api.group_end = lib.symbol<decltype(api.group_end)>("ncclGroupEnd", need);
+  api.error_string = lib.symbol<decltype(api.error_string)>("ncclGetErrorString", need);
+  lib.keep();
   return api;
 }
 

@@ -1,9 +1,8 @@
 #include "titan/ops/cuda/cudnn_api.h"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
 
+#include "titan/core/dynamic_library.h"
 #include "titan/core/error.h"
 
 namespace titan::cuda::cudnn {
@@ -14,37 +13,27 @@ constexpr size_t kMinVersion = 90000;
 }  // namespace
 
 Api load_api(const std::string& name) {
-  void* lib = ::dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
-  if (!lib)
-    throw UserError(concat("cuDNN attention needs cuDNN 9: cannot load ", name, " (", ::dlerror(),
-                           "); install cuDNN 9, point LD_LIBRARY_PATH or TITAN_CUDNN_LIBRARY at libcudnn.so.9, "
-                           "or unset TITAN_ATTENTION_IMPL"));
-  auto sym = [&](const char* symbol) {
-    void* f = ::dlsym(lib, symbol);
-    if (!f) {
-      ::dlclose(lib);
-      throw UserError(concat(name, ": no symbol ", symbol, " (cuDNN 9 is needed)"));
-    }
-    return f;
-  };
+  DynamicLibrary lib(name, "cuDNN attention needs cuDNN 9",
+                     "install cuDNN 9, point LD_LIBRARY_PATH or TITAN_CUDNN_LIBRARY at libcudnn.so.9, "
+                     "or unset TITAN_ATTENTION_IMPL");
+  const char* need = "cuDNN 9 is needed";
   Api a;
-  a.get_version = reinterpret_cast<decltype(a.get_version)>(sym("cudnnGetVersion"));
-  a.error_string = reinterpret_cast<decltype(a.error_string)>(sym("cudnnGetErrorString"));
-  a.last_error_string = reinterpret_cast<decltype(a.last_error_string)>(sym("cudnnGetLastErrorString"));
-  a.create = reinterpret_cast<decltype(a.create)>(sym("cudnnCreate"));
-  a.destroy = reinterpret_cast<decltype(a.destroy)>(sym("cudnnDestroy"));
-  a.set_stream = reinterpret_cast<decltype(a.set_stream)>(sym("cudnnSetStream"));
-  a.create_descriptor = reinterpret_cast<decltype(a.create_descriptor)>(sym("cudnnBackendCreateDescriptor"));
-  a.destroy_descriptor = reinterpret_cast<decltype(a.destroy_descriptor)>(sym("cudnnBackendDestroyDescriptor"));
-  a.finalize = reinterpret_cast<decltype(a.finalize)>(sym("cudnnBackendFinalize"));
-  a.set_attribute = reinterpret_cast<decltype(a.set_attribute)>(sym("cudnnBackendSetAttribute"));
-  a.get_attribute = reinterpret_cast<decltype(a.get_attribute)>(sym("cudnnBackendGetAttribute"));
-  a.execute = reinterpret_cast<decltype(a.execute)>(sym("cudnnBackendExecute"));
+  a.get_version = lib.symbol<decltype(a.get_version)>("cudnnGetVersion", need);
+  a.error_string = lib.symbol<decltype(a.error_string)>("cudnnGetErrorString", need);
+  a.last_error_string = lib.symbol<decltype(a.last_error_string)>("cudnnGetLastErrorString", need);
+  a.create = lib.symbol<decltype(a.create)>("cudnnCreate", need);
+  a.destroy = lib.symbol<decltype(a.destroy)>("cudnnDestroy", need);
+  a.set_stream = lib.symbol<decltype(a.set_stream)>("cudnnSetStream", need);
+  a.create_descriptor = lib.symbol<decltype(a.create_descriptor)>("cudnnBackendCreateDescriptor", need);
+  a.destroy_descriptor = lib.symbol<decltype(a.destroy_descriptor)>("cudnnBackendDestroyDescriptor", need);
+  a.finalize = lib.symbol<decltype(a.finalize)>("cudnnBackendFinalize", need);
+  a.set_attribute = lib.symbol<decltype(a.set_attribute)>("cudnnBackendSetAttribute", need);
+  a.get_attribute = lib.symbol<decltype(a.get_attribute)>("cudnnBackendGetAttribute", need);
+  a.execute = lib.symbol<decltype(a.execute)>("cudnnBackendExecute", need);
   const size_t version = a.get_version();
-  if (version < kMinVersion) {
-    ::dlclose(lib);
+  if (version < kMinVersion)
     throw UserError(concat(name, " is cuDNN ", version, "; cuDNN attention needs ", kMinVersion, " or newer"));
-  }
+  lib.keep();
   return a;
 }
 

@@ -1,11 +1,10 @@
 #include "titan/ops/cuda/cudnn_attention.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <string>
 
+#include "titan/core/env.h"
 #include "titan/core/error.h"
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cudnn_graph.h"
@@ -14,12 +13,7 @@ namespace titan::cuda {
 
 using cudnn::Graph;
 
-bool cudnn_attention_requested() {
-  const char* v = std::getenv("TITAN_ATTENTION_IMPL");
-  if (!v || std::strcmp(v, "titan") == 0) return false;
-  if (std::strcmp(v, "cudnn") == 0) return true;
-  throw UserError(concat("environment: TITAN_ATTENTION_IMPL=", v, ": expected titan or cudnn"));
-}
+bool cudnn_attention_requested() { return env_word("TITAN_ATTENTION_IMPL", {"titan", "cudnn"}, "titan") == "cudnn"; }
 
 // One shape's graph, the uids its execution binds, and the workspace its plan asked for.
 struct CudnnAttention::Plan {
@@ -94,6 +88,13 @@ int64_t unary(Graph& g, cudnnPointwiseMode_t mode, int64_t x, const Graph::Tenso
   g.pointwise({.mode = mode, .x = x, .y = y});
   return y;
 }
+// out = a @ b for K/V's heads: under GQA formed per query head, then summed over each group.
+void key_head_gradient(Graph& g, const AttentionShape& s, int64_t a, int64_t b, int64_t out) {
+  if (s.heads == s.kv_heads) return g.matmul(a, b, out);
+  const int64_t per_head = g.tensor(per_query_head(s));
+  g.matmul(a, b, per_head);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
+}
 }  // namespace
 
 CudnnAttention::CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc) : stream_(stream), alloc_(alloc) {
@@ -159,7 +160,6 @@ AttentionUids describe_attention_forward(Graph& g, const AttentionShape& s) {
 // over each group.
 AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
   AttentionUids u;
-  const bool grouped = s.heads != s.kv_heads;
   u.q = g.tensor(bshd(s, s.heads));
   u.k = g.tensor(bshd_transposed(s, s.kv_heads));
   u.v = g.tensor(bshd_transposed(s, s.kv_heads));  // V is only used as V^T
@@ -193,13 +193,7 @@ AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
   const int64_t probs = unary(g, CUDNN_POINTWISE_EXP, masked, f32);
   const int64_t probs_t = g.tensor(scores_transposed(s, CUDNN_DATA_BFLOAT16));
   g.reshape(probs, probs_t);
-  if (grouped) {
-    const int64_t dv_full = g.tensor(per_query_head(s));
-    g.matmul(probs_t, u.dout, dv_full);
-    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dv_full, u.dv);
-  } else {
-    g.matmul(probs_t, u.dout, u.dv);
-  }
+  key_head_gradient(g, s, probs_t, u.dout, u.dv);
   const int64_t dp = g.tensor(f32);
   g.matmul(u.dout, u.v, dp);
   const int64_t centred = binary(g, CUDNN_POINTWISE_SUB, dp, u.softmax_sum, f32);
@@ -207,13 +201,7 @@ AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
   const int64_t ds = binary(g, CUDNN_POINTWISE_MUL, weighted, u.scale, f32);
   const int64_t ds_t = g.tensor(scores_transposed(s, CUDNN_DATA_BFLOAT16));
   g.reshape(ds, ds_t);
-  if (grouped) {
-    const int64_t dk_full = g.tensor(per_query_head(s));
-    g.matmul(ds_t, u.q, dk_full);
-    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dk_full, u.dk);
-  } else {
-    g.matmul(ds_t, u.q, u.dk);
-  }
+  key_head_gradient(g, s, ds_t, u.q, u.dk);
   // K back in its own layout; the frontend types this view fp32 and the engines expect that.
   Graph::TensorSpec k_view = bshd(s, s.kv_heads);
   k_view.type = CUDNN_DATA_FLOAT;
