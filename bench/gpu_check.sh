@@ -58,6 +58,9 @@ bench() {  # name flavor vocab seq batch anchor_model [extra titan flags]
     --metrics.log_freq 5 --checkpoint.enable_checkpoint false --validation.enabled false \
     --profiling.enable_profiling false --metrics.enable_tensorboard false --training.device cuda \
     --job.dump_folder "$OUT/bench_$1" "${@:7}" > "$OUT/bench_$1.log" 2>&1 || { status=1; tail -5 "$OUT/bench_$1.log"; }
+  # What titan estimate predicts for the same run (the allocator's peak is in the memory line).
+  env ${BENCH_ENV:-} $TITAN estimate --config train_configs/debug_model.toml --model.flavor $2 --model.vocab_size $3 \
+    --training.seq_len $4 --training.batch_size $5 --device cuda 2>&1 | tail -1 | sed 's/^/estimate: /' >> "$OUT/bench_$1.log"
   echo "== titan $1: $(grep -E "^step" "$OUT/bench_$1.log" | tail -1)"
   grep -A9 "^gpu phases" "$OUT/bench_$1.log"
   if [ -n "${SKIP_TORCH:-}" ]; then return; fi
@@ -96,7 +99,8 @@ $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
   for t in cast kernels kernels_dkdv32 cudnn_attention cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
   for p in cpu gpu rerun compile compile_rerun fsdp; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   echo "## parity"; cat "$OUT/parity.txt"
-  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -18; done
+  for b in "$OUT"/bench_*.log; do echo "## $(basename $b)"; grep -E "^(step|device|memory|parameters|gpu phases|  [a-z])|rror" "$b" | grep -v " = " | tail -18
+    grep "^estimate: " "$b"; done
   for a in "$OUT"/anchor_*.log; do [ -f "$a" ] && { echo "## $(basename $a)"; tail -6 "$a"; }; done
   echo "## summary"; for s in "${summary[@]}"; do echo "$s"; done
   cat "$OUT/table.txt"

@@ -1,8 +1,9 @@
-// cuDNN attention (TITAN_ATTENTION_IMPL=cudnn) against the CPU reference, paired both ways with
+// cuDNN attention (TITAN_ATTENTION_IMPL=cudnn or auto) against the CPU reference, paired both ways with
 // titan's kernels (same lse convention), and replayed from a CUDA graph as training does.
 // The library and selection checks run without a GPU.
 #include <dlfcn.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <set>
@@ -122,23 +123,46 @@ TEST(CudnnLibrary, InstalledLibraryHasEveryEntryPoint) {
 }
 
 TEST(CudnnAttentionChoice, EnvironmentSelectsTheImplementation) {
-  {
-    ScopedEnv env("TITAN_ATTENTION_IMPL", nullptr);
-    EXPECT_FALSE(cuda::cudnn_attention_requested());
+  const std::pair<const char*, AttentionLibrary> cases[] = {{nullptr, AttentionLibrary::titan},
+                                                               {"titan", AttentionLibrary::titan},
+                                                               {"cudnn", AttentionLibrary::cudnn},
+                                                               {"auto", AttentionLibrary::automatic}};
+  for (const auto& [value, impl] : cases) {
+    ScopedEnv env("TITAN_ATTENTION_IMPL", value);
+    EXPECT_EQ(attention_library_from_env(), impl) << (value ? value : "unset");
   }
-  {
-    ScopedEnv env("TITAN_ATTENTION_IMPL", "titan");
-    EXPECT_FALSE(cuda::cudnn_attention_requested());
+  ScopedEnv env("TITAN_ATTENTION_IMPL", "cuDNN");
+  EXPECT_NE(error_of([] { (void)attention_library_from_env(); }).find("expected titan or cudnn or auto"),
+            std::string::npos);
+}
+
+// auto opens cuDNN where it can and otherwise says why; cudnn turns the same failure into an
+// error. ctest runs this twice: as is (here without a GPU, on the card with one), and with
+// TITAN_CUDNN_LIBRARY naming a library that does not exist.
+TEST(CudnnAttentionChoice, AutoFallsBackWhereCudnnCannotOpenAndCudnnFails) {
+  cuda::DeviceAllocator alloc;
+  std::string why = "untouched";
+  EXPECT_EQ(cuda::open_cudnn_attention(AttentionLibrary::titan, nullptr, alloc, &why), nullptr);
+  EXPECT_EQ(why, "untouched");
+  const char* library = std::getenv("TITAN_CUDNN_LIBRARY");
+  const bool missing_library = library && std::string(library).find("no-such") != std::string::npos;
+  const bool usable = !missing_library && cuda::device_count() > 0;
+  why.clear();
+  const auto automatic = cuda::open_cudnn_attention(AttentionLibrary::automatic, nullptr, alloc, &why);
+  EXPECT_EQ(automatic != nullptr, usable) << why;
+  EXPECT_EQ(why.empty(), usable) << why;
+  if (missing_library) {
+    EXPECT_NE(why.find("cannot load"), std::string::npos) << why;
   }
-  {
-    ScopedEnv env("TITAN_ATTENTION_IMPL", "cudnn");
-    EXPECT_TRUE(cuda::cudnn_attention_requested());
+  if (usable) return;
+  std::printf("auto, cuDNN unusable: %s\n", why.c_str());
+  std::string strict_error = "none";
+  try {
+    (void)cuda::open_cudnn_attention(AttentionLibrary::cudnn, nullptr, alloc, nullptr);
+  } catch (const std::exception& e) {
+    strict_error = e.what();
   }
-  {
-    ScopedEnv env("TITAN_ATTENTION_IMPL", "cuDNN");
-    EXPECT_NE(error_of([] { (void)cuda::cudnn_attention_requested(); }).find("expected titan or cudnn"),
-              std::string::npos);
-  }
+  EXPECT_EQ(strict_error, why) << "cudnn must fail with the reason auto gives";
 }
 
 TEST(CudnnAttentionChoice, TakesOnlyShapesItWasCheckedOn) {
@@ -196,6 +220,7 @@ TEST(CudnnDeviceless, FusedEnginesCompileBothGraphsForHopper) {
     GTEST_SKIP() << e.what();
   }
   if (version < 90800) GTEST_SKIP() << "cuDNN " << version << " cannot describe a device (9.8+)";
+  std::printf("deviceless check with cuDNN %zu\n", version);  // scripts/cudnn_version_check.sh reads it
   const char* stub = "/usr/local/cuda/lib64/stubs/libcuda.so";
   if (!dlopen(stub, RTLD_NOW | RTLD_GLOBAL)) GTEST_SKIP() << "no CUDA stub driver at " << stub;
   cuda::cudnn::Descriptor h100(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR);
@@ -231,10 +256,11 @@ TEST(CudnnAttention, ForwardAndBackwardMatchCpuAndPairWithTitanKernels) {
     const Case c(s);
     const std::string tag = "cudnn " + where(s);
     Outputs out(c);
-    cudnn.forward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), s);
+    ASSERT_TRUE(cudnn.forward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), s)) << tag;
     expect_forward_matches(c, out, tag);
-    cudnn.backward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), c.ddo.get(), out.dq.get(),
-                   out.dk.get(), out.dv.get(), s);
+    ASSERT_TRUE(cudnn.backward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), c.ddo.get(),
+                               out.dq.get(), out.dk.get(), out.dv.get(), s))
+        << tag;
     expect_backward_matches(c, out, tag);
     // Again: the accumulator cuDNN keeps for dQ must start clean on every call.
     out.dq.poison();
@@ -270,9 +296,9 @@ TEST(CudnnAttention, ReplaysFromACudaGraph) {
     const Case c(s);
     Outputs out(c);
     auto step = [&] {
-      cudnn.forward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), s);
-      cudnn.backward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), c.ddo.get(),
-                     out.dq.get(), out.dk.get(), out.dv.get(), s);
+      EXPECT_TRUE(cudnn.forward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), s));
+      EXPECT_TRUE(cudnn.backward(c.dq_in.get(), c.dk_in.get(), c.dv_in.get(), out.o.get(), out.lse.get(), c.ddo.get(),
+                                 out.dq.get(), out.dk.get(), out.dv.get(), s));
     };
     step();  // builds the plans outside the capture, as the trainer's eager first step does
     TITAN_CUDA_CHECK(cudaStreamSynchronize(stream));

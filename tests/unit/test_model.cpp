@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "titan/core/rng.h"
@@ -174,6 +175,31 @@ TEST(MemoryEstimate, ShardsDivideStateAndAddGatheredBlocks) {
   EXPECT_GT(eight.parameters, one.parameters / 8);  // plus the gathered root and one block
   EXPECT_LT(eight.parameters, one.parameters / 4);
   EXPECT_EQ(eight.activations, one.activations);  // FSDP shards state, not activations
+}
+
+// TITAN_ATTENTION_IMPL=cudnn or auto: cuDNN's backward scratch (fp32 dQ accumulator and softmax
+// row sums) counts as a buffer, for the shapes cuDNN takes only.
+TEST(MemoryEstimate, CudnnAttentionAddsItsBackwardScratch) {
+  const char* name = "TITAN_ATTENTION_IMPL";
+  auto buffers = [&](const char* impl, const ModelArgs& a, BatchShape s) {
+    if (impl) setenv(name, impl, 1);
+    else unsetenv(name);
+    const double b = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda, 1).buffers;
+    unsetenv(name);
+    return b;
+  };
+  const ModelArgs one_b = flavor("1B");  // 32 heads of 64
+  const BatchShape s{4, 2048};
+  const double titan = buffers(nullptr, one_b, s);
+  EXPECT_EQ(buffers("titan", one_b, s), titan);
+  // 4 x 32 x 2048 x 64 fp32 (64 MiB) + 4 x 32 x 2048 fp32 row sums (1 MiB), in 2 MiB blocks.
+  EXPECT_EQ(buffers("cudnn", one_b, s) - titan, 66.0 * (1 << 20));
+  EXPECT_EQ(buffers("auto", one_b, s) - titan, 66.0 * (1 << 20));
+  // The debug model's head_dim 16 stays on titan's kernels: nothing added.
+  const ModelArgs debug = flavor("debugmodel");
+  EXPECT_EQ(buffers("cudnn", debug, {8, 2048}), buffers(nullptr, debug, {8, 2048}));
+  // Nor for keys that are not a multiple of 128.
+  EXPECT_EQ(buffers("cudnn", one_b, {4, 2000}), buffers(nullptr, one_b, {4, 2000}));
 }
 
 TEST(ClassifierPlan, GroupsRowsUnderTheBudget) {

@@ -9,6 +9,7 @@
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
 #include "titan/models/llama3/classifier_plan.h"
+#include "titan/ops/attention_library.h"
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/train/engine.h"
@@ -93,6 +94,11 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
     TITAN_CHECK(ac.mode == Mode::none, "the CUDA backend has no activation checkpointing yet");
     e.activations = cuda_plan_bytes(a, s, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
     e.buffers = double(32 << 20) + device_block(1056 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch (ops/cuda/reduce.cu), sums, step factors
+    // cuDNN attention's backward scratch, where the run would ask for it (auto: where cuDNN
+    // loads, which only the run knows); its plans' workspaces are known once built on the card.
+    if (attention_library_from_env() != AttentionLibrary::titan &&
+        cudnn_attention_takes(s.seq, a.n_heads, a.n_kv_heads, a.head_dim()))
+      e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));
     return e;
   }
   e.parameters = 4 * p / double(shards);

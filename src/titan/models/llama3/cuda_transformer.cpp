@@ -51,7 +51,7 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
   TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
-  if (cuda::cudnn_attention_requested()) cudnn_attention_ = std::make_unique<cuda::CudnnAttention>(stream_, alloc_);
+  cudnn_attention_ = cuda::open_cudnn_attention(attention_library_from_env(), stream_, alloc_, &cudnn_unused_);
   // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
   const size_t per_layer = 9;
   TITAN_CHECK(params.size() == 3 + per_layer * static_cast<size_t>(args.n_layers), "unexpected parameter count ",
@@ -145,7 +145,10 @@ CudaTransformer::~CudaTransformer() {
 }
 
 std::string CudaTransformer::attention_description() const {
-  if (!cudnn_attention_) return "titan's attention kernels";
+  if (!cudnn_attention_)
+    return cudnn_unused_.empty() ? "titan's attention kernels"
+                                 : concat("titan's attention kernels (TITAN_ATTENTION_IMPL=auto, cuDNN unusable here: ",
+                                          cudnn_unused_, ")");
   return concat("cuDNN ", cudnn_attention_->version(),
                 " fused attention (head_dim 64/128, seq a multiple of 128; titan's kernels otherwise)");
 }
@@ -409,9 +412,8 @@ void CudaTransformer::block_forward(size_t layer, BatchShape s) {
   cuda::rope(ptr<bf16>(a.k), ptr<float>(rope_cos_), ptr<float>(rope_sin_), s.batch, s.seq, args_.n_kv_heads, hd, false, stream_);
   const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
   at(Phase::attention_forward);
-  if (cudnn_attention_ && cuda::CudnnAttention::handles(as))
-    cudnn_attention_->forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as);
-  else
+  if (!cudnn_attention_ ||
+      !cudnn_attention_->forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as))
     cuda::attention_forward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse), as,
                             stream_);
   at(Phase::gemm);
@@ -455,10 +457,9 @@ void CudaTransformer::block_backward(size_t layer, BatchShape s) {
   linear_backward(ptr<bf16>(a.att), lw.wo, dr, ptr<bf16>(d_att_), n, 0.0f);
   const cuda::AttentionShape as{s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd};
   at(Phase::attention_backward);
-  if (cudnn_attention_ && cuda::CudnnAttention::handles(as))
-    cudnn_attention_->backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
-                               ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), as);
-  else
+  if (!cudnn_attention_ ||
+      !cudnn_attention_->backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
+                                  ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), as))
     cuda::attention_backward(ptr<bf16>(a.q), ptr<bf16>(a.k), ptr<bf16>(a.v), ptr<bf16>(a.att), ptr<float>(a.lse),
                              ptr<bf16>(d_att_), ptr<bf16>(dq_), ptr<bf16>(dk_), ptr<bf16>(dv_), ptr<float>(delta_), as,
                              stream_);

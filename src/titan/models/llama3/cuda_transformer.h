@@ -149,7 +149,8 @@ class CudaTransformer {
   cudaStream_t stream_ = nullptr;
   cuda::DeviceAllocator alloc_;
   std::unique_ptr<cuda::Gemm> gemm_;
-  std::unique_ptr<cuda::CudnnAttention> cudnn_attention_;  // only under TITAN_ATTENTION_IMPL=cudnn
+  std::unique_ptr<cuda::CudnnAttention> cudnn_attention_;  // only under TITAN_ATTENTION_IMPL=cudnn or auto
+  std::string cudnn_unused_;  // auto, without cuDNN: why
   // Per parameter: offset in the flat (shard) buffers, whole size, rows, cols, this rank's
   // elements, padded shard elements; its unit and offset in that unit's gathered buffer.
   std::vector<int64_t> offset_, numel_, out_, in_, local_, shard_, unit_offset_;

@@ -1,10 +1,10 @@
 #include "titan/ops/cuda/cudnn_attention.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 
-#include "titan/core/env.h"
 #include "titan/core/error.h"
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cudnn_graph.h"
@@ -13,7 +13,17 @@ namespace titan::cuda {
 
 using cudnn::Graph;
 
-bool cudnn_attention_requested() { return env_word("TITAN_ATTENTION_IMPL", {"titan", "cudnn"}, "titan") == "cudnn"; }
+std::unique_ptr<CudnnAttention> open_cudnn_attention(AttentionLibrary impl, cudaStream_t stream, DeviceAllocator& alloc,
+                                                     std::string* why_not) {
+  if (impl == AttentionLibrary::titan) return nullptr;
+  if (impl == AttentionLibrary::cudnn) return std::make_unique<CudnnAttention>(stream, alloc);
+  try {
+    return std::make_unique<CudnnAttention>(stream, alloc, true);
+  } catch (const std::exception& e) {  // a missing library, an old one, or no device to open it on
+    if (why_not) *why_not = e.what();
+    return nullptr;
+  }
+}
 
 // One shape's graph, the uids its execution binds, and the workspace its plan asked for.
 struct CudnnAttention::Plan {
@@ -97,12 +107,13 @@ void key_head_gradient(Graph& g, const AttentionShape& s, int64_t a, int64_t b, 
 }
 }  // namespace
 
-CudnnAttention::CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc) : stream_(stream), alloc_(alloc) {
+CudnnAttention::CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc, bool fall_back)
+    : stream_(stream), alloc_(alloc), fall_back_(fall_back) {
   const size_t version = version_ = cudnn::api().get_version();
   // Before 9.6 the caller had to clear the dQ accumulator before every backward (titan clears
   // it once); cuDNN's frontend refuses bf16 attention on 9.10.0 and 9.10.1 (backend bugs).
   if (version < 90600 || version == 91000 || version == 91001)
-    throw UserError(concat("TITAN_ATTENTION_IMPL=cudnn: the loaded cuDNN is ", version,
+    throw UserError(concat("cuDNN attention: the loaded cuDNN is ", version,
                            "; cuDNN attention needs 9.6 or newer, and not 9.10.0 or 9.10.1"));
   cudnnHandle_t h = nullptr;
   cudnn::check(cudnn::api().create(&h), "cudnnCreate");
@@ -120,8 +131,7 @@ CudnnAttention::~CudnnAttention() {
 }
 
 bool CudnnAttention::handles(const AttentionShape& s) {
-  return (s.head_dim == 64 || s.head_dim == 128) && s.seq > 0 && s.seq % 128 == 0 && s.kv_heads > 0 &&
-         s.heads % s.kv_heads == 0;
+  return cudnn_attention_takes(s.seq, s.heads, s.kv_heads, s.head_dim);
 }
 
 // The graph cuDNN's frontend builds for causal training SDPA (its fused flash-attention engines
@@ -215,67 +225,81 @@ AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
   return u;
 }
 
-CudnnAttention::Plan& CudnnAttention::forward_plan(const AttentionShape& s) {
+CudnnAttention::Plan* CudnnAttention::plan(Plans& plans, const AttentionShape& s, bool backward) {
   const Key key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
-  if (auto it = forward_.find(key); it != forward_.end()) return *it->second;
+  if (auto it = plans.find(key); it != plans.end()) return it->second.get();
+  std::unique_ptr<Plan> p;
+  try {
+    p = backward ? build_backward(s) : build_forward(s);
+  } catch (const UserError& e) {  // the graph rejected, or no engine for it
+    if (!fall_back_) throw;
+    std::fprintf(stderr, "warning: cuDNN attention %s, batch %lld seq %lld heads %lld/%lld head_dim %lld: %s; "
+                 "titan's kernels run it\n", backward ? "backward" : "forward", static_cast<long long>(s.batch),
+                 static_cast<long long>(s.seq), static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
+                 static_cast<long long>(s.head_dim), e.what());
+  }
+  return (plans[key] = std::move(p)).get();
+}
+
+std::unique_ptr<CudnnAttention::Plan> CudnnAttention::build_forward(const AttentionShape& s) {
   auto p = std::make_unique<Plan>();
   p->scale = softmax_scale(s);
   p->id = describe_attention_forward(p->graph, s);
   p->graph.build(as_handle(handle_), "attention forward");
   if (p->graph.workspace_bytes() > 0)
     p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
-  return *(forward_[key] = std::move(p));
+  return p;
 }
 
-CudnnAttention::Plan& CudnnAttention::backward_plan(const AttentionShape& s) {
-  const Key key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
-  if (auto it = backward_.find(key); it != backward_.end()) return *it->second;
+std::unique_ptr<CudnnAttention::Plan> CudnnAttention::build_backward(const AttentionShape& s) {
   auto p = std::make_unique<Plan>();
   p->scale = softmax_scale(s);
   p->id = describe_attention_backward(p->graph, s);
   p->graph.build(as_handle(handle_), "attention backward");
-  const size_t accum_bytes = static_cast<size_t>(s.batch * s.heads * s.seq * s.head_dim) * sizeof(float);
+  const size_t accum_bytes = cudnn_dq_accumulator_bytes(s.batch, s.seq, s.heads, s.head_dim);
   p->softmax_sum_offset = align16(accum_bytes);
-  p->scratch = DeviceBuffer(alloc_, p->softmax_sum_offset + static_cast<size_t>(s.batch * s.heads * s.seq) * sizeof(float));
+  p->scratch = DeviceBuffer(alloc_, cudnn_attention_scratch_bytes(s.batch, s.seq, s.heads, s.head_dim));
   // cuDNN 9.6+ keeps the accumulator clean itself (the frontend stopped clearing it); a zero
   // start costs one memset per shape and keeps a first run right either way.
   TITAN_CUDA_CHECK(cudaMemsetAsync(p->scratch.as<void>(), 0, accum_bytes, stream_));
   if (p->graph.workspace_bytes() > 0)
     p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
-  return *(backward_[key] = std::move(p));
+  return p;
 }
 
-void CudnnAttention::forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse,
+bool CudnnAttention::forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse,
                              const AttentionShape& s) {
-  TITAN_CHECK(handles(s), "cuDNN attention given a shape it does not take (seq ", s.seq, ", head_dim ", s.head_dim, ")");
-  const Plan& p = forward_plan(s);
-  const AttentionUids& u = p.id;
-  p.graph.execute(as_handle(handle_),
-                  {{u.q, q}, {u.k, k}, {u.v, v}, {u.o, o}, {u.stats, lse}, {u.scale, &p.scale}, {u.neg_inf, &kMasked}},
-                  p.workspace.as<void>());
+  const Plan* p = handles(s) ? plan(forward_, s, false) : nullptr;
+  if (!p) return false;
+  const AttentionUids& u = p->id;
+  p->graph.execute(as_handle(handle_),
+                   {{u.q, q}, {u.k, k}, {u.v, v}, {u.o, o}, {u.stats, lse}, {u.scale, &p->scale}, {u.neg_inf, &kMasked}},
+                   p->workspace.as<void>());
+  return true;
 }
 
-void CudnnAttention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,
+bool CudnnAttention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse,
                               const bf16* dout, bf16* dq, bf16* dk, bf16* dv, const AttentionShape& s) {
-  TITAN_CHECK(handles(s), "cuDNN attention given a shape it does not take (seq ", s.seq, ", head_dim ", s.head_dim, ")");
-  const Plan& p = backward_plan(s);
-  const AttentionUids& u = p.id;
-  p.graph.execute(as_handle(handle_),
-                  {{u.q, q},
-                   {u.k, k},
-                   {u.v, v},
-                   {u.o, o},
-                   {u.stats, lse},
-                   {u.dout, dout},
-                   {u.dq, dq},
-                   {u.dk, dk},
-                   {u.dv, dv},
-                   {u.dq_accum, p.scratch.as<char>()},
-                   {u.softmax_sum, p.scratch.as<char>() + p.softmax_sum_offset},
-                   {u.scale, &p.scale},
-                   {u.neg_inf, &kMasked},
-                   {u.one, &kOne}},
-                  p.workspace.as<void>());
+  const Plan* p = handles(s) ? plan(backward_, s, true) : nullptr;
+  if (!p) return false;
+  const AttentionUids& u = p->id;
+  p->graph.execute(as_handle(handle_),
+                   {{u.q, q},
+                    {u.k, k},
+                    {u.v, v},
+                    {u.o, o},
+                    {u.stats, lse},
+                    {u.dout, dout},
+                    {u.dq, dq},
+                    {u.dk, dk},
+                    {u.dv, dv},
+                    {u.dq_accum, p->scratch.as<char>()},
+                    {u.softmax_sum, p->scratch.as<char>() + p->softmax_sum_offset},
+                    {u.scale, &p->scale},
+                    {u.neg_inf, &kMasked},
+                    {u.one, &kOne}},
+                   p->workspace.as<void>());
+  return true;
 }
 
 }  // namespace titan::cuda

@@ -8,8 +8,10 @@
 
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
 
+#include "titan/ops/attention_library.h"
 #include "titan/ops/cuda/allocator.h"
 #include "titan/ops/cuda/cuda_ops.h"
 
@@ -30,36 +32,45 @@ struct AttentionUids {
 AttentionUids describe_attention_forward(cudnn::Graph& g, const AttentionShape& s);
 AttentionUids describe_attention_backward(cudnn::Graph& g, const AttentionShape& s);
 
-// True when TITAN_ATTENTION_IMPL asks for cuDNN; UserError for a value other than titan or cudnn.
-bool cudnn_attention_requested();
 
 class CudnnAttention {
  public:
-  CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc);
+  // fall_back: a shape cuDNN cannot plan is reported once on stderr and left to titan's kernels
+  // (forward/backward return false); otherwise the planning error propagates.
+  CudnnAttention(cudaStream_t stream, DeviceAllocator& alloc, bool fall_back = false);
   ~CudnnAttention();
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;
 
-  // The shapes given to cuDNN: head_dim 64 or 128 and seq a multiple of 128 (through 9.15 other
-  // key lengths need a padding mask in the backward graph, and were reported to fault under
-  // graph replay); the rest stay on titan's kernels.
+  // cudnn_attention_takes (attention_library.h); the rest stay on titan's kernels.
   static bool handles(const AttentionShape& s);
   size_t version() const { return version_; }  // of the loaded cuDNN, e.g. 91400
-  void forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s);
-  void backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, const bf16* dout,
+  // Enqueue the op and return true, or return false (nothing enqueued) for a shape it does not
+  // take or, with fall_back, could not plan: the caller then runs titan's kernels.
+  bool forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s);
+  bool backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const float* lse, const bf16* dout,
                 bf16* dq, bf16* dk, bf16* dv, const AttentionShape& s);
 
  private:
   struct Plan;
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
-  Plan& forward_plan(const AttentionShape& s);
-  Plan& backward_plan(const AttentionShape& s);
+  using Plans = std::map<Key, std::unique_ptr<Plan>>;  // a null plan: the shape was refused
+  Plan* plan(Plans& plans, const AttentionShape& s, bool backward);
+  std::unique_ptr<Plan> build_forward(const AttentionShape& s);
+  std::unique_ptr<Plan> build_backward(const AttentionShape& s);
 
   cudaStream_t stream_;
   DeviceAllocator& alloc_;
+  bool fall_back_;
   size_t version_ = 0;
   void* handle_ = nullptr;  // cudnnHandle_t, kept out of this header so callers need no cuDNN headers
-  std::map<Key, std::unique_ptr<Plan>> forward_, backward_;
+  Plans forward_, backward_;
 };
+
+// The cuDNN attention `impl` asks for on this stream: null under titan; under auto also null when
+// cuDNN cannot be opened here (no library, an unsuitable version, no device), with the reason in
+// *why_not. Under cudnn those failures are errors.
+std::unique_ptr<CudnnAttention> open_cudnn_attention(AttentionLibrary impl, cudaStream_t stream, DeviceAllocator& alloc,
+                                                     std::string* why_not);
 
 }  // namespace titan::cuda
