@@ -50,6 +50,8 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
   TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  TITAN_CUDA_CHECK(cudaMallocHost(&host_sums_, 2 * sizeof(double)));
+  TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&sums_ready_, cudaEventDisableTiming));
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   cudnn_attention_ = cuda::open_cudnn_attention(attention_library_from_env(), stream_, alloc_, &cudnn_unused_);
   // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
@@ -142,6 +144,8 @@ CudaTransformer::~CudaTransformer() {
     cudnn_attention_.reset();  // its handle is bound to stream_
     cudaStreamDestroy(stream_);
   }
+  if (sums_ready_) cudaEventDestroy(sums_ready_);
+  if (host_sums_) cudaFreeHost(host_sums_);
 }
 
 std::string CudaTransformer::attention_description() const {
@@ -594,6 +598,14 @@ void CudaTransformer::enqueue_step(BatchShape s, float grad_scale, double max_no
   enqueue_backward(s);
   at(Phase::optimizer);
   cuda::sum_squares_f32(ptr<float>(grad_), total_, ptr<double>(sums_) + 1, ptr<double>(reduce_scratch_), stream_);
+  // The host needs only these two numbers: it takes them here, and prepares the next batch while
+  // AdamW (about a tenth of the step) finishes this one.
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(host_sums_, sums_.as<void>(), 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TITAN_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+  // Captured as an event-record node, so each replay records it (a plain record in a capture does not).
+  TITAN_CUDA_CHECK(cudaEventRecordWithFlags(
+      sums_ready_, stream_, capture == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault));
   cuda::adamw_device_step(ptr<float>(master_), ptr<float>(grad_), ptr<float>(exp_avg_), ptr<float>(exp_avg_sq_),
                           ptr<bf16>(weights_), total_, step_factors_.as<cuda::AdamWStep>(), ptr<double>(sums_) + 1,
                           ptr<double>(sums_), max_norm, stream_);
@@ -617,6 +629,10 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
     if (phases_) phases_->finish_step();
   } else if (graph_ && graph_key_ == key) {
     TITAN_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+    // AdamW may still run: whatever the host does next on this stream (the next batch's upload,
+    // a checkpoint's download) is ordered after it.
+    TITAN_CUDA_CHECK(cudaEventSynchronize(sums_ready_));
+    return {host_sums_[0], counted(labels, n, ignore_index), host_sums_[1]};
   } else {
     // The first step of a shape runs eagerly (cuBLASLt picks its algorithms, kernels load),
     // then the same work is captured, not run, for the next steps.
@@ -639,10 +655,8 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
     graph_ = exec;
     graph_key_ = key;
   }
-  double sums[2] = {0, 0};
-  TITAN_CUDA_CHECK(cudaMemcpyAsync(sums, sums_.as<void>(), sizeof sums, cudaMemcpyDeviceToHost, stream_));
-  synchronize();
-  return {sums[0], counted(labels, n, ignore_index), sums[1]};
+  synchronize();  // the eager step's copy to host_sums_ (the captured one has not run)
+  return {host_sums_[0], counted(labels, n, ignore_index), host_sums_[1]};
 }
 
 cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,

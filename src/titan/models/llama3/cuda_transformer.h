@@ -78,7 +78,9 @@ class CudaTransformer {
   // One whole optimizer step: zero grads, forward, loss, backward, grad norm, clipping to
   // max_norm (0 = none) and AdamW with `step`'s factors, skipped on the device when the loss or
   // the norm is not finite. With use_graph the step is captured as a CUDA graph on the first
-  // call for a batch shape (that call runs eagerly) and replayed afterwards.
+  // call for a batch shape (that call runs eagerly) and replayed afterwards; a replay returns as
+  // soon as the loss and norm are known, with AdamW still running on the model's stream (all
+  // later work of this model, uploads and downloads included, is ordered after it).
   StepResult fused_step(const int32_t* tokens, const int32_t* labels, BatchShape s, float grad_scale,
                         const cuda::AdamWStep& step, double max_norm, bool use_graph, int32_t ignore_index = -100);
   // Copies of the fp32 gradient of one parameter (this rank's rows under FSDP; tests).
@@ -197,6 +199,10 @@ class CudaTransformer {
   };
   cudaGraphExec_t graph_ = nullptr;
   GraphKey graph_key_{};
+  // The fused step's loss and squared grad norm, copied to pinned memory before AdamW runs;
+  // sums_ready_ marks that point, so a replayed step returns while AdamW finishes it.
+  double* host_sums_ = nullptr;
+  cudaEvent_t sums_ready_ = nullptr;
 };
 
 }  // namespace titan::llama3
