@@ -64,7 +64,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "fsdp_on_one_rank", boolean, "false", "titan: run FSDP's gathers and reduce-scatters (NCCL on a GPU) even on one rank, to exercise a sharded run's paths on one device"},
       {"training", "fsdp_reshard_after_forward", string, "default", "FSDP: free gathered weights after forward and gather again for backward: default (blocks do; the root and the last block do not), always (those too), never (keep them: less traffic, more memory)"},
       {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
-      {"training", "compile", boolean, "false", "GPU: fused kernels and a CUDA graph of the step (no effect on the CPU)"},
+      {"training", "compile", boolean, "false", "GPU: fused kernels and CUDA graphs of the step (no effect on the CPU)"},
       {"training", "dataset", string, "c4", "c4, c4_test, synthetic, synthetic_pattern, or a file, folder or glob"},
       {"training", "dataset_path", string, "", "where the dataset lives (c4: the folder of en/c4-train.*.json.gz)"},
       {"training", "dataset_field", string, "text", "titan: the JSON field holding each document's text"},

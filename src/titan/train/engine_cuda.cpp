@@ -25,7 +25,7 @@ class CudaEngine final : public Engine {
                   "), bfloat16 compute, float32 master weights, gradients and optimizer state, ",
                   compile_ ? (phase_times_ ? "compile: fused kernels (no CUDA graph while profiling.phase_times is on)"
                               : model_->sharded() ? "compile: fused kernels (no CUDA graph under FSDP yet)"
-                                                  : "compile: fused kernels + CUDA graph of the step")
+                                                  : "compile: fused kernels + CUDA graphs of the step")
                            : "one op per kernel",
                   ", ", model_->attention_description(), model_->sharded() ? ", FSDP over NCCL" : "");
   }

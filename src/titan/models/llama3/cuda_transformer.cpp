@@ -589,31 +589,53 @@ void CudaTransformer::enqueue_backward(BatchShape s) {
   retire_reduced();  // grad_ complete, as the compute stream sees it
 }
 
-// Everything of one step after the batch is on the device; no host synchronisation inside.
-void CudaTransformer::enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index) {
-  TITAN_CHECK(!fsdp_, "the fused step (one CUDA graph) is not built for FSDP: use forward_backward and adamw");
+// One step up to the gradient norm, after the batch is on the device; no host synchronisation.
+void CudaTransformer::enqueue_gradients(BatchShape s, float grad_scale, int32_t ignore_index) {
+  TITAN_CHECK(!fsdp_, "the fused step (CUDA graphs) is not built for FSDP: use forward_backward and adamw");
   zero_grad();
   forward_hidden(s, nullptr, true);
   classifier(s.rows(), ignore_index, grad_scale, true);
   enqueue_backward(s);
   at(Phase::optimizer);
   cuda::sum_squares_f32(ptr<float>(grad_), total_, ptr<double>(sums_) + 1, ptr<double>(reduce_scratch_), stream_);
-  // The host needs only these two numbers: it takes them here, and prepares the next batch while
-  // AdamW (about a tenth of the step) finishes this one.
-  TITAN_CUDA_CHECK(cudaMemcpyAsync(host_sums_, sums_.as<void>(), 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  TITAN_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-  // Captured as an event-record node, so each replay records it (a plain record in a capture does not).
-  TITAN_CUDA_CHECK(cudaEventRecordWithFlags(
-      sums_ready_, stream_, capture == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault));
+}
+
+// Clipping and AdamW, decided on the device from the loss and norm (skipped if not finite).
+void CudaTransformer::enqueue_update(double max_norm) {
+  at(Phase::optimizer);
   cuda::adamw_device_step(ptr<float>(master_), ptr<float>(grad_), ptr<float>(exp_avg_), ptr<float>(exp_avg_sq_),
                           ptr<bf16>(weights_), total_, step_factors_.as<cuda::AdamWStep>(), ptr<double>(sums_) + 1,
                           ptr<double>(sums_), max_norm, stream_);
 }
 
+void CudaTransformer::send_sums() {
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(host_sums_, sums_.as<void>(), 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  TITAN_CUDA_CHECK(cudaEventRecord(sums_ready_, stream_));
+}
+
+cudaGraphExec_t CudaTransformer::capture(const std::function<void()>& enqueue) {
+  cudaGraph_t graph = nullptr;
+  TITAN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    enqueue();
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    throw;
+  }
+  TITAN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t st = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  TITAN_CUDA_CHECK(st);
+  return exec;
+}
+
 void CudaTransformer::drop_graph() {
-  if (graph_) cudaGraphExecDestroy(graph_);
-  graph_ = nullptr;
+  for (cudaGraphExec_t* g : {&gradients_graph_, &update_graph_}) {
+    if (*g) cudaGraphExecDestroy(*g);
+    *g = nullptr;
+  }
   graph_key_ = {};
 }
 
@@ -624,38 +646,35 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
   const int64_t n = s.rows();
   TITAN_CUDA_CHECK(cudaMemcpyAsync(step_factors_.as<void>(), &step, sizeof step, cudaMemcpyHostToDevice, stream_));
   const GraphKey key{s, grad_scale, max_norm, ignore_index};
-  if (!use_graph) {
-    enqueue_step(s, grad_scale, max_norm, ignore_index);
-    if (phases_) phases_->finish_step();
-  } else if (graph_ && graph_key_ == key) {
-    TITAN_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
-    // AdamW may still run: whatever the host does next on this stream (the next batch's upload,
-    // a checkpoint's download) is ordered after it.
+  if (use_graph && update_graph_ && graph_key_ == key) {
+    TITAN_CUDA_CHECK(cudaGraphLaunch(gradients_graph_, stream_));
+    send_sums();
+    TITAN_CUDA_CHECK(cudaGraphLaunch(update_graph_, stream_));
+    // Return while AdamW (about a tenth of the step) runs: the host checks and uploads the next
+    // batch meanwhile, and all it enqueues on this stream (that upload, a checkpoint's
+    // download) is ordered after the update.
     TITAN_CUDA_CHECK(cudaEventSynchronize(sums_ready_));
     return {host_sums_[0], counted(labels, n, ignore_index), host_sums_[1]};
-  } else {
-    // The first step of a shape runs eagerly (cuBLASLt picks its algorithms, kernels load),
-    // then the same work is captured, not run, for the next steps.
-    drop_graph();
-    enqueue_step(s, grad_scale, max_norm, ignore_index);
-    cudaGraph_t graph = nullptr;
-    TITAN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  }
+  if (use_graph) drop_graph();
+  enqueue_gradients(s, grad_scale, ignore_index);
+  send_sums();
+  enqueue_update(max_norm);
+  if (!use_graph && phases_) phases_->finish_step();
+  if (use_graph) {
+    // The first step of a shape ran eagerly (cuBLASLt picked its algorithms, kernels loaded);
+    // the same work is captured now, not run, for the next steps.
+    cudaGraphExec_t gradients = capture([&] { enqueue_gradients(s, grad_scale, ignore_index); });
     try {
-      enqueue_step(s, grad_scale, max_norm, ignore_index);
+      update_graph_ = capture([&] { enqueue_update(max_norm); });
     } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
+      cudaGraphExecDestroy(gradients);
       throw;
     }
-    TITAN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t st = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    TITAN_CUDA_CHECK(st);
-    graph_ = exec;
+    gradients_graph_ = gradients;
     graph_key_ = key;
   }
-  synchronize();  // the eager step's copy to host_sums_ (the captured one has not run)
+  synchronize();
   return {host_sums_[0], counted(labels, n, ignore_index), host_sums_[1]};
 }
 

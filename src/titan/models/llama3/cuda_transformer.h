@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -113,7 +114,11 @@ class CudaTransformer {
   float* dw(size_t i) const;       // fp32 gradient of parameter i
   void upload_batch(const int32_t* tokens, const int32_t* labels, int64_t n, bool with_index);
   void start_pass(const int32_t* tokens, const int32_t* labels, BatchShape s, int32_t ignore_index, bool with_index);
-  void enqueue_step(BatchShape s, float grad_scale, double max_norm, int32_t ignore_index);
+  // The fused step in two parts, so the host can take the loss and grad norm between them.
+  void enqueue_gradients(BatchShape s, float grad_scale, int32_t ignore_index);  // zero grads .. grad norm
+  void enqueue_update(double max_norm);                                           // clipping + AdamW
+  void send_sums();  // loss and squared grad norm to host_sums_, then sums_ready_
+  cudaGraphExec_t capture(const std::function<void()>& enqueue);
   void enqueue_backward(BatchShape s);
   void drop_graph();
   void forward_hidden(BatchShape s, Tracer* tracer, bool backward_follows);
@@ -197,10 +202,10 @@ class CudaTransformer {
     int32_t ignore_index = 0;
     bool operator==(const GraphKey&) const = default;
   };
-  cudaGraphExec_t graph_ = nullptr;
+  cudaGraphExec_t gradients_graph_ = nullptr, update_graph_ = nullptr;
   GraphKey graph_key_{};
-  // The fused step's loss and squared grad norm, copied to pinned memory before AdamW runs;
-  // sums_ready_ marks that point, so a replayed step returns while AdamW finishes it.
+  // The fused step's loss and squared grad norm, copied to pinned memory between the two parts;
+  // sums_ready_ marks their arrival, so a replayed step returns while AdamW finishes it.
   double* host_sums_ = nullptr;
   cudaEvent_t sums_ready_ = nullptr;
 };
