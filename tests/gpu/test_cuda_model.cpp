@@ -1,6 +1,9 @@
 // The whole model on the GPU (bf16) against the CPU reference (fp32): loss, logits and every
 // parameter gradient; bit-identical reruns; the caching allocator's statistics.
 #include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -176,6 +179,50 @@ TEST(CudaTransformer, GraphStepMatchesEagerStepBitForBit) {
   }
   Transformer h1(a), h2(a);
   EXPECT_EQ(masters(graph_model, h1), masters(eager_model, h2)) << "weights after 4 steps, seed " << fresh_seed();
+}
+
+// TITAN_ATTENTION_IMPL=auto on a shape cuDNN takes (head_dim 64, seq 128): cuDNN plans both
+// directions in the eager first step and runs inside the replayed graphs, with losses and
+// gradient norms near titan's kernels' on the same batches.
+TEST(CudaTransformer, AutoAttentionRunsCudnnInsideTheGraphStep) {
+  TITAN_REQUIRE_GPU();
+  ModelArgs a = small_args();
+  a.n_heads = 2;  // head_dim 64
+  a.n_kv_heads = 1;
+  const BatchShape s{2, 128};
+  Transformer host(a);
+  host.init_weights(fresh_seed());
+  setenv("TITAN_ATTENTION_IMPL", "auto", 1);
+  std::unique_ptr<CudaTransformer> with_auto;
+  try {
+    with_auto = std::make_unique<CudaTransformer>(a, host.parameters());
+  } catch (...) {
+    unsetenv("TITAN_ATTENTION_IMPL");
+    throw;
+  }
+  unsetenv("TITAN_ATTENTION_IMPL");
+  const std::string used = with_auto->attention_description();
+  if (used.find("cannot load") != std::string::npos) GTEST_SKIP() << "no cuDNN here: " << used;
+  ASSERT_NE(with_auto->cudnn_attention(), nullptr) << used;
+  CudaTransformer titan_kernels(a, host.parameters());
+  ASSERT_EQ(titan_kernels.cudnn_attention(), nullptr);
+  optim::AdamW opt_auto({1e-3, 0.9, 0.95, 1e-8, 0.1}), opt_titan({1e-3, 0.9, 0.95, 1e-8, 0.1});
+  const float scale = 1.0f / static_cast<float>(s.rows());
+  for (int step = 0; step < 3; ++step) {  // eager + capture, then two replays
+    Batch b = random_batch(a, s);
+    for (int64_t i = 0; i < s.rows(); ++i) b.tokens[i] = (b.tokens[i] + step * 7) % a.vocab_size;
+    auto run = [&](CudaTransformer& m, optim::AdamW& opt) {
+      const auto f = opt.advance(1e-3);
+      return m.fused_step(b.tokens.data(), b.labels.data(), s, scale,
+                          {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, 1.0f}, 1.0, true);
+    };
+    const auto x = run(*with_auto, opt_auto), y = run(titan_kernels, opt_titan);
+    ASSERT_EQ(x.count, y.count);
+    EXPECT_NEAR(x.loss_sum / x.count, y.loss_sum / y.count, 1e-2) << "step " << step << ", seed " << fresh_seed();
+    EXPECT_NEAR(std::sqrt(x.grad_sq_sum), std::sqrt(y.grad_sq_sum), 5e-2 * std::sqrt(y.grad_sq_sum))
+        << "step " << step << ", seed " << fresh_seed();
+  }
+  EXPECT_EQ(with_auto->cudnn_attention()->plans_in_use(), 2) << "cuDNN's forward and backward plans";
 }
 
 TEST(CudaTransformer, UnfusedKernelsGiveTheSameLoss) {

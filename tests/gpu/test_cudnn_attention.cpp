@@ -146,7 +146,13 @@ TEST(CudnnAttentionChoice, AutoFallsBackWhereCudnnCannotOpenAndCudnnFails) {
   EXPECT_EQ(why, "untouched");
   const char* library = std::getenv("TITAN_CUDNN_LIBRARY");
   const bool missing_library = library && std::string(library).find("no-such") != std::string::npos;
-  const bool usable = !missing_library && cuda::device_count() > 0;
+  bool loads = !missing_library;
+  try {
+    (void)cuda::cudnn::api();
+  } catch (const UserError&) {
+    loads = false;
+  }
+  const bool usable = loads && cuda::device_count() > 0;
   why.clear();
   const auto automatic = cuda::open_cudnn_attention(AttentionLibrary::automatic, nullptr, alloc, &why);
   EXPECT_EQ(automatic != nullptr, usable) << why;
@@ -220,9 +226,9 @@ TEST(CudnnDeviceless, FusedEnginesCompileBothGraphsForHopper) {
     GTEST_SKIP() << e.what();
   }
   if (version < 90800) GTEST_SKIP() << "cuDNN " << version << " cannot describe a device (9.8+)";
-  std::printf("deviceless check with cuDNN %zu\n", version);  // scripts/cudnn_version_check.sh reads it
   const char* stub = "/usr/local/cuda/lib64/stubs/libcuda.so";
   if (!dlopen(stub, RTLD_NOW | RTLD_GLOBAL)) GTEST_SKIP() << "no CUDA stub driver at " << stub;
+  std::printf("deviceless check with cuDNN %zu\n", version);  // scripts/cudnn_version_check.sh reads it
   cuda::cudnn::Descriptor h100(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR);
   const std::string json = kH100;
   h100.set(CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, static_cast<int64_t>(json.size()), json.data());

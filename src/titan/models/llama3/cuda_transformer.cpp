@@ -50,8 +50,12 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
   TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  TITAN_CUDA_CHECK(cudaMallocHost(&host_sums_, 2 * sizeof(double)));
-  TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&sums_ready_, cudaEventDisableTiming));
+  double* pinned = nullptr;
+  TITAN_CUDA_CHECK(cudaMallocHost(&pinned, 2 * sizeof(double)));
+  host_sums_.reset(pinned);
+  cudaEvent_t ready = nullptr;
+  TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  sums_ready_.reset(ready);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   cudnn_attention_ = cuda::open_cudnn_attention(attention_library_from_env(), stream_, alloc_, &cudnn_unused_);
   // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
@@ -144,8 +148,6 @@ CudaTransformer::~CudaTransformer() {
     cudnn_attention_.reset();  // its handle is bound to stream_
     cudaStreamDestroy(stream_);
   }
-  if (sums_ready_) cudaEventDestroy(sums_ready_);
-  if (host_sums_) cudaFreeHost(host_sums_);
 }
 
 std::string CudaTransformer::attention_description() const {
@@ -609,8 +611,8 @@ void CudaTransformer::enqueue_update(double max_norm) {
 }
 
 void CudaTransformer::send_sums() {
-  TITAN_CUDA_CHECK(cudaMemcpyAsync(host_sums_, sums_.as<void>(), 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-  TITAN_CUDA_CHECK(cudaEventRecord(sums_ready_, stream_));
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(host_sums_.get(), sums_.as<void>(), 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  TITAN_CUDA_CHECK(cudaEventRecord(sums_ready_.get(), stream_));
 }
 
 cudaGraphExec_t CudaTransformer::capture(const std::function<void()>& enqueue) {
@@ -653,8 +655,8 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
     // Return while AdamW (about a tenth of the step) runs: the host checks and uploads the next
     // batch meanwhile, and all it enqueues on this stream (that upload, a checkpoint's
     // download) is ordered after the update.
-    TITAN_CUDA_CHECK(cudaEventSynchronize(sums_ready_));
-    return {host_sums_[0], counted(labels, n, ignore_index), host_sums_[1]};
+    TITAN_CUDA_CHECK(cudaEventSynchronize(sums_ready_.get()));
+    return {host_sums_.get()[0], counted(labels, n, ignore_index), host_sums_.get()[1]};
   }
   if (use_graph) drop_graph();
   enqueue_gradients(s, grad_scale, ignore_index);
@@ -675,7 +677,7 @@ CudaTransformer::StepResult CudaTransformer::fused_step(const int32_t* tokens, c
     graph_key_ = key;
   }
   synchronize();
-  return {host_sums_[0], counted(labels, n, ignore_index), host_sums_[1]};
+  return {host_sums_.get()[0], counted(labels, n, ignore_index), host_sums_.get()[1]};
 }
 
 cpu::ClassifierResult CudaTransformer::forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,

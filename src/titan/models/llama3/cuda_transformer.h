@@ -89,6 +89,8 @@ class CudaTransformer {
   bool sharded() const { return fsdp_ != nullptr; }
   // Which attention runs (TITAN_ATTENTION_IMPL), for the run's device line.
   std::string attention_description() const;
+  // cuDNN's attention when TITAN_ATTENTION_IMPL brought it in (null otherwise; tests).
+  const cuda::CudnnAttention* cudnn_attention() const { return cudnn_attention_.get(); }
   // Bytes of gathered weights and whole gradients held at most at once (FSDP).
   size_t peak_unsharded_bytes() const { return peak_unsharded_; }
   // Bytes this rank's collectives moved since the last call, counted as a ring moves them:
@@ -206,8 +208,14 @@ class CudaTransformer {
   GraphKey graph_key_{};
   // The fused step's loss and squared grad norm, copied to pinned memory between the two parts;
   // sums_ready_ marks their arrival, so a replayed step returns while AdamW finishes it.
-  double* host_sums_ = nullptr;
-  cudaEvent_t sums_ready_ = nullptr;
+  struct PinnedFree {
+    void operator()(double* p) const { cudaFreeHost(p); }
+  };
+  struct EventDestroy {
+    void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
+  };
+  std::unique_ptr<double, PinnedFree> host_sums_;
+  std::unique_ptr<CUevent_st, EventDestroy> sums_ready_;
 };
 
 }  // namespace titan::llama3

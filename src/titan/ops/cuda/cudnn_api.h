@@ -1,5 +1,5 @@
 // cuDNN's graph (backend) API, loaded at run time: only a run that asks for cuDNN attention
-// (TITAN_ATTENTION_IMPL=cudnn) needs libcudnn.so.9, so the default build and CI do not.
+// (TITAN_ATTENTION_IMPL=cudnn or auto) needs libcudnn.so.9, so the default build and CI do not.
 // Descriptor owns one backend descriptor; every call is checked and a failure carries cuDNN's
 // own last error message.
 #pragma once

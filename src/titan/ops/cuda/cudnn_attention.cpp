@@ -130,6 +130,13 @@ CudnnAttention::~CudnnAttention() {
   if (handle_) cudnn::api().destroy(as_handle(handle_));
 }
 
+int64_t CudnnAttention::plans_in_use() const {
+  int64_t n = 0;
+  for (const Plans* plans : {&forward_, &backward_})
+    for (const auto& [key, plan] : *plans) n += plan ? 1 : 0;
+  return n;
+}
+
 bool CudnnAttention::handles(const AttentionShape& s) {
   return cudnn_attention_takes(s.seq, s.heads, s.kv_heads, s.head_dim);
 }
@@ -228,43 +235,33 @@ AttentionUids describe_attention_backward(Graph& g, const AttentionShape& s) {
 CudnnAttention::Plan* CudnnAttention::plan(Plans& plans, const AttentionShape& s, bool backward) {
   const Key key{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
   if (auto it = plans.find(key); it != plans.end()) return it->second.get();
-  std::unique_ptr<Plan> p;
+  auto p = std::make_unique<Plan>();
+  p->scale = softmax_scale(s);
   try {
-    p = backward ? build_backward(s) : build_forward(s);
-  } catch (const UserError& e) {  // the graph rejected, or no engine for it
+    p->id = backward ? describe_attention_backward(p->graph, s) : describe_attention_forward(p->graph, s);
+    p->graph.build(as_handle(handle_), backward ? "attention backward" : "attention forward");
+  } catch (const std::exception& e) {  // cuDNN refused an op or the graph, or has no engine for it
     if (!fall_back_) throw;
     std::fprintf(stderr, "warning: cuDNN attention %s, batch %lld seq %lld heads %lld/%lld head_dim %lld: %s; "
                  "titan's kernels run it\n", backward ? "backward" : "forward", static_cast<long long>(s.batch),
                  static_cast<long long>(s.seq), static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
                  static_cast<long long>(s.head_dim), e.what());
+    p.reset();
   }
+  if (p) allocate(*p, s, backward);  // out of memory is the run's error, not a reason to fall back
   return (plans[key] = std::move(p)).get();
 }
 
-std::unique_ptr<CudnnAttention::Plan> CudnnAttention::build_forward(const AttentionShape& s) {
-  auto p = std::make_unique<Plan>();
-  p->scale = softmax_scale(s);
-  p->id = describe_attention_forward(p->graph, s);
-  p->graph.build(as_handle(handle_), "attention forward");
-  if (p->graph.workspace_bytes() > 0)
-    p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
-  return p;
-}
-
-std::unique_ptr<CudnnAttention::Plan> CudnnAttention::build_backward(const AttentionShape& s) {
-  auto p = std::make_unique<Plan>();
-  p->scale = softmax_scale(s);
-  p->id = describe_attention_backward(p->graph, s);
-  p->graph.build(as_handle(handle_), "attention backward");
-  const size_t accum_bytes = cudnn_dq_accumulator_bytes(s.batch, s.seq, s.heads, s.head_dim);
-  p->softmax_sum_offset = align16(accum_bytes);
-  p->scratch = DeviceBuffer(alloc_, cudnn_attention_scratch_bytes(s.batch, s.seq, s.heads, s.head_dim));
-  // cuDNN 9.6+ keeps the accumulator clean itself (the frontend stopped clearing it); a zero
-  // start costs one memset per shape and keeps a first run right either way.
-  TITAN_CUDA_CHECK(cudaMemsetAsync(p->scratch.as<void>(), 0, accum_bytes, stream_));
-  if (p->graph.workspace_bytes() > 0)
-    p->workspace = DeviceBuffer(alloc_, static_cast<size_t>(p->graph.workspace_bytes()));
-  return p;
+void CudnnAttention::allocate(Plan& p, const AttentionShape& s, bool backward) {
+  if (backward) {
+    const size_t accum_bytes = cudnn_dq_accumulator_bytes(s.batch, s.seq, s.heads, s.head_dim);
+    p.softmax_sum_offset = align16(accum_bytes);
+    p.scratch = DeviceBuffer(alloc_, cudnn_attention_scratch_bytes(s.batch, s.seq, s.heads, s.head_dim));
+    // cuDNN 9.6+ keeps the accumulator clean itself (the frontend stopped clearing it); a zero
+    // start costs one memset per shape and keeps a first run right either way.
+    TITAN_CUDA_CHECK(cudaMemsetAsync(p.scratch.as<void>(), 0, accum_bytes, stream_));
+  }
+  if (p.graph.workspace_bytes() > 0) p.workspace = DeviceBuffer(alloc_, static_cast<size_t>(p.graph.workspace_bytes()));
 }
 
 bool CudnnAttention::forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse,

@@ -1,5 +1,5 @@
 // Causal grouped-query attention through cuDNN's fused flash-attention engines, the opt-in
-// third implementation (TITAN_ATTENTION_IMPL=cudnn). Same layouts and lse convention as
+// third implementation (TITAN_ATTENTION_IMPL=cudnn or auto). Same layouts and lse convention as
 // cuda::attention_forward/backward (cuda_ops.h), so either side can pair with titan's kernels.
 // One operation graph and plan per shape, built on first use (the eager first step, before
 // any CUDA graph capture); the plan's workspace comes from the caching allocator and stays.
@@ -45,6 +45,7 @@ class CudnnAttention {
   // cudnn_attention_takes (attention_library.h); the rest stay on titan's kernels.
   static bool handles(const AttentionShape& s);
   size_t version() const { return version_; }  // of the loaded cuDNN, e.g. 91400
+  int64_t plans_in_use() const;                 // forward and backward plans built, not refused
   // Enqueue the op and return true, or return false (nothing enqueued) for a shape it does not
   // take or, with fall_back, could not plan: the caller then runs titan's kernels.
   bool forward(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s);
@@ -56,8 +57,7 @@ class CudnnAttention {
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
   using Plans = std::map<Key, std::unique_ptr<Plan>>;  // a null plan: the shape was refused
   Plan* plan(Plans& plans, const AttentionShape& s, bool backward);
-  std::unique_ptr<Plan> build_forward(const AttentionShape& s);
-  std::unique_ptr<Plan> build_backward(const AttentionShape& s);
+  void allocate(Plan& p, const AttentionShape& s, bool backward);  // scratch and workspace
 
   cudaStream_t stream_;
   DeviceAllocator& alloc_;
