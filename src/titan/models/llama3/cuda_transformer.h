@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "titan/core/parameter.h"
@@ -149,6 +150,9 @@ class CudaTransformer {
   void at(cuda::Phase p) {
     if (phases_) phases_->mark(p);
   }
+  // beta of the weight-gradient GEMMs: 0 inside the fused step (the first and only write), else
+  // 1 (gradients accumulate over micro-batches from zero_grad's zeros).
+  float grad_beta() const { return overwrite_grads_ ? 0.0f : 1.0f; }
   void linear(const cuda::bf16* x, size_t weight, cuda::bf16* y, int64_t n);
   void linear_backward(const cuda::bf16* x, size_t weight, const cuda::bf16* dy, cuda::bf16* dx, int64_t n,
                        float dx_beta);
@@ -165,6 +169,8 @@ class CudaTransformer {
   std::vector<int64_t> offset_, numel_, out_, in_, local_, shard_, unit_offset_;
   std::vector<size_t> unit_of_;
   int64_t total_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> accumulated_grads_;  // [begin, end) of grad_ the fused step clears
+  bool overwrite_grads_ = false;                                // inside enqueue_gradients
   cuda::DeviceCollectives* fsdp_ = nullptr;
   ReshardPolicy policy_;
   double comm_bytes_ = 0;
