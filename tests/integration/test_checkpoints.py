@@ -187,6 +187,11 @@ def test_hf_export(titan, tmp):
     orig = read_titan_weights(os.path.join(folder, "checkpoint", "step-3"))
     check(c.returncode == 0 and all(np.array_equal(back[k], orig[k]) for k in orig),
           f"titan convert --hf brings the export back bit for bit {c.stderr.strip()[-200:]}")
+    c2 = subprocess.run([titan, "convert", "--hf", exp, "--output", os.path.join(folder, "checkpoint")],
+                        capture_output=True, text=True)
+    kept = read_titan_weights(os.path.join(folder, "checkpoint", "step-3"))
+    check(c2.returncode == 2 and "already holds" in c2.stderr and all(np.array_equal(kept[k], orig[k]) for k in orig),
+          f"convert --hf into a folder with checkpoints is refused {c2.stderr.strip()[-200:]}")
     cont = os.path.join(tmp, "continued")
     os.makedirs(os.path.join(cont), exist_ok=True)
     os.system(f"cp -r {out} {cont}/checkpoint")
@@ -209,6 +214,37 @@ def test_seed_checkpoint(titan, tmp):
     check(r.returncode == 0 and steps_in(folder) == [0] and not os.path.exists(os.path.join(folder, "metrics.jsonl")) or
           (r.returncode == 0 and steps_in(folder) == [0] and losses(folder) == {}),
           f"create_seed_checkpoint writes step 0 and exits {r.stderr[-200:]}")
+    seed = read_titan_weights(os.path.join(folder, "checkpoint", "step-0"))
+    train(titan, folder, "--training.steps", "2")
+    r = train(titan, folder, "--training.steps", "5", "--checkpoint.create_seed_checkpoint")
+    again = read_titan_weights(os.path.join(folder, "checkpoint", "step-0"))
+    check(r.returncode == 2 and "already holds" in r.stderr and all(np.array_equal(seed[k], again[k]) for k in seed),
+          f"a second seed into a folder with checkpoints is refused and step-0 kept {r.stderr.strip()[-200:]}")
+
+
+def test_bad_metadata(titan, tmp):
+    """A resume from metadata that names an impossible step or loader state is a one-line error."""
+    base = os.path.join(tmp, "meta")
+    r = train(titan, base, "--training.steps", "2", "--checkpoint.interval", "2")
+    check(r.returncode == 0, f"training for the metadata checks {r.stderr[-200:]}")
+    if r.returncode != 0:
+        return
+    cases = [("negative step", lambda m, d: m["state"].__setitem__("step", -5), "negative"),
+             ("step-2 recording step 7", lambda m, d: m["state"].__setitem__("step", 7), "records step 7"),
+             ("loader token outside the vocabulary", lambda m, d: d.__setitem__("carry", [999999]), "outside the vocabulary")]
+    for i, (what, edit, expect) in enumerate(cases):
+        folder = os.path.join(tmp, f"meta{i}")
+        subprocess.run(["cp", "-r", base, folder], check=True)
+        path = os.path.join(folder, "checkpoint", "step-2", "metadata.json")
+        m = json.load(open(path))
+        d = json.loads(m["state"]["data"])
+        edit(m, d)
+        m["state"]["data"] = json.dumps(d)
+        json.dump(m, open(path, "w"))
+        r = train(titan, folder, "--training.steps", "3")
+        lines = r.stderr.strip().splitlines()
+        check(r.returncode == 2 and len(lines) == 1 and expect in lines[0] and "metadata.json" in lines[0],
+              f"resume refuses {what}: exit {r.returncode}, {lines[-1:] if lines else ''}")
 
 
 def main():
@@ -220,6 +256,7 @@ def main():
         test_async(a.titan, tmp)
         test_hf_export(a.titan, tmp)
         test_seed_checkpoint(a.titan, tmp)
+        test_bad_metadata(a.titan, tmp)
         test_sigkill_during_save(a.titan, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0

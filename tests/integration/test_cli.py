@@ -145,6 +145,9 @@ BAD = [
     ("wrong type", "[training]\nsteps = \"3\"\n", [], "training.steps: expected an integer"),
     ("syntax error", "[training\n", [], "TOML syntax error"),
     ("unknown flavor", None, ["--model.flavor", "7B"], "model.flavor = 7B: unknown flavor"),
+    ("tokens per step past int64", None, ["--training.batch_size", "4611686018427387904"], "2^40 tokens"),
+    ("threads no machine has", None, ["--training.threads", "70000"], "training.threads"),
+    ("a directory as the config", None, ["--config", "DATA"], "it is a directory"),
     ("bad checkpointing mode", None, ["--activation_checkpoint.mode", "some"],
      "activation_checkpoint.mode = some: expected none, selective or full"),
     ("bad selective option", None, ["--activation_checkpoint.mode", "selective",
@@ -185,6 +188,10 @@ def test_bad_input(titan, data, tmp):
         lines = r.stderr.strip().splitlines()
         ok = r.returncode == 2 and len(lines) == 1 and lines[0].startswith("titan: error:") and (expect in lines[0])
         check(ok, f"bad input, {what}: exit {r.returncode}, stderr {lines}")
+    r = run(titan, "train", "--training.steps", "1", "--training.dataset", "synthetic", "--job.dump_folder",
+            os.path.join(tmp, "bad_env"), env={"TITAN_ATTENTION_IMPL": "bogus"})
+    check(r.returncode == 2 and "TITAN_ATTENTION_IMPL=bogus" in r.stderr,
+          f"a bad TITAN_ATTENTION_IMPL is refused on the CPU too: {r.stderr.strip()[-160:]}")
     r = run(titan)
     check(r.returncode == 2 and "usage" in r.stdout, "no command prints usage and exits 2")
     r = run(titan, "frobnicate")

@@ -75,6 +75,15 @@ TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[training]\nfsdp_reshard_after_forward = \"sometimes\"\n").find("default, always or never"),
             std::string::npos);
   EXPECT_EQ(load_error("[training]\ndata_parallel_replicate_degree = 2\ndata_parallel_shard_degree = 4\n"), "");
+  // Products that would overflow int64 token counts, and thread counts no machine has.
+  EXPECT_NE(load_error("[training]\nseq_len = 4\nbatch_size = 4611686018427387904\n").find("2^40 tokens"),
+            std::string::npos);
+  EXPECT_NE(load_error("[training]\nseq_len = 4\nbatch_size = 1\nglobal_batch_size = 4611686018427387904\n")
+                .find("training.global_batch_size"),
+            std::string::npos);
+  EXPECT_EQ(load_error("[training]\nseq_len = 8192\nbatch_size = 1024\n"), "");
+  EXPECT_NE(load_error("[training]\nthreads = 70000\n").find("expected 0 (all cores) to 1024"), std::string::npos);
+  EXPECT_EQ(load_error("[training]\nthreads = 1024\n"), "");
 }
 
 TEST(Config, MissingFileIsAUserError) {
@@ -84,6 +93,12 @@ TEST(Config, MissingFileIsAUserError) {
     FAIL() << "expected an error";
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/titan.toml"), std::string::npos);
+  }
+  try {
+    cfg.load_file("/tmp");
+    FAIL() << "a directory was read as a config";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("it is a directory"), std::string::npos) << e.what();
   }
 }
 

@@ -225,6 +225,16 @@ Metadata read_metadata(const std::string& step_dir) {
     m.state.model_signature = s.at("model_signature").get<std::string>();
     m.state.config_toml = s.at("config").get<std::string>();
     m.shards = entries_from_json(j.at("shards"), path);
+    if (m.state.step < 0) throw UserError(concat(path, ": malformed metadata: step ", m.state.step, " is negative"));
+    if (m.world < 1) throw UserError(concat(path, ": malformed metadata: saved by ", m.world, " ranks"));
+    // A step-N folder holds step N: a resume must not continue from a different step than it names.
+    fs::path folder = fs::path(step_dir).lexically_normal();
+    if (folder.filename().empty()) folder = folder.parent_path();
+    const std::string name = folder.filename().string();
+    const bool step_name = name.size() > 5 && name.rfind("step-", 0) == 0 &&
+                           name.find_first_not_of("0123456789", 5) == std::string::npos;
+    if (step_name && name != step_dir_name(m.state.step))
+      throw UserError(concat(path, ": malformed metadata: the folder is ", name, " but it records step ", m.state.step));
     return m;
   } catch (const json::exception& e) {
     throw UserError(concat(path, ": malformed metadata: ", e.what()));

@@ -100,8 +100,16 @@ int convert_main(const std::vector<std::string>& args) {
   }
   const auto a = parse_args(args, {"hf", "output", "tokenizer", "checkpoint", "to-hf", "dtype"}, {}, cmd);
   if (a.values.count("hf")) {
-    const auto m = checkpoint::import_hf(a.required("hf", cmd));
     const std::string out = a.required("output", cmd);
+    // The import becomes step-0: it must not replace a saved step-0, nor sit under later steps a
+    // resume would take instead.
+    std::error_code ec;
+    if (fs::is_directory(out, ec))
+      for (const auto& entry : fs::directory_iterator(out, ec))
+        if (entry.path().filename().string().rfind("step-", 0) == 0)
+          throw UserError(concat(cmd, ": --output ", out, " already holds ", entry.path().filename().string(),
+                                 "; convert into an empty or new folder"));
+    const auto m = checkpoint::import_hf(a.required("hf", cmd));
     std::string tok_fp = "unknown";
     const std::string tok_path = a.get("tokenizer", (fs::path(a.required("hf", cmd)) / "tokenizer.json").string());
     if (fs::exists(tok_path)) tok_fp = std::to_string(data::Tokenizer::load(tok_path).fingerprint());

@@ -49,6 +49,8 @@ int bench(const ParsedArgs& a) {
   auto tok = std::make_shared<data::Tokenizer>(tok_path.empty() ? data::Tokenizer::builtin_default()
                                                                  : data::Tokenizer::load(tok_path));
   const int64_t seq = positive_int(a, "seq-len", 2048, cmd), batch = positive_int(a, "batch", 8, cmd);
+  if (batch > (int64_t{1} << 40) / seq)
+    throw UserError(concat(cmd, ": --batch ", batch, " x --seq-len ", seq, " is more than 2^40 tokens per batch"));
   const int64_t batches = positive_int(a, "batches", 200, cmd);
   data::DataLoader loader(data::make_text_source(data::expand_data_paths(a.values.at("input")), {}, tok, seq + 1, nullptr),
                           seq, batch, 0, batch);

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <set>
 #include <sstream>
 
@@ -238,6 +239,9 @@ void JobConfig::set(const KeySpec& spec, const std::string& text, const std::str
 }
 
 void JobConfig::load_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))  // toml++ reads a directory as an empty file
+    throw UserError(concat(path, ": cannot read config: it is a directory, expected a TOML file"));
   toml::table root;
   try {
     root = toml::parse_file(path);
@@ -338,6 +342,12 @@ void JobConfig::validate() const {
   if (const auto g = get_int("training.global_batch_size"); g != -1 && (g <= 0 || g % get_int("training.batch_size") != 0))
     fail("training.global_batch_size", concat("expected -1 or a positive multiple of training.batch_size (",
                                               get_int("training.batch_size"), ")"));
+  // Token counts are int64 products of these: bound them far above any real batch, below overflow.
+  constexpr int64_t kMaxTokens = int64_t{1} << 40;
+  const int64_t seq = get_int("training.seq_len");
+  for (const char* key : {"training.batch_size", "training.global_batch_size"})
+    if (get_int(key) > kMaxTokens / seq)
+      fail(key, concat("times training.seq_len (", seq, ") is more than 2^40 tokens per step"));
   if (get_string("checkpoint.interval_type") != "steps") fail("checkpoint.interval_type", "expected steps");
   positive("checkpoint.interval");
   if (get_int("checkpoint.keep_latest_k") < 0) fail("checkpoint.keep_latest_k", "expected >= 0");
@@ -352,7 +362,8 @@ void JobConfig::validate() const {
     fail("training.on_nonfinite", "expected stop or skip");
   positive("validation.steps");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
-  if (get_int("training.threads") < 0) fail("training.threads", "expected >= 0 (0 = all cores)");
+  if (get_int("training.threads") < 0 || get_int("training.threads") > 1024)
+    fail("training.threads", "expected 0 (all cores) to 1024");
   if (!(get_real("comm.train_timeout_seconds") > 0)) fail("comm.train_timeout_seconds", "expected > 0");
   if (const auto m = get_string("activation_checkpoint.mode"); m != "none" && m != "selective" && m != "full")
     fail("activation_checkpoint.mode", "expected none, selective or full");

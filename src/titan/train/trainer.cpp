@@ -26,6 +26,7 @@
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
 #include "titan/metrics/memory.h"
+#include "titan/ops/attention_library.h"
 #ifdef TITAN_WITH_CUDA
 #include "titan/parallel/nccl_group.h"
 #endif
@@ -121,6 +122,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
       max_norm_(cfg.get_real("training.max_norm")) {
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  (void)attention_library_from_env();  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
   const int64_t ranks = group_.size();
   if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) {
     if (global % (shape_.batch * ranks) != 0)
@@ -191,6 +193,9 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
     group_.barrier();  // no rank saves before rank 0 has removed left-over incomplete saves
     if (auto dir = checkpoints_->resume_dir()) {
+      if (cfg.get_bool("checkpoint.create_seed_checkpoint"))  // it would overwrite step-0 with a trained state
+        throw UserError(concat("checkpoint.create_seed_checkpoint: ", opt.folder, " already holds ", *dir,
+                               "; write the seed into an empty checkpoint folder (a new job.dump_folder)"));
       resume_from(*dir, *source);
       engine_->from_host();
     }
@@ -255,8 +260,15 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
   }
   checkpoint::load_parameters(dir, meta, model_->parameters(), true);
   optimizer_.set_steps_taken(meta.has_optimizer ? meta.state.step : 0);
-  if (!meta.state.data_state.empty())
-    source.restore(data::StreamState::from_json(meta.state.data_state, dir + "/metadata.json"));
+  if (!meta.state.data_state.empty()) {
+    const std::string where = dir + "/metadata.json";
+    const auto state = data::StreamState::from_json(meta.state.data_state, where);
+    for (const int32_t t : state.carry)
+      if (t < 0 || t >= args_.vocab_size)
+        throw UserError(concat(where, ": malformed data loader state: token ", t, " is outside the vocabulary [0, ",
+                               args_.vocab_size, ")"));
+    source.restore(state);
+  }
   start_step_ = meta.state.step + 1;
   // Report what changed since the checkpoint (steps, schedule, logging may; the model may not).
   std::istringstream before(meta.state.config_toml), after(cfg_.to_toml());
