@@ -80,7 +80,25 @@ def test_training(titan, configs, tmp):
 def test_tool_bad_input(titan, data, tmp):
     """The tokenizer, data and checkpoint commands: one-line errors, exit 2."""
     tok = os.path.join(data, "tokenizers/llama3.tiktoken")
-    cases = [
+    # tokenizer.json added_tokens with ids that would silently alias other tokens.
+    hf = json.load(open(os.path.join(data, "tokenizers/llama3_tokenizer.json")))
+    vocab_token = next(t for t, i in hf["model"]["vocab"].items() if i == 5)
+    bad_added = {"negative": ([{"id": -1, "content": "<|x|>"}], "expected a non-negative integer id"),
+                 "wrapped": ([{"id": 2**32 + 5, "content": "<|x|>"}], "expected a non-negative integer id"),
+                 "fraction": ([{"id": 5.7, "content": "<|x|>"}], "expected a non-negative integer id"),
+                 "vocab_clash": ([{"id": 5, "content": "<|x|>"}], "vocabulary's token for other text"),
+                 "twice": ([{"id": 130000, "content": "<|x|>"}, {"id": 130000, "content": "<|y|>"}], "already <|x|>")}
+    hf_cases = []
+    for name, (added, expect) in bad_added.items():
+        path = os.path.join(tmp, f"added_{name}.json")
+        json.dump(dict(hf, added_tokens=added), open(path, "w"))
+        hf_cases.append((["tokenizer", "encode", "--tokenizer", path], '{"text": "a"}\n', expect))
+    ok_path = os.path.join(tmp, "added_ok.json")  # the same text at the same id is fine (GPT-2 does it)
+    json.dump(dict(hf, added_tokens=[{"id": 5, "content": vocab_token}]), open(ok_path, "w"))
+    r = subprocess.run([titan, "tokenizer", "encode", "--tokenizer", ok_path], input='{"text": "a"}\n',
+                       capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0, f"an added token repeating its vocabulary entry loads: {r.stderr.strip()[-160:]}")
+    cases = hf_cases + [
         (["tokenizer", "encode", "--tokenizer", tok], '{"text": "fine"}\nnot json\n', "stdin:2: invalid JSON"),
         (["tokenizer", "encode", "--tokenizer", tok], '{"txt": "x"}\n', 'stdin:1: expected an object with a string field "text"'),
         (["tokenizer", "encode"], "", "missing --tokenizer"),

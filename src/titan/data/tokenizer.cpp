@@ -196,13 +196,13 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path, const std::string& te
     int64_t max_id = -1;
     for (const auto& [tok, id] : vocab.items()) {
       need(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < (int64_t{1} << 31),
-           concat("model.vocab['", tok, "']: expected a non-negative integer id"));
+           concat("model.vocab[", json(tok).dump(), "]: expected a non-negative integer id"));
       max_id = std::max(max_id, id.get<int64_t>());
     }
     std::vector<std::string> tokens(max_id + 1);
     std::string bytes;
     for (const auto& [tok, id] : vocab.items()) {
-      need(unmap_byte_level(tok, bytes), concat("model.vocab['", tok, "']: not a byte-level token"));
+      need(unmap_byte_level(tok, bytes), concat("model.vocab[", json(tok).dump(), "]: not a byte-level token"));
       tokens[id.get<int64_t>()] = bytes;
     }
     std::vector<std::pair<int32_t, int32_t>> merges;
@@ -227,9 +227,21 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path, const std::string& te
     auto bpe = BytePairEncoder::from_merges(std::move(tokens), merges, model.value("ignore_merges", false), path);
     Tokenizer t(std::move(bpe), PreTokenizer(pattern, path));
     int64_t vocab_size = max_id + 1;
-    for (const auto& added : root.value("added_tokens", json::array())) {
-      const auto id = added.at("id").get<int32_t>();
-      t.add_special(added.at("content").get<std::string>(), id);
+    const json added_tokens = root.value("added_tokens", json::array());
+    for (size_t i = 0; i < added_tokens.size(); ++i) {
+      const json& jid = added_tokens[i].at("id");
+      const std::string content = added_tokens[i].at("content").get<std::string>(), where = concat("added_tokens[", i, "]");
+      need(jid.is_number_integer() && jid.get<int64_t>() >= 0 && jid.get<int64_t>() < (int64_t{1} << 31),
+           concat(where, " (", content, "): expected a non-negative integer id, found ", jid.dump()));
+      const auto id = jid.get<int32_t>();
+      // An id inside the vocabulary must be that token's own text (GPT-2 lists <|endoftext|> in both).
+      const std::string vocab_text = id < t.bpe_.size() ? t.bpe_.bytes(id) : std::string();
+      need(vocab_text.empty() || vocab_text == content,
+           concat(where, " (", content, "): id ", id, " is the vocabulary's token for other text"));
+      const auto named = t.special_names_.find(id);
+      need(named == t.special_names_.end() || named->second == content,
+           concat(where, " (", content, "): id ", id, " is already ", named == t.special_names_.end() ? "" : named->second));
+      t.add_special(content, id);
       vocab_size = std::max<int64_t>(vocab_size, id + 1);
     }
     t.vocab_size_ = vocab_size;
