@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_file as load_torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "oracle"))
@@ -192,6 +192,24 @@ def test_hf_export(titan, tmp):
     kept = read_titan_weights(os.path.join(folder, "checkpoint", "step-3"))
     check(c2.returncode == 2 and "already holds" in c2.stderr and all(np.array_equal(kept[k], orig[k]) for k in orig),
           f"convert --hf into a folder with checkpoints is refused {c2.stderr.strip()[-200:]}")
+    # Config values and tensors a conversion would drop or load wrong are refused, naming them.
+    bad_hf = [("rms_norm_eps", -1, None, "rms_norm_eps: expected a positive number"),
+              ("rope_theta", 0, None, "rope_theta: expected a positive number"),
+              ("head_dim", 32, None, "head_dim: expected hidden_size / num_attention_heads"),
+              (None, None, "model.layers.0.self_attn.q_proj.bias", "q_proj.bias is not part of a Llama 3 model"),
+              (None, "[]", None, "expected a JSON object")]
+    for i, (key, value, extra, expect) in enumerate(bad_hf):
+        d = os.path.join(tmp, f"bad_hf{i}")
+        subprocess.run(["cp", "-r", exp, d], check=True)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            f.write(value if key is None and value else json.dumps(dict(cfg, **({key: value} if key else {}))))
+        if extra:
+            tensors = dict(hf, **{extra: np.zeros(cfg["hidden_size"], dtype=np.float32)})
+            save_file(tensors, os.path.join(d, "model.safetensors"))
+        r = subprocess.run([titan, "convert", "--hf", d, "--output", os.path.join(tmp, f"bad_hf_out{i}")],
+                           capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        check(r.returncode == 2 and len(lines) == 1 and expect in lines[0], f"convert --hf refuses {expect!r}: {lines}")
     cont = os.path.join(tmp, "continued")
     os.makedirs(os.path.join(cont), exist_ok=True)
     os.system(f"cp -r {out} {cont}/checkpoint")
@@ -206,6 +224,19 @@ def test_hf_export(titan, tmp):
     bad = subprocess.run([titan, "generate", "--checkpoint", os.path.join(folder, "checkpoint"), "--prompt", "x",
                           "--top-p", "2"], capture_output=True, text=True)
     check(bad.returncode == 2 and "--top-p" in bad.stderr, "bad sampling flags are refused")
+    long = subprocess.run([titan, "generate", "--checkpoint", os.path.join(folder, "checkpoint"), "--prompt", "x",
+                           "--max-tokens", "5000"], capture_output=True, text=True)
+    check(long.returncode == 2 and "max_seq_len" in long.stderr, f"generating past max_seq_len is refused {long.stderr.strip()}")
+    # Weights that make the logits NaN: generate stops with an error, not a run of NUL tokens.
+    nan_hf = os.path.join(tmp, "nan_hf")
+    subprocess.run(["cp", "-r", exp, nan_hf], check=True)
+    save_file(dict(hf, **{"model.norm.weight": np.full(cfg["hidden_size"], np.nan, dtype=np.float32)}),
+              os.path.join(nan_hf, "model.safetensors"))
+    c = subprocess.run([titan, "convert", "--hf", nan_hf, "--output", os.path.join(tmp, "nan_ck")], capture_output=True, text=True)
+    g = subprocess.run([titan, "generate", "--checkpoint", os.path.join(tmp, "nan_ck"), "--prompt", "Hello",
+                        "--max-tokens", "4", "--temperature", "0"], capture_output=True, text=True)
+    check(c.returncode == 0 and g.returncode == 2 and "not finite" in g.stderr,
+          f"non-finite logits stop generate with an error: {c.stderr.strip()[-120:]} {g.stderr.strip()[-160:]}")
 
 
 def test_seed_checkpoint(titan, tmp):

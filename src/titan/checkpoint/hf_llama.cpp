@@ -1,5 +1,6 @@
 #include "titan/checkpoint/hf_llama.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -115,6 +116,7 @@ HfModel import_hf(const std::string& dir) {
   auto refuse = [&](const std::string& key, const std::string& why) {
     throw UserError(concat(config_path, ": ", key, ": ", why));
   };
+  if (!c.is_object()) throw UserError(concat(config_path, ": expected a JSON object, found ", c.type_name()));
   if (c.value("model_type", "") != "llama") refuse("model_type", "expected llama, found " + c.value("model_type", std::string("none")));
   if (c.contains("rope_scaling") && !c["rope_scaling"].is_null())
     refuse("rope_scaling", "not supported yet (Llama 3.1+ frequency scaling); loading it without would be silently wrong");
@@ -139,6 +141,13 @@ HfModel import_hf(const std::string& dir) {
     m.args.vocab_size = vocab;
     m.args.rope_theta = c.value("rope_theta", 10000.0);
     m.args.norm_eps = c.value("rms_norm_eps", 1e-5f);
+    if (!(m.args.rope_theta > 0) || !std::isfinite(m.args.rope_theta))
+      refuse("rope_theta", concat("expected a positive number, found ", c["rope_theta"].dump()));
+    if (!(m.args.norm_eps > 0) || !std::isfinite(m.args.norm_eps))
+      refuse("rms_norm_eps", concat("expected a positive number, found ", c["rms_norm_eps"].dump()));
+    if (c.contains("head_dim") && !c["head_dim"].is_null() && c["head_dim"].get<int64_t>() != dim / heads)
+      refuse("head_dim", concat("expected hidden_size / num_attention_heads = ", dim / heads, " (titan's Llama), found ",
+                                c["head_dim"].dump()));
   } catch (const json::exception& e) {
     throw UserError(concat(config_path, ": ", e.what()));
   }
@@ -193,7 +202,13 @@ HfModel import_hf(const std::string& dir) {
       w = std::move(meta);
     }
     m.weights.emplace(name, std::move(w));
+    hf.erase(it);
   }
+  // Anything left would be dropped: refuse it (biases, extra layers), except RoPE's cached
+  // frequencies, which older exports save and titan recomputes.
+  for (const auto& [key, entry] : hf)
+    if (!ends_with(key, "rotary_emb.inv_freq"))
+      throw UserError(concat(entry.second, ": tensor ", key, " is not part of a Llama 3 model of this shape (it would be dropped)"));
   return m;
 }
 

@@ -112,7 +112,13 @@ int convert_main(const std::vector<std::string>& args) {
     const auto m = checkpoint::import_hf(a.required("hf", cmd));
     std::string tok_fp = "unknown";
     const std::string tok_path = a.get("tokenizer", (fs::path(a.required("hf", cmd)) / "tokenizer.json").string());
-    if (fs::exists(tok_path)) tok_fp = std::to_string(data::Tokenizer::load(tok_path).fingerprint());
+    if (fs::exists(tok_path)) {
+      const auto tok = data::Tokenizer::load(tok_path);
+      if (tok.vocab_size() > m.args.vocab_size)
+        throw UserError(concat(cmd, ": ", tok_path, " has ", tok.vocab_size(), " ids, more than the model's vocab_size ",
+                               m.args.vocab_size));
+      tok_fp = std::to_string(tok.fingerprint());
+    }
     llama3::Transformer model(m.args);
     for (auto& p : model.parameters()) {
       const auto& w = m.weights.at(p.name);
@@ -170,7 +176,11 @@ int generate_main(const std::vector<std::string>& args) {
   const auto prompt = tok.encode(a.required("prompt", cmd), true, false);
   if (tok.vocab_size() > model->args().vocab_size)
     throw UserError(concat("the tokenizer has ", tok.vocab_size(), " ids, the model ", model->args().vocab_size));
-  llama3::KvCacheDecoder decoder(*model, static_cast<int64_t>(prompt.size()) + max_tokens);
+  const int64_t context = static_cast<int64_t>(prompt.size()) + max_tokens;
+  if (context > model->args().max_seq_len)
+    throw UserError(concat(cmd, ": the prompt (", prompt.size(), " tokens) plus --max-tokens ", max_tokens,
+                           " is more than the model's max_seq_len ", model->args().max_seq_len));
+  llama3::KvCacheDecoder decoder(*model, context);
   const std::vector<float>* logits = nullptr;
   for (int32_t t : prompt) logits = &decoder.step(t);
   NamedStream rng(seed, "generate");
@@ -179,6 +189,9 @@ int generate_main(const std::vector<std::string>& args) {
   std::vector<double> probs(model->args().vocab_size);
   for (int64_t i = 0; i < max_tokens; ++i) {
     const auto& z = *logits;
+    if (!std::all_of(z.begin(), z.end(), [](float x) { return std::isfinite(x); }))
+      throw UserError(concat(dir, ": the model's logits are not finite at generated token ", i,
+                             " (the checkpoint's weights or norms are broken)"));
     int32_t next;
     if (temperature == 0) {
       next = static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin());
