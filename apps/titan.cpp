@@ -1,5 +1,6 @@
 // titan: one binary for training and its tools.
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <new>
 #include <string>
@@ -43,22 +44,40 @@ int dispatch(int argc, char** argv) {
   throw titan::UserError("unknown command '" + command + "' (run 'titan --help')");
 }
 
+// Errors stay one line of readable length whatever they quote (a file's bytes, a huge value).
+std::string one_line(const char* what) {
+  constexpr size_t kMax = 1000;
+  const std::string in(what);
+  std::string out;
+  for (size_t i = 0; i < in.size() && out.size() < kMax; ++i) {
+    const unsigned char c = static_cast<unsigned char>(in[i]);
+    if (c == '\n') out += "\\n";
+    else if (c < 0x20 || c == 0x7f) out += "\\x" + std::string(1, "0123456789abcdef"[c >> 4]) + "0123456789abcdef"[c & 15];
+    else out += static_cast<char>(c);
+  }
+  if (out.size() >= kMax && in.size() > kMax) out += "... (" + std::to_string(in.size()) + " bytes in all)";
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     return dispatch(argc, argv);
   } catch (const titan::UserError& e) {
-    std::cerr << "titan: error: " << e.what() << "\n";
+    std::cerr << "titan: error: " << one_line(e.what()) << "\n";
+    return 2;
+  } catch (const std::filesystem::filesystem_error& e) {  // a path the user gave: too long, a link loop
+    std::cerr << "titan: error: " << one_line(e.what()) << "\n";
     return 2;
   } catch (const titan::InternalError& e) {
-    std::cerr << "titan: internal error (please report): " << e.what() << "\n";
+    std::cerr << "titan: internal error (please report): " << one_line(e.what()) << "\n";
     return 3;
   } catch (const std::bad_alloc&) {
     std::cerr << "titan: error: out of memory (try a smaller training.batch_size or training.seq_len)\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "titan: error: " << e.what() << "\n";
+    std::cerr << "titan: error: " << one_line(e.what()) << "\n";
     return 1;
   }
 }

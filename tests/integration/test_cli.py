@@ -206,6 +206,16 @@ def test_bad_input(titan, data, tmp):
         lines = r.stderr.strip().splitlines()
         ok = r.returncode == 2 and len(lines) == 1 and lines[0].startswith("titan: error:") and (expect in lines[0])
         check(ok, f"bad input, {what}: exit {r.returncode}, stderr {lines}")
+    # Paths and values that used to reach the user as library exceptions or several lines.
+    os.symlink("loop_b.jsonl", os.path.join(tmp, "loop_a.jsonl"))
+    os.symlink("loop_a.jsonl", os.path.join(tmp, "loop_b.jsonl"))
+    for what, dataset in [("a symlink loop", os.path.join(tmp, "loop_a.jsonl")), ("a newline", "a\nb" * 3),
+                          ("a 5,000-byte name", "a" * 5000)]:
+        r = run(titan, "train", "--training.steps", "1", "--training.dataset", dataset, "--job.dump_folder",
+                os.path.join(tmp, "bad_path"))
+        lines = r.stderr.strip().splitlines()
+        check(r.returncode == 2 and len(lines) == 1 and lines[0].startswith("titan: error:") and len(lines[0]) < 1100,
+              f"a dataset path with {what}: one line, exit 2: exit {r.returncode}, {[l[:120] for l in lines]}")
     r = run(titan, "train", "--training.steps", "1", "--training.dataset", "synthetic", "--job.dump_folder",
             os.path.join(tmp, "bad_env"), env={"TITAN_ATTENTION_IMPL": "bogus"})
     check(r.returncode == 2 and "TITAN_ATTENTION_IMPL=bogus" in r.stderr,
