@@ -262,7 +262,10 @@ def test_bad_metadata(titan, tmp):
         return
     cases = [("negative step", lambda m, d: m["state"].__setitem__("step", -5), "negative"),
              ("step-2 recording step 7", lambda m, d: m["state"].__setitem__("step", 7), "records step 7"),
-             ("loader token outside the vocabulary", lambda m, d: d.__setitem__("carry", [999999]), "outside the vocabulary")]
+             ("loader token outside the vocabulary", lambda m, d: d.__setitem__("carry", [999999]), "outside the vocabulary"),
+             ("zero ranks", lambda m, d: m.__setitem__("world", 0), "saved by 0 ranks"),
+             ("a shard of negative size", lambda m, d: m["shards"][0].__setitem__("bytes", -4), "do not describe a shard"),
+             ("a negative shape", lambda m, d: m["shards"][0].__setitem__("global_shape", [-256, -256]), "bad shape")]
     for i, (what, edit, expect) in enumerate(cases):
         folder = os.path.join(tmp, f"meta{i}")
         subprocess.run(["cp", "-r", base, folder], check=True)
@@ -276,6 +279,11 @@ def test_bad_metadata(titan, tmp):
         lines = r.stderr.strip().splitlines()
         check(r.returncode == 2 and len(lines) == 1 and expect in lines[0] and "metadata.json" in lines[0],
               f"resume refuses {what}: exit {r.returncode}, {lines[-1:] if lines else ''}")
+        if "loader" in what:
+            continue  # only a run knows the vocabulary that bounds the loader's tokens
+        v = subprocess.run([titan, "inspect", os.path.join(folder, "checkpoint", "step-2"), "--verify"],
+                           capture_output=True, text=True)
+        check(v.returncode == 2 and expect in v.stderr, f"inspect --verify refuses {what}: exit {v.returncode}")
 
 
 def main():

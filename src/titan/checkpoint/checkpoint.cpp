@@ -136,6 +136,20 @@ std::vector<ShardEntry> entries_from_json(const json& shards, const std::string&
     x.offset = e.at("offset").get<int64_t>();
     x.bytes = e.at("bytes").get<int64_t>();
     x.checksum = std::stoull(e.at("xxh3").get<std::string>(), nullptr, 16);
+    // Each entry must describe itself consistently before anything is sized or read from it.
+    int64_t row_elems = 1;
+    bool shape_ok = !x.global_shape.empty() && x.global_shape[0] > 0;
+    for (size_t d = 1; d < x.global_shape.size() && shape_ok; ++d) {
+      shape_ok = x.global_shape[d] > 0 && x.global_shape[d] <= (int64_t{1} << 40) / row_elems;
+      if (shape_ok) row_elems *= x.global_shape[d];
+    }
+    if (!shape_ok || x.global_shape[0] > (int64_t{1} << 40) / row_elems)
+      throw UserError(concat(path, ": tensor ", x.tensor, ": bad shape ", e.at("global_shape").dump()));
+    if (x.rank < 0 || x.offset < 0 || x.row_begin < 0 || x.row_begin > x.row_end || x.row_end > x.global_shape[0] ||
+        x.bytes != (x.row_end - x.row_begin) * row_elems * 4)
+      throw UserError(concat(path, ": tensor ", x.tensor, " rank ", x.rank, ": rows ", e.at("rows").dump(), ", offset ",
+                             x.offset, " and bytes ", x.bytes, " do not describe a shard of shape ",
+                             e.at("global_shape").dump()));
     out.push_back(std::move(x));
   }
   return out;
@@ -227,6 +241,9 @@ Metadata read_metadata(const std::string& step_dir) {
     m.shards = entries_from_json(j.at("shards"), path);
     if (m.state.step < 0) throw UserError(concat(path, ": malformed metadata: step ", m.state.step, " is negative"));
     if (m.world < 1) throw UserError(concat(path, ": malformed metadata: saved by ", m.world, " ranks"));
+    for (const auto& e : m.shards)
+      if (e.rank >= m.world)
+        throw UserError(concat(path, ": malformed metadata: tensor ", e.tensor, " names rank ", e.rank, " of ", m.world));
     // A step-N folder holds step N: a resume must not continue from a different step than it names.
     fs::path folder = fs::path(step_dir).lexically_normal();
     if (folder.filename().empty()) folder = folder.parent_path();
