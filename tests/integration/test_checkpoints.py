@@ -264,6 +264,7 @@ def test_bad_metadata(titan, tmp):
              ("step-2 recording step 7", lambda m, d: m["state"].__setitem__("step", 7), "records step 7"),
              ("loader token outside the vocabulary", lambda m, d: d.__setitem__("carry", [999999]), "outside the vocabulary"),
              ("zero ranks", lambda m, d: m.__setitem__("world", 0), "saved by 0 ranks"),
+             ("a garbage model signature", lambda m, d: m["state"].__setitem__("model_signature", "{oops"), "malformed metadata"),
              ("a shard of negative size", lambda m, d: m["shards"][0].__setitem__("bytes", -4), "do not describe a shard"),
              ("a negative shape", lambda m, d: m["shards"][0].__setitem__("global_shape", [-256, -256]), "bad shape")]
     for i, (what, edit, expect) in enumerate(cases):

@@ -107,6 +107,8 @@ def test_tool_bad_input(titan, data, tmp):
         (["tokenizer", "train", "--input", os.path.join(data, "corpus/small.jsonl"), "--vocab-size", "100",
           "--output", os.path.join(tmp, "t.tiktoken")], "", "--vocab-size 100"),
         (["tokenizer", "frobnicate"], "", "unknown sub-command"),
+        (["tokenizer", "train", "--input", os.path.join(data, "corpus/small.jsonl"), "--vocab-size", "300",
+          "--output", tmp], "", "is a directory"),
         (["data", "tokenize", "--input", os.path.join(data, "corpus/small.jsonl")], "", "missing --output"),
         (["data", "tokenize", "--input", "/nonexistent.jsonl", "--output", os.path.join(tmp, "sh")], "", "no such file"),
         (["inspect", tmp], "", "no titan checkpoint here"),

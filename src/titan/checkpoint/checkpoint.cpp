@@ -237,6 +237,8 @@ Metadata read_metadata(const std::string& step_dir) {
     m.state.step = s.at("step").get<int64_t>();
     m.state.data_state = s.at("data").get<std::string>();
     m.state.model_signature = s.at("model_signature").get<std::string>();
+    if (!json::parse(m.state.model_signature).is_object())
+      throw UserError(concat(path, ": malformed metadata: model_signature is not a JSON object"));
     m.state.config_toml = s.at("config").get<std::string>();
     m.shards = entries_from_json(j.at("shards"), path);
     if (m.state.step < 0) throw UserError(concat(path, ": malformed metadata: step ", m.state.step, " is negative"));

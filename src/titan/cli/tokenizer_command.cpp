@@ -1,5 +1,6 @@
 #include "titan/cli/tokenizer_command.h"
 
+#include <filesystem>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -77,6 +78,9 @@ int decode(const ParsedArgs& a) {
 int train(const ParsedArgs& a) {
   const std::string cmd = "tokenizer train";
   const std::string output = a.required("output", cmd);
+  std::error_code ec;
+  if (std::filesystem::is_directory(output, ec))  // checked before the training, not at the write after it
+    throw UserError(concat(cmd, ": --output ", output, " is a directory; give the file to write"));
   a.required("vocab-size", cmd);
   const int64_t ranks = a.get_int("vocab-size", 0, cmd);
   if (ranks < 256 + 1 || ranks > 1000000)
