@@ -197,8 +197,10 @@ TEST(CheckpointCommit, RankZeroCollectsEveryRanksEntriesOrTimesOut) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::vector<std::vector<checkpoint::ShardEntry>> parts(3);
-  for (int r = 0; r < 3; ++r)
-    parts[r].push_back({"model/w", {7, 2}, r, r * 3, std::min(7, r * 3 + 3), 0, 24, 0x1234abcdULL + r});
+  for (int r = 0; r < 3; ++r) {
+    const int64_t begin = r * 3, end = std::min(7, r * 3 + 3);
+    parts[r].push_back({"model/w", {7, 2}, r, begin, end, 0, (end - begin) * 2 * 4, 0x1234abcdULL + r});
+  }
   checkpoint::write_rank_entries(dir.string(), 0, parts[0]);
   checkpoint::write_rank_entries(dir.string(), 2, parts[2]);
   try {
