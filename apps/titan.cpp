@@ -49,13 +49,15 @@ std::string one_line(const char* what) {
   constexpr size_t kMax = 1000;
   const std::string in(what);
   std::string out;
-  for (size_t i = 0; i < in.size() && out.size() < kMax; ++i) {
+  size_t i = 0;
+  for (; i < in.size() && out.size() < kMax; ++i) {
     const unsigned char c = static_cast<unsigned char>(in[i]);
     if (c == '\n') out += "\\n";
     else if (c < 0x20 || c == 0x7f) out += "\\x" + std::string(1, "0123456789abcdef"[c >> 4]) + "0123456789abcdef"[c & 15];
     else out += static_cast<char>(c);
   }
-  if (out.size() >= kMax && in.size() > kMax) out += "... (" + std::to_string(in.size()) + " bytes in all)";
+  while (i < in.size() && (static_cast<unsigned char>(in[i]) & 0xc0) == 0x80) out += in[i++];  // finish a UTF-8 character
+  if (i < in.size()) out += "... (" + std::to_string(in.size()) + " bytes in all)";
   return out;
 }
 

@@ -252,7 +252,7 @@ Metadata read_metadata(const std::string& step_dir) {
     const std::string name = folder.filename().string();
     const bool step_name = name.size() > 5 && name.rfind("step-", 0) == 0 &&
                            name.find_first_not_of("0123456789", 5) == std::string::npos;
-    if (step_name && name != step_dir_name(m.state.step))
+    if (step_name && (name.size() > 24 || std::stoll(name.substr(5)) != m.state.step))
       throw UserError(concat(path, ": malformed metadata: the folder is ", name, " but it records step ", m.state.step));
     return m;
   } catch (const json::exception& e) {

@@ -105,10 +105,12 @@ int convert_main(const std::vector<std::string>& args) {
     // resume would take instead.
     std::error_code ec;
     if (fs::is_directory(out, ec))
-      for (const auto& entry : fs::directory_iterator(out, ec))
-        if (entry.path().filename().string().rfind("step-", 0) == 0)
-          throw UserError(concat(cmd, ": --output ", out, " already holds ", entry.path().filename().string(),
-                                 "; convert into an empty or new folder"));
+      for (const auto& entry : fs::directory_iterator(out, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (entry.is_directory(ec) && name.size() > 5 && name.rfind("step-", 0) == 0 &&
+            name.find_first_not_of("0123456789", 5) == std::string::npos)
+          throw UserError(concat(cmd, ": --output ", out, " already holds ", name, "; convert into an empty or new folder"));
+      }
     const auto m = checkpoint::import_hf(a.required("hf", cmd));
     std::string tok_fp = "unknown";
     const std::string tok_path = a.get("tokenizer", (fs::path(a.required("hf", cmd)) / "tokenizer.json").string());
@@ -176,10 +178,11 @@ int generate_main(const std::vector<std::string>& args) {
   const auto prompt = tok.encode(a.required("prompt", cmd), true, false);
   if (tok.vocab_size() > model->args().vocab_size)
     throw UserError(concat("the tokenizer has ", tok.vocab_size(), " ids, the model ", model->args().vocab_size));
+  // The KV cache holds the whole context; 2^20 tokens is far past any Llama 3 context.
   const int64_t context = static_cast<int64_t>(prompt.size()) + max_tokens;
-  if (context > model->args().max_seq_len)
+  if (context > (int64_t{1} << 20))
     throw UserError(concat(cmd, ": the prompt (", prompt.size(), " tokens) plus --max-tokens ", max_tokens,
-                           " is more than the model's max_seq_len ", model->args().max_seq_len));
+                           " is more than 1,048,576 tokens of context"));
   llama3::KvCacheDecoder decoder(*model, context);
   const std::vector<float>* logits = nullptr;
   for (int32_t t : prompt) logits = &decoder.step(t);
