@@ -62,6 +62,9 @@ def test_exact_resume(titan, tmp):
           f"a changed model shape is refused: {r.stderr.strip()[:160]}")
     r = train(titan, a, "--training.steps", "12", "--checkpoint.load_step", "7")
     check(r.returncode == 2 and "no complete checkpoint step-7" in r.stderr, "a missing load_step is refused")
+    r = train(titan, a, "--training.steps", "8", "--checkpoint.load_step", "4")
+    check(r.returncode == 0 and "resumes before step-10" in r.stdout,
+          f"load_step older than the latest checkpoint warns that later steps get replaced {r.stdout[-300:]}")
 
 
 def test_sigkill_during_save(titan, tmp):

@@ -38,6 +38,9 @@ std::optional<std::string> CheckpointManager::resume_dir() const {
     if (std::find(steps.begin(), steps.end(), opt_.load_step) == steps.end())
       throw UserError(concat("checkpoint.load_step = ", opt_.load_step, ": no complete checkpoint ",
                              step_dir_name(opt_.load_step), " in ", opt_.folder));
+    if (steps.back() > opt_.load_step)
+      log_ << "warning: checkpoint.load_step = " << opt_.load_step << " resumes before " << step_dir_name(steps.back())
+           << "; this run's saves replace the later checkpoints of the same steps\n";
     return (fs::path(opt_.folder) / step_dir_name(opt_.load_step)).string();
   }
   if (steps.empty()) return std::nullopt;
