@@ -108,6 +108,13 @@ TEST(Checkpoint, SavedAtOneRankCountLoadsAtAnyOther) {
   }
 }
 
+TEST(Checkpoint, StepFolderNamesAreStepAndDigits) {
+  EXPECT_EQ(checkpoint::step_of_dir_name("step-0"), 0);
+  EXPECT_EQ(checkpoint::step_of_dir_name("step-0100"), 100);
+  for (const char* other : {"step-", "step-3.tmp", "step--4", "step-+5", "export-step-3", "step-12345678901234567890"})
+    EXPECT_FALSE(checkpoint::step_of_dir_name(other)) << other;
+}
+
 TEST(Checkpoint, IncompleteSavesAreNotCheckpoints) {
   TempDir d;
   save_sharded(d.path, 1, 3);

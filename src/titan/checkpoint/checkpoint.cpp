@@ -82,6 +82,13 @@ std::string rank_file_name(int rank) {
 
 std::string step_dir_name(int64_t step) { return "step-" + std::to_string(step); }
 
+std::optional<int64_t> step_of_dir_name(const std::string& name) {
+  if (name.size() <= 5 || name.size() > 5 + 18 || name.rfind("step-", 0) != 0 ||
+      name.find_first_not_of("0123456789", 5) != std::string::npos)
+    return std::nullopt;
+  return std::stoll(name.substr(5));
+}
+
 std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
                                         bool optimizer) {
   std::error_code ec;
@@ -250,9 +257,7 @@ Metadata read_metadata(const std::string& step_dir) {
     fs::path folder = fs::path(step_dir).lexically_normal();
     if (folder.filename().empty()) folder = folder.parent_path();
     const std::string name = folder.filename().string();
-    const bool step_name = name.size() > 5 && name.rfind("step-", 0) == 0 &&
-                           name.find_first_not_of("0123456789", 5) == std::string::npos;
-    if (step_name && (name.size() > 24 || std::stoll(name.substr(5)) != m.state.step))
+    if (const auto named = step_of_dir_name(name); named && *named != m.state.step)
       throw UserError(concat(path, ": malformed metadata: the folder is ", name, " but it records step ", m.state.step));
     return m;
   } catch (const json::exception& e) {
@@ -319,15 +324,8 @@ std::vector<int64_t> list_steps(const std::string& folder) {
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) return steps;
   for (const auto& e : fs::directory_iterator(folder, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;
-    if (!fs::exists(e.path() / "metadata.json")) continue;
-    try {
-      size_t used = 0;
-      const int64_t s = std::stoll(name.substr(5), &used);
-      if (used == name.size() - 5) steps.push_back(s);
-    } catch (const std::exception&) {
-    }
+    const auto step = step_of_dir_name(e.path().filename().string());
+    if (step && fs::exists(e.path() / "metadata.json")) steps.push_back(*step);
   }
   std::sort(steps.begin(), steps.end());
   return steps;

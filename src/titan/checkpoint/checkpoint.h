@@ -41,6 +41,8 @@ struct Metadata {
 
 std::string rank_file_name(int rank);
 std::string step_dir_name(int64_t step);
+// N for a folder named step-N (digits only), nothing for any other name (step-3.tmp included).
+std::optional<int64_t> step_of_dir_name(const std::string& name);
 
 // Writes this rank's file into `dir` (a step-N.tmp folder) and returns its entries. With
 // optimizer = false only the model weights are written.

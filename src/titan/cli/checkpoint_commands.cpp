@@ -107,8 +107,7 @@ int convert_main(const std::vector<std::string>& args) {
     if (fs::is_directory(out, ec))
       for (const auto& entry : fs::directory_iterator(out, ec)) {
         const std::string name = entry.path().filename().string();
-        if (entry.is_directory(ec) && name.size() > 5 && name.rfind("step-", 0) == 0 &&
-            name.find_first_not_of("0123456789", 5) == std::string::npos)
+        if (entry.is_directory(ec) && checkpoint::step_of_dir_name(name))
           throw UserError(concat(cmd, ": --output ", out, " already holds ", name, "; convert into an empty or new folder"));
       }
     const auto m = checkpoint::import_hf(a.required("hf", cmd));
