@@ -192,7 +192,7 @@ TEST(CudaTransformer, GraphStepMatchesEagerStepBitForBit) {
   expect_graph_step_matches_eager_step({2 * 301 * 32});  // 32 rows per group: 5 groups of the 140 rows
 }
 
-// TITAN_ATTENTION_IMPL=auto on a shape cuDNN takes (head_dim 64, seq 128): cuDNN plans both
+// Attention auto (the trainer's default) on a shape cuDNN takes (head_dim 64, seq 128): cuDNN plans both
 // directions in the eager first step and runs inside the replayed graphs, with losses and
 // gradient norms near titan's kernels' on the same batches.
 TEST(CudaTransformer, AutoAttentionRunsCudnnInsideTheGraphStep) {
@@ -203,15 +203,8 @@ TEST(CudaTransformer, AutoAttentionRunsCudnnInsideTheGraphStep) {
   const BatchShape s{2, 128};
   Transformer host(a);
   host.init_weights(fresh_seed());
-  setenv("TITAN_ATTENTION_IMPL", "auto", 1);
-  std::unique_ptr<CudaTransformer> with_auto;
-  try {
-    with_auto = std::make_unique<CudaTransformer>(a, host.parameters());
-  } catch (...) {
-    unsetenv("TITAN_ATTENTION_IMPL");
-    throw;
-  }
-  unsetenv("TITAN_ATTENTION_IMPL");
+  auto with_auto = std::make_unique<CudaTransformer>(a, host.parameters(), nullptr, ReshardPolicy{},
+                                                     AttentionLibrary::automatic);
   const std::string used = with_auto->attention_description();
   if (used.find("cannot load") != std::string::npos) GTEST_SKIP() << "no cuDNN here: " << used;
   ASSERT_NE(with_auto->cudnn_attention(), nullptr) << used;

@@ -123,7 +123,7 @@ TEST(CudnnLibrary, InstalledLibraryHasEveryEntryPoint) {
 }
 
 TEST(CudnnAttentionChoice, EnvironmentSelectsTheImplementation) {
-  const std::pair<const char*, AttentionLibrary> cases[] = {{nullptr, AttentionLibrary::titan},
+  const std::pair<const char*, AttentionLibrary> cases[] = {{nullptr, AttentionLibrary::automatic},
                                                                {"titan", AttentionLibrary::titan},
                                                                {"cudnn", AttentionLibrary::cudnn},
                                                                {"auto", AttentionLibrary::automatic}};

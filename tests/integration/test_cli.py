@@ -222,6 +222,11 @@ def test_bad_input(titan, data, tmp):
             os.path.join(tmp, "bad_env"), env={"TITAN_ATTENTION_IMPL": "bogus"})
     check(r.returncode == 2 and "TITAN_ATTENTION_IMPL=bogus" in r.stderr,
           f"a bad TITAN_ATTENTION_IMPL is refused on the CPU too: {r.stderr.strip()[-160:]}")
+    r = run(titan, "train", "--training.steps", "1", "--training.dataset", "synthetic", "--training.deterministic",
+            "true", "--job.dump_folder", os.path.join(tmp, "det_cudnn"), env={"TITAN_ATTENTION_IMPL": "cudnn"})
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode == 2 and len(lines) == 1 and "--training.deterministic" in lines[0] and "cudnn" in lines[0],
+          f"training.deterministic with TITAN_ATTENTION_IMPL=cudnn is one error naming both: {lines}")
     r = run(titan)
     check(r.returncode == 2 and "usage" in r.stdout, "no command prints usage and exits 2")
     r = run(titan, "frobnicate")

@@ -10,6 +10,8 @@
 #include "titan/models/llama3/transformer.h"
 #include "titan/metrics/flops.h"
 #include "titan/train/memory_estimate.h"
+#include "titan/ops/attention_library.h"
+#include "titan/core/error.h"
 
 using namespace titan;
 using namespace titan::llama3;
@@ -177,29 +179,55 @@ TEST(MemoryEstimate, ShardsDivideStateAndAddGatheredBlocks) {
   EXPECT_EQ(eight.activations, one.activations);  // FSDP shards state, not activations
 }
 
-// TITAN_ATTENTION_IMPL=cudnn or auto: cuDNN's backward scratch (fp32 dQ accumulator and softmax
-// row sums) counts as a buffer, for the shapes cuDNN takes only.
+// Attention cudnn or auto: cuDNN's backward scratch (fp32 dQ accumulator and softmax row sums)
+// counts as a buffer, for the shapes cuDNN takes only.
 TEST(MemoryEstimate, CudnnAttentionAddsItsBackwardScratch) {
-  const char* name = "TITAN_ATTENTION_IMPL";
-  auto buffers = [&](const char* impl, const ModelArgs& a, BatchShape s) {
-    if (impl) setenv(name, impl, 1);
-    else unsetenv(name);
-    const double b = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda, 1).buffers;
-    unsetenv(name);
-    return b;
+  auto buffers = [](AttentionLibrary impl, const ModelArgs& a, BatchShape s) {
+    return train::estimate_memory(a, s, {}, train::EstimateBackend::cuda, 1, false, impl).buffers;
   };
   const ModelArgs one_b = flavor("1B");  // 32 heads of 64
   const BatchShape s{4, 2048};
-  const double titan = buffers(nullptr, one_b, s);
-  EXPECT_EQ(buffers("titan", one_b, s), titan);
+  const double titan = buffers(AttentionLibrary::titan, one_b, s);
+  EXPECT_EQ(train::estimate_memory(one_b, s, {}, train::EstimateBackend::cuda, 1).buffers, titan);
   // 4 x 32 x 2048 x 64 fp32 (64 MiB) + 4 x 32 x 2048 fp32 row sums (1 MiB), in 2 MiB blocks.
-  EXPECT_EQ(buffers("cudnn", one_b, s) - titan, 66.0 * (1 << 20));
-  EXPECT_EQ(buffers("auto", one_b, s) - titan, 66.0 * (1 << 20));
+  EXPECT_EQ(buffers(AttentionLibrary::cudnn, one_b, s) - titan, 66.0 * (1 << 20));
+  EXPECT_EQ(buffers(AttentionLibrary::automatic, one_b, s) - titan, 66.0 * (1 << 20));
   // The debug model's head_dim 16 stays on titan's kernels: nothing added.
   const ModelArgs debug = flavor("debugmodel");
-  EXPECT_EQ(buffers("cudnn", debug, {8, 2048}), buffers(nullptr, debug, {8, 2048}));
+  EXPECT_EQ(buffers(AttentionLibrary::cudnn, debug, {8, 2048}), buffers(AttentionLibrary::titan, debug, {8, 2048}));
   // Nor for keys that are not a multiple of 128.
-  EXPECT_EQ(buffers("cudnn", one_b, {4, 2000}), buffers(nullptr, one_b, {4, 2000}));
+  EXPECT_EQ(buffers(AttentionLibrary::cudnn, one_b, {4, 2000}), buffers(AttentionLibrary::titan, one_b, {4, 2000}));
+}
+
+// TITAN_ATTENTION_IMPL unset means auto; training.deterministic keeps titan's kernels and refuses
+// an explicit cudnn, naming where the key was set.
+TEST(AttentionLibraryChoice, DeterministicRunsKeepTitanKernels) {
+  const char* name = "TITAN_ATTENTION_IMPL";
+  auto choose = [&](const char* value, bool deterministic) {
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+    try {
+      const AttentionLibrary a = attention_library_for_run(deterministic, "x.toml: training.deterministic");
+      unsetenv(name);
+      return a;
+    } catch (...) {
+      unsetenv(name);
+      throw;
+    }
+  };
+  EXPECT_EQ(choose(nullptr, false), AttentionLibrary::automatic);
+  EXPECT_EQ(choose("cudnn", false), AttentionLibrary::cudnn);
+  EXPECT_EQ(choose("titan", false), AttentionLibrary::titan);
+  EXPECT_EQ(choose(nullptr, true), AttentionLibrary::titan);
+  EXPECT_EQ(choose("auto", true), AttentionLibrary::titan);
+  EXPECT_EQ(choose("titan", true), AttentionLibrary::titan);
+  try {
+    choose("cudnn", true);
+    ADD_FAILURE() << "cudnn with training.deterministic = true was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("x.toml: training.deterministic"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("TITAN_ATTENTION_IMPL=cudnn"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ClassifierPlan, GroupsRowsUnderTheBudget) {

@@ -66,6 +66,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "fsdp_reshard_after_forward", string, "default", "FSDP: free gathered weights after forward and gather again for backward: default (blocks do; the root and the last block do not), always (those too), never (keep them: less traffic, more memory)"},
       {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
       {"training", "compile", boolean, "false", "GPU: fused kernels and CUDA graphs of the step (no effect on the CPU)"},
+      {"training", "deterministic", boolean, "false", "GPU: only kernels that sum in a fixed order, so reruns give bit-identical losses (attention stays on titan's kernels instead of cuDNN's); the CPU always does"},
       {"training", "dataset", string, "c4", "c4, c4_test, synthetic, synthetic_pattern, or a file, folder or glob"},
       {"training", "dataset_path", string, "", "where the dataset lives (c4: the folder of en/c4-train.*.json.gz)"},
       {"training", "dataset_field", string, "text", "titan: the JSON field holding each document's text"},

@@ -3,12 +3,22 @@
 #include <string>
 
 #include "titan/core/env.h"
+#include "titan/core/error.h"
 
 namespace titan {
 
 AttentionLibrary attention_library_from_env() {
-  const std::string word = env_word("TITAN_ATTENTION_IMPL", {"titan", "cudnn", "auto"}, "titan");
+  const std::string word = env_word("TITAN_ATTENTION_IMPL", {"titan", "cudnn", "auto"}, "auto");
   return word == "cudnn" ? AttentionLibrary::cudnn : word == "auto" ? AttentionLibrary::automatic : AttentionLibrary::titan;
+}
+
+AttentionLibrary attention_library_for_run(bool deterministic, const std::string& where) {
+  const AttentionLibrary asked = attention_library_from_env();
+  if (!deterministic) return asked;
+  if (asked == AttentionLibrary::cudnn)
+    throw UserError(concat(where, ": training.deterministic = true keeps titan's attention kernels, but TITAN_ATTENTION_IMPL=cudnn "
+                                  "asks for cuDNN's, whose backward is not bit-reproducible; unset one of them"));
+  return AttentionLibrary::titan;
 }
 
 bool cudnn_attention_takes(int64_t seq, int64_t heads, int64_t kv_heads, int64_t head_dim) {

@@ -3,14 +3,20 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace titan {
 
-// TITAN_ATTENTION_IMPL: titan (unset: titan's kernels), cudnn (cuDNN for the shapes it takes;
-// failing to load it or to plan one of those shapes is an error), auto (cuDNN where it loads and
-// plans the shape, titan's kernels otherwise). UserError for any other value.
+// TITAN_ATTENTION_IMPL: auto (unset: cuDNN where it loads and plans the shape, titan's kernels
+// otherwise), titan (titan's kernels only), cudnn (cuDNN for the shapes it takes; failing to load
+// it or to plan one of those shapes is an error). UserError for any other value.
 enum class AttentionLibrary { titan, cudnn, automatic };
 AttentionLibrary attention_library_from_env();
+
+// What a run uses: the above, except that a deterministic run (training.deterministic) keeps
+// titan's kernels, since cuDNN's backward sums dQ with atomics. UserError where
+// TITAN_ATTENTION_IMPL=cudnn asks for the opposite; `where` names the config key's origin.
+AttentionLibrary attention_library_for_run(bool deterministic, const std::string& where);
 
 // The shapes titan gives cuDNN: head_dim 64 or 128 and seq a multiple of 128 (through 9.15 other
 // key lengths need a padding mask in the backward graph, and were reported to fault under graph

@@ -74,6 +74,10 @@ bool resolve_device(const config::JobConfig& cfg, const llama3::ModelArgs& args)
   return on_cuda;
 }
 
+AttentionLibrary attention_library(const config::JobConfig& cfg) {
+  return attention_library_for_run(cfg.get_bool("training.deterministic"), cfg.origin("training.deterministic"));
+}
+
 bool prefers_cuda(const config::JobConfig& cfg) {
   const std::string device = cfg.get_string("training.device");
 #ifdef TITAN_WITH_CUDA

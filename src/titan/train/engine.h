@@ -11,6 +11,7 @@
 #include "titan/core/trace.h"
 #include "titan/metrics/memory.h"
 #include "titan/models/llama3/transformer.h"
+#include "titan/ops/attention_library.h"
 #include "titan/optim/adamw.h"
 
 namespace titan::cuda {
@@ -64,6 +65,9 @@ void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& ar
 bool resolve_device(const config::JobConfig& cfg, const llama3::ModelArgs& args);
 // training.device as `titan estimate` reads it: "auto" is the GPU where this build sees one.
 bool prefers_cuda(const config::JobConfig& cfg);
+// The attention a GPU run uses (TITAN_ATTENTION_IMPL, training.deterministic); UserError for a
+// bad value or a conflict, on any device.
+AttentionLibrary attention_library(const config::JobConfig& cfg);
 // Memory of the device a run will use: GPU 0's, or the machine's RAM.
 double device_memory_bytes(bool cuda);
 

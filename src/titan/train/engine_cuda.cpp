@@ -14,10 +14,10 @@ namespace {
 class CudaEngine final : public Engine {
  public:
   CudaEngine(llama3::Transformer& model, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
-             cuda::DeviceCollectives* fsdp, ReshardPolicy policy)
+             cuda::DeviceCollectives* fsdp, ReshardPolicy policy, AttentionLibrary attention)
       : host_(model), optimizer_(optimizer), device_(device), compile_(compile), phase_times_(phase_times) {
     TITAN_CUDA_CHECK(cudaSetDevice(device_));
-    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters(), fsdp, policy);
+    model_ = std::make_unique<llama3::CudaTransformer>(model.args(), model.parameters(), fsdp, policy, attention);
     model_->set_fused_kernels(compile_);
   }
   std::string description() const override {
@@ -126,7 +126,8 @@ std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::T
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"), fsdp,
-                                      ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")));
+                                      ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")),
+                                      attention_library(cfg));
 }
 
 }  // namespace titan::train

@@ -86,7 +86,7 @@ double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, co
 }
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                               EstimateBackend backend, int64_t shards, bool keep_gathered_blocks) {
+                               EstimateBackend backend, int64_t shards, bool keep_gathered_blocks, AttentionLibrary attention) {
   TITAN_CHECK(shards >= 1, "shards ", shards);
   MemoryEstimate e;
   const double p = double(metrics::parameter_count(a));
@@ -96,7 +96,7 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
     e.buffers = double(32 << 20) + device_block(1056 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch (ops/cuda/reduce.cu), sums, step factors
     // cuDNN attention's backward scratch, where the run would ask for it (auto: where cuDNN
     // loads, which only the run knows); its plans' workspaces are known once built on the card.
-    if (attention_library_from_env() != AttentionLibrary::titan &&
+    if (attention != AttentionLibrary::titan &&
         cudnn_attention_takes(s.seq, a.n_heads, a.n_kv_heads, a.head_dim()))
       e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));
     return e;
@@ -209,7 +209,7 @@ int estimate_main(const std::vector<std::string>& args) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
   auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, shards,
-                           cfg.get_string("training.fsdp_reshard_after_forward") == "never");
+                           cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_library(cfg));
   if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a, shards);
   std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size

@@ -6,7 +6,8 @@
 // gradients FSDP holds at once (every block's weights with keep_gathered_blocks, that is
 // fsdp_reshard_after_forward = "never"): on the CPU the root and one block, measured equal; on
 // a GPU the root and two blocks (the next one prefetched while one computes or reduces) and one
-// unit's reduce-scatter output (not yet measured on several cards).
+// unit's reduce-scatter output (not yet measured on several cards). `attention` other than titan
+// adds cuDNN's backward scratch for the shapes cuDNN takes.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -14,6 +15,7 @@
 #include "titan/config/job_config.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/transformer.h"
+#include "titan/ops/attention_library.h"
 
 namespace titan::train {
 
@@ -25,7 +27,8 @@ struct MemoryEstimate {
 enum class EstimateBackend { cpu, cuda };
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
-                               const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false);
+                               const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false,
+                               AttentionLibrary attention = AttentionLibrary::titan);
 
 // Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes).
 double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac);

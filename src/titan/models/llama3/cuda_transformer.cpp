@@ -45,7 +45,7 @@ class CollectiveGroup {
 }  // namespace
 
 CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
-                                 cuda::DeviceCollectives* fsdp, ReshardPolicy policy)
+                                 cuda::DeviceCollectives* fsdp, ReshardPolicy policy, AttentionLibrary attention)
     : args_(args), fsdp_(fsdp), policy_(policy) {
   TITAN_CHECK(cuda::attention_supported(args.head_dim()), "head_dim ", args.head_dim());
   TITAN_CUDA_CHECK(cudaGetDevice(&device_));
@@ -57,7 +57,7 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
   sums_ready_.reset(ready);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
-  cudnn_attention_ = cuda::open_cudnn_attention(attention_library_from_env(), stream_, alloc_, &cudnn_unused_);
+  cudnn_attention_ = cuda::open_cudnn_attention(attention, stream_, alloc_, &cudnn_unused_);
   // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
   const size_t per_layer = 9;
   TITAN_CHECK(params.size() == 3 + per_layer * static_cast<size_t>(args.n_layers), "unexpected parameter count ",

@@ -41,8 +41,11 @@ class CudaTransformer {
   // its fp32 gradients live from its backward until the next unit's backward has run beside
   // its reduce-scatter, whose result is added into the gradient shards. Steps run eagerly (no CUDA graph); waits go through
   // fsdp->synchronize, so a dead peer ends the rank after the timeout.
+  // `attention`: titan's kernels (the default: no atomics, so reruns are bit-identical), or
+  // cuDNN's for the shapes it takes (AttentionLibrary in ops/attention_library.h).
   CudaTransformer(const ModelArgs& args, const std::deque<Parameter>& params,
-                  cuda::DeviceCollectives* fsdp = nullptr, ReshardPolicy policy = {});
+                  cuda::DeviceCollectives* fsdp = nullptr, ReshardPolicy policy = {},
+                  AttentionLibrary attention = AttentionLibrary::titan);
   ~CudaTransformer();
   CudaTransformer(const CudaTransformer&) = delete;
   CudaTransformer& operator=(const CudaTransformer&) = delete;
