@@ -16,6 +16,8 @@
 #include "titan/ops/cuda/cudnn_graph.h"
 #include "titan/ops/ops.h"
 
+#include "../support/scoped_env.h"
+
 using namespace titan;
 using namespace titan::gpu_test;
 
@@ -36,20 +38,7 @@ std::string error_of(void (*f)()) {
   return "no UserError";
 }
 
-// Sets (or, given nullptr, unsets) an environment variable for one scope.
-struct ScopedEnv {
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_) setenv(name_, old_->c_str(), 1);
-    else unsetenv(name_);
-  }
-  const char* name_;
-  std::optional<std::string> old_;
-};
+using titan::test_support::ScopedEnv;
 
 // Random bf16 inputs of one shape, their device copies, and the CPU reference results.
 struct Case {
@@ -128,10 +117,10 @@ TEST(CudnnAttentionChoice, EnvironmentSelectsTheImplementation) {
                                                                {"cudnn", AttentionLibrary::cudnn},
                                                                {"auto", AttentionLibrary::automatic}};
   for (const auto& [value, impl] : cases) {
-    ScopedEnv env("TITAN_ATTENTION_IMPL", value);
+    ScopedEnv env({{"TITAN_ATTENTION_IMPL", value}});
     EXPECT_EQ(attention_library_from_env(), impl) << (value ? value : "unset");
   }
-  ScopedEnv env("TITAN_ATTENTION_IMPL", "cuDNN");
+  ScopedEnv env({{"TITAN_ATTENTION_IMPL", "cuDNN"}});
   EXPECT_NE(error_of([] { (void)attention_library_from_env(); }).find("expected titan or cudnn or auto"),
             std::string::npos);
 }

@@ -9,9 +9,11 @@
 #include "titan/models/llama3/init.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/metrics/flops.h"
-#include "titan/train/memory_estimate.h"
-#include "titan/ops/attention_library.h"
 #include "titan/core/error.h"
+#include "titan/ops/attention_library.h"
+#include "titan/train/memory_estimate.h"
+
+#include "../support/scoped_env.h"
 
 using namespace titan;
 using namespace titan::llama3;
@@ -202,18 +204,9 @@ TEST(MemoryEstimate, CudnnAttentionAddsItsBackwardScratch) {
 // TITAN_ATTENTION_IMPL unset means auto; training.deterministic keeps titan's kernels and refuses
 // an explicit cudnn, naming where the key was set.
 TEST(AttentionLibraryChoice, DeterministicRunsKeepTitanKernels) {
-  const char* name = "TITAN_ATTENTION_IMPL";
-  auto choose = [&](const char* value, bool deterministic) {
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
-    try {
-      const AttentionLibrary a = attention_library_for_run(deterministic, "x.toml: training.deterministic");
-      unsetenv(name);
-      return a;
-    } catch (...) {
-      unsetenv(name);
-      throw;
-    }
+  auto choose = [](const char* value, bool deterministic) {
+    test_support::ScopedEnv env({{"TITAN_ATTENTION_IMPL", value}});
+    return attention_library_for_run(deterministic, "x.toml: training.deterministic");
   };
   EXPECT_EQ(choose(nullptr, false), AttentionLibrary::automatic);
   EXPECT_EQ(choose("cudnn", false), AttentionLibrary::cudnn);

@@ -23,6 +23,8 @@
 #include "titan/parallel/launch_env.h"
 #include "titan/train/memory_estimate.h"
 
+#include "../support/scoped_env.h"
+
 using namespace titan;
 using namespace titan::llama3;
 using titan::parallel::FullyShardedDataParallel;
@@ -224,27 +226,7 @@ TEST(CheckpointCommit, RankZeroCollectsEveryRanksEntriesOrTimesOut) {
 }
 
 namespace {
-// Sets (or, with nullptr, unsets) environment variables for one test, restoring them after.
-class ScopedEnv {
- public:
-  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) {
-    for (auto [name, value] : vars) {
-      const char* old = std::getenv(name);
-      saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
-      if (value) ::setenv(name, value, 1);
-      else ::unsetenv(name);
-    }
-  }
-  ~ScopedEnv() {
-    for (auto& [name, value] : saved_) {
-      if (value) ::setenv(name.c_str(), value->c_str(), 1);
-      else ::unsetenv(name.c_str());
-    }
-  }
-
- private:
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
-};
+using titan::test_support::ScopedEnv;
 
 int free_port() {
   // The kernel's choice of an unused port (closed again, so the test's rank 0 can take it).

@@ -120,9 +120,9 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
       optimizer_(adamw_config(cfg)),
       schedule_{cfg.get_int("training.warmup_steps"), cfg.get_int("training.steps"),
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
-      max_norm_(cfg.get_real("training.max_norm")) {
+      max_norm_(cfg.get_real("training.max_norm")),
+      attention_(attention_library(cfg)) {  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
-  (void)attention_library(cfg);  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
   const int64_t ranks = group_.size();
   if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) {
     if (global % (shape_.batch * ranks) != 0)
@@ -232,7 +232,7 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
 void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const {
   const auto ac = activation_checkpointing(cfg);
   auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, shards,
-                           cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_library(cfg));
+                           cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_);
   if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
@@ -319,7 +319,7 @@ void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
     const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, dp_->mesh().shard,
-                                   cfg_.get_string("training.fsdp_reshard_after_forward") == "never", attention_library(cfg_));
+                                   cfg_.get_string("training.fsdp_reshard_after_forward") == "never", attention_);
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);

@@ -11,6 +11,7 @@
 #include "titan/data/loader.h"
 #include "titan/metrics/logger.h"
 #include "titan/models/llama3/transformer.h"
+#include "titan/ops/attention_library.h"
 #include "titan/optim/adamw.h"
 #include "titan/optim/lr_schedule.h"
 #include "titan/parallel/data_parallel.h"
@@ -81,6 +82,7 @@ class Trainer {
   optim::AdamW optimizer_;
   optim::LrSchedule schedule_;
   double max_norm_;
+  AttentionLibrary attention_;  // TITAN_ATTENTION_IMPL and training.deterministic, resolved once
   double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
   std::unique_ptr<metrics::MetricsLogger> logger_;
   Tracer tracer_;
