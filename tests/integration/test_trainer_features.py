@@ -105,11 +105,13 @@ def test_sigterm(titan, tmp):
 
 
 def test_nonfinite(titan, tmp):
-    r = small(titan, os.path.join(tmp, "nan"), "--training.steps", "30", "--optimizer.lr", "1e30", "--training.max_norm", "0")
+    # weight_decay 0: with the default 0.1, lr 1e30 is refused up front (lr x weight_decay >= 1).
+    r = small(titan, os.path.join(tmp, "nan"), "--training.steps", "30", "--optimizer.lr", "1e30", "--training.max_norm", "0",
+              "--optimizer.weight_decay", "0")
     check(r.returncode == 1 and "is not finite; stopping" in r.stderr and "step " in r.stderr,
           f"a non-finite loss stops the run naming the step: exit {r.returncode} {r.stderr.strip()[-160:]}")
     r = small(titan, os.path.join(tmp, "nanskip"), "--training.steps", "30", "--optimizer.lr", "1e30",
-              "--training.max_norm", "0", "--training.on_nonfinite", "skip")
+              "--training.max_norm", "0", "--training.on_nonfinite", "skip", "--optimizer.weight_decay", "0")
     check(r.returncode == 0 and "update skipped" in r.stdout, f"on_nonfinite = skip carries on: exit {r.returncode}")
 
 

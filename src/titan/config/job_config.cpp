@@ -1,6 +1,7 @@
 #include "titan/config/job_config.h"
 
 #include <charconv>
+#include <limits>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -9,6 +10,7 @@
 #include <toml++/toml.h>
 
 #include "titan/core/error.h"
+#include "titan/core/file_check.h"
 
 namespace titan::config {
 
@@ -240,9 +242,8 @@ void JobConfig::set(const KeySpec& spec, const std::string& text, const std::str
 }
 
 void JobConfig::load_file(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec))  // toml++ reads a directory as an empty file
-    throw UserError(concat(path, ": cannot read config: it is a directory, expected a TOML file"));
+  // toml++ reads a directory as an empty file, and a FIFO would block it forever.
+  require_readable_file(path, "config");
   toml::table root;
   try {
     root = toml::parse_file(path);
@@ -383,6 +384,14 @@ void JobConfig::validate() const {
   if (get_real("optimizer.beta2") < 0 || get_real("optimizer.beta2") >= 1) fail("optimizer.beta2", "expected 0 <= beta2 < 1");
   if (!(get_real("optimizer.eps") > 0)) fail("optimizer.eps", "expected a positive number");
   if (get_real("optimizer.weight_decay") < 0) fail("optimizer.weight_decay", "expected >= 0");
+  // Values that can only overflow float32 state, refused before they write inf/NaN checkpoints.
+  constexpr double kFloatMax = std::numeric_limits<float>::max(), kFloatMinNormal = std::numeric_limits<float>::min();
+  if (get_real("optimizer.lr") > kFloatMax) fail("optimizer.lr", concat("expected at most ", kFloatMax, " (float32's largest)"));
+  if (get_real("optimizer.eps") < kFloatMinNormal || get_real("optimizer.eps") > 1)
+    fail("optimizer.eps", concat("expected ", kFloatMinNormal, " (float32's smallest normal) to 1"));
+  if (get_real("optimizer.lr") * get_real("optimizer.weight_decay") >= 1)
+    fail("optimizer.weight_decay", concat("expected optimizer.lr x weight_decay < 1 (here ", get_real("optimizer.lr"), " x ",
+                                          get_real("optimizer.weight_decay"), "): decay would flip or blow up the weights"));
   if (get_string("model.name") != "llama3") fail("model.name", "expected llama3");
   if (get_string("model.norm_type") != "rmsnorm") fail("model.norm_type", "expected rmsnorm");
   if (get_string("optimizer.name") != "AdamW") fail("optimizer.name", "expected AdamW");

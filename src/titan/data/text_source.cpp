@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "titan/core/error.h"
+#include "titan/core/file_check.h"
 
 namespace titan::data {
 
@@ -54,6 +55,14 @@ bool is_valid_utf8(const std::string& s) {
   return true;
 }
 
+namespace {
+std::string oversized_problem() {
+  return concat("document of more than ", kMaxDocumentBytes >> 20,
+                " MiB (titan's maximum document size, which bounds the loader's memory; split it, or set "
+                "training.skip_bad_records = true to skip it)");
+}
+}  // namespace
+
 std::vector<std::string> expand_data_paths(const std::vector<std::string>& specs) {
   std::vector<std::string> files;
   for (const auto& spec : specs) {
@@ -76,6 +85,7 @@ std::vector<std::string> expand_data_paths(const std::vector<std::string>& specs
     }
     std::sort(matched.begin(), matched.end());
     for (auto& m : matched) {
+      require_readable_file(m, "data file");  // a FIFO would block the loader forever
       if (!is_data_file(m)) throw UserError(concat(m, ": unknown data format (expected .jsonl, .json, .json.gz, .zst or .txt)"));
       files.push_back(std::move(m));
     }
@@ -162,17 +172,28 @@ struct DocumentReader::LineReader {
     return true;
   }
 
-  bool line(std::string& out) {
+  // The next line into `out`; false at the end. A line over kMaxDocumentBytes is not held: its
+  // bytes are passed over, `out` is left empty and `oversized` set.
+  bool line(std::string& out, bool& oversized) {
+    oversized = false;
+    size_t scanned = 0;  // bytes after pending_pos already searched for a newline
     for (;;) {
-      const size_t nl = pending.find('\n', pending_pos);
+      const size_t nl = pending.find('\n', pending_pos + scanned);
       if (nl != std::string::npos) {
-        out.assign(pending, pending_pos, nl - pending_pos);
+        if (oversized) out.clear();
+        else out.assign(pending, pending_pos, nl - pending_pos);
         pending_pos = nl + 1;
         return true;
       }
+      if (pending.size() - pending_pos > static_cast<size_t>(kMaxDocumentBytes)) {
+        oversized = true;
+        pending_pos = pending.size();
+      }
+      scanned = pending.size() - pending_pos;
       if (!fill()) {
-        if (pending_pos < pending.size()) {  // last line without a newline
-          out.assign(pending, pending_pos, std::string::npos);
+        if (pending_pos < pending.size() || oversized) {  // last line without a newline
+          if (oversized) out.clear();
+          else out.assign(pending, pending_pos, std::string::npos);
           pending_pos = pending.size();
           return true;
         }
@@ -181,9 +202,16 @@ struct DocumentReader::LineReader {
     }
   }
 
-  std::string all() {
-    while (fill()) {}
-    return pending.substr(pending_pos);
+  // The rest of the file, or false (and nothing held) when it is over kMaxDocumentBytes.
+  bool all(std::string& out) {
+    bool oversized = false;
+    while (fill())
+      if (pending.size() - pending_pos > static_cast<size_t>(kMaxDocumentBytes)) {
+        oversized = true;
+        pending_pos = pending.size();
+      }
+    out = oversized ? std::string() : pending.substr(pending_pos);
+    return !oversized;
   }
 };
 
@@ -209,37 +237,46 @@ bool DocumentReader::read_record(Document& doc) {
     if (txt_done_) return false;
     txt_done_ = true;
     ++records_in_file_;
-    doc.text = reader_->all();
+    const bool whole = reader_->all(doc.text);
     doc.file = path;
     doc.line = 0;
-    if (!is_valid_utf8(doc.text)) {
-      if (!options_.skip_bad_records) throw UserError(concat(path, ": text is not valid UTF-8"));
+    if (!whole || !is_valid_utf8(doc.text)) {
+      const std::string problem = whole ? "not valid UTF-8" : oversized_problem();
+      if (!options_.skip_bad_records) throw UserError(concat(path, ": ", problem));
       ++skipped_;
-      std::cerr << "warning: " << path << ": skipped (not valid UTF-8)\n";
+      std::cerr << "warning: " << path << ": skipped (" << problem << ")\n";
       return read_record(doc);
     }
     return true;
   }
   std::string line;
-  while (reader_->line(line)) {
+  bool oversized = false;
+  while (reader_->line(line, oversized)) {
     ++records_in_file_;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     std::string problem;
-    try {
-      auto j = nlohmann::json::parse(line);
-      auto it = j.is_object() ? j.find(options_.field) : j.end();
-      if (!j.is_object()) problem = "expected a JSON object";
-      else if (it == j.end()) problem = concat("no field '", options_.field, "'");
-      else if (!it->is_string()) problem = concat("field '", options_.field, "' is not a string");
-      else {
-        doc.text = it->get<std::string>();
-        doc.file = path;
-        doc.line = records_in_file_;
-        return true;
+    if (oversized) {
+      problem = oversized_problem();
+    } else if (line.find_first_not_of(" \t\r") == std::string::npos) {
+      continue;
+    } else {
+      try {
+        auto j = nlohmann::json::parse(line);
+        auto it = j.is_object() ? j.find(options_.field) : j.end();
+        if (!j.is_object()) problem = "expected a JSON object";
+        else if (it == j.end()) problem = concat("no field '", options_.field, "'");
+        else if (!it->is_string()) problem = concat("field '", options_.field, "' is not a string");
+        else {
+          doc.text = it->get<std::string>();
+          doc.file = path;
+          doc.line = records_in_file_;
+          return true;
+        }
+      } catch (const nlohmann::json::parse_error& e) {
+        // nlohmann rejects ill-formed UTF-8 inside strings as a parse error too: say which it was.
+        problem = concat(std::string(e.what()).find("UTF-8") != std::string::npos ? "invalid UTF-8 inside a JSON string"
+                                                                                  : "invalid JSON",
+                         " at column ", e.byte);
       }
-    } catch (const nlohmann::json::parse_error& e) {
-      // nlohmann rejects ill-formed UTF-8 inside strings as a parse error too.
-      problem = concat("invalid JSON at column ", e.byte);
     }
     if (!options_.skip_bad_records) throw UserError(concat(path, ":", records_in_file_, ": ", problem));
     ++skipped_;
@@ -266,7 +303,8 @@ void DocumentReader::skip_to(int64_t file_index, int64_t records) {
     records_in_file_ = records;
     return;
   }
-  while (records_in_file_ < records && reader_->line(line)) ++records_in_file_;
+  bool oversized = false;
+  while (records_in_file_ < records && reader_->line(line, oversized)) ++records_in_file_;
 }
 
 }  // namespace titan::data

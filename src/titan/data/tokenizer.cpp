@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "titan/core/error.h"
+#include "titan/core/file_check.h"
 #include "titan/core/rng.h"
 
 namespace titan::data {
@@ -69,6 +70,7 @@ std::string base64_encode(std::string_view in) {
 
 namespace {
 std::string read_file(const std::string& path) {
+  require_readable_file(path, "tokenizer file");  // a directory is not "empty", a FIFO would block
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError(concat(path, ": cannot open tokenizer file"));
   std::ostringstream ss;
@@ -160,7 +162,8 @@ Tokenizer Tokenizer::load_hf_json(const std::string& path, const std::string& te
   try {
     root = json::parse(text);
   } catch (const json::parse_error& e) {
-    throw UserError(concat(path, ": invalid JSON at byte ", e.byte));
+    throw UserError(concat(path, std::string(e.what()).find("UTF-8") != std::string::npos
+                                     ? ": invalid UTF-8 inside a JSON string at byte " : ": invalid JSON at byte ", e.byte));
   }
   auto need = [&](bool ok, const std::string& what) {
     if (!ok) throw UserError(concat(path, ": ", what));
