@@ -220,3 +220,60 @@ TEST(Decoder, KvCacheLogitsEqualTheFullForward) {
     for (int64_t v = 0; v < a.vocab_size; ++v) ASSERT_NEAR(z[v], full[t * a.vocab_size + v], 1e-4) << "position " << t;
   }
 }
+
+// Issue 17: a saved step is replaced only when asked (a resume from an earlier load_step), and
+// then whole; never by a save that merely found the folder there.
+TEST(CheckpointReliability, CommitReplacesASavedStepOnlyWhenAsked) {
+  TempDir d;
+  const auto dir = save_sharded(d.path, 1, 4);
+  const auto meta_before = read_metadata(dir);
+  llama3::Transformer other(tiny());
+  other.init_weights(9);
+  Metadata meta;
+  meta.state = {4, "", "{\"other\": 1}", ""};
+  meta.shards = write_rank_file(dir + ".tmp", 0, other.parameters(), true);
+  EXPECT_NE(error_of([&] { commit(dir + ".tmp", dir, meta); }).find("already exists"), std::string::npos);
+  EXPECT_EQ(read_metadata(dir).state.model_signature, meta_before.state.model_signature);
+  commit(dir + ".tmp", dir, meta, true);
+  EXPECT_EQ(read_metadata(dir).state.model_signature, "{\"other\": 1}");
+  EXPECT_FALSE(fs::exists(dir + ".tmp"));
+  EXPECT_EQ(list_steps(d.path.string()), std::vector<int64_t>{4});
+}
+
+TEST(CheckpointReliability, NonFiniteStateIsNeverWritten) {
+  TempDir d;
+  for (const char* which : {"master", "exp_avg", "exp_avg_sq"}) {
+    llama3::Transformer model(tiny());
+    model.init_weights(5);
+    Parameter& p = model.parameters().back();
+    Tensor& t = std::string(which) == "master" ? p.master : std::string(which) == "exp_avg" ? p.exp_avg : p.exp_avg_sq;
+    t.f32()[3] = std::string(which) == "exp_avg" ? INFINITY : NAN;
+    const std::string err = error_of([&] { write_rank_file((d.path / which).string(), 0, model.parameters(), true); });
+    EXPECT_NE(err.find(p.name), std::string::npos) << which << ": " << err;
+    EXPECT_NE(err.find("not finite"), std::string::npos) << err;
+  }
+}
+
+TEST(CheckpointReliability, MetadataChecksumCoversEveryValue) {
+  TempDir d;
+  const auto dir = save_sharded(d.path, 1, 6);
+  const fs::path path = fs::path(dir) / "metadata.json";
+  auto j = nlohmann::json::parse(std::ifstream(path));
+  ASSERT_TRUE(j.contains("metadata_xxh3"));
+  j["shards"][0]["offset"] = j["shards"][0]["offset"].get<int64_t>();  // unchanged: still accepted
+  std::ofstream(path) << j.dump(2);
+  EXPECT_EQ(read_metadata(dir).state.step, 6);
+  j["state"]["data"] = "{\"windows\": 1}";
+  std::ofstream(path) << j.dump(2);
+  EXPECT_NE(error_of([&] { read_metadata(dir); }).find("checksum mismatch"), std::string::npos);
+}
+
+TEST(CheckpointReliability, ListingErrorsAndOddNamesAreErrorsNotAnEmptyFolder) {
+  TempDir d;
+  EXPECT_TRUE(list_steps((d.path / "not-yet").string()).empty());  // nothing saved yet
+  std::ofstream(d.path / "a-file") << "x";
+  EXPECT_NE(error_of([&] { list_steps((d.path / "a-file").string()); }).find("not a directory"), std::string::npos);
+  const auto dir = save_sharded(d.path / "ck", 1, 3);
+  fs::rename(dir, d.path / "ck" / "step-03");
+  EXPECT_NE(error_of([&] { list_steps((d.path / "ck").string()); }).find("step-03"), std::string::npos);
+}

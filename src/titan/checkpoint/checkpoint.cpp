@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "titan/core/error.h"
+#include "titan/core/file_check.h"
 
 namespace titan::checkpoint {
 
@@ -63,6 +65,21 @@ struct Piece {
   const Tensor* t;
 };
 
+// Index of the first inf/NaN among n floats, or -1.
+int64_t first_nonfinite(const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) return i;
+  return -1;
+}
+
+constexpr const char* kMetadataChecksumKey = "metadata_xxh3";
+
+// The checksum covers the metadata's canonical text (compact, keys sorted) without its own field.
+std::string metadata_checksum(const json& without_checksum) {
+  const std::string text = without_checksum.dump();
+  return concat(std::hex, XXH3_64bits(text.data(), text.size()));
+}
+
 std::vector<Piece> pieces(const std::deque<Parameter>& params, bool optimizer) {
   std::vector<Piece> out;
   for (const auto& p : params) out.push_back({"model/" + p.name, &p.master});
@@ -104,6 +121,10 @@ std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const 
     for (size_t i = 0; i < list.size(); ++i) {
       const Parameter& p = params[i % params.size()];
       const Tensor& t = *list[i].t;
+      // A non-finite state would resume into the same failure: it is never saved.
+      if (const int64_t at = first_nonfinite(t.data<float>(), static_cast<int64_t>(t.bytes() / 4)); at >= 0)
+        throw NonFiniteState(concat(dir, ": tensor ", list[i].tensor, " holds a value that is not finite (", t.data<float>()[at],
+                                    " at element ", at, ")"));
       ShardEntry e{list[i].tensor, p.global_shape, rank, p.rows.begin, p.rows.end, offset,
                    static_cast<int64_t>(t.bytes()), XXH3_64bits(t.data<char>(), t.bytes())};
       write_all(fd, t.data<char>(), t.bytes(), offset, path);
@@ -204,17 +225,19 @@ std::vector<ShardEntry> collect_rank_entries(const std::string& dir, int world, 
   return all;
 }
 
-void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta) {
+void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta, bool replace_existing) {
   const json shards = entries_to_json(meta.shards);
-  const json j = {{"format", kFormat},
+  json j = {{"format", kFormat},
                   {"world", meta.world},
                   {"has_optimizer", meta.has_optimizer},
                   {"state",
                    {{"step", meta.state.step},
                     {"data", meta.state.data_state},
                     {"model_signature", meta.state.model_signature},
-                    {"config", meta.state.config_toml}}},
+                    {"config", meta.state.config_toml},
+                    {"global_batch", meta.state.global_batch}}},
                   {"shards", shards}};
+  j[kMetadataChecksumKey] = metadata_checksum(j);
   const std::string path = (fs::path(dir) / "metadata.json").string();
   {
     std::ofstream out(path);
@@ -224,7 +247,33 @@ void commit(const std::string& dir, const std::string& final_dir, const Metadata
   fsync_path(path, false);
   fsync_path(dir, true);
   std::error_code ec;
-  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // a re-save of the same step
+  const bool exists = fs::symlink_status(final_dir, ec).type() != fs::file_type::not_found;
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    throw UserError(concat(final_dir, ": cannot check for an earlier save: ", ec.message()));
+  if (exists && !replace_existing)
+    throw UserError(concat(final_dir, ": already exists; titan replaces a saved step only after a resume from an "
+                           "earlier one (checkpoint.load_step); the new save stays in ", dir));
+  if (exists) {
+    // One atomic exchange: step-N is never missing, and the old save leaves under the .tmp name
+    // that the next start-up removes should this process die before deleting it.
+    if (::renameat2(AT_FDCWD, dir.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+      fsync_path(fs::path(final_dir).parent_path().string(), true);
+      fs::remove_all(dir, ec);
+      return;
+    }
+    if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+      throw UserError(concat(final_dir, ": cannot swap the new save into place: ", std::strerror(errno)));
+    // No exchange on this filesystem: the old save steps aside under a name the next start-up
+    // renames back should this process die before the new one is in place.
+    const std::string aside = final_dir + kReplacedSuffix;
+    fs::rename(final_dir, aside, ec);
+    if (ec) throw UserError(concat(final_dir, ": cannot move the earlier save aside: ", ec.message()));
+    fs::rename(dir, final_dir, ec);
+    if (ec) throw UserError(concat(final_dir, ": cannot rename into place (the earlier save is in ", aside, "): ", ec.message()));
+    fsync_path(fs::path(final_dir).parent_path().string(), true);
+    fs::remove_all(aside, ec);
+    return;
+  }
   fs::rename(dir, final_dir, ec);
   if (ec) throw UserError(concat(final_dir, ": cannot rename into place: ", ec.message()));
   fsync_path(fs::path(final_dir).parent_path().string(), true);
@@ -232,11 +281,21 @@ void commit(const std::string& dir, const std::string& final_dir, const Metadata
 
 Metadata read_metadata(const std::string& step_dir) {
   const std::string path = (fs::path(step_dir) / "metadata.json").string();
+  if (const std::string why = unreadable_file_reason(path); why == "no such file")
+    throw UserError(concat(path, ": missing (not a titan checkpoint, or an incomplete one)"));
+  else if (!why.empty())
+    throw UserError(concat(path, ": cannot read the checkpoint's metadata: ", why));
   std::ifstream in(path);
-  if (!in) throw UserError(concat(path, ": missing (not a titan checkpoint, or an incomplete one)"));
   try {
-    const json j = json::parse(in);
-    if (j.at("format") != kFormat) throw UserError(concat(path, ": not a titan checkpoint (format ", j.at("format").dump(), ")"));
+    json j = json::parse(in);
+    if (!j.is_object() || j.value("format", json()) != kFormat)
+      throw UserError(concat(path, ": not a titan checkpoint (format ", j.is_object() ? j.value("format", json()).dump() : "absent", ")"));
+    if (j.contains(kMetadataChecksumKey)) {  // absent only in checkpoints saved before titan wrote it
+      const json saved = j[kMetadataChecksumKey];
+      j.erase(kMetadataChecksumKey);
+      if (!saved.is_string() || saved.get<std::string>() != metadata_checksum(j))
+        throw UserError(concat(path, ": checksum mismatch: the metadata was changed or damaged after the save"));
+    }
     Metadata m;
     m.world = j.at("world").get<int>();
     m.has_optimizer = j.at("has_optimizer").get<bool>();
@@ -247,6 +306,7 @@ Metadata read_metadata(const std::string& step_dir) {
     if (!json::parse(m.state.model_signature).is_object())
       throw UserError(concat(path, ": malformed metadata: model_signature is not a JSON object"));
     m.state.config_toml = s.at("config").get<std::string>();
+    m.state.global_batch = s.value("global_batch", int64_t{0});
     m.shards = entries_from_json(j.at("shards"), path);
     if (m.state.step < 0) throw UserError(concat(path, ": malformed metadata: step ", m.state.step, " is negative"));
     if (m.world < 1) throw UserError(concat(path, ": malformed metadata: saved by ", m.world, " ranks"));
@@ -275,8 +335,11 @@ void load_parameters(const std::string& step_dir, const Metadata& meta, std::deq
     auto it = files.find(rank);
     if (it != files.end()) return it->second;
     const std::string path = (fs::path(step_dir) / rank_file_name(rank)).string();
+    if (const std::string why = unreadable_file_reason(path); why == "no such file")
+      throw UserError(concat(path, ": missing rank file"));
+    else if (!why.empty())
+      throw UserError(concat(path, ": cannot read rank file: ", why));
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw UserError(concat(path, ": missing rank file"));
     return files.emplace(rank, std::move(in)).first->second;
   };
   std::vector<char> buf;
@@ -322,11 +385,27 @@ void load_parameters(const std::string& step_dir, const Metadata& meta, std::deq
 std::vector<int64_t> list_steps(const std::string& folder) {
   std::vector<int64_t> steps;
   std::error_code ec;
-  if (!fs::is_directory(folder, ec)) return steps;
-  for (const auto& e : fs::directory_iterator(folder, ec)) {
-    const auto step = step_of_dir_name(e.path().filename().string());
-    if (step && fs::exists(e.path() / "metadata.json")) steps.push_back(*step);
+  const auto type = fs::status(folder, ec).type();
+  if (type == fs::file_type::not_found) return steps;  // nothing saved yet
+  // Any other failure is an error: taking it for "no checkpoint" would train from scratch and
+  // replace what was saved.
+  if (ec) throw UserError(concat(folder, ": cannot read the checkpoint folder: ", ec.message()));
+  if (type != fs::file_type::directory) throw UserError(concat(folder, ": the checkpoint folder is not a directory"));
+  fs::directory_iterator it(folder, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto step = step_of_dir_name(name);
+    if (!step) continue;
+    if (name != step_dir_name(*step))
+      throw UserError(concat(it->path().string(), ": titan names step folders ", step_dir_name(*step),
+                             " (no leading zeros); rename it to resume from it"));
+    std::error_code mec;
+    const auto meta = fs::status(it->path() / "metadata.json", mec).type();
+    if (mec && meta != fs::file_type::not_found)
+      throw UserError(concat((it->path() / "metadata.json").string(), ": cannot check the checkpoint: ", mec.message()));
+    if (meta != fs::file_type::not_found) steps.push_back(*step);
   }
+  if (ec) throw UserError(concat(folder, ": cannot list the checkpoint folder: ", ec.message()));
   std::sort(steps.begin(), steps.end());
   return steps;
 }

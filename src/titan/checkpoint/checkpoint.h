@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/core/error.h"
 #include "titan/core/parameter.h"
 
 namespace titan::checkpoint {
@@ -30,6 +31,7 @@ struct TrainState {
   std::string data_state;       // the data loader's StreamState as JSON
   std::string model_signature;  // model shape + tokenizer + dtype, JSON; must match to load
   std::string config_toml;      // the run's resolved config, to report what changed
+  int64_t global_batch = 0;     // sequences per step over all ranks (0: not recorded), to report a change
 };
 
 struct Metadata {
@@ -39,21 +41,34 @@ struct Metadata {
   std::vector<ShardEntry> shards;
 };
 
+// A saved step moved aside while its replacement is renamed in (filesystems without an atomic
+// exchange): restored at start-up if the replacement never arrived.
+inline constexpr const char* kReplacedSuffix = ".replaced";
+
 std::string rank_file_name(int rank);
 std::string step_dir_name(int64_t step);
 // N for a folder named step-N (digits only), nothing for any other name (step-3.tmp included).
 std::optional<int64_t> step_of_dir_name(const std::string& name);
 
+// A state that cannot be saved: an inf or NaN in a weight or an optimizer moment.
+class NonFiniteState : public UserError {
+ public:
+  using UserError::UserError;
+};
+
 // Writes this rank's file into `dir` (a step-N.tmp folder) and returns its entries. With
-// optimizer = false only the model weights are written.
+// optimizer = false only the model weights are written. NonFiniteState, naming the tensor, for
+// any inf or NaN.
 std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
                                         bool optimizer);
 // Several saving ranks: each rank writes its file's entries next to it (atomically), and rank
 // 0 collects all `world` of them (waiting up to timeout_seconds, removing them) for metadata.json.
 void write_rank_entries(const std::string& dir, int rank, const std::vector<ShardEntry>& entries);
 std::vector<ShardEntry> collect_rank_entries(const std::string& dir, int world, double timeout_seconds);
-// Writes metadata.json into `dir`, fsyncs the folder and renames it to `final_dir`.
-void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta);
+// Writes metadata.json (with a checksum of its own text) into `dir`, fsyncs the folder and
+// renames it to `final_dir`. An existing `final_dir` is an error unless `replace_existing`; then
+// the two are swapped atomically and the old one deleted.
+void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta, bool replace_existing = false);
 
 // Reads metadata.json; UserError naming the file when it is missing or malformed.
 Metadata read_metadata(const std::string& step_dir);
@@ -62,7 +77,9 @@ Metadata read_metadata(const std::string& step_dir);
 // errors name the tensor or file.
 void load_parameters(const std::string& step_dir, const Metadata& meta, std::deque<Parameter>& params, bool optimizer);
 
-// Complete checkpoints (step-N folders with metadata.json) in `folder`, ascending.
+// Complete checkpoints (step-N folders with metadata.json) in `folder`, ascending; none when the
+// folder does not exist. UserError for a folder that cannot be listed and for a step folder
+// named otherwise than titan names them (step-03).
 std::vector<int64_t> list_steps(const std::string& folder);
 
 }  // namespace titan::checkpoint

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 #include <filesystem>
 
 #include "titan/core/error.h"
@@ -17,13 +18,30 @@ CheckpointManager::CheckpointManager(ManagerOptions options, std::ostream& log) 
   if (ec) throw UserError(concat("checkpoint.folder: cannot create '", opt_.folder, "': ", ec.message()));
   // Left-overs of saves that never completed (a crash mid-save) are not checkpoints.
   if (!opt_.clean_up) return;
-  for (const auto& e : fs::directory_iterator(opt_.folder, ec)) {
-    const std::string name = e.path().filename().string();
-    const bool tmp = name.size() > 4 && name.substr(name.size() - 4) == ".tmp";
-    const bool deleting = name.size() > 9 && name.substr(name.size() - 9) == ".deleting";
-    if (name.rfind("step-", 0) == 0 && (tmp || deleting)) {
-      log_ << "checkpoint: removing " << (tmp ? "incomplete save " : "half-deleted ") << e.path().string() << "\n";
-      fs::remove_all(e.path(), ec);
+  std::vector<fs::path> entries;
+  fs::directory_iterator it(opt_.folder, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) entries.push_back(it->path());
+  if (ec) throw UserError(concat(opt_.folder, ": cannot list the checkpoint folder: ", ec.message()));
+  auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() > tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const auto& path : entries) {
+    const std::string name = path.filename().string();
+    if (name.rfind("step-", 0) != 0) continue;
+    if (ends_with(name, kReplacedSuffix)) {  // a replacement that never arrived: the earlier save comes back
+      const fs::path step = path.string().substr(0, path.string().size() - std::strlen(kReplacedSuffix));
+      std::error_code sec;
+      if (fs::symlink_status(step, sec).type() == fs::file_type::not_found) {
+        log_ << "checkpoint: restoring " << step.string() << " (its replacement was interrupted)\n";
+        fs::rename(path, step, ec);
+        if (ec) throw UserError(concat(path.string(), ": cannot restore: ", ec.message()));
+        continue;
+      }
+    }
+    const bool tmp = ends_with(name, ".tmp"), deleting = ends_with(name, ".deleting") || ends_with(name, kReplacedSuffix);
+    if (tmp || deleting) {
+      log_ << "checkpoint: removing " << (tmp ? "incomplete save " : "half-deleted ") << path.string() << "\n";
+      fs::remove_all(path, ec);
     }
   }
 }
@@ -54,13 +72,23 @@ void CheckpointManager::write(int64_t step, const std::deque<Parameter>& params,
   meta.world = opt_.world;
   meta.state = state;
   meta.has_optimizer = optimizer;
-  meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer);
+  try {
+    meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer);
+  } catch (const NonFiniteState& e) {
+    const auto steps = list_steps(opt_.folder);
+    throw UserError(concat("step ", step, ": not saved: ", e.what(), "; ",
+                           steps.empty() ? std::string("no earlier checkpoint is saved; start again with a lower optimizer.lr")
+                                         : concat("the latest finite checkpoint is ", step_dir_name(steps.back()),
+                                                  ": resume from it with checkpoint.load_step = ", steps.back(),
+                                                  " and a lower optimizer.lr")));
+  }
   if (opt_.world > 1) {
     write_rank_entries(tmp, opt_.rank, meta.shards);
     if (opt_.rank != 0) return;
     meta.shards = collect_rank_entries(tmp, opt_.world, opt_.commit_timeout_seconds);
   }
-  commit(tmp, final_dir, meta);
+  // Only a deliberate resume from an earlier step (checkpoint.load_step) replaces a saved step.
+  commit(tmp, final_dir, meta, opt_.load_step >= 0 && step > opt_.load_step);
   prune();
 }
 
