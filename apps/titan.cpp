@@ -1,4 +1,5 @@
 // titan: one binary for training and its tools.
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -64,6 +65,9 @@ std::string one_line(const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG, which titan reports, instead
+  // of the signal killing the process in the middle of whatever it was writing.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     return dispatch(argc, argv);
   } catch (const titan::UserError& e) {

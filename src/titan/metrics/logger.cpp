@@ -2,9 +2,13 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <sstream>
 
 #include "titan/core/error.h"
+#include "titan/metrics/append_file.h"
 
 namespace titan::metrics {
 
@@ -38,7 +42,7 @@ MetricsLogger::MetricsLogger(const LoggerOptions& options, std::ostream& console
     : opt_(options), console_(console) {
   jsonl_path_ = (std::filesystem::path(opt_.dump_folder) / "metrics.jsonl").string();
   std::ofstream open(jsonl_path_, opt_.append ? std::ios::app : std::ios::trunc);
-  if (!open) throw UserError(concat("job.dump_folder: cannot write '", jsonl_path_, "'"));
+  if (!open) throw UserError(concat("job.dump_folder: cannot write '", jsonl_path_, "': ", std::strerror(errno)));
   if (opt_.tensorboard)
     tb_ = std::make_unique<TensorBoardWriter>((std::filesystem::path(opt_.dump_folder) / opt_.tb_folder).string(), opt_.rank);
 }
@@ -61,7 +65,7 @@ void MetricsLogger::log(const LogRecord& r) {
   }
   console_ << text << std::flush;
 
-  std::ofstream out(jsonl_path_, std::ios::app);
+  std::ostringstream out;
   out << "{\"step\": " << r.step << ", \"loss\": " << json_number(r.loss) << ", \"loss_max\": " << json_number(r.loss_max)
       << ", \"grad_norm\": " << json_number(r.grad_norm) << ", \"lr\": " << json_number(r.lr)
       << ", \"tps\": " << json_number(r.tps) << ", \"tflops\": " << json_number(r.tflops)
@@ -69,6 +73,7 @@ void MetricsLogger::log(const LogRecord& r) {
       << ", \"mem_reserved_gib\": " << json_number(r.mem_reserved_gib) << ", \"data_pct\": " << json_number(r.data_pct)
       << ", \"elapsed_s\": " << json_number(r.elapsed_s) << ", \"comm_bytes\": " << json_number(r.comm_bytes)
       << ", \"comm_bytes_max\": " << json_number(r.comm_bytes_max) << "}\n";
+  append_checked(out.str());
 
   if (tb_) {
     tb_->scalar("loss_metrics/global_avg_loss", r.loss, r.step);
@@ -87,7 +92,7 @@ void MetricsLogger::log(const LogRecord& r) {
     tb_->scalar("grad_norm", r.grad_norm, r.step);
     tb_->scalar("lr", r.lr, r.step);
     if (r.comm_bytes > 0) tb_->scalar("comm/bytes_per_rank", r.comm_bytes, r.step);
-    tb_->flush();
+    flush_tensorboard();
   }
 }
 
@@ -95,10 +100,30 @@ void MetricsLogger::log_validation(int64_t step, double loss) {
   char line[128];
   std::snprintf(line, sizeof line, "validate %lld  loss %8.4f\n", static_cast<long long>(step), loss);
   console_ << line << std::flush;
-  std::ofstream(jsonl_path_, std::ios::app) << "{\"step\": " << step << ", \"val_loss\": " << json_number(loss) << "}\n";
+  append_checked(concat("{\"step\": ", step, ", \"val_loss\": ", json_number(loss), "}\n"));
   if (tb_) {
     tb_->scalar("validation_metrics/loss", loss, step);
+    flush_tensorboard();
+  }
+}
+
+// Metrics are worth a warning, not the run: checkpoints are what must not be lost.
+void MetricsLogger::append_checked(const std::string& line) {
+  const std::string why = append_whole(jsonl_path_, line);
+  if (why.empty() || jsonl_failed_) return;
+  jsonl_failed_ = true;
+  console_ << "warning: " << jsonl_path_ << ": cannot write metrics (" << why
+           << "); training goes on, the lines that fail are dropped whole and not reported again\n" << std::flush;
+}
+
+void MetricsLogger::flush_tensorboard() {
+  try {
     tb_->flush();
+  } catch (const UserError& e) {
+    if (tb_failed_) return;
+    tb_failed_ = true;
+    console_ << "warning: " << e.what() << "; training goes on, TensorBoard records that fail are dropped whole and "
+             << "not reported again\n" << std::flush;
   }
 }
 

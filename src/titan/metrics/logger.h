@@ -46,6 +46,10 @@ class MetricsLogger {
   std::ostream& console_;
   std::string jsonl_path_;
   std::unique_ptr<TensorBoardWriter> tb_;
+  bool jsonl_failed_ = false, tb_failed_ = false;  // each failure is reported once
+
+  void append_checked(const std::string& line);
+  void flush_tensorboard();
 };
 
 // "1h02m", "3m05s", "12s".

@@ -1,12 +1,17 @@
 #include "titan/metrics/tensorboard.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <filesystem>
 
 #include "metrics/tensorboard_event.pb.h"
 #include "titan/core/error.h"
+#include "titan/metrics/append_file.h"
 #include "titan/metrics/crc32c.h"
 
 namespace titan::metrics {
@@ -25,8 +30,9 @@ TensorBoardWriter::TensorBoardWriter(const std::string& folder, int rank) {
   gethostname(host, sizeof host - 1);
   path_ = concat(folder, "/events.out.tfevents.", static_cast<int64_t>(now_seconds()), ".", host, ".",
                  static_cast<int64_t>(getpid()), ".", rank);
-  out_.open(path_, std::ios::binary | std::ios::trunc);
-  if (!out_) throw UserError(concat("metrics.save_tb_folder: cannot write '", path_, "'"));
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw UserError(concat("metrics.save_tb_folder: cannot write '", path_, "': ", std::strerror(errno)));
+  ::close(fd);
   tensorboard::Event first;
   first.set_wall_time(now_seconds());
   first.set_file_version("brain.Event:2");
@@ -47,15 +53,16 @@ void TensorBoardWriter::scalar(const std::string& tag, double value, int64_t ste
 void TensorBoardWriter::write_record(const std::string& bytes) {
   const uint64_t len = bytes.size();
   const uint32_t len_crc = masked_crc32c(&len, sizeof len), data_crc = masked_crc32c(bytes.data(), bytes.size());
-  out_.write(reinterpret_cast<const char*>(&len), sizeof len);  // little-endian on every host titan builds for
-  out_.write(reinterpret_cast<const char*>(&len_crc), sizeof len_crc);
-  out_.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out_.write(reinterpret_cast<const char*>(&data_crc), sizeof data_crc);
+  pending_.append(reinterpret_cast<const char*>(&len), sizeof len);  // little-endian on every host titan builds for
+  pending_.append(reinterpret_cast<const char*>(&len_crc), sizeof len_crc);
+  pending_.append(bytes);
+  pending_.append(reinterpret_cast<const char*>(&data_crc), sizeof data_crc);
 }
 
 void TensorBoardWriter::flush() {
-  out_.flush();
-  if (!out_) throw UserError(concat(path_, ": write failed"));
+  const std::string why = append_whole(path_, pending_);
+  pending_.clear();  // a failed batch of records is dropped whole, so the file stays readable
+  if (!why.empty()) throw UserError(concat(path_, ": write failed: ", why));
 }
 
 }  // namespace titan::metrics
