@@ -146,8 +146,8 @@ def test_ranks_agree(titan, tmp):
           and "step     1" not in r.stdout,
           f"ranks with different learning rates refuse to train, naming the key and both values: exit {r.returncode}, {r.stderr.strip()[-300:]}")
     r = mpmd(titan, [common + ["--model.vocab_size", "256"], common + ["--model.vocab_size", "512"]])
-    check(r.returncode != 0 and "model.vocab_size" in r.stderr and "256" in r.stderr and "512" in r.stderr
-          and "unpack" not in r.stderr,
+    said = [l for l in r.stderr.splitlines() if l.startswith("titan: error:") and "model.vocab_size" in l]
+    check(r.returncode != 0 and len(said) == 1 and "256" in said[0] and "512" in said[0],
           f"a different vocab_size is one line naming it: exit {r.returncode}, {r.stderr.strip()[-300:]}")
     r = mpmd(titan, [common + ["--training.threads", "1"], ["--job.dump_folder", folder + "-rank1", "--training.steps", "3",
                                                              "--comm.train_timeout_seconds", "30", "--training.threads", "2"]])
@@ -267,8 +267,10 @@ def test_nonfinite_state(titan, tmp):
         check(r.returncode == 2 and key in one_line(r) and "expected" in one_line(r),
               f"{key} = {value} is refused with the valid range: exit {r.returncode}, {one_line(r)[:200]}")
     # An lr that passes validation but overflows the AdamW moments: no checkpoint or export may hold it.
+    r = train(titan, folder, "--training.steps", "2", "--checkpoint.enable_checkpoint", "--checkpoint.interval", "1")
+    check(r.returncode == 0, "two finite checkpoints first")
     r = train(titan, folder, "--training.steps", "4", "--checkpoint.enable_checkpoint", "--checkpoint.interval", "1",
-              "--optimizer.lr", "1e38", "--training.warmup_steps", "1", "--optimizer.weight_decay", "0", "--training.max_norm", "0",
+              "--optimizer.lr", "3e38", "--training.warmup_steps", "1", "--optimizer.weight_decay", "0", "--training.max_norm", "0",
               "--training.on_nonfinite", "skip", "--checkpoint.model_weights_only")
     bad = []
     for d in step_dirs(folder):
@@ -277,7 +279,7 @@ def test_nonfinite_state(titan, tmp):
                 if not np.isfinite(t).all():
                     bad.append(f"{d}:{name}")
     check(not bad, f"no checkpoint holds non-finite values: {bad[:3]}")
-    check(r.returncode == 2 and "not finite" in one_line(r) and "checkpoint.load_step" in one_line(r),
+    check(r.returncode == 2 and "not finite" in one_line(r) and "checkpoint.load_step = 2" in one_line(r),
           f"the save that would hold them is an error naming the tensor and how to resume: exit {r.returncode}, {one_line(r)[:300]}")
     export = os.path.join(folder, "checkpoint", "export-step-4")
     check(not os.path.exists(export), "no export of a non-finite model")
@@ -338,7 +340,7 @@ def test_metadata_checksum(titan, tmp):
     state[key] += 1
     m["state"]["data"] = json.dumps(state)
     json.dump(m, open(path, "w"), indent=1)
-    r = train(titan, folder, "--training.steps", "4")
+    r = train(titan, folder, "--training.steps", "4", "--checkpoint.enable_checkpoint")
     check(r.returncode == 2 and path in one_line(r) and "checksum" in one_line(r),
           f"a changed value in metadata.json is refused at resume: exit {r.returncode}, {one_line(r)[:200]}")
     v = subprocess.run([titan, "inspect", os.path.dirname(path), "--verify"], capture_output=True, text=True)
@@ -356,18 +358,18 @@ def test_messages(titan, tmp):
     f, step = fresh("msg-rank")
     os.remove(os.path.join(step, "rank-00000.bin"))
     os.mkdir(os.path.join(step, "rank-00000.bin"))
-    r = train(titan, f, "--training.steps", "5")
+    r = train(titan, f, "--training.steps", "5", "--checkpoint.enable_checkpoint")
     check(r.returncode == 2 and "rank-00000.bin" in one_line(r) and "directory" in one_line(r),
           f"a rank file that is a directory says so: {one_line(r)[:200]}")
     f, step = fresh("msg-meta")
     os.remove(os.path.join(step, "metadata.json"))
     os.mkdir(os.path.join(step, "metadata.json"))
-    r = train(titan, f, "--training.steps", "5")
+    r = train(titan, f, "--training.steps", "5", "--checkpoint.enable_checkpoint")
     check(r.returncode == 2 and "metadata.json" in one_line(r) and "directory" in one_line(r),
           f"metadata.json that is a directory: exit {r.returncode}, {one_line(r)[:200]}")
     f, step = fresh("msg-zero")
     os.rename(step, os.path.join(f, "checkpoint", "step-03"))
-    r = train(titan, f, "--training.steps", "5")
+    r = train(titan, f, "--training.steps", "5", "--checkpoint.enable_checkpoint")
     check(r.returncode == 2 and "step-03" in one_line(r) and "step-3/" not in one_line(r),
           f"a folder step-03 is named as it is: exit {r.returncode}, {one_line(r)[:200]}")
     tokdir = os.path.join(tmp, "tokdir")
@@ -388,7 +390,7 @@ def test_messages(titan, tmp):
         open_to_all(f)
         os.chmod(tmp, 0o755)
         os.chmod(os.path.join(step, "metadata.json"), 0o000)
-        r = train(titan, f, "--training.steps", "5", preexec_fn=demote)
+        r = train(titan, f, "--training.steps", "5", "--checkpoint.enable_checkpoint", preexec_fn=demote)
         check(r.returncode == 2 and "metadata.json" in one_line(r) and "ermission denied" in one_line(r)
               and "not a titan checkpoint" not in one_line(r),
               f"an unreadable metadata.json says permission denied: {one_line(r)[:200]}")
@@ -416,18 +418,18 @@ def test_huge_document(titan, tmp):
     data = os.path.join(tmp, "huge")
     os.makedirs(data)
     with open(os.path.join(data, "a_train.jsonl"), "w") as f:
-        for i in range(40):
-            f.write(json.dumps({"text": "a small document number %d. " % i * 20}) + "\n")
         f.write('{"text": "' + "x" * (33 << 20) + '"}\n')
+        for i in range(400):
+            f.write(json.dumps({"text": "a small document number %d. " % i * 20}) + "\n")
         for i in range(40):
             f.write(json.dumps({"text": "another small document %d. " % i * 20}) + "\n")
     argv = [titan, "train", "--training.dataset", data, "--training.seq_len", "64", "--training.batch_size", "2",
-            "--training.steps", "30", "--metrics.log_freq", "10", "--job.dump_folder", os.path.join(tmp, "huge-run")]
+            "--training.steps", "4", "--metrics.log_freq", "2", "--job.dump_folder", os.path.join(tmp, "huge-run")]
     r, _ = run_measured(argv, tmp)
-    check(r.returncode == 2 and "a_train.jsonl:41" in one_line(r) and "MiB" in one_line(r),
+    check(r.returncode == 2 and "a_train.jsonl:1:" in one_line(r) and "MiB" in one_line(r),
           f"a 33 MiB document is refused with the maximum size: exit {r.returncode}, {one_line(r)[:200]}")
     r, peak_mib = run_measured(argv + ["--training.skip_bad_records"], tmp)
-    check(r.returncode == 0 and "a_train.jsonl:41" in r.stderr,
+    check(r.returncode == 0 and "a_train.jsonl:1:" in r.stderr,
           f"skip_bad_records skips it and trains on: exit {r.returncode}, {r.stderr.strip()[-200:]}")
     check(peak_mib < 1024, f"memory stays bounded while skipping it: peak {peak_mib:.0f} MiB")
 

@@ -15,13 +15,17 @@ std::string base(const std::string& p) { return fs::path(p).filename().string();
 // Splits files by name into train (names holding "train", or all when none do) and validation
 // (names holding "validation").
 void split_by_name(const std::vector<std::string>& files, DataSetup& d) {
+  std::vector<std::string> neither;
   for (const auto& f : files) {
     if (base(f).find("validation") != std::string::npos) d.validation_files.push_back(f);
     else if (base(f).find("train") != std::string::npos) d.train_files.push_back(f);
+    else neither.push_back(f);
   }
   if (d.train_files.empty()) {
     d.train_files = files;
     d.validation_files.clear();
+  } else {
+    d.left_out = std::move(neither);  // the trainer says so: a folder's files are otherwise all expected to train
   }
 }
 

@@ -17,6 +17,7 @@ struct DataSetup {
   bool synthetic = false;
   data::SyntheticKind synthetic_kind = data::SyntheticKind::random;
   std::string description;  // one line for the start-up log
+  std::vector<std::string> left_out;  // files of the dataset folder that neither train nor validate
 };
 
 // Resolves training.dataset / dataset_path / validation.dataset_path and loads the tokenizer.

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -23,10 +24,12 @@
 #include "titan/checkpoint/hf_llama.h"
 #include "titan/checkpoint/model_signature.h"
 #include "titan/core/error.h"
+#include "titan/core/stop_signals.h"
 #include "titan/core/timer.h"
 #include "titan/metrics/flops.h"
 #include "titan/metrics/memory.h"
 #include "titan/ops/attention_library.h"
+#include "titan/train/rank_agreement.h"
 #ifdef TITAN_WITH_CUDA
 #include "titan/parallel/nccl_group.h"
 #endif
@@ -37,10 +40,6 @@ namespace {
 constexpr int64_t kDefaultVocab = 2048;  // the debug model's built-in tokenizer
 
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
-
-// Set by SIGINT/SIGTERM: a signal handler can only reach state of this kind.
-volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void request_stop(int sig) { g_stop_signal = sig; }
 
 // Prints "step N still running" every `every` seconds while a step takes long.
 class ProgressIndicator {
@@ -122,6 +121,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
       max_norm_(cfg.get_real("training.max_norm")),
       attention_(attention_library(cfg)) {  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
+  lock_run_folders();
+  require_same_on_all_ranks(group_, computation_digest(cfg, data_), "config");
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
   const int64_t ranks = group_.size();
   if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) {
@@ -134,10 +135,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
 
   const std::filesystem::path dump(cfg.get_string("job.dump_folder"));
-  std::error_code ec;
-  std::filesystem::create_directories(dump, ec);
-  if (ec) throw UserError(concat("job.dump_folder: cannot create '", dump.string(), "': ", ec.message()));
-  std::ofstream(dump / "config.toml") << cfg.to_toml();
+  if (group_.rank() == 0) write_resolved_config(dump.string());
   log_ << "resolved config (saved as " << (dump / "config.toml").string() << "):\n";
   std::istringstream resolved(cfg.to_toml());
   for (std::string line; std::getline(resolved, line);)
@@ -177,6 +175,12 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   if (engine_->on_cpu()) model_->plan(shape_);
   if (peak_flops_ == 0) peak_flops_ = engine_->peak_flops();
   log_ << "data: " << data_.description << "\n";
+  if (!data_.left_out.empty()) {
+    log_ << "data: left out " << data_.left_out.size() << " file(s) whose names hold neither 'train' nor 'validation' "
+         << "(where some names hold 'train', only those train):";
+    for (const auto& f : data_.left_out) log_ << " " << f;
+    log_ << "\n";
+  }
   auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
   auto source = make_train_source(data_, cfg, args_.vocab_size, log_line);
   if (cfg.get_bool("checkpoint.enable_checkpoint")) {
@@ -192,7 +196,10 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     opt.clean_up = group_.rank() == 0;
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
     group_.barrier();  // no rank saves before rank 0 has removed left-over incomplete saves
-    if (auto dir = checkpoints_->resume_dir()) {
+    const auto dir = checkpoints_->resume_dir();
+    require_same_on_all_ranks(group_, concat("checkpoint to resume from = ", dir ? std::filesystem::path(*dir).filename().string() : "none", "\n"),
+                              "checkpoint");
+    if (dir) {
       if (cfg.get_bool("checkpoint.create_seed_checkpoint"))  // it would overwrite step-0 with a trained state
         throw UserError(concat("checkpoint.create_seed_checkpoint: ", opt.folder, " already holds ", *dir,
                                "; write the seed into an empty checkpoint folder (a new job.dump_folder)"));
@@ -212,6 +219,26 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                              start_step_ > 1},
       log);
   print_start_summary();
+}
+
+void Trainer::lock_run_folders() {
+  if (group_.rank() == 0) {
+    locks_.push_back(std::make_unique<FolderLock>(cfg_.get_string("job.dump_folder"), "job.dump_folder", log_));
+    // The checkpoint folder too, relative or not: another run may name it absolutely from its own dump folder.
+    const auto folder = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder");
+    if (cfg_.get_bool("checkpoint.enable_checkpoint"))
+      locks_.push_back(std::make_unique<FolderLock>(folder.string(), "checkpoint.folder", log_));
+  }
+  group_.barrier();  // no rank touches the folders before rank 0 owns them
+}
+
+// A failed write here costs the record of the config, not the run: warn and go on.
+void Trainer::write_resolved_config(const std::string& dump) {
+  const auto path = std::filesystem::path(dump) / "config.toml";
+  std::ofstream out(path, std::ios::trunc);
+  out << cfg_.to_toml();
+  out.close();
+  if (!out) log_ << "warning: " << path.string() << ": cannot write the resolved config (" << std::strerror(errno) << ")\n";
 }
 
 cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
@@ -270,6 +297,10 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
     source.restore(state);
   }
   start_step_ = meta.state.step + 1;
+  if (meta.state.global_batch > 0 && meta.state.global_batch != global_batch())
+    log_ << "checkpoint: the global batch changed since the save: " << meta.state.global_batch << " -> " << global_batch()
+         << " sequences of " << shape_.seq << " tokens per step (training.batch_size x ranks x accumulation); "
+         << "the data stream goes on where it stopped, in batches of the new size\n";
   // Report what changed since the checkpoint (steps, schedule, logging may; the model may not).
   std::istringstream before(meta.state.config_toml), after(cfg_.to_toml());
   std::map<std::string, std::string> old_values;
@@ -291,10 +322,13 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
        << (meta.world != 1 ? concat(", saved by ", meta.world, " ranks") : "") << ")\n" << std::flush;
 }
 
+int64_t Trainer::global_batch() const { return shape_.batch * accumulation_ * group_.size(); }
+
 void Trainer::save_checkpoint(int64_t step) {
   if (!dp_->saves_checkpoint()) return;  // replicas of replica 0's shards
   engine_->to_host();
-  checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml()};
+  checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml(),
+                            global_batch()};
   checkpoints_->save(step, model_->parameters(), st);
 }
 
@@ -495,9 +529,7 @@ std::vector<StepMetrics> Trainer::run() {
   const int64_t steps = cfg_.get_int("training.steps"), log_freq = cfg_.get_int("metrics.log_freq");
   const bool validate = cfg_.get_bool("validation.enabled"), profile = cfg_.get_bool("profiling.enable_profiling");
   const int64_t val_freq = cfg_.get_int("validation.freq"), profile_freq = cfg_.get_int("profiling.profile_freq");
-  g_stop_signal = 0;
-  const auto old_int = std::signal(SIGINT, request_stop);
-  const auto old_term = std::signal(SIGTERM, request_stop);
+  set_stop_phase(StopPhase::training);  // a first stop signal now waits for the step in progress
   std::vector<StepMetrics> history;
   if (checkpoints_ && cfg_.get_bool("checkpoint.create_seed_checkpoint")) {
     save_checkpoint(0);
@@ -521,7 +553,7 @@ std::vector<StepMetrics> Trainer::run() {
     window_data += history.back().data_seconds;
     window_bytes += dp_->take_volume().total() + engine_->take_comm_bytes();
     ++window_steps;
-    double stop = g_stop_signal != 0 ? 1.0 : 0.0;
+    double stop = stop_requested() != 0 ? 1.0 : 0.0;
     group_.all_reduce_sum(&stop, 1);  // every rank stops after the same step
     const bool stopping = stop > 0;
     if (step == 1 || step % log_freq == 0 || step == steps || stopping) {
@@ -538,7 +570,7 @@ std::vector<StepMetrics> Trainer::run() {
     if (checkpoints_ && (checkpoints_->due(step) || step == steps || stopping)) save_checkpoint(step);
     if (checkpoints_ && step == steps && cfg_.get_bool("checkpoint.model_weights_only")) export_weights(step);
     if (stopping) {
-      log_ << "received " << (g_stop_signal == SIGINT ? "SIGINT" : g_stop_signal == SIGTERM ? "SIGTERM" : "a stop from another rank")
+      log_ << "received " << (stop_requested() != 0 ? signal_name(stop_requested()) : "a stop from another rank")
            << ": stopped cleanly after step "
            << step << " of " << steps << "\n" << std::flush;
       break;
@@ -549,12 +581,13 @@ std::vector<StepMetrics> Trainer::run() {
     log_ << "FSDP: at most " << std::max(dp_->peak_unsharded_bytes(), engine_->peak_unsharded_bytes())
          << " bytes of whole weights and gradients were gathered at once on rank 0\n";
   log_ << engine_->phase_report() << std::flush;
-  std::signal(SIGINT, old_int);
-  std::signal(SIGTERM, old_term);
+  set_stop_phase(StopPhase::starting);
   return history;
 }
 
 int train_main(const std::vector<std::string>& args) {
+  install_stop_handlers();  // before anything that can wait: reading the config, data, a collective
+  set_stop_phase(StopPhase::starting);
   config::JobConfig cfg;
   std::vector<std::string> overrides;
   for (size_t i = 0; i < args.size(); ++i) {

@@ -7,6 +7,7 @@
 
 #include "titan/checkpoint/manager.h"
 #include "titan/config/job_config.h"
+#include "titan/core/folder_lock.h"
 #include "titan/core/trace.h"
 #include "titan/data/loader.h"
 #include "titan/metrics/logger.h"
@@ -62,14 +63,19 @@ class Trainer {
   metrics::LogRecord make_record(const StepMetrics& m, double window_seconds, double window_data_seconds,
                                  int64_t window_steps, double elapsed) const;
   void write_trace(int64_t step);
+  // Rank 0 locks the dump folder and the checkpoint folder before any rank touches them.
+  void lock_run_folders();
+  void write_resolved_config(const std::string& dump);
   void resume_from(const std::string& dir, data::WindowSource& source);
   void save_checkpoint(int64_t step);
+  int64_t global_batch() const;  // sequences per optimizer step over all ranks
   void export_weights(int64_t step);
 
   std::unique_ptr<parallel::ProcessGroup> own_group_;  // the one-rank group when none is given
   parallel::ProcessGroup& group_;
   const config::JobConfig& cfg_;
   std::ostream& log_;
+  std::vector<std::unique_ptr<FolderLock>> locks_;  // the run's folders, held until everything below is gone
   DataSetup data_;
   llama3::ModelArgs args_;
   llama3::BatchShape shape_;  // one micro-batch
