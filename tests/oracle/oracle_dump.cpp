@@ -188,6 +188,12 @@ void run_train(const Args& a, TensorFile& f) {
   f.add("labels", {steps, s.batch, s.seq}, all_labels.data());
   f.add("losses", {steps}, losses.data());
   f.add("grad_norms", {steps}, norms.data());
+  // The state after the last step: a wrong beta, eps or decay can hide in ten losses, not here.
+  add_params(model, f, "final.", false);
+  for (auto& p : model.parameters()) {
+    f.add("exp_avg." + p.name, p.global_shape, p.exp_avg.f32());
+    f.add("exp_avg_sq." + p.name, p.global_shape, p.exp_avg_sq.f32());
+  }
 }
 
 }  // namespace
