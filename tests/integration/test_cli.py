@@ -60,8 +60,9 @@ def test_training(titan, configs, tmp):
         check(losses(comp) == losses(a), "compile = true changes nothing on the CPU")
     c = os.path.join(tmp, "c")
     rc = small_run(titan, configs, c, "--training.steps", "2", "--training.dataset", "synthetic", "--training.seed", "5")
-    if rc.returncode == 0 and ra.returncode == 0:
-        check(losses(c)[0] != losses(a)[0], "a different seed gives a different run")
+    # The run's success is part of the check: a crash must not make it vanish.
+    check(rc.returncode == 0 and ra.returncode == 0 and losses(c)[0] != losses(a)[0],
+          f"a different seed gives a different run ({rc.stderr.strip()[-300:]})")
 
     p = os.path.join(tmp, "pattern")
     r = small_run(titan, configs, p, "--training.steps", "100", "--training.dataset", "synthetic_pattern",
@@ -245,6 +246,7 @@ def test_estimate(titan, configs, tmp):
     folder = os.path.join(tmp, "estimate_run")
     t = run(titan, "train", *cfg, *shape, "--training.steps", "3", "--metrics.log_freq", "1", "--job.dump_folder",
             folder, "--training.device", "cpu", env={"OMP_NUM_THREADS": "2"})
+    check(t.returncode == 0, f"the run the estimate is measured against succeeds ({t.stderr.strip()[-300:]})")
     if m and t.returncode == 0:
         with open(os.path.join(folder, "metrics.jsonl")) as f:
             measured = max(json.loads(line)["mem_active_gib"] for line in f)
