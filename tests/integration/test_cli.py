@@ -81,6 +81,9 @@ def test_training(titan, configs, tmp):
           f"debug_model.toml runs on the default corpus and prints parameter count and memory {r.stderr.strip()}")
 
 
+# The copy task's shape. Measured (debug model, 8 x 32 per step): 8.12 -> 1.03 in 200 steps, under
+# 1.2 from step ~150; with attention cut to the current token it stays at 4.23 (ln K = 4.16).
+# 200 steps take ~39 s on 2 cores.
 SEQ, SPAN, ALPHABET, STEPS, LR, BOUND = 32, 8, 64, 200, "2e-3", 0.6
 
 
