@@ -275,16 +275,25 @@ TEST(CudaAdamW, MatchesCpuOptimizerIncludingClipping) {
     std::copy(v.begin(), v.end(), p.exp_avg_sq.f32());
     DeviceArray<float> dw(w), dg(g), dm(m), dv(v);
     DeviceArray<uint16_t> wb(n);
-    optim::AdamW cpu_opt({1e-3, 0.9, 0.95, 1e-8, 0.1}), gpu_opt({1e-3, 0.9, 0.95, 1e-8, 0.1});
+    const double lr = 1e-3, b1 = 0.9, b2 = 0.95, wd = 0.1;
+    optim::AdamW cpu_opt({lr, b1, b2, 1e-8, wd});
     std::deque<Parameter> params;
     params.push_back(std::move(p));
     const float coef = 0.5f;
     for (int step = 0; step < 3; ++step) {
+      if (step > 0) {  // a new gradient each step: with one gradient repeated, swapped betas would pass
+        g = randn(tag + "g" + std::to_string(step), n);
+        dg.upload(g);
+      }
       for (int64_t i = 0; i < n; ++i) params[0].grad.f32()[i] = g[i] * coef;  // clip on the CPU as clip_grads would
-      cpu_opt.step(params, 1e-3);
-      const auto f = gpu_opt.advance(1e-3);
-      cuda::adamw(dw.get(), dg.get(), dm.get(), dv.get(), wb.get(), n,
-                  {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, coef}, nullptr);
+      cpu_opt.step(params, lr);
+      // The GPU's factors from the textbook formula, not from AdamW::advance(), which the CPU
+      // reference also uses (a wrong factor there would pass both sides).
+      const double t = step + 1;
+      const cuda::AdamWStep f{static_cast<float>(1 - lr * wd), static_cast<float>(b1), static_cast<float>(b2), 1e-8f,
+                              static_cast<float>(lr / (1 - std::pow(b1, t))),
+                              static_cast<float>(std::sqrt(1 - std::pow(b2, t))), coef};
+      cuda::adamw(dw.get(), dg.get(), dm.get(), dv.get(), wb.get(), n, f, nullptr);
     }
     const auto gw = dw.download(), gm = dm.download(), gv = dv.download();
     const auto gwb = wb.download();

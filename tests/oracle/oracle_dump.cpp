@@ -55,7 +55,9 @@ void run_op(const std::string& op, const Args& a, TensorFile& f) {
     f.add("y", {n, out}, y.data()); f.add("dx", {n, in}, dx.data()); f.add("dw", {out, in}, dw.data());
   } else if (op == "rmsnorm") {
     const int64_t n = a.i("n"), d = a.i("d");
-    auto x = randn(seed, "x", n * d, 2.0f), w = randn(seed, "w", d, 0.1f, 1.0f), dy = randn(seed, "dy", n * d);
+    // x_scale: inputs small enough that eps (1e-5) weighs against their mean square.
+    const float x_scale = a.kv.count("x_scale") ? static_cast<float>(a.f("x_scale")) : 2.0f;
+    auto x = randn(seed, "x", n * d, x_scale), w = randn(seed, "w", d, 0.1f, 1.0f), dy = randn(seed, "dy", n * d);
     std::vector<float> y(n * d), rstd(n), dx(n * d), dw(d, 0.0f);
     cpu::rmsnorm_forward(x.data(), w.data(), y.data(), rstd.data(), n, d, 1e-5f);
     cpu::rmsnorm_backward(x.data(), w.data(), rstd.data(), dy.data(), dx.data(), dw.data(), n, d);
@@ -188,6 +190,12 @@ void run_train(const Args& a, TensorFile& f) {
   f.add("labels", {steps, s.batch, s.seq}, all_labels.data());
   f.add("losses", {steps}, losses.data());
   f.add("grad_norms", {steps}, norms.data());
+  // The state after the last step: a wrong beta, eps or decay can hide in ten losses, not here.
+  add_params(model, f, "final.", false);
+  for (auto& p : model.parameters()) {
+    f.add("exp_avg." + p.name, p.global_shape, p.exp_avg.f32());
+    f.add("exp_avg_sq." + p.name, p.global_shape, p.exp_avg_sq.f32());
+  }
 }
 
 }  // namespace

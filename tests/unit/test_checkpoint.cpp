@@ -100,7 +100,8 @@ TEST(Checkpoint, SavedAtOneRankCountLoadsAtAnyOther) {
           const int64_t off = p.rows.begin * p.row_elems();
           for (int64_t i = 0; i < p.master.numel(); ++i) {
             ASSERT_EQ(p.master.f32()[i], w.master.f32()[off + i]) << p.name << " saved " << saved << " loaded " << r << "/" << world;
-            ASSERT_EQ(p.exp_avg_sq.f32()[i], w.exp_avg_sq.f32()[off + i]) << p.name;
+            ASSERT_EQ(p.exp_avg.f32()[i], w.exp_avg.f32()[off + i]) << p.name << " exp_avg";
+            ASSERT_EQ(p.exp_avg_sq.f32()[i], w.exp_avg_sq.f32()[off + i]) << p.name << " exp_avg_sq";
           }
         }
       }
