@@ -123,6 +123,10 @@ def test_folder_lock(titan, tmp):
         log.close()
     e = train(titan, folder, "--training.steps", "3", "--checkpoint.enable_checkpoint", timeout=120)
     check(e.returncode == 0 and "in use" not in e.stderr, f"after kill -9 nothing stale blocks the folder: exit {e.returncode}, {one_line(e)[:200]}")
+    same = os.path.join(tmp, "lock-same")
+    f = train(titan, same, "--training.steps", "2", "--checkpoint.enable_checkpoint", "--checkpoint.folder", ".", timeout=120)
+    check(f.returncode == 0 and os.path.isdir(os.path.join(same, "step-2")),
+          f"a checkpoint folder that is the dump folder is locked once, not against itself: exit {f.returncode}, {one_line(f)[:200]}")
 
 
 # 2. ------------------------------------------------------------------------------------------
@@ -451,6 +455,17 @@ def test_sighup(titan, tmp):
     text = open(os.path.join(tmp, "hup.log")).read()
     check(p.returncode == 0 and "SIGHUP" in text and "stopped cleanly" in text and step_dirs(folder),
           f"SIGHUP saves and stops like SIGTERM: exit {p.returncode}, {step_dirs(folder)}, {text.strip()[-200:]}")
+    # Under nohup (SIGHUP ignored when titan starts) a hang-up is not a stop.
+    folder = os.path.join(tmp, "nohup")
+    p = subprocess.Popen(cmd(titan, folder, "--training.steps", "1000000"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for(lambda: len(metrics_rows(folder)) >= 2, 120)
+    p.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    alive = p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    check(alive and p.returncode == 0, f"under nohup SIGHUP is ignored, SIGTERM still stops cleanly: alive {alive}, exit {p.returncode}")
 
 
 # 11. -----------------------------------------------------------------------------------------

@@ -233,12 +233,19 @@ TEST(CheckpointReliability, CommitReplacesASavedStepOnlyWhenAsked) {
   Metadata meta;
   meta.state = {4, "", "{\"other\": 1}", ""};
   meta.shards = write_rank_file(dir + ".tmp", 0, other.parameters(), true);
-  EXPECT_NE(error_of([&] { commit(dir + ".tmp", dir, meta); }).find("already exists"), std::string::npos);
+  EXPECT_NE(error_of([&] { commit(dir + ".tmp", dir, meta); }).find("already holds a saved checkpoint"), std::string::npos);
   EXPECT_EQ(read_metadata(dir).state.model_signature, meta_before.state.model_signature);
   commit(dir + ".tmp", dir, meta, true);
   EXPECT_EQ(read_metadata(dir).state.model_signature, "{\"other\": 1}");
   EXPECT_FALSE(fs::exists(dir + ".tmp"));
   EXPECT_EQ(list_steps(d.path.string()), std::vector<int64_t>{4});
+  // A step folder without metadata.json is no checkpoint: a save may take its place unasked.
+  fs::create_directories(d.path / "step-5" / "junk");
+  meta.state.step = 5;
+  meta.shards = write_rank_file((d.path / "step-5.tmp").string(), 0, other.parameters(), true);
+  commit((d.path / "step-5.tmp").string(), (d.path / "step-5").string(), meta);
+  EXPECT_EQ(list_steps(d.path.string()), (std::vector<int64_t>{4, 5}));
+  EXPECT_FALSE(fs::exists(d.path / "step-5" / "junk"));
 }
 
 TEST(CheckpointReliability, NonFiniteStateIsNeverWritten) {

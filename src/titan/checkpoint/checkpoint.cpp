@@ -250,9 +250,11 @@ void commit(const std::string& dir, const std::string& final_dir, const Metadata
   const bool exists = fs::symlink_status(final_dir, ec).type() != fs::file_type::not_found;
   if (ec && ec != std::errc::no_such_file_or_directory)
     throw UserError(concat(final_dir, ": cannot check for an earlier save: ", ec.message()));
-  if (exists && !replace_existing)
-    throw UserError(concat(final_dir, ": already exists; titan replaces a saved step only after a resume from an "
-                           "earlier one (checkpoint.load_step); the new save stays in ", dir));
+  // A folder without metadata.json is no checkpoint (list_steps skips it): it may be replaced.
+  const bool saved = exists && fs::symlink_status(fs::path(final_dir) / "metadata.json", ec).type() != fs::file_type::not_found;
+  if (saved && !replace_existing)
+    throw UserError(concat(final_dir, ": already holds a saved checkpoint; titan replaces one only after a resume "
+                           "from an earlier step (checkpoint.load_step), so this save is not committed"));
   if (exists) {
     // One atomic exchange: step-N is never missing, and the old save leaves under the .tmp name
     // that the next start-up removes should this process die before deleting it.

@@ -40,7 +40,8 @@ CheckpointManager::CheckpointManager(ManagerOptions options, std::ostream& log) 
     }
     const bool tmp = ends_with(name, ".tmp"), deleting = ends_with(name, ".deleting") || ends_with(name, kReplacedSuffix);
     if (tmp || deleting) {
-      log_ << "checkpoint: removing " << (tmp ? "incomplete save " : "half-deleted ") << path.string() << "\n";
+      log_ << "checkpoint: removing " << (tmp ? "incomplete save " : "earlier save already replaced or deleted ")
+           << path.string() << "\n";
       fs::remove_all(path, ec);
     }
   }

@@ -52,7 +52,9 @@ FolderLock::FolderLock(const std::string& folder, const std::string& key, std::o
     return;
   }
   const std::string owner = this_owner();  // for the message a refused run prints
-  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, owner.data(), owner.size(), 0) != static_cast<ssize_t>(owner.size()))
+  // Written before the cut, so a refused run never reads an empty file.
+  if (::pwrite(fd_, owner.data(), owner.size(), 0) != static_cast<ssize_t>(owner.size()) ||
+      ::ftruncate(fd_, static_cast<off_t>(owner.size())) != 0)
     log << "warning: " << path << ": cannot record the owner (" << std::strerror(errno) << ")\n";
 }
 

@@ -9,7 +9,8 @@ namespace titan {
 
 enum class StopPhase { starting, training };
 
-// Installs the handlers (once per process; later calls only reset the request).
+// Installs the handlers, leaving alone a signal that is already ignored (nohup's SIGHUP), and
+// resets the request.
 void install_stop_handlers();
 void set_stop_phase(StopPhase phase);
 // The signal that asked to stop, or 0.

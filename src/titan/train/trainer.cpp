@@ -224,9 +224,13 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
 void Trainer::lock_run_folders() {
   if (group_.rank() == 0) {
     locks_.push_back(std::make_unique<FolderLock>(cfg_.get_string("job.dump_folder"), "job.dump_folder", log_));
-    // The checkpoint folder too, relative or not: another run may name it absolutely from its own dump folder.
-    const auto folder = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder");
-    if (cfg_.get_bool("checkpoint.enable_checkpoint"))
+    // The checkpoint folder too, relative or not: another run may name it absolutely from its own
+    // dump folder. Not twice: flock refuses a second lock on the same file even in this process.
+    const auto dump = std::filesystem::path(cfg_.get_string("job.dump_folder"));
+    const auto folder = dump / cfg_.get_string("checkpoint.folder");
+    std::error_code ec;
+    if (cfg_.get_bool("checkpoint.enable_checkpoint") &&
+        !(std::filesystem::create_directories(folder, ec), std::filesystem::equivalent(dump, folder, ec)))
       locks_.push_back(std::make_unique<FolderLock>(folder.string(), "checkpoint.folder", log_));
   }
   group_.barrier();  // no rank touches the folders before rank 0 owns them
@@ -238,7 +242,7 @@ void Trainer::write_resolved_config(const std::string& dump) {
   std::ofstream out(path, std::ios::trunc);
   out << cfg_.to_toml();
   out.close();
-  if (!out) log_ << "warning: " << path.string() << ": cannot write the resolved config (" << std::strerror(errno) << ")\n";
+  if (!out) log_ << "warning: " << path.string() << ": cannot write the resolved config; the run goes on\n";
 }
 
 cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
