@@ -55,6 +55,15 @@ def wait_for(pred, seconds):
     return False
 
 
+def wait_or_kill(p, seconds):
+    """Waits for p to end; kills it if it has not after `seconds`."""
+    try:
+        p.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def metrics_rows(folder):
     path = os.path.join(folder, "metrics.jsonl")
     if not os.path.exists(path):
@@ -210,11 +219,7 @@ def test_inputs_that_block(titan, tmp):
     time.sleep(0.5)
     t0 = time.time()
     p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+    wait_or_kill(p, 5)
     out.close()
     check(started and time.time() - t0 < 5 and p.returncode != 0,
           f"a second SIGTERM ends a long step at once: {time.time() - t0:.1f} s, exit {p.returncode}")
@@ -406,7 +411,7 @@ def run_measured(argv, tmp, timeout=300):
     with open(os.path.join(tmp, "measured.out"), "w") as o, open(os.path.join(tmp, "measured.err"), "w") as e:
         p = subprocess.Popen(argv, stdout=o, stderr=e)
         deadline = time.time() + timeout
-        while True:
+        while True:  # os.wait4, not p.wait: it returns the child's own peak RSS
             pid, status, usage = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
@@ -446,11 +451,7 @@ def test_sighup(titan, tmp):
                              "--checkpoint.interval", "100000"), stdout=log, stderr=subprocess.STDOUT)
     check(wait_for(lambda: len(metrics_rows(folder)) >= 3, 120), "training before SIGHUP")
     p.send_signal(signal.SIGHUP)
-    try:
-        p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+    wait_or_kill(p, 60)
     log.close()
     text = open(os.path.join(tmp, "hup.log")).read()
     check(p.returncode == 0 and "SIGHUP" in text and "stopped cleanly" in text and step_dirs(folder),

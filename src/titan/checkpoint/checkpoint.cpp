@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -65,13 +64,6 @@ struct Piece {
   const Tensor* t;
 };
 
-// Index of the first inf/NaN among n floats, or -1.
-int64_t first_nonfinite(const float* v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(v[i])) return i;
-  return -1;
-}
-
 constexpr const char* kMetadataChecksumKey = "metadata_xxh3";
 
 // The checksum covers the metadata's canonical text (compact, keys sorted) without its own field.
@@ -98,6 +90,14 @@ std::string rank_file_name(int rank) {
 }
 
 std::string step_dir_name(int64_t step) { return "step-" + std::to_string(step); }
+
+std::ifstream open_rank_file(const std::string& path) {
+  if (const std::string why = unreadable_file_reason(path); why == kNoSuchFile)
+    throw UserError(concat(path, ": missing rank file"));
+  else if (!why.empty())
+    throw UserError(concat(path, ": cannot read rank file: ", why));
+  return std::ifstream(path, std::ios::binary);
+}
 
 std::optional<int64_t> step_of_dir_name(const std::string& name) {
   if (name.size() <= 5 || name.size() > 5 + 18 || name.rfind("step-", 0) != 0 ||
@@ -283,7 +283,7 @@ void commit(const std::string& dir, const std::string& final_dir, const Metadata
 
 Metadata read_metadata(const std::string& step_dir) {
   const std::string path = (fs::path(step_dir) / "metadata.json").string();
-  if (const std::string why = unreadable_file_reason(path); why == "no such file")
+  if (const std::string why = unreadable_file_reason(path); why == kNoSuchFile)
     throw UserError(concat(path, ": missing (not a titan checkpoint, or an incomplete one)"));
   else if (!why.empty())
     throw UserError(concat(path, ": cannot read the checkpoint's metadata: ", why));
@@ -336,13 +336,7 @@ void load_parameters(const std::string& step_dir, const Metadata& meta, std::deq
   auto file = [&](int rank) -> std::ifstream& {
     auto it = files.find(rank);
     if (it != files.end()) return it->second;
-    const std::string path = (fs::path(step_dir) / rank_file_name(rank)).string();
-    if (const std::string why = unreadable_file_reason(path); why == "no such file")
-      throw UserError(concat(path, ": missing rank file"));
-    else if (!why.empty())
-      throw UserError(concat(path, ": cannot read rank file: ", why));
-    std::ifstream in(path, std::ios::binary);
-    return files.emplace(rank, std::move(in)).first->second;
+    return files.emplace(rank, open_rank_file((fs::path(step_dir) / rank_file_name(rank)).string())).first->second;
   };
   std::vector<char> buf;
   auto load = [&](const std::string& tensor, const Parameter& p, Tensor& dst) {

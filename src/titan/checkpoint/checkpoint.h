@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,8 @@ struct Metadata {
 inline constexpr const char* kReplacedSuffix = ".replaced";
 
 std::string rank_file_name(int rank);
+// Opens a rank file for reading; UserError naming it as missing, or why it cannot be read.
+std::ifstream open_rank_file(const std::string& path);
 std::string step_dir_name(int64_t step);
 // N for a folder named step-N (digits only), nothing for any other name (step-3.tmp included).
 std::optional<int64_t> step_of_dir_name(const std::string& name);

@@ -57,10 +57,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, const std::string& dir, bool bf16,
                int32_t bos_id, int32_t eos_id) {
   for (const auto& p : params)  // a model that cannot run is not exported
-    for (int64_t i = 0; i < p.master.numel(); ++i)
-      if (!std::isfinite(p.master.f32()[i]))
-        throw UserError(concat(dir, ": not exported: weight ", p.name, " holds a value that is not finite (",
-                               p.master.f32()[i], " at element ", i, ")"));
+    if (const int64_t i = first_nonfinite(p.master.f32(), p.master.numel()); i >= 0)
+      throw UserError(concat(dir, ": not exported: weight ", p.name, " holds a value that is not finite (",
+                             p.master.f32()[i], " at element ", i, ")"));
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));

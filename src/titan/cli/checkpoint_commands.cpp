@@ -17,7 +17,6 @@
 #include "titan/checkpoint/model_signature.h"
 #include "titan/cli/args.h"
 #include "titan/core/error.h"
-#include "titan/core/file_check.h"
 #include "titan/core/rng.h"
 #include "titan/data/tokenizer.h"
 #include "titan/models/llama3/decoder.h"
@@ -76,9 +75,7 @@ int inspect_main(const std::vector<std::string>& args) {
   if (a.has("verify")) {
     for (const auto& e : meta.shards) {
       const std::string path = (fs::path(dir) / checkpoint::rank_file_name(e.rank)).string();
-      if (const std::string why = unreadable_file_reason(path); !why.empty())
-        throw UserError(concat(path, why == "no such file" ? ": missing rank file" : ": cannot read rank file: " + why));
-      std::ifstream in(path, std::ios::binary);
+      std::ifstream in = checkpoint::open_rank_file(path);
       std::vector<char> buf(static_cast<size_t>(e.bytes));
       in.seekg(e.offset);
       in.read(buf.data(), e.bytes);
@@ -86,10 +83,9 @@ int inspect_main(const std::vector<std::string>& args) {
       if (XXH3_64bits(buf.data(), buf.size()) != e.checksum) throw UserError(concat(path, ": checksum mismatch in tensor ", e.tensor));
       // A checksum proves the bytes are as saved, not that they can train: inf/NaN are refused too.
       const auto* v = reinterpret_cast<const float*>(buf.data());
-      for (int64_t i = 0; i < e.bytes / 4; ++i)
-        if (!std::isfinite(v[i]))
-          throw UserError(concat(path, ": tensor ", e.tensor, " holds a value that is not finite (", v[i], " at element ",
-                                 i, " of rank ", e.rank, "'s rows)"));
+      if (const int64_t i = first_nonfinite(v, e.bytes / 4); i >= 0)
+        throw UserError(concat(path, ": tensor ", e.tensor, " holds a value that is not finite (", v[i], " at element ",
+                               i, " of rank ", e.rank, "'s rows)"));
     }
     std::cout << "verified: every shard's checksum matches and every value is finite\n";
   }

@@ -23,7 +23,7 @@ const char* kind_of(mode_t mode) {
 
 std::string unreadable_file_reason(const std::string& path) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return errno == ENOENT ? "no such file" : std::strerror(errno);
+  if (::stat(path.c_str(), &st) != 0) return errno == ENOENT ? kNoSuchFile : std::strerror(errno);
   if (const char* kind = kind_of(st.st_mode)) return kind;
   // Opening is the only exact test of permission (root, ACLs, read-only mounts all differ).
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);

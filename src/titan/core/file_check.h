@@ -5,6 +5,9 @@
 
 namespace titan {
 
+// unreadable_file_reason's answer for a path that does not exist, for callers that say "missing".
+inline constexpr const char* kNoSuchFile = "no such file";
+
 // "" when `path` is a regular file this process can open for reading; otherwise the reason, as
 // a phrase: "no such file", "it is a directory, expected a file", "it is a FIFO (named pipe),
 // not a regular file", "Permission denied", ...

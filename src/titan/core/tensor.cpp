@@ -1,5 +1,7 @@
 #include "titan/core/tensor.h"
 
+#include <cmath>
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -50,5 +52,11 @@ Tensor Tensor::view_of(const Tensor& base, Shape shape, int64_t offset) {
 }
 
 void Tensor::zero_() { std::memset(data<char>(), 0, bytes()); }
+
+int64_t first_nonfinite(const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) return i;
+  return -1;
+}
 
 }  // namespace titan

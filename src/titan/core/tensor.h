@@ -15,6 +15,8 @@ using Shape = std::vector<int64_t>;
 
 int64_t shape_numel(const Shape& s);
 std::string shape_str(const Shape& s);
+// Index of the first inf or NaN among n floats, or -1 (checkpoints, exports and verify refuse them).
+int64_t first_nonfinite(const float* v, int64_t n);
 
 // Host memory aligned for vector loads; released when the last tensor using it goes.
 class Storage {

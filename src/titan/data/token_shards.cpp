@@ -143,7 +143,7 @@ class ShardWindowSource : public WindowSource {
   void open_shard(const std::string& name, int64_t tokens) {
     const std::string path = (fs::path(dir_) / name).string();
     // A FIFO would block and a directory is not "missing": say what it is.
-    if (const std::string why = unreadable_file_reason(path); !why.empty() && why != "no such file")
+    if (const std::string why = unreadable_file_reason(path); !why.empty() && why != kNoSuchFile)
       throw UserError(concat(path, ": cannot open shard: ", why));
     const int fd = ::open(path.c_str(), O_RDONLY);
     if (fd < 0) throw UserError(concat(path, ": missing shard"));

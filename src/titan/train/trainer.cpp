@@ -228,10 +228,12 @@ void Trainer::lock_run_folders() {
     // dump folder. Not twice: flock refuses a second lock on the same file even in this process.
     const auto dump = std::filesystem::path(cfg_.get_string("job.dump_folder"));
     const auto folder = dump / cfg_.get_string("checkpoint.folder");
-    std::error_code ec;
-    if (cfg_.get_bool("checkpoint.enable_checkpoint") &&
-        !(std::filesystem::create_directories(folder, ec), std::filesystem::equivalent(dump, folder, ec)))
-      locks_.push_back(std::make_unique<FolderLock>(folder.string(), "checkpoint.folder", log_));
+    if (cfg_.get_bool("checkpoint.enable_checkpoint")) {
+      std::error_code ec;
+      std::filesystem::create_directories(folder, ec);  // FolderLock reports a failure to create it
+      if (!std::filesystem::equivalent(dump, folder, ec))
+        locks_.push_back(std::make_unique<FolderLock>(folder.string(), "checkpoint.folder", log_));
+    }
   }
   group_.barrier();  // no rank touches the folders before rank 0 owns them
 }
