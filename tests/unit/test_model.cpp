@@ -3,10 +3,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 
 #include "titan/core/rng.h"
 #include "titan/models/llama3/classifier_plan.h"
 #include "titan/models/llama3/init.h"
+#include "titan/models/llama3/layout.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/metrics/flops.h"
 #include "titan/core/error.h"
@@ -59,6 +61,42 @@ TEST(Init, FollowsTorchtitanRules) {
   const InitRule out = init_rule("output.weight", a);
   EXPECT_FLOAT_EQ(out.bound, 3.0f * out.std);
   EXPECT_THROW(init_rule("layers.0.mystery.weight", a), InternalError);
+}
+
+TEST(Layout, DescribesEveryTensorOnceWithItsUnitShapeAndHfName) {
+  const ModelArgs a = small_args();
+  const ModelLayout layout(a);
+  const int64_t d = a.dim, qd = a.n_heads * a.head_dim(), kvd = a.kv_dim(), f = a.ffn_hidden();
+  // Counted independently of the table: two vocab x dim matrices, the final norm, and per block
+  // wq, wo (qd x d), wk, wv (kvd x d), w1, w2, w3 (f x d) and two norms.
+  EXPECT_EQ(layout.numel(), 2 * a.vocab_size * d + d + a.n_layers * (2 * qd * d + 2 * kvd * d + 3 * f * d + 2 * d));
+  EXPECT_EQ(layout.size(), 3u + 9u * static_cast<size_t>(a.n_layers));
+  int64_t by_unit = 0;
+  for (int u = 0; u < layout.units(); ++u) by_unit += layout.unit_numel(u);
+  EXPECT_EQ(by_unit, layout.numel());
+  EXPECT_EQ(layout.unit_numel(0), 2 * a.vocab_size * d + d);
+  EXPECT_EQ(layout.embedding_numel(), a.vocab_size * d);
+  std::set<std::string> names, hf;
+  for (const auto& t : layout.tensors()) {
+    EXPECT_TRUE(names.insert(t.name).second) << t.name;
+    EXPECT_TRUE(hf.insert(t.hf_name).second) << t.hf_name;
+    EXPECT_EQ(hf_name_of(t.name), t.hf_name);
+    EXPECT_EQ(t.unit, t.layer < 0 ? 0 : t.layer + 1) << t.name;
+    EXPECT_EQ(layout.find(t.name), static_cast<int64_t>(&t - layout.tensors().data()));
+  }
+  const TensorSpec& w2 = layout[layout.block_index(1, Role::w2)];
+  EXPECT_EQ(w2.name, "layers.1.feed_forward.w2.weight");
+  EXPECT_EQ(w2.hf_name, "model.layers.1.mlp.down_proj.weight");
+  EXPECT_EQ(w2.shape, (Shape{d, f}));
+  EXPECT_EQ(w2.tp, TpStyle::rowwise);
+  EXPECT_EQ(layout[layout.block_index(0, Role::wq)].rope_heads, a.n_heads);
+  EXPECT_EQ(layout[layout.block_index(0, Role::wk)].rope_heads, a.n_kv_heads);
+  EXPECT_EQ(layout[layout.block_index(0, Role::wv)].rope_heads, 0);
+  EXPECT_EQ(layout[layout.root_index(Role::output)].hf_name, "lm_head.weight");
+  EXPECT_EQ(layout[layout.root_index(Role::norm)].precision, LinearPrecision::none);
+  EXPECT_EQ(layout[layout.block_index(1, Role::w1)].precision, LinearPrecision::bf16);
+  EXPECT_EQ(layout.find("layers.2.attention.wq.weight"), -1);  // two layers only
+  EXPECT_EQ(hf_name_of("layers.x.attention.wq.weight"), "");
 }
 
 TEST(Flavors, MatchReferenceShapes) {

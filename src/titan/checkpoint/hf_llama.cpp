@@ -11,31 +11,14 @@
 #include "titan/checkpoint/safetensors.h"
 #include "titan/core/dtype.h"
 #include "titan/core/error.h"
+#include "titan/models/llama3/layout.h"
 
 namespace titan::checkpoint {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string hf_name(const std::string& n) {
-  static const std::vector<std::pair<std::string, std::string>> layer_map = {
-      {"attention.wq.weight", "self_attn.q_proj.weight"},   {"attention.wk.weight", "self_attn.k_proj.weight"},
-      {"attention.wv.weight", "self_attn.v_proj.weight"},   {"attention.wo.weight", "self_attn.o_proj.weight"},
-      {"feed_forward.w1.weight", "mlp.gate_proj.weight"},   {"feed_forward.w3.weight", "mlp.up_proj.weight"},
-      {"feed_forward.w2.weight", "mlp.down_proj.weight"},   {"attention_norm.weight", "input_layernorm.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"}};
-  if (n == "tok_embeddings.weight") return "model.embed_tokens.weight";
-  if (n == "norm.weight") return "model.norm.weight";
-  if (n == "output.weight") return "lm_head.weight";
-  // "layers.<digits>.<rest>"
-  if (n.rfind("layers.", 0) != 0) return "";
-  const size_t dot = n.find('.', 7);
-  if (dot == std::string::npos || dot == 7 || n.find_first_not_of("0123456789", 7) != dot) return "";
-  const std::string id = n.substr(7, dot - 7), rest = n.substr(dot + 1);
-  for (const auto& [t, h] : layer_map)
-    if (rest == t) return "model.layers." + id + "." + h;
-  return "";
-}
+std::string hf_name(const std::string& n) { return llama3::hf_name_of(n); }
 
 void permute_rope_rows(const float* in, float* out, int64_t heads, int64_t head_dim, int64_t cols, bool to_hf) {
   const int64_t half = head_dim / 2;
@@ -64,14 +47,15 @@ void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, 
   fs::create_directories(dir, ec);
   if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));
   std::map<std::string, StTensor> tensors;
+  const llama3::ModelLayout layout(a);
+  TITAN_CHECK(params.size() == layout.size(), "export: ", params.size(), " parameters, the layout has ", layout.size());
+  size_t index = 0;
   for (const auto& p : params) {
-    TITAN_CHECK(p.world == 1, "export needs whole parameters");
+    const llama3::TensorSpec& spec = layout[index++];
+    TITAN_CHECK(p.world == 1 && p.name == spec.name, "export needs whole parameters in the layout's order");
     const int64_t n = p.numel();
     std::vector<float> w(p.master.f32(), p.master.f32() + n);
-    if (ends_with(p.name, "attention.wq.weight") || ends_with(p.name, "attention.wk.weight")) {
-      const int64_t heads = ends_with(p.name, "wq.weight") ? a.n_heads : a.n_kv_heads;
-      permute_rope_rows(p.master.f32(), w.data(), heads, a.head_dim(), a.dim, true);
-    }
+    if (spec.rope_heads > 0) permute_rope_rows(p.master.f32(), w.data(), spec.rope_heads, a.head_dim(), a.dim, true);
     StTensor t;
     t.dtype = bf16 ? "BF16" : "F32";
     t.shape = p.global_shape;
@@ -82,7 +66,7 @@ void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, 
     } else {
       std::memcpy(t.data.data(), w.data(), t.data.size());
     }
-    tensors.emplace(hf_name(p.name), std::move(t));
+    tensors.emplace(spec.hf_name, std::move(t));
   }
   write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   const json config = {{"architectures", {"LlamaForCausalLM"}},
@@ -174,35 +158,22 @@ HfModel import_hf(const std::string& dir) {
   for (const auto& f : files)
     for (auto& [name, t] : read_safetensors(f)) hf.emplace(name, std::make_pair(std::move(t), f));
 
-  // The parameter list of the flavor, by titan name, with the expected shapes.
+  // The flavor's tensors, by titan name, with the expected shapes.
   const auto& a = m.args;
-  std::vector<std::pair<std::string, Shape>> wanted = {{"tok_embeddings.weight", {a.vocab_size, a.dim}}};
-  for (int64_t i = 0; i < a.n_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    wanted.push_back({p + "attention.wq.weight", {a.n_heads * a.head_dim(), a.dim}});
-    wanted.push_back({p + "attention.wk.weight", {a.kv_dim(), a.dim}});
-    wanted.push_back({p + "attention.wv.weight", {a.kv_dim(), a.dim}});
-    wanted.push_back({p + "attention.wo.weight", {a.dim, a.n_heads * a.head_dim()}});
-    wanted.push_back({p + "feed_forward.w1.weight", {a.ffn_hidden(), a.dim}});
-    wanted.push_back({p + "feed_forward.w2.weight", {a.dim, a.ffn_hidden()}});
-    wanted.push_back({p + "feed_forward.w3.weight", {a.ffn_hidden(), a.dim}});
-    wanted.push_back({p + "attention_norm.weight", {a.dim}});
-    wanted.push_back({p + "ffn_norm.weight", {a.dim}});
-  }
-  wanted.push_back({"norm.weight", {a.dim}});
-  wanted.push_back({"output.weight", {a.vocab_size, a.dim}});
-  for (const auto& [name, shape] : wanted) {
-    const std::string key = hf_name(name);
+  const llama3::ModelLayout layout(a);
+  for (const auto& spec : layout.tensors()) {
+    const std::string& key = spec.hf_name;
+    const std::string& name = spec.name;
+    const Shape& shape = spec.shape;
     auto it = hf.find(key);
     if (it == hf.end()) throw UserError(concat(dir, ": missing tensor ", key));
     const auto& [t, file] = it->second;
     if (t.shape != shape)
       throw UserError(concat(file, ": tensor ", key, " has shape ", shape_str(t.shape), ", expected ", shape_str(shape)));
     std::vector<float> w = to_f32(t, key);
-    if (ends_with(name, "attention.wq.weight") || ends_with(name, "attention.wk.weight")) {
+    if (spec.rope_heads > 0) {
       std::vector<float> meta(w.size());
-      permute_rope_rows(w.data(), meta.data(), ends_with(name, "wq.weight") ? a.n_heads : a.n_kv_heads, a.head_dim(),
-                        a.dim, false);
+      permute_rope_rows(w.data(), meta.data(), spec.rope_heads, a.head_dim(), a.dim, false);
       w = std::move(meta);
     }
     m.weights.emplace(name, std::move(w));

@@ -1,14 +1,12 @@
 #include "titan/metrics/flops.h"
 
+#include "titan/models/llama3/layout.h"
+
 namespace titan::metrics {
 
-int64_t parameter_count(const llama3::ModelArgs& a) {
-  const int64_t d = a.dim, hd = a.head_dim(), f = a.ffn_hidden();
-  const int64_t per_layer = d * a.n_heads * hd * 2 + 2 * d * a.kv_dim() + 3 * d * f + 2 * d;
-  return 2 * a.vocab_size * d + a.n_layers * per_layer + d;
-}
+int64_t parameter_count(const llama3::ModelArgs& a) { return llama3::ModelLayout(a).numel(); }
 
-int64_t embedding_parameter_count(const llama3::ModelArgs& a) { return a.vocab_size * a.dim; }
+int64_t embedding_parameter_count(const llama3::ModelArgs& a) { return llama3::ModelLayout(a).embedding_numel(); }
 
 double flops_per_token(const llama3::ModelArgs& a, int64_t seq_len) {
   const double dense = 6.0 * static_cast<double>(parameter_count(a) - embedding_parameter_count(a));

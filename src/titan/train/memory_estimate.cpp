@@ -9,6 +9,7 @@
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
 #include "titan/models/llama3/classifier_plan.h"
+#include "titan/models/llama3/layout.h"
 #include "titan/ops/attention_library.h"
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
@@ -21,11 +22,8 @@ using Mode = llama3::ActivationCheckpointing::Mode;
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // Parameters of one transformer block and of the root (embedding, final norm, output).
-int64_t block_params(const llama3::ModelArgs& a) {
-  const int64_t d = a.dim, qd = a.n_heads * a.head_dim(), kvd = a.kv_dim(), f = a.ffn_hidden();
-  return d * qd + 2 * d * kvd + qd * d + 3 * d * f + 2 * d;
-}
-int64_t root_params(const llama3::ModelArgs& a) { return 2 * a.vocab_size * a.dim + a.dim; }
+int64_t block_params(const llama3::ModelArgs& a) { return llama3::ModelLayout(a).unit_numel(1); }
+int64_t root_params(const llama3::ModelArgs& a) { return llama3::ModelLayout(a).unit_numel(0); }
 
 // The CUDA caching allocator's block sizes (ops/cuda/allocator.cpp).
 double device_block(double bytes) {

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "titan/core/dtype.h"
+#include "titan/models/llama3/layout.h"
 #include "titan/ops/cuda/cuda_check.h"
 
 namespace titan::llama3 {
@@ -58,14 +59,14 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   sums_ready_.reset(ready);
   gemm_ = std::make_unique<cuda::Gemm>(stream_);
   cudnn_attention_ = cuda::open_cudnn_attention(attention, stream_, alloc_, &cudnn_unused_);
-  // The host order is tok_embeddings, then per layer wq wk wv wo w1 w2 w3 attention_norm ffn_norm, norm, output.
-  const size_t per_layer = 9;
-  TITAN_CHECK(params.size() == 3 + per_layer * static_cast<size_t>(args.n_layers), "unexpected parameter count ",
-              params.size());
+  const ModelLayout layout(args);  // the host parameters are in its order
+  TITAN_CHECK(params.size() == layout.size(), "unexpected parameter count ", params.size(), ", the layout has ",
+              layout.size());
   const int world = fsdp ? fsdp->size() : 1, rank = fsdp ? fsdp->rank() : 0;
   unit_params_.resize(static_cast<size_t>(args.n_layers) + 1);
   for (size_t i = 0; i < params.size(); ++i) {
     const Parameter& p = params[i];
+    TITAN_CHECK(p.name == layout[i].name, "parameter ", i, " is ", p.name, ", the layout has ", layout[i].name);
     TITAN_CHECK(p.world == world && p.rank == rank, p.name, " is a shard of rank ", p.rank, " of ", p.world,
                 "; the CUDA model runs rank ", rank, " of ", world);
     const int64_t rows = p.global_shape[0], row_elems = p.row_elems();
@@ -76,7 +77,7 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
     local_.push_back(p.master.numel());
     shard_.push_back(fsdp ? (rows + world - 1) / world * row_elems : p.numel());  // NCCL gathers equal shards
     total_ += aligned(shard_.back());
-    const size_t unit = i == 0 || i + 2 >= params.size() ? 0 : 1 + (i - 1) / per_layer;
+    const size_t unit = static_cast<size_t>(layout[i].unit);
     unit_of_.push_back(unit);
     unit_params_[unit].push_back(i);
   }
@@ -97,7 +98,7 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   // The gradients the fused step adds into (embedding rows, norm weights), merged into ranges of
   // the flat buffer; the GEMM-written ones need no clearing (fused_step overwrites them).
   for (size_t i = 0; i < params.size(); ++i) {
-    if (i != 0 && params[i].global_shape.size() != 1) continue;
+    if (layout[i].role != Role::tok_embeddings && params[i].global_shape.size() != 1) continue;
     const int64_t begin = offset_[i], end = i + 1 < params.size() ? offset_[i + 1] : total_;
     if (!accumulated_grads_.empty() && accumulated_grads_.back().second == begin) accumulated_grads_.back().second = end;
     else accumulated_grads_.push_back({begin, end});
@@ -116,13 +117,14 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
       TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&reduced_event_.back(), cudaEventDisableTiming));
     }
   }
-  embedding_ = 0;
+  embedding_ = layout.root_index(Role::tok_embeddings);
   for (int64_t l = 0; l < args.n_layers; ++l) {
-    const size_t b = 1 + per_layer * static_cast<size_t>(l);
-    layers_.push_back({b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8});
+    auto b = [&](Role r) { return layout.block_index(l, r); };
+    layers_.push_back({b(Role::wq), b(Role::wk), b(Role::wv), b(Role::wo), b(Role::w1), b(Role::w2), b(Role::w3),
+                       b(Role::attention_norm), b(Role::ffn_norm)});
   }
-  norm_ = params.size() - 2;
-  output_ = params.size() - 1;
+  norm_ = layout.root_index(Role::norm);
+  output_ = layout.root_index(Role::output);
   const size_t f32 = static_cast<size_t>(total_) * sizeof(float);
   master_ = DeviceBuffer(alloc_, f32);
   grad_ = DeviceBuffer(alloc_, f32);

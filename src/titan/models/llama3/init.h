@@ -13,7 +13,7 @@ struct InitRule {
   float bound = 0.0f;  // absolute truncation bound (truncated_normal only)
 };
 
-// The rule for a parameter by its fully-qualified name.
+// The rule for a parameter by its fully-qualified name (the layout table holds the rules).
 InitRule init_rule(const std::string& name, const ModelArgs& args);
 // Fills p.master (this rank's shard) so element i equals element global_index(i) of the
 // whole parameter initialised on one rank.

@@ -60,31 +60,18 @@ void TransformerBlock::backward(const float* x, float* d_resid, const Saved& sv,
 }
 
 Transformer::Transformer(const ModelArgs& args, int rank, int world)
-    : args_(args),
-      tok_embeddings_(&params_.emplace_back(make_parameter("tok_embeddings.weight", {args.vocab_size, args.dim}, rank, world))),
-      norm_(nullptr, args.norm_eps),
-      output_(nullptr) {
-  args_.validate("model");
-  const int64_t d = args.dim, hd = args.head_dim(), kv = args.kv_dim(), f = args.ffn_hidden();
-  for (int64_t i = 0; i < args.n_layers; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    auto add = [&](const std::string& name, Shape shape) {
-      return &params_.emplace_back(make_parameter(p + name, std::move(shape), rank, world));
-    };
-    Parameter* wq = add("attention.wq.weight", {args.n_heads * hd, d});
-    Parameter* wk = add("attention.wk.weight", {kv, d});
-    Parameter* wv = add("attention.wv.weight", {kv, d});
-    Parameter* wo = add("attention.wo.weight", {d, args.n_heads * hd});
-    Parameter* w1 = add("feed_forward.w1.weight", {f, d});
-    Parameter* w2 = add("feed_forward.w2.weight", {d, f});
-    Parameter* w3 = add("feed_forward.w3.weight", {f, d});
-    Parameter* n1 = add("attention_norm.weight", {d});
-    Parameter* n2 = add("ffn_norm.weight", {d});
-    layers_.emplace_back(Attention(wq, wk, wv, wo, args.n_heads, args.n_kv_heads),
-                         FeedForward(w1, w2, w3), RMSNorm(n1, args.norm_eps), RMSNorm(n2, args.norm_eps));
+    : args_(args), layout_((args.validate("model"), args)), norm_(nullptr, args.norm_eps), output_(nullptr) {
+  for (const auto& t : layout_.tensors()) params_.push_back(make_parameter(t.name, t.shape, rank, world));
+  auto p = [&](size_t i) { return &params_[i]; };
+  tok_embeddings_ = Embedding(p(layout_.root_index(Role::tok_embeddings)));
+  for (int64_t l = 0; l < args.n_layers; ++l) {
+    auto b = [&](Role r) { return p(layout_.block_index(l, r)); };
+    layers_.emplace_back(Attention(b(Role::wq), b(Role::wk), b(Role::wv), b(Role::wo), args.n_heads, args.n_kv_heads),
+                         FeedForward(b(Role::w1), b(Role::w2), b(Role::w3)), RMSNorm(b(Role::attention_norm), args.norm_eps),
+                         RMSNorm(b(Role::ffn_norm), args.norm_eps));
   }
-  norm_ = RMSNorm(&params_.emplace_back(make_parameter("norm.weight", {d}, rank, world)), args.norm_eps);
-  output_ = &params_.emplace_back(make_parameter("output.weight", {args.vocab_size, d}, rank, world));
+  norm_ = RMSNorm(p(layout_.root_index(Role::norm)), args.norm_eps);
+  output_ = p(layout_.root_index(Role::output));
 }
 
 Parameter& Transformer::parameter(const std::string& name) {
@@ -94,21 +81,13 @@ Parameter& Transformer::parameter(const std::string& name) {
 }
 
 std::vector<std::vector<Parameter*>> Transformer::units() {
-  std::vector<std::vector<Parameter*>> out(1);
-  for (auto& p : params_) {
-    if (p.name.rfind("layers.", 0) != 0) {
-      out[0].push_back(&p);
-      continue;
-    }
-    const size_t layer = std::stoul(p.name.substr(7));
-    if (out.size() < layer + 2) out.resize(layer + 2);
-    out[layer + 1].push_back(&p);
-  }
+  std::vector<std::vector<Parameter*>> out(static_cast<size_t>(layout_.units()));
+  for (size_t i = 0; i < params_.size(); ++i) out[static_cast<size_t>(layout_[i].unit)].push_back(&params_[i]);
   return out;
 }
 
 void Transformer::init_weights(uint64_t seed) {
-  for (auto& p : params_) init_parameter(p, init_rule(p.name, args_), seed);
+  for (size_t i = 0; i < params_.size(); ++i) init_parameter(params_[i], layout_[i].init, seed);
 }
 
 void Transformer::zero_grad() {

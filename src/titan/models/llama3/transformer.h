@@ -10,6 +10,7 @@
 #include "titan/core/trace.h"
 #include "titan/models/llama3/attention.h"
 #include "titan/models/llama3/feed_forward.h"
+#include "titan/models/llama3/layout.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/ops/ops.h"
 
@@ -80,7 +81,8 @@ class Transformer {
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelArgs& args() const { return args_; }
-  // Order: tok_embeddings, layers.0 ..., norm, output.
+  const ModelLayout& layout() const { return layout_; }
+  // In the layout table's order.
   std::deque<Parameter>& parameters() { return params_; }
   Parameter& parameter(const std::string& name);
 
@@ -121,8 +123,9 @@ class Transformer {
   void hook_after_backward(int unit) { if (hooks_) hooks_->after_backward(unit); }
 
   ModelArgs args_;
+  ModelLayout layout_;
   std::deque<Parameter> params_;  // deque: modules keep pointers, so elements never move
-  Embedding tok_embeddings_;
+  Embedding tok_embeddings_{nullptr};
   std::vector<TransformerBlock> layers_;
   RMSNorm norm_;
   Parameter* output_;

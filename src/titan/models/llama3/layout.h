@@ -1,0 +1,68 @@
+// The one description of the Llama 3 model's tensors: name, shape, unit, init rule, Hugging
+// Face name, and room for a tensor-parallel style and a precision per linear. The model, init,
+// checkpoints, the HF import/export, FLOP counting, the memory estimate and the CUDA mirror all
+// read this table; nothing else knows the order of parameters.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "titan/core/tensor.h"
+#include "titan/models/llama3/init.h"
+#include "titan/models/llama3/model_args.h"
+
+namespace titan::llama3 {
+
+// What a tensor is in the model. The block roles come first, in the table's order within a block.
+enum class Role { wq, wk, wv, wo, w1, w2, w3, attention_norm, ffn_norm, tok_embeddings, norm, output };
+constexpr int kBlockRoles = 9;  // wq .. ffn_norm
+
+// Tensor parallel placement (torchtitan's ColwiseParallel / RowwiseParallel; vocab: the
+// embedding sharded over its rows). Declared for the TP issue; no code reads it yet.
+enum class TpStyle { replicate, colwise, rowwise, vocab };
+// The GEMM recipe of a linear weight; float8 comes with the FP8 issue.
+enum class LinearPrecision { none, bf16, float8 };
+
+struct TensorSpec {
+  std::string name;     // torchtitan's fully-qualified name: layers.3.attention.wq.weight
+  std::string hf_name;  // Hugging Face's: model.layers.3.self_attn.q_proj.weight
+  Shape shape;
+  Role role;
+  int64_t layer = -1;  // -1: a root tensor
+  int unit = 0;        // FSDP unit: 0 the root (embedding, final norm, output), 1 + layer a block
+  InitRule init;
+  int64_t rope_heads = 0;  // wq/wk: heads whose rows HF stores half-split (checkpoint/hf_llama)
+  TpStyle tp = TpStyle::replicate;
+  LinearPrecision precision = LinearPrecision::none;  // none: not a GEMM weight
+  int64_t numel() const { return shape_numel(shape); }
+};
+
+class ModelLayout {
+ public:
+  explicit ModelLayout(const ModelArgs& args);
+  const std::vector<TensorSpec>& tensors() const { return tensors_; }
+  size_t size() const { return tensors_.size(); }
+  const TensorSpec& operator[](size_t i) const { return tensors_[i]; }
+  // Position of a block tensor of `layer`, or of a root tensor.
+  size_t block_index(int64_t layer, Role role) const;
+  size_t root_index(Role role) const;
+  // Position of `name`; -1 when the model has no such tensor.
+  int64_t find(const std::string& name) const;
+  int units() const { return static_cast<int>(n_layers_) + 1; }
+  // Elements of all tensors, of one unit, and of the embedding (torchtitan excludes it from FLOPs).
+  int64_t numel() const;
+  int64_t unit_numel(int unit) const;
+  int64_t embedding_numel() const { return tensors_[root_index(Role::tok_embeddings)].numel(); }
+
+ private:
+  std::vector<TensorSpec> tensors_;
+  int64_t n_layers_ = 0;
+  std::vector<std::array<size_t, kBlockRoles>> block_;  // [layer][role]
+  size_t embedding_ = 0, norm_ = 0, output_ = 0;
+};
+
+// Hugging Face's name of a torchtitan name ("" when it has none), from the name alone.
+std::string hf_name_of(const std::string& titan_name);
+
+}  // namespace titan::llama3
