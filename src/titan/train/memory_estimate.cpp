@@ -11,6 +11,7 @@
 #include "titan/models/llama3/classifier_plan.h"
 #include "titan/models/llama3/layout.h"
 #include "titan/ops/attention_library.h"
+#include "titan/ops/cpu/cpu_backend.h"
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/train/engine.h"
@@ -63,24 +64,8 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
 }  // namespace
 
 double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac) {
-  const double n = double(s.rows()), d = double(a.dim), qd = double(a.n_heads * a.head_dim()), kvd = double(a.kv_dim()),
-               f = double(a.ffn_hidden()), lse = double(a.n_heads * s.batch * s.seq);
-  const double elementwise = 3 * n * d + n * f;                   // xn, h, hn, g
-  const double kept = 2 * n + 2 * n * qd + 2 * n * kvd + lse + 2 * n * f;  // rstd1/2, q, out, k, v, lse, a1, a3
-  const double block = elementwise + kept;
-  double floats = double(a.n_layers + 1) * n * d;  // the residual stream
-  if (ac.mode == Mode::selective_op) {
-    floats += double(a.n_layers) * (kept + n * d) + elementwise;  // + proj each; one shared elementwise set
-  } else {
-    int64_t recomputed = 0;
-    for (int64_t i = 0; i < a.n_layers; ++i) recomputed += ac.recomputes_block(i) ? 1 : 0;
-    floats += double(a.n_layers - recomputed) * block + (recomputed > 0 ? block : 0.0);
-  }
-  floats += 2 * n * d + 2 * n * qd + 2 * n * kvd + 3 * n * f;  // backward workspace
-  floats += 3 * n * d + n;                                     // final norm out/rstd, d_hidden, d_resid
-  floats += double(cpu::classifier_scratch_floats(s.rows(), a.vocab_size));
-  floats += 2 * double(s.seq) * double(a.head_dim() / 2);      // RoPE tables
-  return 4 * floats;
+  return llama3::plan_activations(a, s, ac).bytes(sizeof(float)) +
+         cpu::cpu_backend_scratch_bytes({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size});
 }
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,

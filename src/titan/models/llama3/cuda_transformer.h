@@ -19,7 +19,7 @@
 #include "titan/core/trace.h"
 #include "titan/models/llama3/classifier_plan.h"
 #include "titan/models/llama3/model_args.h"
-#include "titan/models/llama3/modules.h"
+#include "titan/models/llama3/activation_plan.h"
 #include "titan/ops/cuda/allocator.h"
 #include "titan/ops/cuda/collectives.h"
 #include "titan/ops/cuda/cuda_ops.h"

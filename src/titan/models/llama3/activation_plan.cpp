@@ -1,0 +1,95 @@
+#include "titan/models/llama3/activation_plan.h"
+
+#include "titan/core/error.h"
+
+namespace titan::llama3 {
+
+double ActivationPlan::bytes(size_t compute_bytes) const {
+  double total = 0;
+  for (const auto& b : buffers) total += double(b.elements) * double(b.f32 ? 4 : compute_bytes);
+  return total;
+}
+
+ActivationPlan plan_activations(const ModelArgs& a, BatchShape s, const ActivationCheckpointing& ac) {
+  TITAN_CHECK(s.batch > 0 && s.seq > 0, "empty batch shape");
+  TITAN_CHECK(ac.every >= 1, "activation checkpointing every ", ac.every);
+  ActivationPlan p;
+  p.shape = s;
+  p.ac = ac;
+  const int64_t n = s.rows(), d = a.dim, qd = a.n_heads * a.head_dim(), kvd = a.kv_dim(), f = a.ffn_hidden();
+  const int64_t lse = s.batch * a.n_heads * s.seq;
+  auto add = [&](std::string name, int64_t elements, bool f32 = false) {
+    p.buffers.push_back({std::move(name), elements, f32});
+    return static_cast<int>(p.buffers.size()) - 1;
+  };
+  for (int64_t i = 0; i <= a.n_layers; ++i) p.residual.push_back(add("residual." + std::to_string(i), n * d));
+  // Each group of buffers once per owner; owner "shared" when blocks share it.
+  auto elementwise = [&](BlockBuffers& b, const std::string& owner) {
+    b.xn = add(owner + ".xn", n * d);
+    b.rstd1 = add(owner + ".rstd1", n, true);
+    b.h = add(owner + ".h", n * d);
+    b.hn = add(owner + ".hn", n * d);
+    b.rstd2 = add(owner + ".rstd2", n, true);
+    b.g = add(owner + ".g", n * f);
+  };
+  auto kept = [&](BlockBuffers& b, const std::string& owner) {
+    b.q = add(owner + ".q", n * qd);
+    b.k = add(owner + ".k", n * kvd);
+    b.v = add(owner + ".v", n * kvd);
+    b.att = add(owner + ".att", n * qd);
+    b.lse = add(owner + ".lse", lse, true);
+    b.a1 = add(owner + ".a1", n * f);
+    b.a3 = add(owner + ".a3", n * f);
+  };
+  // wo's output is read once, by the residual add, unless selective_op recomputes that add.
+  const int shared_proj = ac.recomputes_elementwise() ? -1 : add("shared.proj", n * d);
+  BlockBuffers recomputed{}, shared_elementwise{};
+  bool have_recomputed = false, have_shared_elementwise = false;
+  for (int64_t i = 0; i < a.n_layers; ++i) {
+    const std::string owner = "layers." + std::to_string(i);
+    BlockBuffers b{};
+    if (ac.recomputes_block(i)) {  // blocks that recompute everything share one set
+      if (!have_recomputed) {
+        elementwise(recomputed, "recomputed");
+        kept(recomputed, "recomputed");
+        recomputed.proj = shared_proj;
+        have_recomputed = true;
+      }
+      p.blocks.push_back(recomputed);
+      continue;
+    }
+    kept(b, owner);
+    if (ac.recomputes_elementwise()) {
+      if (!have_shared_elementwise) {  // recomputed in each block's backward: one set for all
+        shared_elementwise.xn = add("shared.xn", n * d);
+        shared_elementwise.h = add("shared.h", n * d);
+        shared_elementwise.hn = add("shared.hn", n * d);
+        shared_elementwise.g = add("shared.g", n * f);
+        have_shared_elementwise = true;
+      }
+      b.xn = shared_elementwise.xn;
+      b.h = shared_elementwise.h;
+      b.hn = shared_elementwise.hn;
+      b.g = shared_elementwise.g;
+      b.rstd1 = add(owner + ".rstd1", n, true);
+      b.rstd2 = add(owner + ".rstd2", n, true);
+      b.proj = add(owner + ".proj", n * d);
+    } else {
+      elementwise(b, owner);
+      b.proj = shared_proj;
+    }
+    p.blocks.push_back(b);
+  }
+  p.backward = {add("backward.dxn", n * d), add("backward.d_att", n * qd), add("backward.dq", n * qd),
+                add("backward.dk", n * kvd),  add("backward.dv", n * kvd),     add("backward.dg", n * f),
+                add("backward.da1", n * f),   add("backward.da3", n * f)};
+  p.final_out = add("final_norm.out", n * d);
+  p.final_rstd = add("final_norm.rstd", n, true);
+  p.d_hidden = add("d_hidden", n * d);
+  p.d_resid = add("d_resid", n * d);
+  p.rope_cos = add("rope.cos", s.seq * (a.head_dim() / 2), true);
+  p.rope_sin = add("rope.sin", s.seq * (a.head_dim() / 2), true);
+  return p;
+}
+
+}  // namespace titan::llama3

@@ -1,0 +1,85 @@
+// The Llama 3 model, written once: embedding, blocks (RMSNorm, RoPE/GQA attention, SwiGLU,
+// residuals), final norm and the fused classifier, forward and backward, in one op order over
+// the backend interface (ops/backend.h). It knows no device, no dtype and no rank: weights
+// come from a WeightStore, parallelism acts through the unit hooks, and the buffers come from
+// the one activation plan, whose activation checkpointing policy decides what is recomputed.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "titan/core/module_hooks.h"
+#include "titan/core/trace.h"
+#include "titan/core/weight_store.h"
+#include "titan/models/llama3/activation_plan.h"
+#include "titan/models/llama3/layout.h"
+#include "titan/ops/backend.h"
+#include "titan/ops/ops.h"
+
+namespace titan::llama3 {
+
+class Model {
+ public:
+  Model(const ModelArgs& args, Backend& backend, WeightStore& weights);
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelArgs& args() const { return args_; }
+  const ModelLayout& layout() const { return layout_; }
+  Backend& backend() { return backend_; }
+  // Called at every unit's start and end (unit 0: embedding, final norm, output; 1 + i: layers.i).
+  void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
+  // Takes effect at the next plan().
+  void set_activation_checkpointing(const ActivationCheckpointing& ac);
+  // Buffers for this batch shape (kept until a different shape or policy comes).
+  void plan(BatchShape s);
+  const ActivationPlan& activation_plan() const { return plan_; }
+
+  // Forward, fused loss, backward: weight gradients accumulate d(loss_sum * grad_scale).
+  // tokens and labels are host arrays of s.rows(). A recording tracer gets one span per block
+  // forward and backward, the loss and the embedding.
+  cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s, float grad_scale,
+                                         int32_t ignore_index = -100, Tracer* tracer = nullptr);
+  cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
+                                     int32_t ignore_index = -100);
+  // Logits [rows, vocab] to host memory.
+  void forward_logits(const int32_t* tokens, BatchShape s, float* logits);
+  // The pass without loading the batch or reading the loss, so an executor can queue it (or
+  // capture it in a CUDA graph): load_batch must have run for this shape.
+  void load_batch(const int32_t* tokens, const int32_t* labels, BatchShape s, bool backward_follows);
+  void enqueue_forward_backward(BatchShape s, float grad_scale, int32_t ignore_index, Tracer* tracer = nullptr);
+
+ private:
+  struct BlockWeights {
+    size_t wq, wk, wv, wo, w1, w2, w3, attention_norm, ffn_norm;
+  };
+  void* act(int buffer) const { return buffers_[static_cast<size_t>(buffer)].as<void>(); }
+  float* f32(int buffer) const { return buffers_[static_cast<size_t>(buffer)].as<float>(); }
+  const void* w(size_t i) { return weights_.weight(i); }
+  float* dw(size_t i) { return weights_.grad(i); }
+  void linear(const void* x, size_t weight, void* y, int64_t n);
+  void linear_backward(const void* x, size_t weight, const void* dy, void* dx, int64_t n, float dx_beta);
+  void forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer);
+  void block_forward(int64_t layer, BatchShape s);
+  // Recomputes the elementwise tensors from the block input and the kept matmul outputs.
+  void block_recompute_elementwise(int64_t layer, BatchShape s);
+  // On entry d_resid holds d(block output); on return d(block input).
+  void block_backward(int64_t layer, BatchShape s);
+  void hook_before_forward(int unit) { if (hooks_) hooks_->before_forward(unit); }
+  void hook_after_forward(int unit, bool backward_follows) { if (hooks_) hooks_->after_forward(unit, backward_follows); }
+  void hook_before_backward(int unit) { if (hooks_) hooks_->before_backward(unit); }
+  void hook_after_backward(int unit) { if (hooks_) hooks_->after_backward(unit); }
+
+  ModelArgs args_;
+  ModelLayout layout_;
+  Backend& backend_;
+  WeightStore& weights_;
+  ModuleHooks* hooks_ = nullptr;
+  std::vector<BlockWeights> blocks_;
+  size_t embedding_ = 0, norm_ = 0, output_ = 0;
+  ActivationCheckpointing ac_;
+  bool ac_planned_ = false;  // plan_ follows ac_
+  ActivationPlan plan_;
+  std::vector<Buffer> buffers_;  // one per plan_.buffers entry
+};
+
+}  // namespace titan::llama3

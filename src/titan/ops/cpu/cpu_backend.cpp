@@ -1,0 +1,148 @@
+#include "titan/ops/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "titan/core/error.h"
+
+namespace titan::cpu {
+
+namespace {
+const float* f(const void* p) { return static_cast<const float*>(p); }
+float* f(void* p) { return static_cast<float*>(p); }
+}  // namespace
+
+CpuBackend::CpuBackend() : live_(std::make_shared<size_t>(0)) {}
+
+std::string CpuBackend::description() const { return concat("cpu, float32, ", omp_get_max_threads(), " threads"); }
+
+Buffer CpuBackend::allocate(size_t bytes) {
+  constexpr size_t kAlign = 64;  // cache lines, and AVX-512 loads
+  const size_t rounded = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+  void* p = std::aligned_alloc(kAlign, rounded);
+  if (!p) throw UserError(concat("out of host memory allocating ", bytes, " bytes of activations"));
+  std::memset(p, 0, rounded);
+  *live_ += bytes;
+  std::shared_ptr<size_t> live = live_;
+  return Buffer(std::shared_ptr<void>(p, [live, bytes](void* q) {
+                  std::free(q);
+                  *live -= bytes;
+                }),
+                bytes);
+}
+
+size_t CpuBackend::live_bytes() const { return *live_; }
+
+double cpu_backend_scratch_bytes(const PassDims& p) {
+  const int64_t n = p.shape.rows();
+  return 4.0 * double(classifier_scratch_floats(n, p.vocab)) + 4.0 * double(n * p.dim);
+}
+
+void CpuBackend::prepare(const PassDims& p) {
+  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.vocab == prepared_.vocab && !dnorm_.empty()) return;
+  const int64_t n = p.shape.rows();
+  classifier_scratch_ = Buffer();
+  dnorm_ = Buffer();
+  classifier_scratch_ = allocate(sizeof(float) * static_cast<size_t>(classifier_scratch_floats(n, p.vocab)));
+  dnorm_ = allocate(sizeof(float) * static_cast<size_t>(n * p.dim));
+  prepared_ = p;
+}
+
+void CpuBackend::upload_f32(float* dst, const float* src, int64_t count) {
+  std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(float));
+}
+
+void CpuBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t /*vocab*/,
+                            bool /*backward_follows*/) {
+  tokens_.assign(tokens, tokens + n);  // the ops check the ids against the vocabulary
+  if (labels) labels_.assign(labels, labels + n);
+  else labels_.clear();
+}
+
+void CpuBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d) {
+  TITAN_CHECK(static_cast<int64_t>(tokens_.size()) == n, "embedding of ", n, " rows, the batch has ", tokens_.size());
+  const int64_t vocab = prepared_.vocab;
+  cpu::embedding_forward(tokens_.data(), f(w), f(out), n, vocab, d);
+}
+
+void CpuBackend::embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) {
+  cpu::embedding_backward(tokens_.data(), f(dout), dw, n, d);
+}
+
+void CpuBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) {
+  cpu::linear_forward(f(x), f(w), f(y), n, in, out);
+}
+
+void CpuBackend::linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
+                                 int64_t in, int64_t out, float dx_beta) {
+  cpu::linear_backward(f(x), f(w), f(dy), f(dx), dw, n, in, out, dx_beta);
+}
+
+void CpuBackend::rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) {
+  cpu::rmsnorm_forward(f(x), f(w), f(y), rstd, n, d, eps);
+}
+
+void CpuBackend::add_rmsnorm_forward(const void* x, const void* r, void* h, const void* w, void* y, float* rstd,
+                                     int64_t n, int64_t d, float eps) {
+  add(x, r, h, n * d);
+  cpu::rmsnorm_forward(f(h), f(w), f(y), rstd, n, d, eps);
+}
+
+void CpuBackend::rmsnorm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+                                  bool accumulate, float* dw, int64_t n, int64_t d) {
+  if (!accumulate) return cpu::rmsnorm_backward(f(x), f(w), rstd, f(dy), f(dx), dw, n, d);
+  // Written apart, then added: the same two roundings on every machine (a fused += could be
+  // contracted into an FMA).
+  TITAN_CHECK(dnorm_.bytes() >= static_cast<size_t>(n * d) * sizeof(float), "rmsnorm backward before prepare()");
+  cpu::rmsnorm_backward(f(x), f(w), rstd, f(dy), dnorm_.as<float>(), dw, n, d);
+  cpu::add_inplace(f(dx), dnorm_.as<float>(), n * d);
+}
+
+void CpuBackend::rope(void* x, const float* cos, const float* sin, int64_t batch, int64_t seq, int64_t heads,
+                      int64_t head_dim, bool inverse) {
+  if (inverse) cpu::rope_backward(f(x), cos, sin, batch, seq, heads, head_dim);
+  else cpu::rope_forward(f(x), cos, sin, batch, seq, heads, head_dim);
+}
+
+void CpuBackend::attention_forward(const void* q, const void* k, const void* v, void* o, float* lse,
+                                   const AttentionDims& s) {
+  cpu::attention_forward(f(q), f(k), f(v), f(o), lse, {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim});
+}
+
+void CpuBackend::attention_backward(const void* q, const void* k, const void* v, const void* o, const float* lse,
+                                    const void* dout, void* dq, void* dk, void* dv, const AttentionDims& s) {
+  cpu::attention_backward(f(q), f(k), f(v), f(o), lse, f(dout), f(dq), f(dk), f(dv),
+                          {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim});
+}
+
+void CpuBackend::swiglu_forward(const void* a, const void* b, void* g, int64_t count) {
+  cpu::swiglu_forward(f(a), f(b), f(g), count);
+}
+
+void CpuBackend::swiglu_backward(const void* a, const void* b, const void* dg, void* da, void* db, int64_t count) {
+  cpu::swiglu_backward(f(a), f(b), f(dg), f(da), f(db), count);
+}
+
+void CpuBackend::add(const void* a, const void* b, void* y, int64_t count) {
+  const float *pa = f(a), *pb = f(b);
+  float* py = f(y);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) py[i] = pa[i] + pb[i];
+}
+
+void CpuBackend::classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
+                            int32_t ignore_index, float grad_scale) {
+  TITAN_CHECK(static_cast<int64_t>(labels_.size()) == n, "classifier of ", n, " rows, the batch has ", labels_.size(),
+              " labels");
+  TITAN_CHECK(!classifier_scratch_.empty(), "classifier before prepare()");
+  last_ = cpu::classifier_forward_backward(f(h), f(w), labels_.data(), n, d, vocab, ignore_index, grad_scale,
+                                           dh ? f(dh) : nullptr, dh ? dw : nullptr, classifier_scratch_.as<float>());
+}
+
+void CpuBackend::logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) {
+  cpu::linear_forward(f(h), f(w), host_logits, n, d, vocab);
+}
+
+}  // namespace titan::cpu
