@@ -98,11 +98,18 @@ class Backend {
   virtual void attention_backward(const void* q, const void* k, const void* v, const void* o, const float* lse,
                                   const void* dout, void* dq, void* dk, void* dv, const AttentionDims& s) = 0;
 
+  // One query row per head against the first `positions` rows of a KV cache (generation):
+  // q/o [heads, hd], caches [max_len, kv_heads, hd].
+  virtual void attention_decode(const void* q, const void* k_cache, const void* v_cache, void* o, int64_t positions,
+                                int64_t heads, int64_t kv_heads, int64_t head_dim) = 0;
+
   // g = silu(a) * b and its backward.
   virtual void swiglu_forward(const void* a, const void* b, void* g, int64_t count) = 0;
   virtual void swiglu_backward(const void* a, const void* b, const void* dg, void* da, void* db, int64_t count) = 0;
   // y = a + b (y may be a or b).
   virtual void add(const void* a, const void* b, void* y, int64_t count) = 0;
+  // dst = src, count elements of the compute dtype.
+  virtual void copy(void* dst, const void* src, int64_t count) = 0;
 
   // Output projection + cross-entropy against the loaded labels, over groups of rows so the
   // logits of the whole batch never exist at once. With dh: dh = d(loss_sum * grad_scale)/dh

@@ -42,6 +42,11 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
                         const float* lse, const float* dout, float* dq, float* dk, float* dv,
                         const AttentionShape& s);
 
+// One query row per head against the first `positions` cached rows (KV-cache decoding):
+// q/o [heads, head_dim]; caches [max_len, kv_heads, head_dim].
+void attention_decode(const float* q, const float* k_cache, const float* v_cache, float* o, int64_t positions,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim);
+
 // g = silu(a) * b elementwise.
 void swiglu_forward(const float* a, const float* b, float* g, int64_t count);
 void swiglu_backward(const float* a, const float* b, const float* dg, float* da, float* db,

@@ -52,7 +52,7 @@ void Model::linear_backward(const void* x, size_t weight, const void* dy, void* 
   backend_.linear_backward(x, w(weight), dy, dx, dw(weight), n, shape[1], shape[0], dx_beta);
 }
 
-void Model::block_forward(int64_t layer, BatchShape s) {
+void Model::block_forward(int64_t layer, BatchShape s, KvCache* cache) {
   const BlockWeights& bw = blocks_[static_cast<size_t>(layer)];
   const BlockBuffers& a = plan_.blocks[static_cast<size_t>(layer)];
   const int64_t n = s.rows(), d = args_.dim, hd = args_.head_dim();
@@ -62,10 +62,24 @@ void Model::block_forward(int64_t layer, BatchShape s) {
   linear(act(a.xn), bw.wq, act(a.q), n);
   linear(act(a.xn), bw.wk, act(a.k), n);
   linear(act(a.xn), bw.wv, act(a.v), n);
-  backend_.rope(act(a.q), f32(plan_.rope_cos), f32(plan_.rope_sin), s.batch, s.seq, args_.n_heads, hd, false);
-  backend_.rope(act(a.k), f32(plan_.rope_cos), f32(plan_.rope_sin), s.batch, s.seq, args_.n_kv_heads, hd, false);
-  backend_.attention_forward(act(a.q), act(a.k), act(a.v), act(a.att), f32(a.lse),
-                             {s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd});
+  if (!cache) {
+    backend_.rope(act(a.q), f32(plan_.rope_cos), f32(plan_.rope_sin), s.batch, s.seq, args_.n_heads, hd, false);
+    backend_.rope(act(a.k), f32(plan_.rope_cos), f32(plan_.rope_sin), s.batch, s.seq, args_.n_kv_heads, hd, false);
+    backend_.attention_forward(act(a.q), act(a.k), act(a.v), act(a.att), f32(a.lse),
+                               {s.batch, s.seq, args_.n_heads, args_.n_kv_heads, hd});
+  } else {  // the tables offset to this position: a one-row batch then rotates by angle(position)
+    const int64_t pos = cache->position, half = hd / 2, kvd = args_.kv_dim();
+    const float* cos = cache->cos.as<float>() + pos * half;
+    const float* sin = cache->sin.as<float>() + pos * half;
+    backend_.rope(act(a.q), cos, sin, 1, 1, args_.n_heads, hd, false);
+    backend_.rope(act(a.k), cos, sin, 1, 1, args_.n_kv_heads, hd, false);
+    const size_t row = static_cast<size_t>(kvd) * dtype_size(backend_.compute_dtype()), at = static_cast<size_t>(pos) * row;
+    char* k_cache = cache->k[static_cast<size_t>(layer)].as<char>();
+    char* v_cache = cache->v[static_cast<size_t>(layer)].as<char>();
+    backend_.copy(k_cache + at, act(a.k), kvd);
+    backend_.copy(v_cache + at, act(a.v), kvd);
+    backend_.attention_decode(act(a.q), k_cache, v_cache, act(a.att), pos + 1, args_.n_heads, args_.n_kv_heads, hd);
+  }
   linear(act(a.att), bw.wo, act(a.proj), n);
   backend_.add_rmsnorm_forward(x, act(a.proj), act(a.h), w(bw.ffn_norm), act(a.hn), f32(a.rstd2), n, d, args_.norm_eps);
   linear(act(a.hn), bw.w1, act(a.a1), n);
@@ -115,7 +129,7 @@ void Model::load_batch(const int32_t* tokens, const int32_t* labels, BatchShape 
   backend_.load_batch(tokens, labels, s.rows(), args_.vocab_size, backward_follows);
 }
 
-void Model::forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer) {
+void Model::forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer, KvCache* cache) {
   const int64_t n = s.rows();
   hook_before_forward(0);
   {
@@ -126,7 +140,7 @@ void Model::forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer) 
     const int unit = static_cast<int>(i) + 1;
     hook_before_forward(unit);
     Tracer::Span span(tracer, "forward layers." + std::to_string(i));
-    block_forward(i, s);
+    block_forward(i, s, cache);
     hook_after_forward(unit, backward_follows);
   }
   backend_.rmsnorm_forward(act(plan_.residual.back()), w(norm_), act(plan_.final_out), f32(plan_.final_rstd), n,
@@ -195,6 +209,36 @@ void Model::forward_logits(const int32_t* tokens, BatchShape s, float* logits) {
   forward_hidden(s, false, nullptr);
   backend_.logits(act(plan_.final_out), w(output_), logits, s.rows(), args_.dim, args_.vocab_size);
   hook_after_forward(0, false);
+}
+
+KvCache Model::make_kv_cache(int64_t max_len) {
+  TITAN_CHECK(max_len > 0, "empty KV cache");
+  KvCache c;
+  c.max_len = max_len;
+  const size_t rows = static_cast<size_t>(max_len * args_.kv_dim()) * dtype_size(backend_.compute_dtype());
+  for (int64_t l = 0; l < args_.n_layers; ++l) {
+    c.k.push_back(backend_.allocate(rows));
+    c.v.push_back(backend_.allocate(rows));
+  }
+  const int64_t half = args_.head_dim() / 2;
+  std::vector<float> cos(static_cast<size_t>(max_len * half)), sin(cos.size());
+  cpu::rope_tables(cos.data(), sin.data(), max_len, args_.head_dim(), args_.rope_theta);
+  c.cos = backend_.allocate(cos.size() * sizeof(float));
+  c.sin = backend_.allocate(sin.size() * sizeof(float));
+  backend_.upload_f32(c.cos.as<float>(), cos.data(), max_len * half);
+  backend_.upload_f32(c.sin.as<float>(), sin.data(), max_len * half);
+  return c;
+}
+
+void Model::decode(int32_t token, KvCache& cache, float* logits) {
+  TITAN_CHECK(cache.position < cache.max_len, "KV cache full at ", cache.max_len, " positions");
+  TITAN_CHECK(token >= 0 && token < args_.vocab_size, "token ", token, " outside the vocabulary");
+  const BatchShape one{1, 1};
+  load_batch(&token, nullptr, one, false);
+  forward_hidden(one, false, nullptr, &cache);
+  backend_.logits(act(plan_.final_out), w(output_), logits, 1, args_.dim, args_.vocab_size);
+  hook_after_forward(0, false);
+  ++cache.position;
 }
 
 }  // namespace titan::llama3

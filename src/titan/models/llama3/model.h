@@ -17,6 +17,14 @@
 
 namespace titan::llama3 {
 
+// Keys and values of every block for the positions decoded so far (titan generate), with RoPE
+// tables for all `max_len` positions.
+struct KvCache {
+  int64_t max_len = 0, position = 0;
+  std::vector<Buffer> k, v;  // per block [max_len, kv_dim]
+  Buffer cos, sin;           // [max_len, head_dim / 2]
+};
+
 class Model {
  public:
   Model(const ModelArgs& args, Backend& backend, WeightStore& weights);
@@ -48,6 +56,11 @@ class Model {
   void load_batch(const int32_t* tokens, const int32_t* labels, BatchShape s, bool backward_follows);
   void enqueue_forward_backward(BatchShape s, float grad_scale, int32_t ignore_index, Tracer* tracer = nullptr);
 
+  // Token-by-token generation through the same blocks: one row per step, attending to the cache.
+  KvCache make_kv_cache(int64_t max_len);
+  // Feeds `token` at cache.position; writes the logits [vocab] of the token after it to host memory.
+  void decode(int32_t token, KvCache& cache, float* logits);
+
  private:
   struct BlockWeights {
     size_t wq, wk, wv, wo, w1, w2, w3, attention_norm, ffn_norm;
@@ -58,8 +71,9 @@ class Model {
   float* dw(size_t i) { return weights_.grad(i); }
   void linear(const void* x, size_t weight, void* y, int64_t n);
   void linear_backward(const void* x, size_t weight, const void* dy, void* dx, int64_t n, float dx_beta);
-  void forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer);
-  void block_forward(int64_t layer, BatchShape s);
+  void forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer, KvCache* cache = nullptr);
+  // With a cache: one row at cache->position, its keys and values appended to the cache.
+  void block_forward(int64_t layer, BatchShape s, KvCache* cache = nullptr);
   // Recomputes the elementwise tensors from the block input and the kept matmul outputs.
   void block_recompute_elementwise(int64_t layer, BatchShape s);
   // On entry d_resid holds d(block output); on return d(block input).

@@ -67,6 +67,8 @@ class Transformer {
   void forward_logits(const int32_t* tokens, BatchShape s, float* logits) { model_.forward_logits(tokens, s, logits); }
 
   MemoryReport memory() const;
+  // The model itself (generation's KV-cache decoding, executors).
+  Model& model() { return model_; }
 
  private:
   ModelArgs args_;

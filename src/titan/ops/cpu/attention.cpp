@@ -233,3 +233,35 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
 }
 
 }  // namespace titan::cpu
+
+namespace titan::cpu {
+
+void attention_decode(const float* q, const float* k_cache, const float* v_cache, float* o, int64_t positions,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t group = heads / kv_heads, kv = kv_heads * head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  std::vector<float> scores(static_cast<size_t>(positions));
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* qh = q + h * head_dim;
+    const int64_t kvh = h / group;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < positions; ++t) {
+      const float* kt = k_cache + t * kv + kvh * head_dim;
+      float s = 0;
+      for (int64_t i = 0; i < head_dim; ++i) s += qh[i] * kt[i];
+      scores[t] = s * scale;
+      mx = std::max(mx, scores[t]);
+    }
+    float sum = 0;
+    for (int64_t t = 0; t < positions; ++t) sum += (scores[t] = std::exp(scores[t] - mx));
+    float* out = o + h * head_dim;
+    std::fill(out, out + head_dim, 0.0f);
+    for (int64_t t = 0; t < positions; ++t) {
+      const float* vt = v_cache + t * kv + kvh * head_dim;
+      const float pt = scores[t] / sum;
+      for (int64_t i = 0; i < head_dim; ++i) out[i] += pt * vt[i];
+    }
+  }
+}
+
+}  // namespace titan::cpu

@@ -117,6 +117,11 @@ void CpuBackend::attention_backward(const void* q, const void* k, const void* v,
                           {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim});
 }
 
+void CpuBackend::attention_decode(const void* q, const void* k_cache, const void* v_cache, void* o, int64_t positions,
+                                  int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  cpu::attention_decode(f(q), f(k_cache), f(v_cache), f(o), positions, heads, kv_heads, head_dim);
+}
+
 void CpuBackend::swiglu_forward(const void* a, const void* b, void* g, int64_t count) {
   cpu::swiglu_forward(f(a), f(b), f(g), count);
 }
@@ -130,6 +135,10 @@ void CpuBackend::add(const void* a, const void* b, void* y, int64_t count) {
   float* py = f(y);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < count; ++i) py[i] = pa[i] + pb[i];
+}
+
+void CpuBackend::copy(void* dst, const void* src, int64_t count) {
+  std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(float));
 }
 
 void CpuBackend::classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,

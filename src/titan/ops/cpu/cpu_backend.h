@@ -36,9 +36,12 @@ class CpuBackend final : public Backend {
                          const AttentionDims& s) override;
   void attention_backward(const void* q, const void* k, const void* v, const void* o, const float* lse,
                           const void* dout, void* dq, void* dk, void* dv, const AttentionDims& s) override;
+  void attention_decode(const void* q, const void* k_cache, const void* v_cache, void* o, int64_t positions,
+                        int64_t heads, int64_t kv_heads, int64_t head_dim) override;
   void swiglu_forward(const void* a, const void* b, void* g, int64_t count) override;
   void swiglu_backward(const void* a, const void* b, const void* dg, void* da, void* db, int64_t count) override;
   void add(const void* a, const void* b, void* y, int64_t count) override;
+  void copy(void* dst, const void* src, int64_t count) override;
   void classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                   int32_t ignore_index, float grad_scale) override;
   double loss_sum() override { return last_.loss_sum; }
