@@ -6,7 +6,7 @@
 #include <set>
 
 #include "titan/core/rng.h"
-#include "titan/models/llama3/classifier_plan.h"
+#include "titan/ops/classifier_plan.h"
 #include "titan/models/llama3/init.h"
 #include "titan/models/llama3/layout.h"
 #include "titan/models/llama3/transformer.h"

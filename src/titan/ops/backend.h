@@ -64,8 +64,9 @@ class Backend {
 
   // The batch of the next pass (host arrays of n; labels may be null for logits). The embedding
   // and the classifier read it; the caller may reuse the arrays once this returns.
+  // Ids outside [0, vocab) and labels other than those or ignore_index are refused.
   virtual void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab,
-                          bool backward_follows) = 0;
+                          int32_t ignore_index, bool backward_follows) = 0;
   virtual void embedding_forward(const void* w, void* out, int64_t n, int64_t d) = 0;
   // dw[token] += dout rows, in a fixed order.
   virtual void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) = 0;

@@ -44,9 +44,10 @@ void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& ar
   if (cfg.get_string("training.mixed_precision_param") != "bfloat16")
     throw UserError(concat(cfg.origin("training.mixed_precision_param"),
                            ": the CUDA backend computes in bfloat16 only (float32 runs on training.device = \"cpu\")"));
-  if (cfg.get_string("activation_checkpoint.mode") != "none")
+  if (cfg.get_string("activation_checkpoint.mode") != "none" && cfg.get_string("training.cuda_model") == "legacy")
     throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
-                           ": activation checkpointing is not built for the CUDA backend yet (set it to \"none\", or "
+                           ": activation checkpointing is not built for the legacy CUDA model (set training.cuda_model = "
+                           "\"model\", the one model, which recomputes on the GPU too; or mode = \"none\", or "
                            "training.device = \"cpu\")"));
   const int64_t hd = args.head_dim();
   if (!cuda_attention_head_dim_supported(hd))

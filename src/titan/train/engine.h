@@ -78,6 +78,19 @@ std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transf
                                     cuda::DeviceCollectives* fsdp = nullptr);
 
 #ifdef TITAN_WITH_CUDA
+}  // namespace titan::train
+namespace titan::cuda {
+class PhaseTimer;
+struct AllocatorStats;
+}  // namespace titan::cuda
+namespace titan::train {
+// Device time per phase as printable lines (empty before two timed steps), and the allocator's
+// statistics as the metrics' memory sample.
+std::string format_phase_report(const cuda::PhaseTimer* timer);
+metrics::MemorySample device_memory_sample(const cuda::AllocatorStats& stats);
+// The one model on one GPU (training.cuda_model = "model"), on `device`.
+std::unique_ptr<Engine> make_cuda_model_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+                                               optim::AdamW& optimizer, int device);
 // The GPU this rank uses: the launcher's local rank (torchrun's LOCAL_RANK, mpirun's or
 // srun's), made current. UserError when there is no such device.
 int select_cuda_device();

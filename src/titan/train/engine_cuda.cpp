@@ -69,36 +69,12 @@ class CudaEngine final : public Engine {
     // Phase timing starts after two steps, so one-time work (cuBLASLt plans, module loads) stays out.
     if (++updates_ == 2 && phase_times_) model_->enable_phase_timing();
   }
-  std::string phase_report() const override {
-    const cuda::PhaseTimer* t = model_->phase_timer();
-    if (!t || t->steps() == 0) return "";
-    const double steps = static_cast<double>(t->steps()), span = t->span_ms() / steps;
-    std::string out = concat("gpu phases (device events, mean of ", t->steps(), " steps after the first two): ",
-                             span, " ms per step from first to last op\n");
-    for (size_t i = 0; i < t->totals_ms().size(); ++i) {
-      const double ms = t->totals_ms()[i] / steps;
-      char line[160];
-      std::snprintf(line, sizeof line, "  %-36s %9.3f ms  %5.1f%%\n", cuda::phase_name(static_cast<cuda::Phase>(i)), ms,
-                    100.0 * ms / span);
-      out += line;
-    }
-    return out;
-  }
+  std::string phase_report() const override { return format_phase_report(model_->phase_timer()); }
   double take_comm_bytes() override { return model_->take_comm_bytes(); }
   size_t peak_unsharded_bytes() const override { return model_->peak_unsharded_bytes(); }
   void to_host() override { model_->download(host_.parameters()); }
   void from_host() override { model_->upload(host_.parameters()); }
-  metrics::MemorySample memory() const override {
-    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-    const auto& st = model_->memory_stats();
-    metrics::MemorySample m;
-    m.active_gib = static_cast<double>(st.peak_active) / kGiB;
-    m.reserved_gib = static_cast<double>(st.peak_reserved) / kGiB;
-    m.total_gib = static_cast<double>(cuda::device_total_memory()) / kGiB;
-    m.alloc_retries = st.alloc_retries;
-    m.ooms = st.ooms;
-    return m;
-  }
+  metrics::MemorySample memory() const override { return device_memory_sample(model_->memory_stats()); }
 
  private:
   llama3::Transformer& host_;
@@ -109,6 +85,32 @@ class CudaEngine final : public Engine {
   std::unique_ptr<llama3::CudaTransformer> model_;
 };
 }  // namespace
+
+std::string format_phase_report(const cuda::PhaseTimer* t) {
+  if (!t || t->steps() == 0) return "";
+  const double steps = static_cast<double>(t->steps()), span = t->span_ms() / steps;
+  std::string out = concat("gpu phases (device events, mean of ", t->steps(), " steps after the first two): ", span,
+                           " ms per step from first to last op\n");
+  for (size_t i = 0; i < t->totals_ms().size(); ++i) {
+    const double ms = t->totals_ms()[i] / steps;
+    char line[160];
+    std::snprintf(line, sizeof line, "  %-36s %9.3f ms  %5.1f%%\n", cuda::phase_name(static_cast<cuda::Phase>(i)), ms,
+                  100.0 * ms / span);
+    out += line;
+  }
+  return out;
+}
+
+metrics::MemorySample device_memory_sample(const cuda::AllocatorStats& st) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  metrics::MemorySample m;
+  m.active_gib = static_cast<double>(st.peak_active) / kGiB;
+  m.reserved_gib = static_cast<double>(st.peak_reserved) / kGiB;
+  m.total_gib = static_cast<double>(cuda::device_total_memory()) / kGiB;
+  m.alloc_retries = st.alloc_retries;
+  m.ooms = st.ooms;
+  return m;
+}
 
 int select_cuda_device() {
   const int local = parallel::detect_launch().local_rank, count = cuda::device_count();
@@ -124,6 +126,13 @@ int select_cuda_device() {
 std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
                                          optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp) {
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
+  if (cfg.get_string("training.cuda_model") == "model") {
+    if (fsdp)
+      throw UserError(concat(cfg.origin("training.cuda_model"),
+                             ": training.cuda_model = \"model\" runs on one GPU without FSDP so far (FSDP over NCCL is the "
+                             "legacy path's: set it to \"legacy\", or train on one rank)"));
+    return make_cuda_model_engine(cfg, model, optimizer, select_cuda_device());
+  }
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"), fsdp,
                                       ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")),

@@ -8,10 +8,11 @@
 #include "titan/cli/args.h"
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
-#include "titan/models/llama3/classifier_plan.h"
+#include "titan/ops/classifier_plan.h"
 #include "titan/models/llama3/layout.h"
 #include "titan/ops/attention_library.h"
 #include "titan/ops/cpu/cpu_backend.h"
+#include "titan/ops/cuda/host_plan.h"
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/train/engine.h"
@@ -27,9 +28,24 @@ int64_t block_params(const llama3::ModelArgs& a) { return llama3::ModelLayout(a)
 int64_t root_params(const llama3::ModelArgs& a) { return llama3::ModelLayout(a).unit_numel(0); }
 
 // The CUDA caching allocator's block sizes (ops/cuda/allocator.cpp).
-double device_block(double bytes) {
-  const double g = bytes < (1 << 20) ? 512.0 : double(2 << 20);
-  return std::max(g, std::ceil(bytes / g) * g);
+double device_block(double bytes) { return double(cuda::device_block_bytes(static_cast<size_t>(std::ceil(bytes)))); }
+
+// The one model on the CUDA backend: each buffer of the one activation plan (bf16 activations)
+// and of the backend's scratch, as the allocator rounds it, and the flat parameter buffers.
+double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
+                        double* param_bytes, double* grad_bytes, double* opt_bytes) {
+  std::vector<int64_t> numel;
+  const llama3::ModelLayout layout(a);
+  for (const auto& t : layout.tensors()) numel.push_back(t.numel());
+  const double p = double(cuda::flat_layout(numel).total);
+  *param_bytes = device_block(4 * p) + device_block(2 * p);
+  *grad_bytes = device_block(4 * p);
+  *opt_bytes = 2 * device_block(4 * p);
+  double act = 0;
+  const llama3::ActivationPlan plan = llama3::plan_activations(a, s, ac);
+  for (const auto& b : plan.buffers) act += device_block(double(b.elements) * (b.f32 ? 4 : 2));
+  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size})) act += device_block(double(b.bytes));
+  return act;
 }
 
 // Every buffer CudaTransformer allocates (constructor and plan), rounded as the allocator does.
@@ -56,7 +72,7 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   act += L * (3 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + 2 * fp(n) + fp(lse));
   act += bf(n * d) + fp(n) + 4 * bf(n * d) + 2 * bf(n * qd) + 2 * bf(n * kvd) + 3 * bf(n * f) + fp(lse);
   act += fp(std::ceil(n / 128.0) * d);
-  act += bf(double(llama3::classifier_rows(s.rows(), a.vocab_size)) * v) + fp(n);
+  act += bf(double(classifier_rows(s.rows(), a.vocab_size)) * v) + fp(n);
   act += 4 * device_block(4 * n) + device_block(4 * (n + 1));  // tokens, labels, embedding index
   act += 2 * fp(double(s.seq) * double(a.head_dim() / 2));      // RoPE tables
   return act;
@@ -73,8 +89,18 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   TITAN_CHECK(shards >= 1, "shards ", shards);
   MemoryEstimate e;
   const double p = double(metrics::parameter_count(a));
+  if (backend == EstimateBackend::cuda_model) {
+    if (shards > 1)
+      throw UserError(concat("training.cuda_model = \"model\": the one model's CUDA path has no FSDP yet (", shards,
+                             " shards asked for); use training.cuda_model = \"legacy\" to shard on GPUs"));
+    e.activations = cuda_model_bytes(a, s, ac, &e.parameters, &e.gradients, &e.optimizer);
+    e.buffers = double(32 << 20) + device_block(sizeof(double) * 4 + 64);  // cuBLASLt workspace, step factors
+    if (attention != AttentionLibrary::titan && cudnn_attention_takes(s.seq, a.n_heads, a.n_kv_heads, a.head_dim()))
+      e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));
+    return e;
+  }
   if (backend == EstimateBackend::cuda) {
-    TITAN_CHECK(ac.mode == Mode::none, "the CUDA backend has no activation checkpointing yet");
+    TITAN_CHECK(ac.mode == Mode::none, "the legacy CUDA model has no activation checkpointing");
     e.activations = cuda_plan_bytes(a, s, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
     e.buffers = double(32 << 20) + device_block(1056 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch (ops/cuda/reduce.cu), sums, step factors
     // cuDNN attention's backward scratch, where the run would ask for it (auto: where cuDNN
@@ -94,6 +120,10 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   }
   e.activations = cpu_activation_bytes(a, s, ac);
   return e;
+}
+
+EstimateBackend cuda_estimate_backend(const config::JobConfig& cfg) {
+  return cfg.get_string("training.cuda_model") == "model" ? EstimateBackend::cuda_model : EstimateBackend::cuda;
 }
 
 double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args, int64_t shards) {
@@ -191,7 +221,7 @@ int estimate_main(const std::vector<std::string>& args) {
   } catch (const UserError& e) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
-  auto e = estimate_memory(a, s, ac, device == "cuda" ? EstimateBackend::cuda : EstimateBackend::cpu, shards,
+  auto e = estimate_memory(a, s, ac, device == "cuda" ? cuda_estimate_backend(cfg) : EstimateBackend::cpu, shards,
                            cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_library(cfg));
   if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a, shards);
   std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)

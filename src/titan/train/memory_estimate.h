@@ -24,7 +24,11 @@ struct MemoryEstimate {
   double total() const { return parameters + gradients + optimizer + activations + buffers; }
 };
 
-enum class EstimateBackend { cpu, cuda };
+// cuda: the legacy CudaTransformer; cuda_model: the one model over the CUDA backend
+// (training.cuda_model = "model"), whose activations are the one activation plan's.
+enum class EstimateBackend { cpu, cuda, cuda_model };
+// Which of them a config's run uses on a GPU.
+EstimateBackend cuda_estimate_backend(const config::JobConfig& cfg);
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
                                const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false,

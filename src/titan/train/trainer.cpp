@@ -264,7 +264,7 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
 void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const {
   const auto ac = activation_checkpointing(cfg);
-  auto e = estimate_memory(args_, shape_, ac, cuda ? EstimateBackend::cuda : EstimateBackend::cpu, shards,
+  auto e = estimate_memory(args_, shape_, ac, cuda ? cuda_estimate_backend(cfg) : EstimateBackend::cpu, shards,
                            cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_);
   if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_, shards);
   const double have = device_memory_bytes(cuda);
@@ -358,7 +358,7 @@ void Trainer::export_weights(int64_t step) {
 void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
-    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), EstimateBackend::cuda, dp_->mesh().shard,
+    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), cuda_estimate_backend(cfg_), dp_->mesh().shard,
                                    cfg_.get_string("training.fsdp_reshard_after_forward") == "never", attention_);
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);

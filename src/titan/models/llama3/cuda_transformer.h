@@ -17,7 +17,7 @@
 #include "titan/core/parameter.h"
 #include "titan/core/reshard_policy.h"
 #include "titan/core/trace.h"
-#include "titan/models/llama3/classifier_plan.h"
+#include "titan/ops/classifier_plan.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/activation_plan.h"
 #include "titan/ops/cuda/allocator.h"

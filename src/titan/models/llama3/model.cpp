@@ -124,9 +124,10 @@ void Model::block_backward(int64_t layer, BatchShape s) {
                             act(g.dxn), dr, true, dw(bw.attention_norm), n, d);
 }
 
-void Model::load_batch(const int32_t* tokens, const int32_t* labels, BatchShape s, bool backward_follows) {
+void Model::load_batch(const int32_t* tokens, const int32_t* labels, BatchShape s, bool backward_follows,
+                       int32_t ignore_index) {
   plan(s);
-  backend_.load_batch(tokens, labels, s.rows(), args_.vocab_size, backward_follows);
+  backend_.load_batch(tokens, labels, s.rows(), args_.vocab_size, ignore_index, backward_follows);
 }
 
 void Model::forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer, KvCache* cache) {
@@ -188,14 +189,14 @@ int64_t counted(const int32_t* labels, int64_t n, int32_t ignore_index) {
 
 cpu::ClassifierResult Model::forward_backward(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                               float grad_scale, int32_t ignore_index, Tracer* tracer) {
-  load_batch(tokens, labels, s, true);
+  load_batch(tokens, labels, s, true, ignore_index);
   enqueue_forward_backward(s, grad_scale, ignore_index, tracer);
   return {backend_.loss_sum(), counted(labels, s.rows(), ignore_index)};
 }
 
 cpu::ClassifierResult Model::forward_loss(const int32_t* tokens, const int32_t* labels, BatchShape s,
                                           int32_t ignore_index) {
-  load_batch(tokens, labels, s, false);
+  load_batch(tokens, labels, s, false, ignore_index);
   forward_hidden(s, false, nullptr);
   backend_.classifier(act(plan_.final_out), w(output_), nullptr, nullptr, s.rows(), args_.dim, args_.vocab_size,
                       ignore_index, 0.0f);

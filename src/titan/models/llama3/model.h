@@ -53,7 +53,8 @@ class Model {
   void forward_logits(const int32_t* tokens, BatchShape s, float* logits);
   // The pass without loading the batch or reading the loss, so an executor can queue it (or
   // capture it in a CUDA graph): load_batch must have run for this shape.
-  void load_batch(const int32_t* tokens, const int32_t* labels, BatchShape s, bool backward_follows);
+  void load_batch(const int32_t* tokens, const int32_t* labels, BatchShape s, bool backward_follows,
+                  int32_t ignore_index = -100);
   void enqueue_forward_backward(BatchShape s, float grad_scale, int32_t ignore_index, Tracer* tracer = nullptr);
 
   // Token-by-token generation through the same blocks: one row per step, attending to the cache.

@@ -55,7 +55,7 @@ void CpuBackend::upload_f32(float* dst, const float* src, int64_t count) {
 }
 
 void CpuBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t /*vocab*/,
-                            bool /*backward_follows*/) {
+                            int32_t /*ignore_index*/, bool /*backward_follows*/) {
   tokens_.assign(tokens, tokens + n);  // the ops check the ids against the vocabulary
   if (labels) labels_.assign(labels, labels + n);
   else labels_.clear();

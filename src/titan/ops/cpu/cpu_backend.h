@@ -19,7 +19,7 @@ class CpuBackend final : public Backend {
   void prepare(const PassDims& dims) override;
   void upload_f32(float* dst, const float* src, int64_t count) override;
 
-  void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab, bool backward_follows) override;
+  void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab, int32_t ignore_index, bool backward_follows) override;
   void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
   void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
   void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) override;

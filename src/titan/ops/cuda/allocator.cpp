@@ -1,5 +1,7 @@
 #include "titan/ops/cuda/allocator.h"
 
+#include "titan/ops/cuda/host_plan.h"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,11 +15,7 @@ namespace {
 double gib(size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0 * 1024.0); }
 }  // namespace
 
-size_t DeviceAllocator::round_up(size_t bytes) {
-  // 512-byte granules below 1 MiB, 2 MiB above: large blocks of nearby sizes share a bucket.
-  const size_t g = bytes < (size_t{1} << 20) ? 512 : (size_t{2} << 20);
-  return std::max<size_t>(g, (bytes + g - 1) / g * g);
-}
+size_t DeviceAllocator::round_up(size_t bytes) { return device_block_bytes(bytes); }
 
 DeviceAllocator::~DeviceAllocator() {
   empty_cache();

@@ -2,6 +2,7 @@
 // them in order. No atomics, so the result never depends on scheduling.
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/reduction_sizes.h"
 #include "titan/ops/cuda/kernel_util.cuh"
 
 namespace titan::cuda {
@@ -11,7 +12,7 @@ using namespace detail;
 namespace {
 // Eight blocks per H100/H200 multiprocessor and 16-byte loads keep enough bytes in flight for
 // HBM: with two blocks and 4-byte loads the 1B flavor's gradient norm (6 GB) ran at 2.1 TB/s.
-constexpr int kBlocks = 1056, kThreads = 256;
+constexpr int kBlocks = static_cast<int>(kReduceBlocks), kThreads = 256;
 
 __device__ double block_sum_double(double v) {
   __shared__ double red[32];

@@ -3,6 +3,7 @@
 
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/reduction_sizes.h"
 #include "titan/ops/cuda/kernel_util.cuh"
 
 namespace titan::cuda {
@@ -11,7 +12,7 @@ using namespace detail;
 
 namespace {
 constexpr int kThreads = 256;
-constexpr int64_t kRowsPerChunk = 128;  // rows per partial sum of the weight gradient
+constexpr int64_t kRowsPerChunk = kRmsnormRowsPerChunk;
 
 int64_t chunks(int64_t n) { return (n + kRowsPerChunk - 1) / kRowsPerChunk; }
 

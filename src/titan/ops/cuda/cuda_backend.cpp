@@ -1,0 +1,244 @@
+#include "titan/ops/cuda/cuda_backend.h"
+
+#include <algorithm>
+
+#include "titan/core/error.h"
+#include "titan/ops/cuda/cuda_check.h"
+#include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/host_plan.h"
+
+namespace titan::cuda {
+
+namespace {
+const bf16* b(const void* p) { return static_cast<const bf16*>(p); }
+bf16* b(void* p) { return static_cast<bf16*>(p); }
+AttentionShape shape(const AttentionDims& s) { return {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim}; }
+}  // namespace
+
+CudaBackend::CudaBackend(AttentionLibrary attention, bool fused) : live_(std::make_shared<size_t>(0)), fused_(fused) {
+  TITAN_CUDA_CHECK(cudaGetDevice(&device_));
+  TITAN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  gemm_ = std::make_unique<Gemm>(stream_);
+  cudnn_ = open_cudnn_attention(attention, stream_, alloc_, &cudnn_unused_);
+}
+
+CudaBackend::~CudaBackend() {
+  if (!stream_) return;
+  cudaStreamSynchronize(stream_);
+  cudnn_.reset();  // its handle is bound to stream_
+  gemm_.reset();
+  phases_.reset();
+  cudaStreamDestroy(stream_);
+}
+
+std::string CudaBackend::description() const {
+  const std::string attention =
+      cudnn_ ? concat("cuDNN ", cudnn_->version(),
+                      " fused attention (head_dim 64/128, seq a multiple of 128; titan's kernels otherwise)")
+      : cudnn_unused_.empty() ? std::string("titan's attention kernels")
+                              : concat("titan's attention kernels (TITAN_ATTENTION_IMPL=auto, cuDNN unusable here: ",
+                                       cudnn_unused_, ")");
+  return concat("cuda:", device_, " (", device_name(device_), "), bfloat16 compute, ",
+                fused_ ? "fused residual+RMSNorm" : "one op per kernel", ", ", attention);
+}
+
+Buffer CudaBackend::allocate(size_t bytes) {
+  auto holder = std::make_shared<DeviceBuffer>(alloc_, std::max<size_t>(bytes, 1));
+  TITAN_CUDA_CHECK(cudaMemsetAsync(holder->as<void>(), 0, holder->bytes(), stream_));
+  *live_ += bytes;
+  std::shared_ptr<size_t> live = live_;
+  void* p = holder->as<void>();
+  // The DeviceBuffer goes back to the cache with the last handle; work queued later on this
+  // stream is ordered after any use of it, so the cache may hand it out again at once.
+  return Buffer(std::shared_ptr<void>(p, [holder, live, bytes](void*) mutable {
+                  *live -= bytes;
+                  holder.reset();
+                }),
+                bytes);
+}
+
+size_t CudaBackend::live_bytes() const { return *live_ + scratch_bytes_; }
+
+DeviceBuffer CudaBackend::scratch(size_t bytes) {
+  scratch_bytes_ += bytes;
+  return DeviceBuffer(alloc_, bytes);
+}
+
+void CudaBackend::prepare(const PassDims& p) {
+  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.heads == prepared_.heads &&
+      p.vocab == prepared_.vocab && scratch_bytes_ > 0)
+    return;
+  synchronize();  // the old scratch may still be read
+  for (DeviceBuffer* d : {&delta_, &norm_partial_, &logits_, &row_loss_, &reduce_scratch_, &sums_, &tokens_, &labels_,
+                          &embed_ids_, &embed_offsets_, &embed_positions_})
+    d->reset();
+  scratch_bytes_ = 0;
+  const std::vector<ScratchBuffer> plan = backend_scratch(p, budget_);
+  DeviceBuffer* slots[] = {&delta_,          &norm_partial_, &logits_,    &row_loss_,
+                           &reduce_scratch_, &sums_,         &tokens_,    &labels_,
+                           &embed_ids_,      &embed_offsets_, &embed_positions_};
+  TITAN_CHECK(plan.size() == std::size(slots), "the CUDA scratch plan names ", plan.size(), " buffers");
+  for (size_t i = 0; i < plan.size(); ++i) *slots[i] = scratch(plan[i].bytes);
+  classifier_rows_ = classifier_rows(p.shape.rows(), p.vocab, budget_);
+  prepared_ = p;
+}
+
+void CudaBackend::upload_f32(float* dst, const float* src, int64_t count) {
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  synchronize();  // the host values may go out of scope
+}
+
+void CudaBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab,
+                             int32_t ignore_index, bool backward_follows) {
+  TITAN_CHECK(n == prepared_.shape.rows(), "a batch of ", n, " rows, prepared for ", prepared_.shape.rows());
+  for (int64_t i = 0; i < n; ++i)
+    TITAN_CHECK(tokens[i] >= 0 && tokens[i] < vocab, "token id ", tokens[i], " at position ", i,
+                " is outside the vocabulary [0, ", vocab, ")");
+  if (labels)
+    for (int64_t i = 0; i < n; ++i)
+      TITAN_CHECK(labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < vocab), "label ", labels[i], " at position ",
+                  i, " is outside the vocabulary [0, ", vocab, ")");
+  const size_t bytes = static_cast<size_t>(n) * sizeof(int32_t);
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(tokens_.as<void>(), tokens, bytes, cudaMemcpyHostToDevice, stream_));
+  if (labels) TITAN_CUDA_CHECK(cudaMemcpyAsync(labels_.as<void>(), labels, bytes, cudaMemcpyHostToDevice, stream_));
+  if (backward_follows) {
+    build_embedding_index(tokens, n, vocab, true, embed_index_, embed_counts_);
+    embed_groups_ = static_cast<int64_t>(embed_index_.ids.size());  // n: padded to a fixed launch size
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_ids_.as<void>(), embed_index_.ids.data(), bytes, cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_offsets_.as<void>(), embed_index_.offsets.data(), bytes + sizeof(int32_t),
+                                     cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(embed_positions_.as<void>(), embed_index_.positions.data(), bytes,
+                                     cudaMemcpyHostToDevice, stream_));
+  }
+  synchronize();  // the host arrays may change as soon as we return
+}
+
+void CudaBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d) {
+  mark(Phase::embedding);
+  cuda::embedding_forward(tokens_.as<int32_t>(), b(w), b(out), n, d, stream_);
+}
+
+void CudaBackend::embedding_backward(const void* dout, float* dw, int64_t /*n*/, int64_t d) {
+  mark(Phase::embedding);
+  cuda::embedding_backward(embed_ids_.as<int32_t>(), embed_offsets_.as<int32_t>(), embed_positions_.as<int32_t>(),
+                           embed_groups_, b(dout), dw, d, stream_);
+}
+
+void CudaBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) {
+  mark(Phase::gemm);
+  gemm_->run(false, true, n, out, in, b(x), b(w), y, OutType::bf16, 1.0f, 0.0f);
+}
+
+void CudaBackend::linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
+                                  int64_t in, int64_t out, float dx_beta) {
+  mark(Phase::gemm);
+  gemm_->run(false, false, n, in, out, b(dy), b(w), dx, OutType::bf16, 1.0f, dx_beta);     // dx = dy W
+  gemm_->run(true, false, out, in, n, b(dy), b(x), dw, OutType::f32, 1.0f, grad_beta());  // dW (+)= dy^T x
+}
+
+void CudaBackend::rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) {
+  mark(Phase::norm_elementwise);
+  cuda::rmsnorm_forward(b(x), b(w), b(y), rstd, n, d, eps, stream_);
+}
+
+void CudaBackend::add_rmsnorm_forward(const void* x, const void* r, void* h, const void* w, void* y, float* rstd,
+                                      int64_t n, int64_t d, float eps) {
+  mark(Phase::norm_elementwise);
+  if (fused_) return cuda::add_rmsnorm_forward(b(x), b(r), b(h), b(w), b(y), rstd, n, d, eps, stream_);
+  cuda::add(b(x), b(r), b(h), n * d, stream_);
+  cuda::rmsnorm_forward(b(h), b(w), b(y), rstd, n, d, eps, stream_);
+}
+
+void CudaBackend::rmsnorm_backward(const void* x, const void* w, const float* rstd, const void* dy, void* dx,
+                                   bool accumulate, float* dw, int64_t n, int64_t d) {
+  mark(Phase::norm_elementwise);
+  cuda::rmsnorm_backward(b(x), b(w), rstd, b(dy), b(dx), accumulate, dw, norm_partial_.as<float>(), n, d, stream_);
+}
+
+void CudaBackend::rope(void* x, const float* cos, const float* sin, int64_t batch, int64_t seq, int64_t heads,
+                       int64_t head_dim, bool inverse) {
+  mark(Phase::norm_elementwise);
+  cuda::rope(b(x), cos, sin, batch, seq, heads, head_dim, inverse, stream_);
+}
+
+void CudaBackend::attention_forward(const void* q, const void* k, const void* v, void* o, float* lse,
+                                    const AttentionDims& s) {
+  mark(Phase::attention_forward);
+  if (cudnn_ && cudnn_->forward(b(q), b(k), b(v), b(o), lse, shape(s))) return;
+  cuda::attention_forward(b(q), b(k), b(v), b(o), lse, shape(s), stream_);
+}
+
+void CudaBackend::attention_backward(const void* q, const void* k, const void* v, const void* o, const float* lse,
+                                     const void* dout, void* dq, void* dk, void* dv, const AttentionDims& s) {
+  mark(Phase::attention_backward);
+  if (cudnn_ && cudnn_->backward(b(q), b(k), b(v), b(o), lse, b(dout), b(dq), b(dk), b(dv), shape(s))) return;
+  cuda::attention_backward(b(q), b(k), b(v), b(o), lse, b(dout), b(dq), b(dk), b(dv), delta_.as<float>(), shape(s),
+                           stream_);
+}
+
+void CudaBackend::attention_decode(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t) {
+  throw UserError("KV-cache decoding (titan generate) runs on the CPU backend; the CUDA backend has no decode kernel");
+}
+
+void CudaBackend::swiglu_forward(const void* a, const void* b_, void* g, int64_t count) {
+  mark(Phase::norm_elementwise);
+  cuda::swiglu_forward(b(a), b(b_), b(g), count, stream_);
+}
+
+void CudaBackend::swiglu_backward(const void* a, const void* b_, const void* dg, void* da, void* db, int64_t count) {
+  mark(Phase::norm_elementwise);
+  cuda::swiglu_backward(b(a), b(b_), b(dg), b(da), b(db), count, stream_);
+}
+
+void CudaBackend::add(const void* a, const void* b_, void* y, int64_t count) {
+  mark(Phase::norm_elementwise);
+  cuda::add(b(a), b(b_), b(y), count, stream_);
+}
+
+void CudaBackend::copy(void* dst, const void* src, int64_t count) {
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaBackend::classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
+                             int32_t ignore_index, float grad_scale) {
+  mark(Phase::classifier);
+  const bool with_grads = dh != nullptr;
+  for (int64_t r0 = 0; r0 < n; r0 += classifier_rows_) {
+    const int64_t rows = std::min(classifier_rows_, n - r0);
+    const bf16* hr = b(h) + r0 * d;
+    gemm_->run(false, true, rows, vocab, d, hr, b(w), logits_.as<void>(), OutType::bf16, 1.0f, 0.0f);
+    cuda::cross_entropy_rows(logits_.as<bf16>(), labels_.as<int32_t>() + r0, rows, vocab, ignore_index, grad_scale,
+                             row_loss_.as<float>() + r0, with_grads, stream_);
+    if (!with_grads) continue;
+    gemm_->run(false, false, rows, d, vocab, logits_.as<bf16>(), b(w), b(dh) + r0 * d, OutType::bf16, 1.0f, 0.0f);
+    gemm_->run(true, false, vocab, d, rows, logits_.as<bf16>(), hr, dw, OutType::f32, 1.0f, r0 == 0 ? grad_beta() : 1.0f);
+  }
+  sum_f32(row_loss_.as<float>(), n, sums_.as<double>(), reduce_scratch_.as<double>(), stream_);
+}
+
+double CudaBackend::loss_sum() {
+  double out = 0;
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(&out, sums_.as<void>(), sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+  return out;
+}
+
+void CudaBackend::logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) {
+  std::vector<bf16_bits> chunk(static_cast<size_t>(std::min(classifier_rows_, n) * vocab));
+  for (int64_t r0 = 0; r0 < n; r0 += classifier_rows_) {
+    const int64_t rows = std::min(classifier_rows_, n - r0);
+    gemm_->run(false, true, rows, vocab, d, b(h) + r0 * d, b(w), logits_.as<void>(), OutType::bf16, 1.0f, 0.0f);
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(chunk.data(), logits_.as<void>(), static_cast<size_t>(rows * vocab) * sizeof(bf16),
+                                     cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    std::transform(chunk.begin(), chunk.begin() + rows * vocab, host_logits + r0 * vocab, bf16_to_f32);
+  }
+}
+
+void CudaBackend::synchronize() { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaBackend::enable_phase_timing() {
+  if (!phases_) phases_ = std::make_unique<PhaseTimer>(stream_);
+}
+
+}  // namespace titan::cuda

@@ -1,0 +1,91 @@
+#include "titan/ops/cuda/device_parameters.h"
+
+#include "titan/core/error.h"
+#include "titan/ops/cuda/cuda_check.h"
+
+namespace titan::cuda {
+
+DeviceParameters::DeviceParameters(const std::deque<Parameter>& params, const std::vector<bool>& accumulated,
+                                   DeviceAllocator& alloc, cudaStream_t stream)
+    : stream_(stream) {
+  TITAN_CHECK(accumulated.size() == params.size(), "accumulated flags for ", accumulated.size(), " of ",
+              params.size(), " parameters");
+  for (const auto& p : params) {
+    TITAN_CHECK(p.world == 1, p.name, " is a shard of ", p.world, ": the device store holds whole parameters");
+    numel_.push_back(p.numel());
+  }
+  layout_ = flat_layout(numel_);
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!accumulated[i]) continue;
+    const int64_t begin = layout_.offset[i], end = i + 1 < params.size() ? layout_.offset[i + 1] : layout_.total;
+    if (!accumulated_.empty() && accumulated_.back().second == begin) accumulated_.back().second = end;
+    else accumulated_.push_back({begin, end});
+  }
+  const size_t f32 = static_cast<size_t>(layout_.total) * sizeof(float);
+  master_ = DeviceBuffer(alloc, f32);
+  grad_ = DeviceBuffer(alloc, f32);
+  exp_avg_ = DeviceBuffer(alloc, f32);
+  exp_avg_sq_ = DeviceBuffer(alloc, f32);
+  weights_ = DeviceBuffer(alloc, static_cast<size_t>(layout_.total) * sizeof(bf16));
+  for (auto* b : {&master_, &grad_, &exp_avg_, &exp_avg_sq_, &weights_})
+    TITAN_CUDA_CHECK(cudaMemsetAsync(b->as<void>(), 0, b->bytes(), stream_));  // alignment gaps stay zero
+  upload(params);
+}
+
+void DeviceParameters::upload(const std::deque<Parameter>& params) {
+  size_t i = 0;
+  for (const auto& p : params) {
+    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    const int64_t at = layout_.offset[i++];
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(master_.as<float>() + at, p.master.f32(), bytes, cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(exp_avg_.as<float>() + at, p.exp_avg.f32(), bytes, cudaMemcpyHostToDevice, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(exp_avg_sq_.as<float>() + at, p.exp_avg_sq.f32(), bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  cast_f32_to_bf16(master_.as<float>(), weights_.as<bf16>(), layout_.total, stream_);
+  TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void DeviceParameters::download(std::deque<Parameter>& params) {
+  size_t i = 0;
+  for (auto& p : params) {
+    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    const int64_t at = layout_.offset[i++];
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(p.master.f32(), master_.as<float>() + at, bytes, cudaMemcpyDeviceToHost, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg.f32(), exp_avg_.as<float>() + at, bytes, cudaMemcpyDeviceToHost, stream_));
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg_sq.f32(), exp_avg_sq_.as<float>() + at, bytes, cudaMemcpyDeviceToHost, stream_));
+  }
+  TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void DeviceParameters::zero_grad() { TITAN_CUDA_CHECK(cudaMemsetAsync(grad_.as<void>(), 0, grad_.bytes(), stream_)); }
+
+void DeviceParameters::zero_accumulated_grads() {
+  // One micro-batch: each weight's GEMM writes its gradient once (beta 0), so only the gradients
+  // that are summed into are cleared, not the whole fp32 buffer (6 GB for 1B).
+  for (const auto& [begin, end] : accumulated_)
+    TITAN_CUDA_CHECK(cudaMemsetAsync(grad_.as<float>() + begin, 0, static_cast<size_t>(end - begin) * sizeof(float), stream_));
+}
+
+void DeviceParameters::grad_sq_sum(double* out, double* scratch) {
+  sum_squares_f32(grad_.as<float>(), layout_.total, out, scratch, stream_);
+}
+
+void DeviceParameters::adamw(const AdamWStep& step) {
+  cuda::adamw(master_.as<float>(), grad_.as<float>(), exp_avg_.as<float>(), exp_avg_sq_.as<float>(), weights_.as<bf16>(),
+              layout_.total, step, stream_);
+}
+
+void DeviceParameters::adamw_device_step(const AdamWStep* step, const double* grad_sq_sum, const double* loss_sum,
+                                         double max_norm) {
+  cuda::adamw_device_step(master_.as<float>(), grad_.as<float>(), exp_avg_.as<float>(), exp_avg_sq_.as<float>(),
+                          weights_.as<bf16>(), layout_.total, step, grad_sq_sum, loss_sum, max_norm, stream_);
+}
+
+std::vector<float> DeviceParameters::gradient(size_t i) {
+  std::vector<float> out(static_cast<size_t>(numel_.at(i)));
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), grad(i), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return out;
+}
+
+}  // namespace titan::cuda

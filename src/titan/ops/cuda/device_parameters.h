@@ -1,0 +1,51 @@
+// A model's parameters mirrored on one CUDA device, as the WeightStore the model reads: flat
+// fp32 buffers for master weights, gradients and the two AdamW moments, and one bf16 buffer of
+// compute weights, each parameter at its flat_layout offset (ops/cuda/host_plan.h). The host
+// parameters stay the owners for init and checkpoints: upload and download move the state.
+// Whole parameters only; sharded ones take the FSDP store (the GPU-switch issue).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <deque>
+#include <utility>
+#include <vector>
+
+#include "titan/core/parameter.h"
+#include "titan/core/weight_store.h"
+#include "titan/ops/cuda/allocator.h"
+#include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/host_plan.h"
+
+namespace titan::cuda {
+
+class DeviceParameters final : public WeightStore {
+ public:
+  // `accumulated[i]`: parameter i's gradient is summed into (embedding rows, norm weights) rather
+  // than written by one GEMM, so a step that overwrites gradients must clear it first.
+  DeviceParameters(const std::deque<Parameter>& params, const std::vector<bool>& accumulated, DeviceAllocator& alloc,
+                   cudaStream_t stream);
+  const void* weight(size_t i) override { return weights_.as<bf16>() + layout_.offset[i]; }
+  float* grad(size_t i) override { return grad_.as<float>() + layout_.offset[i]; }
+
+  // Master weights and moments from the host (and the bf16 copy), and back; both synchronise.
+  void upload(const std::deque<Parameter>& params);
+  void download(std::deque<Parameter>& params);
+  void zero_grad();
+  void zero_accumulated_grads();
+  // Sum of squares of every gradient into *out on the device.
+  void grad_sq_sum(double* out, double* scratch);
+  void adamw(const AdamWStep& step);
+  // The graph-safe update: factors in device memory, clipping and the skip decided on the device.
+  void adamw_device_step(const AdamWStep* step, const double* grad_sq_sum, const double* loss_sum, double max_norm);
+  std::vector<float> gradient(size_t i);  // tests
+  int64_t total() const { return layout_.total; }
+
+ private:
+  cudaStream_t stream_;
+  FlatLayout layout_;
+  std::vector<int64_t> numel_;
+  std::vector<std::pair<int64_t, int64_t>> accumulated_;  // [begin, end) ranges of grad_
+  DeviceBuffer master_, grad_, exp_avg_, exp_avg_sq_, weights_;
+};
+
+}  // namespace titan::cuda

@@ -1,0 +1,53 @@
+#include "titan/ops/cuda/host_plan.h"
+
+#include <algorithm>
+
+namespace titan::cuda {
+
+size_t device_block_bytes(size_t bytes) {
+  // 512-byte granules below 1 MiB, 2 MiB above: large blocks of nearby sizes share a bucket.
+  const size_t g = bytes < (size_t{1} << 20) ? 512 : (size_t{2} << 20);
+  return std::max<size_t>(g, (bytes + g - 1) / g * g);
+}
+
+std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget budget) {
+  const auto n = static_cast<size_t>(p.shape.rows()), d = static_cast<size_t>(p.dim);
+  const auto lse = static_cast<size_t>(p.shape.batch * p.heads * p.shape.seq);
+  const auto chunks = static_cast<size_t>((p.shape.rows() + kRmsnormRowsPerChunk - 1) / kRmsnormRowsPerChunk);
+  const auto rows = static_cast<size_t>(classifier_rows(p.shape.rows(), p.vocab, budget));
+  return {{"attention delta", 4 * lse},
+          {"rmsnorm partial sums", 4 * chunks * d},
+          {"classifier logits", 2 * rows * static_cast<size_t>(p.vocab)},
+          {"classifier row losses", 4 * n},
+          {"reduction scratch", 8 * static_cast<size_t>(kReduceBlocks)},
+          {"loss and squared norm", 2 * 8},
+          {"tokens", 4 * n},
+          {"labels", 4 * n},
+          {"embedding index ids", 4 * n},
+          {"embedding index offsets", 4 * (n + 1)},
+          {"embedding index positions", 4 * n}};
+}
+
+FlatLayout flat_layout(const std::vector<int64_t>& numel) {
+  FlatLayout f;
+  for (int64_t e : numel) {
+    f.offset.push_back(f.total);
+    f.total += (e + kParameterAlign - 1) / kParameterAlign * kParameterAlign;
+  }
+  return f;
+}
+
+StepMode step_mode(bool compile, bool phase_times, std::string* why) {
+  if (!compile) {
+    if (why) *why = "training.compile is off: one op per kernel, run eagerly";
+    return StepMode::eager;
+  }
+  if (phase_times) {
+    if (why) *why = "profiling.phase_times times each op: no CUDA graph";
+    return StepMode::eager;
+  }
+  if (why) *why = "fused kernels + CUDA graphs of the step";
+  return StepMode::graphs;
+}
+
+}  // namespace titan::cuda

@@ -1,0 +1,249 @@
+// The one Llama 3 model (models/llama3/model.h) on one GPU: the CUDA backend, the device
+// parameter store, and the step executor, which runs a step eagerly or replays it as captured
+// CUDA graphs. Selected by training.cuda_model = "model"; the legacy CudaTransformer stays the
+// default until the GPU-switch issue proves this path on a card.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+#include "titan/metrics/flops.h"
+#include "titan/models/llama3/model.h"
+#include "titan/ops/cuda/cuda_backend.h"
+#include "titan/ops/cuda/cuda_check.h"
+#include "titan/ops/cuda/device_parameters.h"
+#include "titan/ops/cuda/host_plan.h"
+#include "titan/train/engine.h"
+#include "titan/train/memory_estimate.h"
+
+namespace titan::train {
+
+namespace {
+std::vector<bool> accumulated_gradients(const llama3::ModelLayout& layout) {
+  std::vector<bool> out;
+  for (const auto& t : layout.tensors()) out.push_back(t.role == llama3::Role::tok_embeddings || t.shape.size() == 1);
+  return out;
+}
+
+cuda::AdamWStep adamw_step(const optim::AdamWFactors& f, float grad_coef) {
+  return {f.decay, f.beta1, f.beta2, f.eps, f.step_size, f.bias_correction2_sqrt, grad_coef};
+}
+
+class CudaModelEngine final : public Engine {
+ public:
+  CudaModelEngine(llama3::Transformer& host, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
+                  AttentionLibrary attention)
+      : host_(host),
+        optimizer_(optimizer),
+        device_(device),
+        compile_(compile),
+        mode_(cuda::step_mode(compile, phase_times, &mode_why_)),
+        phase_times_(phase_times),
+        backend_(attention, compile),
+        params_(host.parameters(), accumulated_gradients(host.layout()), backend_.allocator(), backend_.stream()),
+        model_(host.args(), backend_, params_) {
+    TITAN_CUDA_CHECK(cudaMallocHost(&host_sums_, 2 * sizeof(double)));
+    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&sums_ready_, cudaEventDisableTiming));
+    step_factors_ = cuda::DeviceBuffer(backend_.allocator(), sizeof(cuda::AdamWStep));
+  }
+  ~CudaModelEngine() override {
+    drop_graphs();
+    cudaStreamSynchronize(backend_.stream());
+    if (sums_ready_) cudaEventDestroy(sums_ready_);
+    if (host_sums_) cudaFreeHost(host_sums_);
+  }
+
+  std::string description() const override {
+    return concat(backend_.description(), ", float32 master weights, gradients and optimizer state, the one model (",
+                  mode_why_, ")");
+  }
+  bool on_cpu() const override { return false; }
+  double peak_flops() const override { return metrics::peak_bf16_flops(cuda::device_name(device_)); }
+  void zero_grad() override { params_.zero_grad(); }
+  void set_activation_checkpointing(const llama3::ActivationCheckpointing& ac) { model_.set_activation_checkpointing(ac); }
+
+  cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
+                                         float grad_scale, Tracer* tracer) override {
+    return model_.forward_backward(tokens, labels, s, grad_scale, -100, tracer);
+  }
+  cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s) override {
+    backend_.pause_phase_timing(true);  // validation stays out of the per-step phase times
+    struct Resume {
+      cuda::CudaBackend& b;
+      ~Resume() { b.pause_phase_timing(false); }
+    } resume{backend_};
+    return model_.forward_loss(tokens, labels, s);
+  }
+  double grad_sq_sum() override {
+    backend_.mark(cuda::Phase::optimizer);
+    params_.grad_sq_sum(backend_.sums() + 1, backend_.reduce_scratch());
+    double out = 0;
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(&out, backend_.sums() + 1, sizeof(double), cudaMemcpyDeviceToHost, backend_.stream()));
+    backend_.synchronize();
+    return out;
+  }
+  void update(double grad_norm, double max_norm, double lr) override {
+    const optim::AdamWFactors f = optimizer_.advance(lr);
+    // torch's clip_grad_norm_ rule, as optim::clip_grads applies it on the CPU.
+    const float coef = max_norm > 0 && grad_norm > max_norm ? static_cast<float>(max_norm / (grad_norm + 1e-6)) : 1.0f;
+    backend_.mark(cuda::Phase::optimizer);
+    params_.adamw(adamw_step(f, coef));
+    finish_step();
+  }
+
+  bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
+                  double max_norm, StepOutcome& out) override {
+    if (!compile_) return false;  // one op per kernel: the trainer's plain path
+    const optim::AdamWFactors f = optimizer_.advance(lr);
+    try {
+      out = run_step(tokens, labels, s, grad_scale, adamw_step(f, 1.0f), max_norm);
+    } catch (...) {
+      // Only validation of the batch runs before the first update; a failed capture after the
+      // eager step leaves a count one short, and the run ends with the error anyway.
+      optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);
+      throw;
+    }
+    if (!std::isfinite(out.loss_sum) || !std::isfinite(out.grad_norm))
+      optimizer_.set_steps_taken(optimizer_.steps_taken() - 1);  // the device skipped the update
+    return true;
+  }
+
+  std::string phase_report() const override { return format_phase_report(backend_.phase_timer()); }
+  void to_host() override { params_.download(host_.parameters()); }
+  void from_host() override {
+    backend_.synchronize();
+    params_.upload(host_.parameters());
+  }
+  metrics::MemorySample memory() const override { return device_memory_sample(backend_.memory_stats()); }
+
+ private:
+  struct GraphKey {  // what a captured step bakes in besides pointers
+    llama3::BatchShape shape;
+    float grad_scale = 0;
+    double max_norm = 0;
+    bool operator==(const GraphKey&) const = default;
+  };
+
+  // Phase timing starts after two steps, so one-time work (cuBLASLt plans, module loads) stays out.
+  void finish_step() {
+    if (cuda::PhaseTimer* t = backend_.phase_timer()) t->finish_step();
+    if (++updates_ == 2 && phase_times_) backend_.enable_phase_timing();
+  }
+
+  // Zero the summed-into gradients, forward, loss, backward (each weight's gradient written
+  // once), and the squared norm: no host synchronisation, so it can be captured.
+  void enqueue_gradients(llama3::BatchShape s, float grad_scale) {
+    params_.zero_accumulated_grads();
+    backend_.set_overwrite_grads(true);
+    struct Restore {
+      cuda::CudaBackend& b;
+      ~Restore() { b.set_overwrite_grads(false); }
+    } restore{backend_};
+    model_.enqueue_forward_backward(s, grad_scale, -100);
+    backend_.mark(cuda::Phase::optimizer);
+    params_.grad_sq_sum(backend_.sums() + 1, backend_.reduce_scratch());
+  }
+  // Clipping and AdamW, decided on the device from the loss and norm (skipped if not finite).
+  void enqueue_update(double max_norm) {
+    backend_.mark(cuda::Phase::optimizer);
+    params_.adamw_device_step(step_factors_.as<cuda::AdamWStep>(), backend_.sums() + 1, backend_.sums(), max_norm);
+  }
+  void send_sums() {
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(host_sums_, backend_.sums(), 2 * sizeof(double), cudaMemcpyDeviceToHost,
+                                     backend_.stream()));
+    TITAN_CUDA_CHECK(cudaEventRecord(sums_ready_, backend_.stream()));
+  }
+
+  StepOutcome run_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale,
+                       const cuda::AdamWStep& step, double max_norm) {
+    const int64_t n = s.rows();
+    const auto count = std::count_if(labels, labels + n, [](int32_t l) { return l != -100; });
+    const GraphKey key{s, grad_scale, max_norm};
+    if (!(key == graph_key_)) drop_graphs();  // a new shape replans the buffers the graphs point into
+    model_.load_batch(tokens, labels, s, true);
+    cudaStream_t stream = backend_.stream();
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(step_factors_.as<void>(), &step, sizeof step, cudaMemcpyHostToDevice, stream));
+    if (gradients_graph_) {
+      TITAN_CUDA_CHECK(cudaGraphLaunch(gradients_graph_, stream));
+      send_sums();
+      TITAN_CUDA_CHECK(cudaGraphLaunch(update_graph_, stream));
+      // Return while AdamW runs: the host checks and uploads the next batch meanwhile, and all it
+      // enqueues on this stream is ordered after the update.
+      TITAN_CUDA_CHECK(cudaEventSynchronize(sums_ready_));
+      return {host_sums_[0], count, std::sqrt(host_sums_[1])};
+    }
+    enqueue_gradients(s, grad_scale);
+    send_sums();
+    enqueue_update(max_norm);
+    finish_step();
+    if (mode_ == cuda::StepMode::graphs) {
+      // The first step of a shape ran eagerly (cuBLASLt picked its algorithms, kernels loaded);
+      // the same work is captured now, not run, for the next steps.
+      cudaGraphExec_t gradients = capture([&] { enqueue_gradients(s, grad_scale); });
+      try {
+        update_graph_ = capture([&] { enqueue_update(max_norm); });
+      } catch (...) {
+        cudaGraphExecDestroy(gradients);
+        throw;
+      }
+      gradients_graph_ = gradients;
+      graph_key_ = key;
+    }
+    backend_.synchronize();
+    return {host_sums_[0], count, std::sqrt(host_sums_[1])};
+  }
+
+  cudaGraphExec_t capture(const std::function<void()>& enqueue) {
+    cudaStream_t stream = backend_.stream();
+    cudaGraph_t graph = nullptr;
+    TITAN_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    TITAN_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t st = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    TITAN_CUDA_CHECK(st);
+    return exec;
+  }
+
+  void drop_graphs() {
+    for (cudaGraphExec_t* g : {&gradients_graph_, &update_graph_}) {
+      if (*g) cudaGraphExecDestroy(*g);
+      *g = nullptr;
+    }
+    graph_key_ = {};
+  }
+
+  llama3::Transformer& host_;
+  optim::AdamW& optimizer_;
+  int device_;
+  bool compile_;
+  std::string mode_why_;
+  cuda::StepMode mode_;
+  bool phase_times_;
+  int64_t updates_ = 0;
+  cuda::CudaBackend backend_;  // before the store and the model, which hold its buffers
+  cuda::DeviceParameters params_;
+  llama3::Model model_;
+  cuda::DeviceBuffer step_factors_;  // AdamWStep on the device, written before each graph launch
+  double* host_sums_ = nullptr;      // pinned: the step's loss and squared norm
+  cudaEvent_t sums_ready_ = nullptr;
+  cudaGraphExec_t gradients_graph_ = nullptr, update_graph_ = nullptr;
+  GraphKey graph_key_{};
+};
+}  // namespace
+
+std::unique_ptr<Engine> make_cuda_model_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+                                               optim::AdamW& optimizer, int device) {
+  auto engine = std::make_unique<CudaModelEngine>(model, optimizer, device, cfg.get_bool("training.compile"),
+                                                  cfg.get_bool("profiling.phase_times"), attention_library(cfg));
+  engine->set_activation_checkpointing(activation_checkpointing(cfg));
+  return engine;
+}
+
+}  // namespace titan::train
