@@ -13,6 +13,7 @@
 #include "titan/models/llama3/transformer.h"
 #include "titan/ops/cpu/cpu_backend.h"
 #include "titan/ops/cuda/host_plan.h"
+#include "titan/parallel/fsdp.h"
 #include "titan/train/memory_estimate.h"
 
 using namespace titan;
@@ -250,7 +251,10 @@ TEST(CudaHostPlan, EstimateOfTheOneModelSumsThePlanAsTheAllocatorRoundsIt) {
     const auto e = train::estimate_memory(a, s, ac, train::EstimateBackend::cuda_model, 1);
     EXPECT_EQ(e.activations, want) << "mode " << static_cast<int>(mode);
   }
-  EXPECT_THROW(train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 2), UserError);
+  const auto two = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 2);
+  const auto one = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1);
+  EXPECT_LT(two.optimizer, one.optimizer);  // moments of half the rows
+  EXPECT_GT(two.parameters, one.parameters / 2);  // plus the gathered units
 }
 
 TEST(OneModel, DecodingRunsTheBlocksOneRowAtATime) {
@@ -267,4 +271,64 @@ TEST(OneModel, DecodingRunsTheBlocksOneRowAtATime) {
   EXPECT_EQ(count(backend.ops, "copy"), 6);                // its key and value rows into the cache
   EXPECT_EQ(count(backend.ops, "logits n1"), 1);
   EXPECT_EQ(cache.position, 2);
+}
+
+namespace {
+class RecordingUnitStore final : public parallel::UnitStore {
+ public:
+  std::vector<std::string> calls;
+  std::set<int> gathered;
+  int units() const override { return 4; }
+  void gather(int u) override {
+    if (gathered.insert(u).second) calls.push_back(concat("gather ", u));
+  }
+  void use(int u) override {
+    gather(u);
+    calls.push_back(concat("use ", u));
+  }
+  void reshard(int u) override {
+    if (gathered.erase(u)) calls.push_back(concat("reshard ", u));
+  }
+  void begin_gradients(int u) override { calls.push_back(concat("grads ", u)); }
+  void reduce_gradients(int u) override {
+    calls.push_back(concat("reduce ", u));
+    reshard(u);
+  }
+  void end_backward() override { calls.push_back("end"); }
+};
+
+std::vector<std::string> fsdp_calls(ReshardPolicy policy, bool prefetch) {
+  RecordingUnitStore store;
+  parallel::FullyShardedDataParallel fsdp(store, policy, prefetch);
+  RecordingBackend backend(DType::bf16);
+  NullWeights weights;
+  Model model(small_args(), backend, weights);  // 3 blocks: units 0..3
+  model.set_hooks(&fsdp);
+  std::vector<int32_t> tokens(10, 1), labels(10, 2);
+  model.forward_backward(tokens.data(), labels.data(), {2, 5}, 0.1f);
+  EXPECT_TRUE(store.gathered.empty()) << "units left gathered after the step";
+  return store.calls;
+}
+}  // namespace
+
+// The GPU store's order (prefetch) is the legacy CudaTransformer's: the next block's gather
+// issued before this one computes, the last block's beside the classifier, the block below
+// during each backward; the host store's (no prefetch) gathers each unit when it runs.
+TEST(FsdpPolicy, GathersPrefetchesFreesAndReducesInTheGpuOrder) {
+  const std::vector<std::string> gpu = {
+      "gather 0", "use 0", "gather 1", "use 1", "gather 2", "reshard 1", "use 2", "gather 3", "reshard 2", "use 3",
+      "use 0", "grads 0",  // the classifier; block 3 (the last) kept its weights
+      "use 3", "gather 2", "grads 3", "reduce 3", "reshard 3", "use 2", "gather 1", "grads 2", "reduce 2",
+      "reshard 2", "use 1", "grads 1", "reduce 1", "reshard 1", "reduce 0", "reshard 0", "end"};
+  EXPECT_EQ(fsdp_calls(ReshardPolicy{}, true), gpu);
+  const auto host = fsdp_calls(ReshardPolicy{}, false);
+  EXPECT_EQ(std::count(host.begin(), host.end(), "gather 1"), 2);  // forward, and again for backward
+  EXPECT_EQ(std::count(host.begin(), host.end(), "gather 3"), 1);  // the last block is kept
+  // "always": the root and the last block free theirs too, and gather again for backward.
+  const auto always = fsdp_calls(ReshardPolicy::from_setting("always"), true);
+  EXPECT_EQ(std::count(always.begin(), always.end(), "gather 0"), 2);
+  EXPECT_EQ(std::count(always.begin(), always.end(), "gather 3"), 2);
+  // "never": every block keeps its weights from forward to its backward.
+  const auto never = fsdp_calls(ReshardPolicy::from_setting("never"), true);
+  EXPECT_EQ(std::count(never.begin(), never.end(), "gather 1"), 1);
 }

@@ -28,6 +28,7 @@
 using namespace titan;
 using namespace titan::llama3;
 using titan::parallel::FullyShardedDataParallel;
+using titan::parallel::HostUnitStore;
 
 namespace {
 ModelArgs small_args() {
@@ -77,7 +78,8 @@ TEST(Fsdp, GroupOfOneEqualsThePlainModel) {
       sharded.init_weights(7);
       plain.set_activation_checkpointing(ac);
       sharded.set_activation_checkpointing(ac);
-      FullyShardedDataParallel fsdp(sharded.units(), *group, opt);
+      HostUnitStore store(sharded.units(), *group);
+      FullyShardedDataParallel fsdp(store, opt);
       sharded.set_hooks(&fsdp);
       for (uint32_t step = 0; step < 2; ++step) {
         const Batch b = random_batch(s, a.vocab_size, 100 + step);
@@ -86,7 +88,7 @@ TEST(Fsdp, GroupOfOneEqualsThePlainModel) {
         const auto want = plain.forward_backward(b.tokens.data(), b.labels.data(), s, 1.0f / 18);
         const auto got = sharded.forward_backward(b.tokens.data(), b.labels.data(), s, 1.0f / 18);
         ASSERT_EQ(want.loss_sum, got.loss_sum) << "mode " << static_cast<int>(ac.mode);
-        EXPECT_EQ(fsdp.unsharded_bytes(), 0u) << "whole weights or grads left after the step";
+        EXPECT_EQ(store.unsharded_bytes(), 0u) << "whole weights or grads left after the step";
         for (auto& p : sharded.parameters()) {
           const Parameter& q = plain.parameter(p.name);
           ASSERT_EQ(0, std::memcmp(p.grad.f32(), q.grad.f32(), p.grad.bytes())) << p.name;
@@ -95,7 +97,7 @@ TEST(Fsdp, GroupOfOneEqualsThePlainModel) {
         const auto val_want = plain.forward_loss(b.tokens.data(), b.labels.data(), s);
         const auto val_got = sharded.forward_loss(b.tokens.data(), b.labels.data(), s);
         EXPECT_EQ(val_want.loss_sum, val_got.loss_sum);
-        EXPECT_EQ(fsdp.unsharded_bytes(), 0u) << "a forward-only pass kept whole weights";
+        EXPECT_EQ(store.unsharded_bytes(), 0u) << "a forward-only pass kept whole weights";
       }
     }
   }
@@ -112,17 +114,18 @@ TEST(Fsdp, PeakGatheredBytesAreTheRootAndOneBlock) {
     m.init_weights(1);
     const auto units = m.units();
     ASSERT_EQ(units.size(), static_cast<size_t>(a.n_layers + 1));
-    FullyShardedDataParallel fsdp(units, *group, ReshardPolicy{reshard, false, false});
+    HostUnitStore store(units, *group);
+    FullyShardedDataParallel fsdp(store, ReshardPolicy{reshard, false, false});
     m.set_hooks(&fsdp);
     const Batch b = random_batch(s, a.vocab_size, 3);
     m.forward_backward(b.tokens.data(), b.labels.data(), s, 0.2f);
     const int64_t root = unit_elements(units[0]), block = unit_elements(units[1]);
     const int64_t expect = reshard ? 2 * (root + block) : root + a.n_layers * block + root + block;
-    EXPECT_EQ(fsdp.peak_unsharded_bytes(), static_cast<size_t>(4 * expect)) << "reshard " << reshard;
+    EXPECT_EQ(store.peak_unsharded_bytes(), static_cast<size_t>(4 * expect)) << "reshard " << reshard;
     const auto one = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 1);
     const auto two = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 2, !reshard);
     const double gathered = two.parameters + two.gradients - (one.parameters + one.gradients) / 2;
-    EXPECT_EQ(gathered, static_cast<double>(fsdp.peak_unsharded_bytes())) << "reshard " << reshard;
+    EXPECT_EQ(gathered, static_cast<double>(store.peak_unsharded_bytes())) << "reshard " << reshard;
   }
 }
 
@@ -134,7 +137,8 @@ TEST(Fsdp, MicroBatchesAccumulateInTheShards) {
   Transformer plain(a), sharded(a);
   plain.init_weights(5);
   sharded.init_weights(5);
-  FullyShardedDataParallel fsdp(sharded.units(), *group, ReshardPolicy{});
+  HostUnitStore store(sharded.units(), *group);
+  FullyShardedDataParallel fsdp(store, ReshardPolicy{});
   sharded.set_hooks(&fsdp);
   const Batch b = random_batch(whole, a.vocab_size, 11);
   plain.zero_grad();
@@ -152,7 +156,7 @@ TEST(Fsdp, MicroBatchesAccumulateInTheShards) {
 TEST(Fsdp, RefusesShardsOfAnotherLayout) {
   Transformer m(small_args(), 1, 3);  // shards of rank 1 of 3, a group of one
   auto group = parallel::make_local_group();
-  EXPECT_THROW(FullyShardedDataParallel(m.units(), *group, ReshardPolicy{}), InternalError);
+  EXPECT_THROW(HostUnitStore(m.units(), *group), InternalError);
 }
 
 TEST(Mesh, DegreesResolveAgainstTheWorld) {

@@ -54,7 +54,8 @@ void DataParallel::apply(llama3::Transformer& model, bool hooks) {
       if (u > 0 && u + 1 == units.size()) last_block_elements_ += p->numel();
     }
   if (!sharded() || !hooks) return;
-  fsdp_ = std::make_unique<FullyShardedDataParallel>(units, *shard_group_, fsdp_options_);
+  units_ = std::make_unique<HostUnitStore>(units, *shard_group_);
+  fsdp_ = std::make_unique<FullyShardedDataParallel>(*units_, fsdp_options_);
   model.set_hooks(fsdp_.get());
 }
 
@@ -76,9 +77,9 @@ CommVolume DataParallel::take_volume() {
   CommVolume v = replicate_volume_;
   replicate_volume_ = {};
   if (fsdp_) {
-    v.all_gather += fsdp_->volume().all_gather;
-    v.reduce_scatter += fsdp_->volume().reduce_scatter;
-    fsdp_->volume() = {};
+    v.all_gather += units_->volume().all_gather;
+    v.reduce_scatter += units_->volume().reduce_scatter;
+    units_->volume() = {};
   }
   return v;
 }

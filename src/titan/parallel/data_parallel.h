@@ -10,6 +10,7 @@
 
 #include "titan/models/llama3/transformer.h"
 #include "titan/parallel/fsdp.h"
+#include "titan/parallel/host_unit_store.h"
 #include "titan/parallel/process_group.h"
 
 namespace titan::parallel {
@@ -57,7 +58,7 @@ class DataParallel {
   // (W-1)/W x P x (4 + 4 + 4) with float32 gathers (the CPU computes in float32).
   double analytic_volume(int64_t micro_batches, double gather_bytes = 4) const;
   // Peak bytes of whole (gathered) weights and gradients so far; 0 without FSDP.
-  size_t peak_unsharded_bytes() const { return fsdp_ ? fsdp_->peak_unsharded_bytes() : 0; }
+  size_t peak_unsharded_bytes() const { return units_ ? units_->peak_unsharded_bytes() : 0; }
   std::string describe() const;
 
  private:
@@ -67,6 +68,7 @@ class DataParallel {
   ProcessGroup* replicate_group_ = nullptr;
   ReshardPolicy fsdp_options_;
   int64_t root_elements_ = 0, block_elements_ = 0, last_block_elements_ = 0;  // set by apply
+  std::unique_ptr<HostUnitStore> units_;
   std::unique_ptr<FullyShardedDataParallel> fsdp_;
   CommVolume replicate_volume_;
 };

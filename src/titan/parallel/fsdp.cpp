@@ -1,107 +1,39 @@
 #include "titan/parallel/fsdp.h"
 
-#include <algorithm>
-
 #include "titan/core/error.h"
 
 namespace titan::parallel {
 
-FullyShardedDataParallel::FullyShardedDataParallel(std::vector<std::vector<Parameter*>> units, ProcessGroup& group,
-                                                   ReshardPolicy options)
-    : group_(group), options_(options) {
-  const int world = group.size();
-  size_t largest_shard = 0;
-  for (auto& params : units) {
-    Unit u;
-    for (Parameter* p : params) {
-      TITAN_CHECK(p->world == world && p->rank == group.rank(), p->name, " is a shard of rank ", p->rank, " of ",
-                  p->world, ", the group is rank ", group.rank(), " of ", world);
-      std::vector<int64_t> counts;
-      for (int r = 0; r < world; ++r) counts.push_back(shard_range(p->global_shape[0], r, world).rows() * p->row_elems());
-      largest_shard = std::max(largest_shard, static_cast<size_t>(p->master.numel()));
-      u.elements += p->numel();
-      u.counts.push_back(std::move(counts));
-      p->full = Tensor();  // from now on only between a gather and a reshard
-      p->full_grad = Tensor();
-    }
-    u.params = std::move(params);
-    units_.push_back(std::move(u));
-  }
-  scratch_.resize(largest_shard);
+FullyShardedDataParallel::FullyShardedDataParallel(UnitStore& store, ReshardPolicy policy, bool prefetch)
+    : store_(store), policy_(policy), prefetch_(prefetch) {}
+
+bool FullyShardedDataParallel::frees_after_forward(int unit) const {
+  if (unit == 0) return policy_.reshard_root;
+  return unit + 1 == store_.units() ? policy_.reshard_last_block : policy_.reshard_blocks;
 }
 
-FullyShardedDataParallel::Unit& FullyShardedDataParallel::unit(int index) {
-  TITAN_CHECK(index >= 0 && index < static_cast<int>(units_.size()), "FSDP: no unit ", index, " of ", units_.size());
-  return units_[static_cast<size_t>(index)];
+void FullyShardedDataParallel::before_forward(int unit) {
+  store_.use(unit);
+  // The next unit's weights arrive while this one computes (the root's: the first block's).
+  if (prefetch_ && unit + 1 < store_.units()) store_.gather(unit + 1);
 }
 
-void FullyShardedDataParallel::track(const Tensor& t, bool allocated) {
-  if (allocated) {
-    unsharded_bytes_ += t.bytes();
-    peak_unsharded_bytes_ = std::max(peak_unsharded_bytes_, unsharded_bytes_);
-  } else {
-    unsharded_bytes_ -= t.bytes();
-  }
+void FullyShardedDataParallel::after_forward(int unit, bool backward_follows) {
+  if (!backward_follows || frees_after_forward(unit)) store_.reshard(unit);
 }
 
-void FullyShardedDataParallel::gather(Unit& u) {
-  if (u.weights.defined()) return;
-  u.weights = Tensor::zeros({u.elements});
-  track(u.weights, true);
-  int64_t offset = 0;
-  for (size_t i = 0; i < u.params.size(); ++i) {
-    Parameter& p = *u.params[i];
-    p.full = Tensor::view_of(u.weights, p.global_shape, offset);
-    offset += p.numel();
-    group_.all_gather(p.master.f32(), p.full.f32(), u.counts[i]);
-    volume_.all_gather += 4.0 * static_cast<double>(p.numel() - p.master.numel());
-  }
+void FullyShardedDataParallel::before_backward(int unit) {
+  store_.use(unit);
+  // Backward walks the blocks down from the last, the root's (the classifier) first: the block
+  // that comes next arrives while this unit's backward runs.
+  const int next = unit == 0 ? store_.units() - 1 : unit - 1;
+  if (prefetch_ && next >= 1) store_.gather(next);
+  store_.begin_gradients(unit);
 }
 
-void FullyShardedDataParallel::reshard(Unit& u) {
-  if (!u.weights.defined()) return;
-  for (Parameter* p : u.params) p->full = Tensor();
-  track(u.weights, false);
-  u.weights = Tensor();
-}
-
-void FullyShardedDataParallel::before_forward(int index) { gather(unit(index)); }
-
-void FullyShardedDataParallel::after_forward(int index, bool backward_follows) {
-  const bool last = index + 1 == static_cast<int>(units_.size());
-  const bool frees = index == 0 ? options_.reshard_root : last ? options_.reshard_last_block : options_.reshard_blocks;
-  const bool keep = backward_follows && !frees;
-  if (!keep) reshard(unit(index));
-}
-
-void FullyShardedDataParallel::before_backward(int index) {
-  Unit& u = unit(index);
-  gather(u);
-  TITAN_CHECK(!u.grads.defined(), "FSDP: unit ", index, " entered backward twice");
-  u.grads = Tensor::zeros({u.elements});  // backward accumulates into it
-  track(u.grads, true);
-  int64_t offset = 0;
-  for (Parameter* p : u.params) {
-    p->full_grad = Tensor::view_of(u.grads, p->global_shape, offset);
-    offset += p->numel();
-  }
-}
-
-void FullyShardedDataParallel::after_backward(int index) {
-  Unit& u = unit(index);
-  TITAN_CHECK(u.grads.defined(), "FSDP: unit ", index, " left a backward it did not enter");
-  for (size_t i = 0; i < u.params.size(); ++i) {
-    Parameter& p = *u.params[i];
-    const int64_t local = p.grad.numel();
-    group_.reduce_scatter_sum(p.full_grad.f32(), scratch_.data(), u.counts[i]);
-    volume_.reduce_scatter += 4.0 * static_cast<double>(p.numel() - local);
-    float* g = p.grad.f32();
-    for (int64_t j = 0; j < local; ++j) g[j] += scratch_[static_cast<size_t>(j)];
-    p.full_grad = Tensor();
-  }
-  track(u.grads, false);
-  u.grads = Tensor();
-  reshard(u);
+void FullyShardedDataParallel::after_backward(int unit) {
+  store_.reduce_gradients(unit);
+  if (unit == 0) store_.end_backward();  // the root's backward (the embedding) is the pass's last
 }
 
 }  // namespace titan::parallel

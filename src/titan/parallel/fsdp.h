@@ -1,17 +1,13 @@
-// FSDP2's semantics on host tensors. Every parameter keeps only its dim-0 shard on this rank
-// (fp32 master, grad, AdamW moments: 1/N of the model); a unit's whole weights exist from its
-// all-gather until it reshards, and its whole gradient only during its own backward, which
-// ends in a reduce-scatter into the grad shards. Units come from the model (the root and each
-// block); the model calls these hooks and never sees the group.
+// FSDP2's policy, written once for every backend: at the model's unit boundaries (the root:
+// embedding, final norm and output; then each block) it decides when a unit's whole weights
+// are gathered, prefetched and freed (ReshardPolicy, training.fsdp_reshard_after_forward), and
+// when its whole gradient is made and reduce-scattered into this rank's gradient shards. How
+// the bytes move is a UnitStore's job: host tensors over a ProcessGroup (MPI; host_unit_store.h)
+// or device buffers over NCCL on a second stream (device_unit_store.h, CUDA builds). The model
+// calls the hooks and never sees either.
 #pragma once
-#include <cstddef>
-#include <cstdint>
-#include <vector>
-
 #include "titan/core/module_hooks.h"
-#include "titan/core/parameter.h"
 #include "titan/core/reshard_policy.h"
-#include "titan/parallel/process_group.h"
 
 namespace titan::parallel {
 
@@ -22,40 +18,42 @@ struct CommVolume {
   double total() const { return all_gather + reduce_scatter + all_reduce; }
 };
 
+class UnitStore {
+ public:
+  virtual ~UnitStore() = default;
+  virtual int units() const = 0;
+  // Starts gathering unit u's whole weights; nothing when they are there or on their way.
+  virtual void gather(int u) = 0;
+  // From here on compute may read unit u's whole weights (gathers them if nobody asked yet).
+  virtual void use(int u) = 0;
+  // Frees unit u's whole weights.
+  virtual void reshard(int u) = 0;
+  // Unit u's whole gradient, zeroed, for its backward to add into.
+  virtual void begin_gradients(int u) = 0;
+  // Sums unit u's whole gradient over the ranks into this rank's gradient shards (+=, so
+  // micro-batches accumulate), then frees it and the unit's whole weights.
+  virtual void reduce_gradients(int u) = 0;
+  // After the last unit's reduction: the gradient shards are complete for whoever reads them next.
+  virtual void end_backward() {}
+};
+
 class FullyShardedDataParallel final : public ModuleHooks {
  public:
-  // Takes over `full` and `full_grad` of every parameter in `units` (shards of `group`'s ranks).
-  FullyShardedDataParallel(std::vector<std::vector<Parameter*>> units, ProcessGroup& group, ReshardPolicy options);
+  // prefetch: gather the next unit while this one computes (stores whose collectives overlap
+  // compute; the host store's are blocking, so it would only hold one more unit).
+  FullyShardedDataParallel(UnitStore& store, ReshardPolicy policy, bool prefetch = false);
   void before_forward(int unit) override;
   void after_forward(int unit, bool backward_follows) override;
   void before_backward(int unit) override;
-  // Reduce-scatters the unit's gradient (fp32 sum over ranks) and adds it to the grad shards,
-  // so micro-batches accumulate there.
   void after_backward(int unit) override;
 
-  CommVolume& volume() { return volume_; }
-  // Bytes of whole weights and gradients held now, and the most held at once.
-  size_t unsharded_bytes() const { return unsharded_bytes_; }
-  size_t peak_unsharded_bytes() const { return peak_unsharded_bytes_; }
-
  private:
-  struct Unit {
-    std::vector<Parameter*> params;
-    std::vector<std::vector<int64_t>> counts;  // per parameter: each rank's shard elements
-    int64_t elements = 0;
-    Tensor weights, grads;  // flat whole-unit buffers; each parameter's full/full_grad is a view
-  };
-  Unit& unit(int index);
-  void gather(Unit& u);
-  void reshard(Unit& u);
-  void track(const Tensor& t, bool allocated);
+  // Whether a unit frees its weights after forward though backward follows.
+  bool frees_after_forward(int unit) const;
 
-  ProcessGroup& group_;
-  ReshardPolicy options_;
-  std::vector<Unit> units_;
-  std::vector<float> scratch_;  // one parameter's reduced shard
-  CommVolume volume_;
-  size_t unsharded_bytes_ = 0, peak_unsharded_bytes_ = 0;
+  UnitStore& store_;
+  ReshardPolicy policy_;
+  bool prefetch_;
 };
 
 }  // namespace titan::parallel

@@ -88,9 +88,10 @@ namespace titan::train {
 // statistics as the metrics' memory sample.
 std::string format_phase_report(const cuda::PhaseTimer* timer);
 metrics::MemorySample device_memory_sample(const cuda::AllocatorStats& stats);
-// The one model on one GPU (training.cuda_model = "model"), on `device`.
+// The one model on one GPU (training.cuda_model = "model"), on `device`; with `fsdp`, sharded
+// over those collectives.
 std::unique_ptr<Engine> make_cuda_model_engine(const config::JobConfig& cfg, llama3::Transformer& model,
-                                               optim::AdamW& optimizer, int device);
+                                               optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp);
 // The GPU this rank uses: the launcher's local rank (torchrun's LOCAL_RANK, mpirun's or
 // srun's), made current. UserError when there is no such device.
 int select_cuda_device();

@@ -126,13 +126,8 @@ int select_cuda_device() {
 std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
                                          optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp) {
   check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
-  if (cfg.get_string("training.cuda_model") == "model") {
-    if (fsdp)
-      throw UserError(concat(cfg.origin("training.cuda_model"),
-                             ": training.cuda_model = \"model\" runs on one GPU without FSDP so far (FSDP over NCCL is the "
-                             "legacy path's: set it to \"legacy\", or train on one rank)"));
-    return make_cuda_model_engine(cfg, model, optimizer, select_cuda_device());
-  }
+  if (cfg.get_string("training.cuda_model") == "model")
+    return make_cuda_model_engine(cfg, model, optimizer, select_cuda_device(), fsdp);
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
                                       cfg.get_bool("profiling.phase_times"), fsdp,
                                       ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")),

@@ -12,12 +12,20 @@
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/device_parameters.h"
 #include "titan/ops/cuda/host_plan.h"
+#include "titan/parallel/device_unit_store.h"
+#include "titan/parallel/fsdp.h"
 #include "titan/train/engine.h"
 #include "titan/train/memory_estimate.h"
 
 namespace titan::train {
 
 namespace {
+std::vector<std::vector<size_t>> units_of(const llama3::ModelLayout& layout) {
+  std::vector<std::vector<size_t>> units(static_cast<size_t>(layout.units()));
+  for (size_t i = 0; i < layout.size(); ++i) units[static_cast<size_t>(layout[i].unit)].push_back(i);
+  return units;
+}
+
 std::vector<bool> accumulated_gradients(const llama3::ModelLayout& layout) {
   std::vector<bool> out;
   for (const auto& t : layout.tensors()) out.push_back(t.role == llama3::Role::tok_embeddings || t.shape.size() == 1);
@@ -30,8 +38,10 @@ cuda::AdamWStep adamw_step(const optim::AdamWFactors& f, float grad_coef) {
 
 class CudaModelEngine final : public Engine {
  public:
+  // With `fsdp` the host parameters are shards of fsdp->rank() of fsdp->size(); FSDP's policy
+  // (parallel/fsdp.h) drives the device unit store through the model's unit hooks.
   CudaModelEngine(llama3::Transformer& host, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
-                  AttentionLibrary attention)
+                  AttentionLibrary attention, cuda::DeviceCollectives* fsdp, ReshardPolicy policy)
       : host_(host),
         optimizer_(optimizer),
         device_(device),
@@ -39,8 +49,13 @@ class CudaModelEngine final : public Engine {
         mode_(cuda::step_mode(compile, phase_times, &mode_why_)),
         phase_times_(phase_times),
         backend_(attention, compile),
-        params_(host.parameters(), accumulated_gradients(host.layout()), backend_.allocator(), backend_.stream()),
-        model_(host.args(), backend_, params_) {
+        params_(host.parameters(), accumulated_gradients(host.layout()), backend_.allocator(), backend_.stream(),
+                fsdp != nullptr),
+        units_(fsdp ? std::make_unique<parallel::DeviceUnitStore>(units_of(host.layout()), params_, *fsdp, backend_)
+                    : nullptr),
+        fsdp_(units_ ? std::make_unique<parallel::FullyShardedDataParallel>(*units_, policy, true) : nullptr),
+        model_(host.args(), backend_, units_ ? static_cast<WeightStore&>(*units_) : params_) {
+    model_.set_hooks(fsdp_.get());
     TITAN_CUDA_CHECK(cudaMallocHost(&host_sums_, 2 * sizeof(double)));
     TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&sums_ready_, cudaEventDisableTiming));
     step_factors_ = cuda::DeviceBuffer(backend_.allocator(), sizeof(cuda::AdamWStep));
@@ -54,15 +69,19 @@ class CudaModelEngine final : public Engine {
 
   std::string description() const override {
     return concat(backend_.description(), ", float32 master weights, gradients and optimizer state, the one model (",
-                  mode_why_, ")");
+                  units_ ? "no CUDA graph under FSDP yet" : mode_why_, ")", units_ ? ", FSDP over NCCL" : "");
   }
   bool on_cpu() const override { return false; }
   double peak_flops() const override { return metrics::peak_bf16_flops(cuda::device_name(device_)); }
-  void zero_grad() override { params_.zero_grad(); }
+  void zero_grad() override {
+    if (units_) units_->release_all();  // no reduce-scatter may still add into the shards
+    params_.zero_grad();
+  }
   void set_activation_checkpointing(const llama3::ActivationCheckpointing& ac) { model_.set_activation_checkpointing(ac); }
 
   cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
                                          float grad_scale, Tracer* tracer) override {
+    if (units_) units_->release_all();  // a pass that threw may have left units gathered
     return model_.forward_backward(tokens, labels, s, grad_scale, -100, tracer);
   }
   cpu::ClassifierResult forward_loss(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s) override {
@@ -71,6 +90,7 @@ class CudaModelEngine final : public Engine {
       cuda::CudaBackend& b;
       ~Resume() { b.pause_phase_timing(false); }
     } resume{backend_};
+    if (units_) units_->release_all();
     return model_.forward_loss(tokens, labels, s);
   }
   double grad_sq_sum() override {
@@ -78,13 +98,14 @@ class CudaModelEngine final : public Engine {
     params_.grad_sq_sum(backend_.sums() + 1, backend_.reduce_scratch());
     double out = 0;
     TITAN_CUDA_CHECK(cudaMemcpyAsync(&out, backend_.sums() + 1, sizeof(double), cudaMemcpyDeviceToHost, backend_.stream()));
-    backend_.synchronize();
+    synchronize();
     return out;
   }
   void update(double grad_norm, double max_norm, double lr) override {
     const optim::AdamWFactors f = optimizer_.advance(lr);
     // torch's clip_grad_norm_ rule, as optim::clip_grads applies it on the CPU.
     const float coef = max_norm > 0 && grad_norm > max_norm ? static_cast<float>(max_norm / (grad_norm + 1e-6)) : 1.0f;
+    if (units_) units_->release_all();  // no gather may still read the weights AdamW rewrites
     backend_.mark(cuda::Phase::optimizer);
     params_.adamw(adamw_step(f, coef));
     finish_step();
@@ -92,7 +113,7 @@ class CudaModelEngine final : public Engine {
 
   bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
                   double max_norm, StepOutcome& out) override {
-    if (!compile_) return false;  // one op per kernel: the trainer's plain path
+    if (!compile_ || units_) return false;  // one op per kernel, or FSDP: the trainer's plain path
     const optim::AdamWFactors f = optimizer_.advance(lr);
     try {
       out = run_step(tokens, labels, s, grad_scale, adamw_step(f, 1.0f), max_norm);
@@ -108,11 +129,17 @@ class CudaModelEngine final : public Engine {
   }
 
   std::string phase_report() const override { return format_phase_report(backend_.phase_timer()); }
-  void to_host() override { params_.download(host_.parameters()); }
+  void to_host() override {
+    synchronize();
+    params_.download(host_.parameters());
+  }
   void from_host() override {
-    backend_.synchronize();
+    if (units_) units_->release_all();  // gathered copies of the old weights must not survive
+    synchronize();
     params_.upload(host_.parameters());
   }
+  double take_comm_bytes() override { return units_ ? units_->take_comm_bytes() : 0; }
+  size_t peak_unsharded_bytes() const override { return units_ ? units_->peak_unsharded_bytes() : 0; }
   metrics::MemorySample memory() const override { return device_memory_sample(backend_.memory_stats()); }
 
  private:
@@ -122,6 +149,11 @@ class CudaModelEngine final : public Engine {
     double max_norm = 0;
     bool operator==(const GraphKey&) const = default;
   };
+
+  void synchronize() {
+    if (units_) units_->synchronize();  // collectives in flight: wait with the group's deadline
+    else backend_.synchronize();
+  }
 
   // Phase timing starts after two steps, so one-time work (cuBLASLt plans, module loads) stays out.
   void finish_step() {
@@ -229,6 +261,8 @@ class CudaModelEngine final : public Engine {
   int64_t updates_ = 0;
   cuda::CudaBackend backend_;  // before the store and the model, which hold its buffers
   cuda::DeviceParameters params_;
+  std::unique_ptr<parallel::DeviceUnitStore> units_;  // FSDP only
+  std::unique_ptr<parallel::FullyShardedDataParallel> fsdp_;
   llama3::Model model_;
   cuda::DeviceBuffer step_factors_;  // AdamWStep on the device, written before each graph launch
   double* host_sums_ = nullptr;      // pinned: the step's loss and squared norm
@@ -239,9 +273,10 @@ class CudaModelEngine final : public Engine {
 }  // namespace
 
 std::unique_ptr<Engine> make_cuda_model_engine(const config::JobConfig& cfg, llama3::Transformer& model,
-                                               optim::AdamW& optimizer, int device) {
-  auto engine = std::make_unique<CudaModelEngine>(model, optimizer, device, cfg.get_bool("training.compile"),
-                                                  cfg.get_bool("profiling.phase_times"), attention_library(cfg));
+                                               optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp) {
+  auto engine = std::make_unique<CudaModelEngine>(
+      model, optimizer, device, cfg.get_bool("training.compile"), cfg.get_bool("profiling.phase_times"),
+      attention_library(cfg), fsdp, ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")));
   engine->set_activation_checkpointing(activation_checkpointing(cfg));
   return engine;
 }

@@ -30,24 +30,6 @@ int64_t root_params(const llama3::ModelArgs& a) { return llama3::ModelLayout(a).
 // The CUDA caching allocator's block sizes (ops/cuda/allocator.cpp).
 double device_block(double bytes) { return double(cuda::device_block_bytes(static_cast<size_t>(std::ceil(bytes)))); }
 
-// The one model on the CUDA backend: each buffer of the one activation plan (bf16 activations)
-// and of the backend's scratch, as the allocator rounds it, and the flat parameter buffers.
-double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                        double* param_bytes, double* grad_bytes, double* opt_bytes) {
-  std::vector<int64_t> numel;
-  const llama3::ModelLayout layout(a);
-  for (const auto& t : layout.tensors()) numel.push_back(t.numel());
-  const double p = double(cuda::flat_layout(numel).total);
-  *param_bytes = device_block(4 * p) + device_block(2 * p);
-  *grad_bytes = device_block(4 * p);
-  *opt_bytes = 2 * device_block(4 * p);
-  double act = 0;
-  const llama3::ActivationPlan plan = llama3::plan_activations(a, s, ac);
-  for (const auto& b : plan.buffers) act += device_block(double(b.elements) * (b.f32 ? 4 : 2));
-  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size})) act += device_block(double(b.bytes));
-  return act;
-}
-
 // Every buffer CudaTransformer allocates (constructor and plan), rounded as the allocator does.
 double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t shards, bool keep_blocks,
                        double* param_bytes, double* grad_bytes, double* opt_bytes) {
@@ -77,6 +59,39 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
   act += 2 * fp(double(s.seq) * double(a.head_dim() / 2));      // RoPE tables
   return act;
 }
+
+// The one model on the CUDA backend: each buffer of the one activation plan (bf16 activations)
+// and of the backend's scratch, as the allocator rounds it; the flat parameter buffers over
+// this rank's padded shards; under FSDP (parallel/device_unit_store.h) the root and two blocks
+// gathered (all of them with keep_blocks), two blocks' whole gradients and one unit's reduced shards.
+double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
+                        int64_t shards, bool keep_blocks, double* param_bytes, double* grad_bytes, double* opt_bytes) {
+  const llama3::ModelLayout layout(a);
+  std::vector<int64_t> shard;
+  std::vector<double> gathered(static_cast<size_t>(layout.units())), reduced(gathered.size());
+  auto aligned = [](int64_t n) { return double((n + cuda::kParameterAlign - 1) / cuda::kParameterAlign * cuda::kParameterAlign); };
+  for (const auto& t : layout.tensors()) {
+    const int64_t rows = t.shape[0], row = t.numel() / rows;
+    shard.push_back((rows + shards - 1) / shards * row);
+    gathered[static_cast<size_t>(t.unit)] += aligned(shards * shard.back());
+    reduced[static_cast<size_t>(t.unit)] += aligned(shard.back());
+  }
+  const double p = double(cuda::flat_layout(shard).total);
+  *param_bytes = device_block(4 * p) + device_block(2 * p);
+  *grad_bytes = device_block(4 * p);
+  *opt_bytes = 2 * device_block(4 * p);
+  if (shards > 1) {
+    const double blocks = double(a.n_layers), held = std::min(2.0, blocks);
+    *param_bytes += device_block(2 * gathered[0]) + (keep_blocks ? blocks : held) * device_block(2 * gathered[1]);
+    *grad_bytes += device_block(4 * gathered[0]) + held * device_block(4 * gathered[1]) +
+                   device_block(4 * *std::max_element(reduced.begin(), reduced.end()));
+  }
+  double act = 0;
+  const llama3::ActivationPlan plan = llama3::plan_activations(a, s, ac);
+  for (const auto& b : plan.buffers) act += device_block(double(b.elements) * (b.f32 ? 4 : 2));
+  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size})) act += device_block(double(b.bytes));
+  return act;
+}
 }  // namespace
 
 double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac) {
@@ -90,10 +105,7 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   MemoryEstimate e;
   const double p = double(metrics::parameter_count(a));
   if (backend == EstimateBackend::cuda_model) {
-    if (shards > 1)
-      throw UserError(concat("training.cuda_model = \"model\": the one model's CUDA path has no FSDP yet (", shards,
-                             " shards asked for); use training.cuda_model = \"legacy\" to shard on GPUs"));
-    e.activations = cuda_model_bytes(a, s, ac, &e.parameters, &e.gradients, &e.optimizer);
+    e.activations = cuda_model_bytes(a, s, ac, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
     e.buffers = double(32 << 20) + device_block(sizeof(double) * 4 + 64);  // cuBLASLt workspace, step factors
     if (attention != AttentionLibrary::titan && cudnn_attention_takes(s.seq, a.n_heads, a.n_kv_heads, a.head_dim()))
       e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));

@@ -6,15 +6,17 @@
 namespace titan::cuda {
 
 DeviceParameters::DeviceParameters(const std::deque<Parameter>& params, const std::vector<bool>& accumulated,
-                                   DeviceAllocator& alloc, cudaStream_t stream)
-    : stream_(stream) {
+                                   DeviceAllocator& alloc, cudaStream_t stream, bool sharded)
+    : stream_(stream), force_sharded_(sharded) {
   TITAN_CHECK(accumulated.size() == params.size(), "accumulated flags for ", accumulated.size(), " of ",
               params.size(), " parameters");
+  world_ = params.empty() ? 1 : params.front().world;
   for (const auto& p : params) {
-    TITAN_CHECK(p.world == 1, p.name, " is a shard of ", p.world, ": the device store holds whole parameters");
-    numel_.push_back(p.numel());
+    TITAN_CHECK(p.world == world_, p.name, " is a shard of ", p.world, " ranks, the others of ", world_);
+    local_.push_back(p.master.numel());
+    shard_.push_back((p.global_shape[0] + world_ - 1) / world_ * p.row_elems());
   }
-  layout_ = flat_layout(numel_);
+  layout_ = flat_layout(shard_);
   for (size_t i = 0; i < params.size(); ++i) {
     if (!accumulated[i]) continue;
     const int64_t begin = layout_.offset[i], end = i + 1 < params.size() ? layout_.offset[i + 1] : layout_.total;
@@ -32,10 +34,20 @@ DeviceParameters::DeviceParameters(const std::deque<Parameter>& params, const st
   upload(params);
 }
 
+const void* DeviceParameters::weight(size_t i) {
+  TITAN_CHECK(!sharded(), "FSDP: weights are read through the unit store");
+  return weights_.as<bf16>() + layout_.offset[i];
+}
+
+float* DeviceParameters::grad(size_t i) {
+  TITAN_CHECK(!sharded(), "FSDP: gradients are written through the unit store");
+  return grad_.as<float>() + layout_.offset[i];
+}
+
 void DeviceParameters::upload(const std::deque<Parameter>& params) {
   size_t i = 0;
   for (const auto& p : params) {
-    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    const size_t bytes = static_cast<size_t>(local_[i]) * sizeof(float);  // shard padding stays zero
     const int64_t at = layout_.offset[i++];
     TITAN_CUDA_CHECK(cudaMemcpyAsync(master_.as<float>() + at, p.master.f32(), bytes, cudaMemcpyHostToDevice, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(exp_avg_.as<float>() + at, p.exp_avg.f32(), bytes, cudaMemcpyHostToDevice, stream_));
@@ -48,7 +60,7 @@ void DeviceParameters::upload(const std::deque<Parameter>& params) {
 void DeviceParameters::download(std::deque<Parameter>& params) {
   size_t i = 0;
   for (auto& p : params) {
-    const size_t bytes = static_cast<size_t>(numel_[i]) * sizeof(float);
+    const size_t bytes = static_cast<size_t>(local_[i]) * sizeof(float);
     const int64_t at = layout_.offset[i++];
     TITAN_CUDA_CHECK(cudaMemcpyAsync(p.master.f32(), master_.as<float>() + at, bytes, cudaMemcpyDeviceToHost, stream_));
     TITAN_CUDA_CHECK(cudaMemcpyAsync(p.exp_avg.f32(), exp_avg_.as<float>() + at, bytes, cudaMemcpyDeviceToHost, stream_));
@@ -82,8 +94,8 @@ void DeviceParameters::adamw_device_step(const AdamWStep* step, const double* gr
 }
 
 std::vector<float> DeviceParameters::gradient(size_t i) {
-  std::vector<float> out(static_cast<size_t>(numel_.at(i)));
-  TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), grad(i), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  std::vector<float> out(static_cast<size_t>(local_.at(i)));
+  TITAN_CUDA_CHECK(cudaMemcpyAsync(out.data(), grad_.as<float>() + layout_.offset[i], out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return out;
 }
