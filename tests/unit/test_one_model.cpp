@@ -127,6 +127,8 @@ std::vector<std::string> trace(DType dtype, const ActivationCheckpointing& ac, R
   return backend.ops;
 }
 
+int64_t a_ffn() { return small_args().ffn_hidden(); }
+
 int count(const std::vector<std::string>& ops, const std::string& op) {
   return static_cast<int>(std::count(ops.begin(), ops.end(), op));
 }
@@ -155,9 +157,11 @@ TEST(OneModel, RecomputationFollowsTheCheckpointingPolicy) {
   // selective every 2nd block: block 1 (0-based) only.
   const auto every2 = trace(DType::f32, {Mode::selective_layer, 2});
   EXPECT_EQ(count(every2, "attention 6/2"), blocks + 1);
-  // selective op: no matmul or attention again, the norms and SwiGLU again.
+  // selective op (torchtitan's rule): wk, wo and w3 again (every second matmul), attention not,
+  // the norms and SwiGLU again.
   const auto op = trace(DType::f32, {Mode::selective_op, 1});
-  EXPECT_EQ(count(op, kv), 2 * blocks);
+  EXPECT_EQ(count(op, kv), 3 * blocks);
+  EXPECT_EQ(count(op, concat("linear 48->", a_ffn(), " n", n)), 3 * blocks);  // w1 once, w3 twice
   EXPECT_EQ(count(op, "attention 6/2"), blocks);
   EXPECT_EQ(count(op, "swiglu"), 2 * blocks);
   EXPECT_EQ(count(op, concat("add_rmsnorm n", n)), 2 * blocks);
@@ -195,7 +199,11 @@ TEST(ActivationPlan, SharesWhatThePolicyRecomputes) {
   EXPECT_NE(every2.blocks[0].q, every2.blocks[2].q);  // blocks 0 and 2 keep theirs
   const auto op = plan_activations(a, s, {Mode::selective_op, 1});
   EXPECT_NE(op.blocks[0].q, op.blocks[1].q);
-  EXPECT_NE(op.blocks[0].proj, op.blocks[1].proj);   // kept: the recomputed add reads it
+  EXPECT_NE(op.blocks[0].v, op.blocks[1].v);         // kept: wv is an odd matmul
+  EXPECT_NE(op.blocks[0].a1, op.blocks[1].a1);
+  EXPECT_EQ(op.blocks[0].k, op.blocks[1].k);         // recomputed: every second matmul
+  EXPECT_EQ(op.blocks[0].a3, op.blocks[2].a3);
+  EXPECT_EQ(op.blocks[0].proj, op.blocks[1].proj);
   EXPECT_EQ(op.blocks[0].hn, op.blocks[1].hn);       // recomputed: shared
   EXPECT_EQ(op.blocks[0].g, op.blocks[2].g);
   EXPECT_LT(op.bytes(4), none.bytes(4));

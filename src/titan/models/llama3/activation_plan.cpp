@@ -41,10 +41,10 @@ ActivationPlan plan_activations(const ModelArgs& a, BatchShape s, const Activati
     b.a1 = add(owner + ".a1", n * f);
     b.a3 = add(owner + ".a3", n * f);
   };
-  // wo's output is read once, by the residual add, unless selective_op recomputes that add.
-  const int shared_proj = ac.recomputes_elementwise() ? -1 : add("shared.proj", n * d);
-  BlockBuffers recomputed{}, shared_elementwise{};
-  bool have_recomputed = false, have_shared_elementwise = false;
+  // wo's output is read once, by the residual add: one buffer for all blocks.
+  const int shared_proj = add("shared.proj", n * d);
+  BlockBuffers recomputed{}, shared_ops{};
+  bool have_recomputed = false, have_shared_ops = false;
   for (int64_t i = 0; i < a.n_layers; ++i) {
     const std::string owner = "layers." + std::to_string(i);
     BlockBuffers b{};
@@ -58,23 +58,22 @@ ActivationPlan plan_activations(const ModelArgs& a, BatchShape s, const Activati
       p.blocks.push_back(recomputed);
       continue;
     }
-    kept(b, owner);
-    if (ac.recomputes_elementwise()) {
-      if (!have_shared_elementwise) {  // recomputed in each block's backward: one set for all
-        shared_elementwise.xn = add("shared.xn", n * d);
-        shared_elementwise.h = add("shared.h", n * d);
-        shared_elementwise.hn = add("shared.hn", n * d);
-        shared_elementwise.g = add("shared.g", n * f);
-        have_shared_elementwise = true;
+    if (ac.recomputes_selected_ops()) {
+      if (!have_shared_ops) {  // recomputed in each block's backward: one set for all
+        elementwise(shared_ops, "shared");
+        shared_ops.k = add("shared.k", n * kvd);
+        shared_ops.a3 = add("shared.a3", n * f);
+        shared_ops.proj = shared_proj;
+        have_shared_ops = true;
       }
-      b.xn = shared_elementwise.xn;
-      b.h = shared_elementwise.h;
-      b.hn = shared_elementwise.hn;
-      b.g = shared_elementwise.g;
-      b.rstd1 = add(owner + ".rstd1", n, true);
-      b.rstd2 = add(owner + ".rstd2", n, true);
-      b.proj = add(owner + ".proj", n * d);
+      b = shared_ops;
+      b.q = add(owner + ".q", n * qd);
+      b.v = add(owner + ".v", n * kvd);
+      b.att = add(owner + ".att", n * qd);
+      b.lse = add(owner + ".lse", lse, true);
+      b.a1 = add(owner + ".a1", n * f);
     } else {
+      kept(b, owner);
       elementwise(b, owner);
       b.proj = shared_proj;
     }

@@ -25,8 +25,10 @@ struct ActivationCheckpointing {
   bool recomputes_block(int64_t i) const {
     return mode == Mode::full || (mode == Mode::selective_layer && (i + 1) % every == 0);
   }
-  // selective_op: the matmul and attention outputs stay, the elementwise tensors are recomputed.
-  bool recomputes_elementwise() const { return mode == Mode::selective_op; }
+  // selective_op, torchtitan's rule: the outputs of attention and of every odd-numbered matmul
+  // of the block stay (wq, wv, w1; w2's is the residual stream), those of every second matmul
+  // (wk, wo, w3) and of the elementwise ops are recomputed in backward.
+  bool recomputes_selected_ops() const { return mode == Mode::selective_op; }
 };
 
 struct PlannedBuffer {

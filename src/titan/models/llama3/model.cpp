@@ -89,13 +89,18 @@ void Model::block_forward(int64_t layer, BatchShape s, KvCache* cache) {
   backend_.add(act(a.h), out, out, n * d);
 }
 
-void Model::block_recompute_elementwise(int64_t layer, BatchShape s) {
+void Model::block_recompute_selected_ops(int64_t layer, BatchShape s) {
   const BlockWeights& bw = blocks_[static_cast<size_t>(layer)];
   const BlockBuffers& a = plan_.blocks[static_cast<size_t>(layer)];
   const int64_t n = s.rows(), d = args_.dim;
   const void* x = act(plan_.residual[static_cast<size_t>(layer)]);
   backend_.rmsnorm_forward(x, w(bw.attention_norm), act(a.xn), f32(a.rstd1), n, d, args_.norm_eps);
+  linear(act(a.xn), bw.wk, act(a.k), n);
+  backend_.rope(act(a.k), f32(plan_.rope_cos), f32(plan_.rope_sin), s.batch, s.seq, args_.n_kv_heads, args_.head_dim(),
+                false);
+  linear(act(a.att), bw.wo, act(a.proj), n);
   backend_.add_rmsnorm_forward(x, act(a.proj), act(a.h), w(bw.ffn_norm), act(a.hn), f32(a.rstd2), n, d, args_.norm_eps);
+  linear(act(a.hn), bw.w3, act(a.a3), n);
   backend_.swiglu_forward(act(a.a1), act(a.a3), act(a.g), n * args_.ffn_hidden());
 }
 
@@ -168,8 +173,8 @@ void Model::enqueue_forward_backward(BatchShape s, float grad_scale, int32_t ign
     if (plan_.ac.recomputes_block(i)) {
       // Its output is rewritten with the same values: the block above has finished its backward.
       block_forward(i, s);
-    } else if (plan_.ac.recomputes_elementwise()) {
-      block_recompute_elementwise(i, s);
+    } else if (plan_.ac.recomputes_selected_ops()) {
+      block_recompute_selected_ops(i, s);
     }
     block_backward(i, s);
     hook_after_backward(unit);

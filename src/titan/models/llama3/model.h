@@ -75,8 +75,9 @@ class Model {
   void forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer, KvCache* cache = nullptr);
   // With a cache: one row at cache->position, its keys and values appended to the cache.
   void block_forward(int64_t layer, BatchShape s, KvCache* cache = nullptr);
-  // Recomputes the elementwise tensors from the block input and the kept matmul outputs.
-  void block_recompute_elementwise(int64_t layer, BatchShape s);
+  // selective_op: recomputes what the block did not keep (wk, wo and w3's outputs and the
+  // elementwise tensors) from its input and the kept outputs.
+  void block_recompute_selected_ops(int64_t layer, BatchShape s);
   // On entry d_resid holds d(block output); on return d(block input).
   void block_backward(int64_t layer, BatchShape s);
   void hook_before_forward(int unit) { if (hooks_) hooks_->before_forward(unit); }
