@@ -157,7 +157,7 @@ TEST(OneModelCuda, GraphStepMatchesEagerStepBitForBit) {
     Transformer host(a);
     host.init_weights(fresh_seed());
     optim::AdamW optimizer({});
-    auto engine = train::make_engine(cfg, host, optimizer);
+    auto engine = train::make_engine(config::resolve_run_plan(cfg), host, optimizer);
     for (int step = 0; step < 4; ++step) {
       const Batch b = random_batch(a, s, "step " + std::to_string(step));
       const float scale = 1.0f / static_cast<float>(s.rows());

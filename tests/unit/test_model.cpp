@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 #include <set>
 
+#include "titan/config/run_plan.h"
 #include "titan/core/rng.h"
 #include "titan/ops/classifier_plan.h"
 #include "titan/models/llama3/init.h"
@@ -239,26 +241,39 @@ TEST(MemoryEstimate, CudnnAttentionAddsItsBackwardScratch) {
   EXPECT_EQ(buffers(AttentionLibrary::cudnn, one_b, {4, 2000}), buffers(AttentionLibrary::titan, one_b, {4, 2000}));
 }
 
-// TITAN_ATTENTION_IMPL unset means auto; training.deterministic keeps titan's kernels and refuses
-// an explicit cudnn, naming where the key was set.
+// training.attention (auto by default) picks the library; TITAN_ATTENTION_IMPL, where set,
+// overrides it; training.deterministic keeps titan's kernels and refuses an explicit cudnn,
+// naming where each was set.
 TEST(AttentionLibraryChoice, DeterministicRunsKeepTitanKernels) {
-  auto choose = [](const char* value, bool deterministic) {
-    test_support::ScopedEnv env({{"TITAN_ATTENTION_IMPL", value}});
-    return attention_library_for_run(deterministic, "x.toml: training.deterministic");
+  auto choose = [](const char* env_value, const char* key, bool deterministic) {
+    test_support::ScopedEnv env({{"TITAN_ATTENTION_IMPL", env_value}});
+    config::JobConfig cfg;
+    std::vector<std::string> flags = {"--training.deterministic", deterministic ? "true" : "false"};
+    if (key) flags.insert(flags.end(), {"--training.attention", key});
+    cfg.apply_overrides(flags);
+    return config::resolve_run_plan(cfg).attention;
   };
-  EXPECT_EQ(choose(nullptr, false), AttentionLibrary::automatic);
-  EXPECT_EQ(choose("cudnn", false), AttentionLibrary::cudnn);
-  EXPECT_EQ(choose("titan", false), AttentionLibrary::titan);
-  EXPECT_EQ(choose(nullptr, true), AttentionLibrary::titan);
-  EXPECT_EQ(choose("auto", true), AttentionLibrary::titan);
-  EXPECT_EQ(choose("titan", true), AttentionLibrary::titan);
-  try {
-    choose("cudnn", true);
-    ADD_FAILURE() << "cudnn with training.deterministic = true was accepted";
-  } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("x.toml: training.deterministic"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("TITAN_ATTENTION_IMPL=cudnn"), std::string::npos) << e.what();
+  EXPECT_EQ(choose(nullptr, nullptr, false), AttentionLibrary::automatic);
+  EXPECT_EQ(choose(nullptr, "cudnn", false), AttentionLibrary::cudnn);
+  EXPECT_EQ(choose(nullptr, "titan", false), AttentionLibrary::titan);
+  EXPECT_EQ(choose("cudnn", nullptr, false), AttentionLibrary::cudnn);
+  EXPECT_EQ(choose("titan", "cudnn", false), AttentionLibrary::titan);  // the variable overrides the key
+  EXPECT_EQ(choose(nullptr, nullptr, true), AttentionLibrary::titan);
+  EXPECT_EQ(choose("auto", nullptr, true), AttentionLibrary::titan);
+  EXPECT_EQ(choose("titan", nullptr, true), AttentionLibrary::titan);
+  for (auto [env_value, key, named] : {std::tuple<const char*, const char*, const char*>{"cudnn", nullptr, "TITAN_ATTENTION_IMPL=cudnn"},
+                                       {nullptr, "cudnn", "--training.attention"}}) {
+    try {
+      choose(env_value, key, true);
+      ADD_FAILURE() << "cudnn with training.deterministic = true was accepted";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("--training.deterministic"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(named), std::string::npos) << e.what();
+    }
   }
+  config::JobConfig bad;
+  bad.apply_overrides({"--training.attention", "flash"});
+  EXPECT_THROW(bad.validate(), UserError);
 }
 
 TEST(ClassifierPlan, GroupsRowsUnderTheBudget) {

@@ -67,6 +67,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "fsdp_on_one_rank", boolean, "false", "titan: run FSDP's gathers and reduce-scatters (NCCL on a GPU) even on one rank, to exercise a sharded run's paths on one device"},
       {"training", "fsdp_reshard_after_forward", string, "default", "FSDP: free gathered weights after forward and gather again for backward: default (blocks do; the root and the last block do not), always (those too), never (keep them: less traffic, more memory)"},
       {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
+      {"training", "attention", string, "auto", "titan, GPU: auto (cuDNN's fused attention where it loads and takes the shape, titan's kernels otherwise), titan, or cudnn; TITAN_ATTENTION_IMPL overrides it; training.deterministic keeps titan's"},
       {"training", "cuda_model", string, "legacy", "titan, GPU: legacy (CudaTransformer, the default until it is proven on a card) or model (the one Llama 3 model over the CUDA backend: activation checkpointing on the GPU; no FSDP/HSDP yet)"},
       {"training", "compile", boolean, "false", "GPU: fused kernels and CUDA graphs of the step (no effect on the CPU)"},
       {"training", "deterministic", boolean, "false", "GPU: only kernels that sum in a fixed order, so reruns give bit-identical losses (attention stays on titan's kernels instead of cuDNN's); the CPU always does"},
@@ -405,6 +406,8 @@ void JobConfig::validate() const {
     if (const auto d = get_int(key); d != -1 && d < 1) fail(key, "expected -1 or a positive integer");
   if (get_int("training.data_parallel_shard_degree") == -1 && get_int("training.data_parallel_replicate_degree") == -1)
     fail("training.data_parallel_replicate_degree", "at most one of it and training.data_parallel_shard_degree may be -1");
+  if (const auto m = get_string("training.attention"); m != "auto" && m != "titan" && m != "cudnn")
+    fail("training.attention", "expected auto, titan or cudnn");
   if (const auto m = get_string("training.cuda_model"); m != "legacy" && m != "model")
     fail("training.cuda_model", "expected legacy or model");
   if (const auto r = get_string("training.fsdp_reshard_after_forward"); r != "default" && r != "always" && r != "never")

@@ -12,15 +12,6 @@ AttentionLibrary attention_library_from_env() {
   return word == "cudnn" ? AttentionLibrary::cudnn : word == "auto" ? AttentionLibrary::automatic : AttentionLibrary::titan;
 }
 
-AttentionLibrary attention_library_for_run(bool deterministic, const std::string& where) {
-  const AttentionLibrary asked = attention_library_from_env();
-  if (!deterministic) return asked;
-  if (asked == AttentionLibrary::cudnn)
-    throw UserError(concat(where, ": training.deterministic = true keeps titan's attention kernels, but TITAN_ATTENTION_IMPL=cudnn "
-                                  "asks for cuDNN's, whose backward is not bit-reproducible; unset one of them"));
-  return AttentionLibrary::titan;
-}
-
 bool cudnn_attention_takes(int64_t seq, int64_t heads, int64_t kv_heads, int64_t head_dim) {
   return (head_dim == 64 || head_dim == 128) && seq > 0 && seq % 128 == 0 && kv_heads > 0 && heads % kv_heads == 0;
 }

@@ -7,16 +7,13 @@
 
 namespace titan {
 
-// TITAN_ATTENTION_IMPL: auto (unset: cuDNN where it loads and plans the shape, titan's kernels
-// otherwise), titan (titan's kernels only), cudnn (cuDNN for the shapes it takes; failing to load
-// it or to plan one of those shapes is an error). UserError for any other value.
+// auto: cuDNN where it loads and plans the shape, titan's kernels otherwise; titan: titan's
+// kernels only; cudnn: cuDNN for the shapes it takes (failing to load it or to plan one of those
+// shapes is an error). A run takes training.attention (config/run_plan.cpp), which
+// TITAN_ATTENTION_IMPL overrides where set; a deterministic run keeps titan's kernels.
 enum class AttentionLibrary { titan, cudnn, automatic };
+// TITAN_ATTENTION_IMPL's value (auto when unset); UserError for any other word.
 AttentionLibrary attention_library_from_env();
-
-// What a run uses: the above, except that a deterministic run (training.deterministic) keeps
-// titan's kernels, since cuDNN's backward sums dQ with atomics. UserError where
-// TITAN_ATTENTION_IMPL=cudnn asks for the opposite; `where` names the config key's origin.
-AttentionLibrary attention_library_for_run(bool deterministic, const std::string& where);
 
 // The shapes titan gives cuDNN: head_dim 64 or 128 and seq a multiple of 128 (through 9.15 other
 // key lengths need a padding mask in the backward graph, and were reported to fault under graph

@@ -40,51 +40,47 @@ class CpuEngine final : public Engine {
 };
 }  // namespace
 
-void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& args) {
-  if (cfg.get_string("training.mixed_precision_param") != "bfloat16")
-    throw UserError(concat(cfg.origin("training.mixed_precision_param"),
+void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& args) {
+  if (!plan.bf16_params)
+    throw UserError(concat(plan.origin("training.mixed_precision_param"),
                            ": the CUDA backend computes in bfloat16 only (float32 runs on training.device = \"cpu\")"));
-  if (cfg.get_string("activation_checkpoint.mode") != "none" && cfg.get_string("training.cuda_model") == "legacy")
-    throw UserError(concat(cfg.origin("activation_checkpoint.mode"),
+  if (plan.ac.mode != llama3::ActivationCheckpointing::Mode::none && plan.cuda_model == config::RunPlan::CudaModel::legacy)
+    throw UserError(concat(plan.origin("activation_checkpoint.mode"),
                            ": activation checkpointing is not built for the legacy CUDA model (set training.cuda_model = "
                            "\"model\", the one model, which recomputes on the GPU too; or mode = \"none\", or "
                            "training.device = \"cpu\")"));
   const int64_t hd = args.head_dim();
   if (!cuda_attention_head_dim_supported(hd))
-    throw UserError(concat(cfg.origin("model.flavor"), ": head_dim ", hd,
+    throw UserError(concat(plan.origin("model.flavor"), ": head_dim ", hd,
                            " is not supported by the CUDA attention kernels (16, 32, 64 or 128)"));
 }
 
-bool resolve_device(const config::JobConfig& cfg, const llama3::ModelArgs& args) {
-  const std::string device = cfg.get_string("training.device");
+bool resolve_device(const config::RunPlan& plan, const llama3::ModelArgs& args) {
+  using Device = config::RunPlan::Device;
 #ifdef TITAN_WITH_CUDA
   const bool gpu = cuda::device_count() > 0;
-  if (device == "cuda" && !gpu)
-    throw UserError(concat(cfg.origin("training.device"),
+  if (plan.device == Device::cuda && !gpu)
+    throw UserError(concat(plan.origin("training.device"),
                            ": training.device = \"cuda\", but no CUDA device is visible (check the driver and "
                            "CUDA_VISIBLE_DEVICES, or set training.device = \"cpu\")"));
-  const bool on_cuda = device == "cuda" || (device == "auto" && gpu);
+  const bool on_cuda = plan.device == Device::cuda || (plan.device == Device::automatic && gpu);
 #else
-  if (device == "cuda")
-    throw UserError(concat(cfg.origin("training.device"),
+  if (plan.device == Device::cuda)
+    throw UserError(concat(plan.origin("training.device"),
                            ": training.device = \"cuda\", but this titan was built without CUDA "
                            "(build it with `cmake --preset cuda`, or set training.device = \"cpu\")"));
   const bool on_cuda = false;
 #endif
-  if (on_cuda) check_cuda_config(cfg, args);
+  if (on_cuda) check_cuda_config(plan, args);
   return on_cuda;
 }
 
-AttentionLibrary attention_library(const config::JobConfig& cfg) {
-  return attention_library_for_run(cfg.get_bool("training.deterministic"), cfg.origin("training.deterministic"));
-}
-
-bool prefers_cuda(const config::JobConfig& cfg) {
-  const std::string device = cfg.get_string("training.device");
+bool prefers_cuda(const config::RunPlan& plan) {
+  using Device = config::RunPlan::Device;
 #ifdef TITAN_WITH_CUDA
-  return device == "cuda" || (device == "auto" && cuda::device_count() > 0);
+  return plan.device == Device::cuda || (plan.device == Device::automatic && cuda::device_count() > 0);
 #else
-  return device == "cuda";
+  return plan.device == Device::cuda;
 #endif
 }
 
@@ -96,12 +92,12 @@ double device_memory_bytes(bool on_cuda) {
   return metrics::sample_host_memory().total_gib * 1024.0 * 1024.0 * 1024.0;
 }
 
-std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer,
+std::unique_ptr<Engine> make_engine(const config::RunPlan& plan, llama3::Transformer& model, optim::AdamW& optimizer,
                                     cuda::DeviceCollectives* fsdp) {
 #ifdef TITAN_WITH_CUDA
-  if (resolve_device(cfg, model.args())) return make_cuda_engine(cfg, model, optimizer, fsdp);
+  if (resolve_device(plan, model.args())) return make_cuda_engine(plan, model, optimizer, fsdp);
 #else
-  resolve_device(cfg, model.args());
+  resolve_device(plan, model.args());
 #endif
   TITAN_CHECK(fsdp == nullptr, "device collectives for the CPU engine");
   return std::make_unique<CpuEngine>(model, optimizer);

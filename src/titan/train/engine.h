@@ -8,6 +8,7 @@
 #include <string>
 
 #include "titan/config/job_config.h"
+#include "titan/config/run_plan.h"
 #include "titan/core/trace.h"
 #include "titan/metrics/memory.h"
 #include "titan/models/llama3/transformer.h"
@@ -57,24 +58,21 @@ class Engine {
   virtual size_t peak_unsharded_bytes() const { return 0; }
 };
 
-// What the CUDA backend refuses in a config, checkable without a GPU (bf16 only, no activation
-// checkpointing yet, the attention kernels' head sizes): UserError naming the key.
-void check_cuda_config(const config::JobConfig& cfg, const llama3::ModelArgs& args);
+// What the CUDA backend refuses in a run plan, checkable without a GPU (bf16 only, activation
+// checkpointing only on the one model, the attention kernels' head sizes): UserError naming the key.
+void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& args);
 // Whether training.device puts this run on the GPU, in this build and on this machine; throws
 // every refusal make_engine would (so callers can check memory before allocating anything).
-bool resolve_device(const config::JobConfig& cfg, const llama3::ModelArgs& args);
+bool resolve_device(const config::RunPlan& plan, const llama3::ModelArgs& args);
 // training.device as `titan estimate` reads it: "auto" is the GPU where this build sees one.
-bool prefers_cuda(const config::JobConfig& cfg);
-// The attention a GPU run uses (TITAN_ATTENTION_IMPL, training.deterministic); UserError for a
-// bad value or a conflict, on any device.
-AttentionLibrary attention_library(const config::JobConfig& cfg);
+bool prefers_cuda(const config::RunPlan& plan);
 // Memory of the device a run will use: GPU 0's, or the machine's RAM.
 double device_memory_bytes(bool cuda);
 
 // training.device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is found).
 // Throws UserError when the choice cannot run here.
 // `fsdp` (GPU only): the collectives FSDP runs over; the model's parameters are that group's shards.
-std::unique_ptr<Engine> make_engine(const config::JobConfig& cfg, llama3::Transformer& model, optim::AdamW& optimizer,
+std::unique_ptr<Engine> make_engine(const config::RunPlan& plan, llama3::Transformer& model, optim::AdamW& optimizer,
                                     cuda::DeviceCollectives* fsdp = nullptr);
 
 #ifdef TITAN_WITH_CUDA
@@ -90,12 +88,12 @@ std::string format_phase_report(const cuda::PhaseTimer* timer);
 metrics::MemorySample device_memory_sample(const cuda::AllocatorStats& stats);
 // The one model on one GPU (training.cuda_model = "model"), on `device`; with `fsdp`, sharded
 // over those collectives.
-std::unique_ptr<Engine> make_cuda_model_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                                optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp);
 // The GPU this rank uses: the launcher's local rank (torchrun's LOCAL_RANK, mpirun's or
 // srun's), made current. UserError when there is no such device.
 int select_cuda_device();
-std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+std::unique_ptr<Engine> make_cuda_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                          optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp);
 #endif
 

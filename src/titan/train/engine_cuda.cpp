@@ -123,15 +123,13 @@ int select_cuda_device() {
   return device;
 }
 
-std::unique_ptr<Engine> make_cuda_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+std::unique_ptr<Engine> make_cuda_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                          optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp) {
-  check_cuda_config(cfg, model.args());  // resolve_device has run these checks; cheap to repeat
-  if (cfg.get_string("training.cuda_model") == "model")
-    return make_cuda_model_engine(cfg, model, optimizer, select_cuda_device(), fsdp);
-  return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), cfg.get_bool("training.compile"),
-                                      cfg.get_bool("profiling.phase_times"), fsdp,
-                                      ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")),
-                                      attention_library(cfg));
+  check_cuda_config(plan, model.args());  // resolve_device has run these checks; cheap to repeat
+  if (plan.cuda_model == config::RunPlan::CudaModel::model)
+    return make_cuda_model_engine(plan, model, optimizer, select_cuda_device(), fsdp);
+  return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), plan.compile, plan.phase_times, fsdp,
+                                      plan.reshard, plan.attention);
 }
 
 }  // namespace titan::train

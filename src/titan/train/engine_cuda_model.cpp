@@ -272,12 +272,11 @@ class CudaModelEngine final : public Engine {
 };
 }  // namespace
 
-std::unique_ptr<Engine> make_cuda_model_engine(const config::JobConfig& cfg, llama3::Transformer& model,
+std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                                optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp) {
-  auto engine = std::make_unique<CudaModelEngine>(
-      model, optimizer, device, cfg.get_bool("training.compile"), cfg.get_bool("profiling.phase_times"),
-      attention_library(cfg), fsdp, ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")));
-  engine->set_activation_checkpointing(activation_checkpointing(cfg));
+  auto engine = std::make_unique<CudaModelEngine>(model, optimizer, device, plan.compile, plan.phase_times,
+                                                  plan.attention, fsdp, plan.reshard);
+  engine->set_activation_checkpointing(plan.ac);
   return engine;
 }
 

@@ -134,25 +134,13 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   return e;
 }
 
-EstimateBackend cuda_estimate_backend(const config::JobConfig& cfg) {
-  return cfg.get_string("training.cuda_model") == "model" ? EstimateBackend::cuda_model : EstimateBackend::cuda;
+EstimateBackend cuda_estimate_backend(const config::RunPlan& plan) {
+  return plan.cuda_model == config::RunPlan::CudaModel::model ? EstimateBackend::cuda_model : EstimateBackend::cuda;
 }
 
 double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args, int64_t shards) {
   if (!cfg.get_bool("checkpoint.enable_checkpoint") || cfg.get_string("checkpoint.async_mode") == "disabled") return 0;
   return 12.0 * double(metrics::parameter_count(args)) / double(shards);
-}
-
-llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg) {
-  llama3::ActivationCheckpointing ac;
-  const auto mode = cfg.get_string("activation_checkpoint.mode"), option = cfg.get_string("activation_checkpoint.selective_ac_option");
-  if (mode == "full") ac.mode = Mode::full;
-  if (mode == "selective" && option == "op") ac.mode = Mode::selective_op;
-  if (mode == "selective" && option != "op") {
-    ac.mode = Mode::selective_layer;
-    ac.every = std::stoll(option);  // validated by JobConfig::validate
-  }
-  return ac;
 }
 
 llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg) {
@@ -222,19 +210,18 @@ int estimate_main(const std::vector<std::string>& args) {
   cfg.validate();
   const auto a = model_args_without_data(cfg);
   a.validate(cfg.origin("model.flavor") + ": model." + cfg.get_string("model.flavor"));
-  const auto ac = activation_checkpointing(cfg);
-  const llama3::BatchShape s{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")};
-  if (device.empty()) device = prefers_cuda(cfg) ? "cuda" : "cpu";
-  if (device == "cuda") check_cuda_config(cfg, a);  // what training on a GPU would refuse
+  const config::RunPlan plan = config::resolve_run_plan(cfg);
+  const llama3::BatchShape s = plan.micro_batch;
+  if (device.empty()) device = prefers_cuda(plan) ? "cuda" : "cpu";
+  if (device == "cuda") check_cuda_config(plan, a);  // what training on a GPU would refuse
   int64_t shards = 1;
   try {
-    shards = parallel::resolve_mesh(static_cast<int>(ngpu), cfg.get_int("training.data_parallel_replicate_degree"),
-                                    cfg.get_int("training.data_parallel_shard_degree")).shard;
+    shards = parallel::resolve_mesh(static_cast<int>(ngpu), plan.replicate_degree, plan.shard_degree).shard;
   } catch (const UserError& e) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
-  auto e = estimate_memory(a, s, ac, device == "cuda" ? cuda_estimate_backend(cfg) : EstimateBackend::cpu, shards,
-                           cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_library(cfg));
+  auto e = estimate_memory(a, s, plan.ac, device == "cuda" ? cuda_estimate_backend(plan) : EstimateBackend::cpu, shards,
+                           plan.keep_gathered_blocks, plan.attention);
   if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a, shards);
   std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size

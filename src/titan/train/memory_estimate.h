@@ -13,6 +13,7 @@
 #include <string>
 
 #include "titan/config/job_config.h"
+#include "titan/config/run_plan.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/ops/attention_library.h"
@@ -28,7 +29,7 @@ struct MemoryEstimate {
 // (training.cuda_model = "model"), whose activations are the one activation plan's.
 enum class EstimateBackend { cpu, cuda, cuda_model };
 // Which of them a config's run uses on a GPU.
-EstimateBackend cuda_estimate_backend(const config::JobConfig& cfg);
+EstimateBackend cuda_estimate_backend(const config::RunPlan& plan);
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
                                const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false,
@@ -37,8 +38,6 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape
 // Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes).
 double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac);
 
-// The activation checkpointing a config asks for (validated by JobConfig::validate).
-llama3::ActivationCheckpointing activation_checkpointing(const config::JobConfig& cfg);
 // Model shapes from the config without reading data: model.vocab_size, else the flavor's
 // (debugmodel: the built-in tokenizer's 2,048).
 llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg);

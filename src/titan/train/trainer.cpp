@@ -120,7 +120,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
       schedule_{cfg.get_int("training.warmup_steps"), cfg.get_int("training.steps"),
                 cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
       max_norm_(cfg.get_real("training.max_norm")),
-      attention_(attention_library(cfg)) {  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
+      plan_(config::resolve_run_plan(cfg)) {  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
   lock_run_folders();
   require_same_on_all_ranks(group_, computation_digest(cfg, data_), "config");
   if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
@@ -141,36 +141,34 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   for (std::string line; std::getline(resolved, line);)
     if (!line.empty()) log_ << "  " << line << "\n";
 
-  const bool on_cuda = resolve_device(cfg, args_);
+  const bool on_cuda = resolve_device(plan_, args_);
 #ifdef TITAN_WITH_CUDA
   if (on_cuda) select_cuda_device();  // before anything touches a GPU: each rank its own
 #endif
   parallel::MeshShape mesh;
   try {
-    mesh = parallel::resolve_mesh(static_cast<int>(ranks), cfg.get_int("training.data_parallel_replicate_degree"),
-                                  cfg.get_int("training.data_parallel_shard_degree"));
+    mesh = parallel::resolve_mesh(static_cast<int>(ranks), plan_.replicate_degree, plan_.shard_degree);
   } catch (const UserError& e) {
     throw UserError(concat(cfg.origin("training.data_parallel_shard_degree"), ": ", e.what()));
   }
-  mesh.force_fsdp = cfg.get_bool("training.fsdp_on_one_rank") && mesh.shard == 1 && mesh.replicate == 1;
+  mesh.force_fsdp = plan_.fsdp_on_one_rank && mesh.shard == 1 && mesh.replicate == 1;
   if (on_cuda && mesh.replicate > 1)
     throw UserError(concat(cfg.origin("training.data_parallel_replicate_degree"),
                            ": replicas (HSDP, or replicated data parallel) are not built for GPUs yet: shard over all ranks "
                            "(data_parallel_replicate_degree = 1, data_parallel_shard_degree = -1)"));
   check_memory_estimate(cfg, on_cuda, mesh.shard);
-  dp_ = std::make_unique<parallel::DataParallel>(
-    group_, mesh, ReshardPolicy::from_setting(cfg.get_string("training.fsdp_reshard_after_forward")));
+  dp_ = std::make_unique<parallel::DataParallel>(group_, mesh, plan_.reshard);
   // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
   model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard);
   dp_->apply(*model_, !on_cuda);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
-  model_->set_activation_checkpointing(activation_checkpointing(cfg));
-  engine_ = make_engine(cfg, *model_, optimizer_, device_collectives(on_cuda));
-  if (cfg.get_string("training.mixed_precision_param") == "bfloat16" && engine_->on_cpu())
+  model_->set_activation_checkpointing(plan_.ac);
+  engine_ = make_engine(plan_, *model_, optimizer_, device_collectives(on_cuda));
+  if (plan_.bf16_params && engine_->on_cpu())
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
-  if (cfg.get_bool("profiling.phase_times") && engine_->on_cpu())
+  if (plan_.phase_times && engine_->on_cpu())
     log_ << "notice: profiling.phase_times = true: no effect on the CPU backend (use profiling.enable_profiling)\n";
-  if (cfg.get_bool("training.compile") && engine_->on_cpu())
+  if (plan_.compile && engine_->on_cpu())
     log_ << "notice: training.compile = true: no effect on the CPU backend (it fuses kernels and graphs the step on a GPU)\n";
   if (engine_->on_cpu()) model_->plan(shape_);
   if (peak_flops_ == 0) peak_flops_ = engine_->peak_flops();
@@ -263,9 +261,8 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
 
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
 void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const {
-  const auto ac = activation_checkpointing(cfg);
-  auto e = estimate_memory(args_, shape_, ac, cuda ? cuda_estimate_backend(cfg) : EstimateBackend::cpu, shards,
-                           cfg.get_string("training.fsdp_reshard_after_forward") == "never", attention_);
+  auto e = estimate_memory(args_, shape_, plan_.ac, cuda ? cuda_estimate_backend(plan_) : EstimateBackend::cpu, shards,
+                           plan_.keep_gathered_blocks, plan_.attention);
   if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
@@ -358,8 +355,8 @@ void Trainer::export_weights(int64_t step) {
 void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
-    const auto e = estimate_memory(args_, shape_, activation_checkpointing(cfg_), cuda_estimate_backend(cfg_), dp_->mesh().shard,
-                                   cfg_.get_string("training.fsdp_reshard_after_forward") == "never", attention_);
+    const auto e = estimate_memory(args_, shape_, plan_.ac, cuda_estimate_backend(plan_), dp_->mesh().shard,
+                                   plan_.keep_gathered_blocks, plan_.attention);
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);

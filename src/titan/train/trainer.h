@@ -88,7 +88,7 @@ class Trainer {
   optim::AdamW optimizer_;
   optim::LrSchedule schedule_;
   double max_norm_;
-  AttentionLibrary attention_;  // TITAN_ATTENTION_IMPL and training.deterministic, resolved once
+  config::RunPlan plan_;  // how the run computes, resolved once from cfg_
   double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
   std::unique_ptr<metrics::MetricsLogger> logger_;
   Tracer tracer_;

@@ -1,0 +1,42 @@
+// The run plan: the config's choices about how a run computes, resolved and checked once from
+// the JobConfig (device, GPU model path, mesh degrees, FSDP's reshard policy, activation
+// checkpointing, attention library, precision, compile). The trainer, the engines and
+// `titan estimate` read this plan. They no longer interpret these keys from strings each in
+// its own place.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "titan/config/job_config.h"
+#include "titan/core/reshard_policy.h"
+#include "titan/models/llama3/activation_plan.h"
+#include "titan/ops/attention_library.h"
+
+namespace titan::config {
+
+struct RunPlan {
+  enum class Device { cpu, cuda, automatic };  // training.device; automatic: the GPU where one is seen
+  enum class CudaModel { legacy, model };      // training.cuda_model
+  Device device = Device::automatic;
+  CudaModel cuda_model = CudaModel::legacy;
+  bool bf16_params = true;  // training.mixed_precision_param = bfloat16 (the GPU's; the CPU computes in fp32)
+  bool compile = false, deterministic = false, phase_times = false;
+  llama3::BatchShape micro_batch;
+  llama3::ActivationCheckpointing ac;
+  int64_t replicate_degree = 1, shard_degree = -1;
+  bool fsdp_on_one_rank = false;
+  ReshardPolicy reshard;
+  bool keep_gathered_blocks = false;  // fsdp_reshard_after_forward = "never"
+  // training.attention, unless TITAN_ATTENTION_IMPL overrides it; a deterministic run keeps
+  // titan's kernels.
+  AttentionLibrary attention = AttentionLibrary::automatic;
+  // Where each of the keys above was set, for errors ("file.toml:12", "--training.device", "default").
+  const JobConfig* source = nullptr;
+  std::string origin(const std::string& key) const { return source ? source->origin(key) : key; }
+};
+
+// UserError naming the key for a conflict the schema alone cannot see (a deterministic run
+// asking for cuDNN's attention).
+RunPlan resolve_run_plan(const JobConfig& cfg);
+
+}  // namespace titan::config
