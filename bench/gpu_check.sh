@@ -28,13 +28,9 @@ gpu_test() {  # label log binary args...
   else status=1; note "$label: FAIL (see $log)"; tail -30 "$OUT/$log"; fi
 }
 # (CudnnDeviceless is for machines without a GPU, where CI runs it: left out here.)
-for t in cast kernels cudnn_attention cuda_model fsdp; do
+for t in cast kernels cudnn_attention cuda_model one_model_cuda fsdp; do
   gpu_test "gpu.$t" "test_$t.log" $GPU/bin/test_gpu_$t "--gtest_filter=-CudnnDeviceless.*"
 done
-
-# The opt-in dK/dV kernel with 32 keys per warp (head_dim <= 64).
-TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32 gpu_test "gpu.kernels with 32 dK/dV keys per warp" test_kernels_dkdv32.log \
-  $GPU/bin/test_gpu_kernels
 
 common=(--config train_configs/debug_model.toml --training.steps 20 --metrics.log_freq 1
         --checkpoint.enable_checkpoint false --validation.enabled false --profiling.enable_profiling false
@@ -123,7 +119,7 @@ $PY bench/gpu_report.py table "$OUT" > "$OUT/table.txt" 2>&1
 # One report file with everything worth reading (the device tool returns few files).
 {
   echo "# titan gpu_check, $(date -u +%Y-%m-%dT%H:%MZ)"; cat "$OUT/device.txt"
-  for t in cast kernels kernels_dkdv32 cudnn_attention cuda_model fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
+  for t in cast kernels cudnn_attention cuda_model one_model_cuda fsdp; do echo "## gpu.$t"; grep -vE "^\[ +(RUN|OK) +\]" "$OUT/test_$t.log" | tail -60; done
   for p in cpu gpu rerun compile compile_rerun fsdp; do echo "## parity_$p.log"; grep -E "^(device|step +(1|20) |titan: error)|rror" "$OUT/parity_$p.log" | tail -4; done
   for t in "$OUT"/text_*.log; do echo "## $(basename $t)"; grep -E "^(device|step +(1|5|10|15|20) )|rror" "$t" | tail -7; done
   for c in "$OUT"/close_*.txt "$OUT/det.txt"; do echo "## $(basename $c)"; cat "$c"; done

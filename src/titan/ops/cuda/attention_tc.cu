@@ -9,7 +9,6 @@
 // transposed), except where plain loads keep a kernel within its register cap.
 #include <cmath>
 
-#include "titan/core/env.h"
 #include "titan/ops/cuda/attention_kernels.h"
 #include "titan/ops/cuda/attention_launch.cuh"
 #include "titan/ops/cuda/cuda_check.h"
@@ -180,32 +179,25 @@ constexpr size_t dq_smem() { return (2 * M + 4) * tile_bytes<D>(); }  // Q, dO (
 // Query rows per warp in the forward and dQ kernels: M groups of 16. M = 2 (head_dim <= 64)
 // makes every K and V fragment a warp reads from shared memory feed two mma rows, at twice the
 // registers (forward 230, dQ 255 at head_dim 64: half the blocks per SM); head_dim 128 keeps
-// M = 1, where registers run out. TITAN_ATTENTION_ROWS_PER_WARP=16 picks M = 1 everywhere, so
-// one GPU session can measure both (read once per process; other values are an error).
-int row_groups_for(int head_dim) {
-  static const int rows = env_one_of("TITAN_ATTENTION_ROWS_PER_WARP", {16, 32}, 32);
-  return head_dim <= 64 && rows == 32 ? 2 : 1;
-}
-
-// dK/dV with 32 keys per warp (head_dim <= 64, opt-in: TITAN_ATTENTION_DKDV_KEYS_PER_WARP=32):
-// each Q and dO fragment read from shared memory feeds two mma rows, a third less shared-memory
-// traffic per mma than 16 keys per warp (ncu put the 16-key kernel's L1/shared pipe at 66% on
-// an H200), at 2 blocks per SM instead of 3. Not yet measured; gpu_check runs both.
+// M = 1, where registers run out. (A 16-row layout at head_dim <= 64 measured slower on an H200
+// and was removed, 2026-12.)
+//
+// dK/dV at head_dim <= 64 takes 32 keys per warp: each Q and dO fragment read from shared memory
+// feeds two mma rows, a third less shared-memory traffic per mma than 16 keys per warp (ncu put
+// the 16-key kernel's L1/shared pipe at 66% on an H200), at 2 blocks per SM instead of 3; it took
+// the 1B backward from 22.0 to 21.0 ms (H200, 2026-11-26). head_dim 128 keeps 16 keys per warp.
 constexpr int kWideKeys = 2 * kTile;  // keys per block of the 32-keys-per-warp kernel
 template <int D>
 constexpr size_t dkdv_wide_smem() {  // K, V (128 rows each), 2 x (Q, dO, lse, delta)
   return 2 * kWideKeys * ld<D>() * sizeof(bf16_t) + 4 * tile_bytes<D>() + 4 * kTile * sizeof(float);
 }
-bool wide_dkdv_for(int head_dim) {
-  static const int keys = env_one_of("TITAN_ATTENTION_DKDV_KEYS_PER_WARP", {16, 32}, 16);
-  return head_dim <= 64 && keys == 32;
-}
 
 // Blocks per multiprocessor each kernel is compiled for (__launch_bounds__' second argument caps
 // registers at 65,536 / (128 x blocks)). Resident warps hide the latency of each warp's chain of
-// mma -> softmax -> mma; at head_dim <= 64 the cap costs no spills and buys a third dK/dV block
-// (170 -> 168 registers) and a fourth 16-row dQ block (132 -> 128). The other values pin what the
-// compiler chose unasked (with no minimum it kept head_dim 128's 16-row kernels near 165).
+// mma -> softmax -> mma. The 16-key dK/dV and 16-row kernels now run at head_dim 128 only, where
+// these values pin what the compiler chose unasked (with no minimum it kept them near 165); their
+// head_dim <= 64 values (a third dK/dV block, a fourth dQ block, no spills) are what was measured
+// before the 32-wide kernels became the rule there.
 template <int D>
 constexpr int dkdv_min_blocks() { return D <= 64 ? 3 : 2; }
 template <int D, int M>
@@ -879,10 +871,8 @@ template <int D>
 void forward_for(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const AttentionShape& s,
                  cudaStream_t stream) {
   check_grid(s);
-  if constexpr (D <= 64) {
-    if (row_groups_for(D) == 2) return launch_forward<D, 2>(q, k, v, o, lse, s, stream);
-  }
-  launch_forward<D, 1>(q, k, v, o, lse, s, stream);
+  if constexpr (D <= 64) return launch_forward<D, 2>(q, k, v, o, lse, s, stream);
+  else launch_forward<D, 1>(q, k, v, o, lse, s, stream);
 }
 
 template <int D>
@@ -890,27 +880,22 @@ void backward_for(const bf16* q, const bf16* k, const bf16* v, const float* lse,
                   bf16* dv, const float* delta, const AttentionShape& s, cudaStream_t stream) {
   check_grid(s);
   if constexpr (D <= 64) {
-    if (wide_dkdv_for(D)) {
-      const unsigned blocks = static_cast<unsigned>((s.seq + kWideKeys - 1) / kWideKeys);
-      allow_smem_once<dkdv_wide_kernel<D>>(dkdv_wide_smem<D>());
-      dkdv_wide_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), blocks), kThreads,
-                            dkdv_wide_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout),
-                                                           delta, as_bf16(dk), as_bf16(dv), dims_of(s));
-      TITAN_CUDA_CHECK_LAUNCH();
-      if (row_groups_for(D) == 2) return launch_dq<D, 2>(q, k, v, lse, dout, dq, delta, s, stream);
-      return launch_dq<D, 1>(q, k, v, lse, dout, dq, delta, s, stream);
-    }
+    const unsigned blocks = static_cast<unsigned>((s.seq + kWideKeys - 1) / kWideKeys);
+    allow_smem_once<dkdv_wide_kernel<D>>(dkdv_wide_smem<D>());
+    dkdv_wide_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), blocks), kThreads,
+                          dkdv_wide_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout),
+                                                         delta, as_bf16(dk), as_bf16(dv), dims_of(s));
+    TITAN_CUDA_CHECK_LAUNCH();
+    launch_dq<D, 2>(q, k, v, lse, dout, dq, delta, s, stream);
+  } else {
+    const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
+    allow_smem_once<dkdv_kernel<D>>(dkdv_smem<D>());
+    dkdv_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), tiles), kThreads,
+                     dkdv_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
+                                               as_bf16(dk), as_bf16(dv), dims_of(s));
+    TITAN_CUDA_CHECK_LAUNCH();
+    launch_dq<D, 1>(q, k, v, lse, dout, dq, delta, s, stream);
   }
-  const unsigned tiles = static_cast<unsigned>((s.seq + kTile - 1) / kTile);
-  allow_smem_once<dkdv_kernel<D>>(dkdv_smem<D>());
-  dkdv_kernel<D><<<dim3(static_cast<unsigned>(s.kv_heads), static_cast<unsigned>(s.batch), tiles), kThreads,
-                   dkdv_smem<D>(), stream>>>(as_bf16(q), as_bf16(k), as_bf16(v), lse, as_bf16(dout), delta,
-                                             as_bf16(dk), as_bf16(dv), dims_of(s));
-  TITAN_CUDA_CHECK_LAUNCH();
-  if constexpr (D <= 64) {
-    if (row_groups_for(D) == 2) return launch_dq<D, 2>(q, k, v, lse, dout, dq, delta, s, stream);
-  }
-  launch_dq<D, 1>(q, k, v, lse, dout, dq, delta, s, stream);
 }
 }  // namespace
 
