@@ -172,6 +172,9 @@ class ThreadCollectives final : public cuda::DeviceCollectives {
         cuda::accumulate_f32(recv, static_cast<const float*>(m_.send[q]) + rank_ * count, count, stream);
     });
   }
+  void all_reduce_f32(float*, int64_t, cudaStream_t) override {
+    throw InternalError("ThreadCollectives: FSDP over threads needs no all-reduce");
+  }
   void group_start() override {}
   void group_end() override {}
   void synchronize(cudaStream_t stream) override { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream)); }

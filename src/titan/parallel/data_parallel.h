@@ -38,6 +38,8 @@ class DataParallel {
   // its replica. Ranks are laid out shard-major: rank = replica x shard degree + shard rank.
   int shard_rank() const { return shard_group_->rank(); }
   int replica() const { return replicate_group_->rank(); }
+  // The group of this rank's replicas (the same shard on each; a group of one without HSDP).
+  ProcessGroup& replicate_group() { return *replicate_group_; }
   // Replica 0 writes the checkpoint: one rank file per shard.
   bool saves_checkpoint() const { return replica() == 0; }
 

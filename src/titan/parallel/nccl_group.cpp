@@ -99,6 +99,10 @@ class NcclGroupImpl final : public NcclGroup {
     check_nccl(nccl().reduce_scatter(send, recv, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream),
                "ncclReduceScatter");
   }
+  void all_reduce_f32(float* data, int64_t count, cudaStream_t stream) override {
+    check_nccl(nccl().all_reduce(data, data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream),
+               "ncclAllReduce");
+  }
   void group_start() override { check_nccl(nccl().group_start(), "ncclGroupStart"); }
   void group_end() override { check_nccl(nccl().group_end(), "ncclGroupEnd"); }
   void synchronize(cudaStream_t stream) override { wait(stream, "a step's all-gathers and reduce-scatters"); }

@@ -93,13 +93,13 @@ double device_memory_bytes(bool on_cuda) {
 }
 
 std::unique_ptr<Engine> make_engine(const config::RunPlan& plan, llama3::Transformer& model, optim::AdamW& optimizer,
-                                    cuda::DeviceCollectives* fsdp) {
+                                    cuda::DeviceCollectives* fsdp, cuda::DeviceCollectives* replicas) {
 #ifdef TITAN_WITH_CUDA
-  if (resolve_device(plan, model.args())) return make_cuda_engine(plan, model, optimizer, fsdp);
+  if (resolve_device(plan, model.args())) return make_cuda_engine(plan, model, optimizer, fsdp, replicas);
 #else
   resolve_device(plan, model.args());
 #endif
-  TITAN_CHECK(fsdp == nullptr, "device collectives for the CPU engine");
+  TITAN_CHECK(fsdp == nullptr && replicas == nullptr, "device collectives for the CPU engine");
   return std::make_unique<CpuEngine>(model, optimizer);
 }
 

@@ -55,6 +55,9 @@ class Engine {
   // A GPU engine running FSDP: bytes its collectives moved since the last call, and the most
   // bytes of gathered weights and whole gradients it held at once (0 otherwise).
   virtual double take_comm_bytes() { return 0; }
+  // After a step's micro-batches, on a GPU engine with replicas (HSDP): sums the gradient
+  // shards over the replicas on the device. The CPU's are summed by DataParallel.
+  virtual void reduce_replica_gradients() {}
   virtual size_t peak_unsharded_bytes() const { return 0; }
 };
 
@@ -72,8 +75,9 @@ double device_memory_bytes(bool cuda);
 // training.device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is found).
 // Throws UserError when the choice cannot run here.
 // `fsdp` (GPU only): the collectives FSDP runs over; the model's parameters are that group's shards.
+// `replicas` (GPU, the one model only): the collectives HSDP sums gradients over.
 std::unique_ptr<Engine> make_engine(const config::RunPlan& plan, llama3::Transformer& model, optim::AdamW& optimizer,
-                                    cuda::DeviceCollectives* fsdp = nullptr);
+                                    cuda::DeviceCollectives* fsdp = nullptr, cuda::DeviceCollectives* replicas = nullptr);
 
 #ifdef TITAN_WITH_CUDA
 }  // namespace titan::train
@@ -89,12 +93,14 @@ metrics::MemorySample device_memory_sample(const cuda::AllocatorStats& stats);
 // The one model on one GPU (training.cuda_model = "model"), on `device`; with `fsdp`, sharded
 // over those collectives.
 std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llama3::Transformer& model,
-                                               optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp);
+                                               optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp,
+                                               cuda::DeviceCollectives* replicas);
 // The GPU this rank uses: the launcher's local rank (torchrun's LOCAL_RANK, mpirun's or
 // srun's), made current. UserError when there is no such device.
 int select_cuda_device();
 std::unique_ptr<Engine> make_cuda_engine(const config::RunPlan& plan, llama3::Transformer& model,
-                                         optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp);
+                                         optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp,
+                                         cuda::DeviceCollectives* replicas);
 #endif
 
 }  // namespace titan::train

@@ -124,10 +124,12 @@ int select_cuda_device() {
 }
 
 std::unique_ptr<Engine> make_cuda_engine(const config::RunPlan& plan, llama3::Transformer& model,
-                                         optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp) {
+                                         optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp,
+                                         cuda::DeviceCollectives* replicas) {
   check_cuda_config(plan, model.args());  // resolve_device has run these checks; cheap to repeat
   if (plan.cuda_model == config::RunPlan::CudaModel::model)
-    return make_cuda_model_engine(plan, model, optimizer, select_cuda_device(), fsdp);
+    return make_cuda_model_engine(plan, model, optimizer, select_cuda_device(), fsdp, replicas);
+  TITAN_CHECK(replicas == nullptr, "replicas on the legacy CUDA model (the trainer refuses them)");
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), plan.compile, plan.phase_times, fsdp,
                                       plan.reshard, plan.attention);
 }

@@ -41,7 +41,8 @@ class CudaModelEngine final : public Engine {
   // With `fsdp` the host parameters are shards of fsdp->rank() of fsdp->size(); FSDP's policy
   // (parallel/fsdp.h) drives the device unit store through the model's unit hooks.
   CudaModelEngine(llama3::Transformer& host, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
-                  AttentionLibrary attention, cuda::DeviceCollectives* fsdp, ReshardPolicy policy)
+                  AttentionLibrary attention, cuda::DeviceCollectives* fsdp, ReshardPolicy policy,
+                  cuda::DeviceCollectives* replicas)
       : host_(host),
         optimizer_(optimizer),
         device_(device),
@@ -54,7 +55,8 @@ class CudaModelEngine final : public Engine {
         units_(fsdp ? std::make_unique<parallel::DeviceUnitStore>(units_of(host.layout()), params_, *fsdp, backend_)
                     : nullptr),
         fsdp_(units_ ? std::make_unique<parallel::FullyShardedDataParallel>(*units_, policy, true) : nullptr),
-        model_(host.args(), backend_, units_ ? static_cast<WeightStore&>(*units_) : params_) {
+        model_(host.args(), backend_, units_ ? static_cast<WeightStore&>(*units_) : params_),
+        replicas_(replicas) {
     model_.set_hooks(fsdp_.get());
     TITAN_CUDA_CHECK(cudaMallocHost(&host_sums_, 2 * sizeof(double)));
     TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&sums_ready_, cudaEventDisableTiming));
@@ -69,7 +71,9 @@ class CudaModelEngine final : public Engine {
 
   std::string description() const override {
     return concat(backend_.description(), ", float32 master weights, gradients and optimizer state, the one model (",
-                  units_ ? "no CUDA graph under FSDP yet" : mode_why_, ")", units_ ? ", FSDP over NCCL" : "");
+                  units_ || replicas_ ? "no CUDA graph under FSDP or HSDP yet" : mode_why_, ")",
+                  units_ ? ", FSDP over NCCL" : "", replicas_ ? concat(", gradients summed over ", replicas_->size(),
+                                                                         " replicas (NCCL)") : "");
   }
   bool on_cpu() const override { return false; }
   double peak_flops() const override { return metrics::peak_bf16_flops(cuda::device_name(device_)); }
@@ -113,7 +117,7 @@ class CudaModelEngine final : public Engine {
 
   bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
                   double max_norm, StepOutcome& out) override {
-    if (!compile_ || units_) return false;  // one op per kernel, or FSDP: the trainer's plain path
+    if (!compile_ || units_ || replicas_) return false;  // one op per kernel, FSDP or HSDP: the plain path
     const optim::AdamWFactors f = optimizer_.advance(lr);
     try {
       out = run_step(tokens, labels, s, grad_scale, adamw_step(f, 1.0f), max_norm);
@@ -138,7 +142,19 @@ class CudaModelEngine final : public Engine {
     synchronize();
     params_.upload(host_.parameters());
   }
-  double take_comm_bytes() override { return units_ ? units_->take_comm_bytes() : 0; }
+  double take_comm_bytes() override {
+    const double b = (units_ ? units_->take_comm_bytes() : 0) + replica_bytes_;
+    replica_bytes_ = 0;
+    return b;
+  }
+  void reduce_replica_gradients() override {
+    if (!replicas_) return;
+    if (units_) units_->release_all();  // the reduce-scatters into the shards come first
+    backend_.mark(cuda::Phase::communication);
+    replicas_->all_reduce_f32(params_.gradients(), params_.total(), backend_.stream());
+    const double r = replicas_->size();
+    replica_bytes_ += 2.0 * (r - 1) / r * 4.0 * static_cast<double>(params_.total());  // a ring all-reduce
+  }
   size_t peak_unsharded_bytes() const override { return units_ ? units_->peak_unsharded_bytes() : 0; }
   metrics::MemorySample memory() const override { return device_memory_sample(backend_.memory_stats()); }
 
@@ -152,6 +168,7 @@ class CudaModelEngine final : public Engine {
 
   void synchronize() {
     if (units_) units_->synchronize();  // collectives in flight: wait with the group's deadline
+    else if (replicas_) replicas_->synchronize(backend_.stream());
     else backend_.synchronize();
   }
 
@@ -264,6 +281,8 @@ class CudaModelEngine final : public Engine {
   std::unique_ptr<parallel::DeviceUnitStore> units_;  // FSDP only
   std::unique_ptr<parallel::FullyShardedDataParallel> fsdp_;
   llama3::Model model_;
+  cuda::DeviceCollectives* replicas_ = nullptr;  // HSDP only
+  double replica_bytes_ = 0;
   cuda::DeviceBuffer step_factors_;  // AdamWStep on the device, written before each graph launch
   double* host_sums_ = nullptr;      // pinned: the step's loss and squared norm
   cudaEvent_t sums_ready_ = nullptr;
@@ -273,9 +292,10 @@ class CudaModelEngine final : public Engine {
 }  // namespace
 
 std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llama3::Transformer& model,
-                                               optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp) {
+                                               optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp,
+                                               cuda::DeviceCollectives* replicas) {
   auto engine = std::make_unique<CudaModelEngine>(model, optimizer, device, plan.compile, plan.phase_times,
-                                                  plan.attention, fsdp, plan.reshard);
+                                                  plan.attention, fsdp, plan.reshard, replicas);
   engine->set_activation_checkpointing(plan.ac);
   return engine;
 }

@@ -152,10 +152,11 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     throw UserError(concat(cfg.origin("training.data_parallel_shard_degree"), ": ", e.what()));
   }
   mesh.force_fsdp = plan_.fsdp_on_one_rank && mesh.shard == 1 && mesh.replicate == 1;
-  if (on_cuda && mesh.replicate > 1)
+  if (on_cuda && mesh.replicate > 1 && plan_.cuda_model == config::RunPlan::CudaModel::legacy)
     throw UserError(concat(cfg.origin("training.data_parallel_replicate_degree"),
-                           ": replicas (HSDP, or replicated data parallel) are not built for GPUs yet: shard over all ranks "
-                           "(data_parallel_replicate_degree = 1, data_parallel_shard_degree = -1)"));
+                           ": replicas (HSDP, or replicated data parallel) are not built for the legacy CUDA model: set "
+                           "training.cuda_model = \"model\", or shard over all ranks (data_parallel_replicate_degree = 1, "
+                           "data_parallel_shard_degree = -1)"));
   check_memory_estimate(cfg, on_cuda, mesh.shard);
   dp_ = std::make_unique<parallel::DataParallel>(group_, mesh, plan_.reshard);
   // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
@@ -163,7 +164,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   dp_->apply(*model_, !on_cuda);
   model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
   model_->set_activation_checkpointing(plan_.ac);
-  engine_ = make_engine(plan_, *model_, optimizer_, device_collectives(on_cuda));
+  cuda::DeviceCollectives* shards = device_collectives(on_cuda);
+  engine_ = make_engine(plan_, *model_, optimizer_, shards, replica_collectives(on_cuda));
   if (plan_.bf16_params && engine_->on_cpu())
     log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
   if (plan_.phase_times && engine_->on_cpu())
@@ -253,6 +255,19 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
   auto group = parallel::make_nccl_group(dp_->shard_group(), cfg_.get_real("comm.train_timeout_seconds"));
   cuda::DeviceCollectives* collectives = group.get();
   nccl_ = std::move(group);  // declared before the engine, so it outlives the model that uses it
+  return collectives;
+#else
+  return nullptr;  // resolve_device has refused CUDA in this build
+#endif
+}
+
+cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
+  if (!on_cuda || dp_->mesh().replicate == 1) return nullptr;
+#ifdef TITAN_WITH_CUDA
+  select_cuda_device();  // NCCL binds to the current device
+  auto group = parallel::make_nccl_group(dp_->replicate_group(), cfg_.get_real("comm.train_timeout_seconds"));
+  cuda::DeviceCollectives* collectives = group.get();
+  nccl_replicas_ = std::move(group);  // declared before the engine, so it outlives it
   return collectives;
 #else
   return nullptr;  // resolve_device has refused CUDA in this build
@@ -433,7 +448,8 @@ StepMetrics Trainer::train_step(int64_t step) {
   reduce_loss(loss_sum, count);
   {
     Tracer::Span span(&tracer_, "gradient all-reduce across replicas");
-    dp_->reduce_gradients(model_->parameters());
+    if (engine_->on_cpu()) dp_->reduce_gradients(model_->parameters());
+    else engine_->reduce_replica_gradients();
   }
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");

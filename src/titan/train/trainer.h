@@ -53,6 +53,8 @@ class Trainer {
   void check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const;
   // FSDP on a GPU: NCCL over the shard group (made here, or the world's own under torchrun).
   cuda::DeviceCollectives* device_collectives(bool on_cuda);
+  // The replicas' NCCL group of a GPU run with HSDP or replicated data parallel (null otherwise).
+  cuda::DeviceCollectives* replica_collectives(bool on_cuda);
   // Sums the loss and token count over the ranks.
   void reduce_loss(double& loss_sum, int64_t& count);
   // Mean and max over the ranks of this rank's bytes per step in the window.
@@ -82,6 +84,7 @@ class Trainer {
   int64_t accumulation_ = 1;  // micro-batches per optimizer step
   std::unique_ptr<parallel::DataParallel> dp_;  // the mesh; FSDP/HSDP applied to model_
   std::unique_ptr<parallel::ProcessGroup> nccl_;  // GPU FSDP's collectives, when this trainer made them
+  std::unique_ptr<parallel::ProcessGroup> nccl_replicas_;  // GPU HSDP's across the replicas
   std::unique_ptr<llama3::Transformer> model_;  // owns the parameters (init, checkpoints)
   std::unique_ptr<Engine> engine_;              // runs the steps: CPU or GPU
   std::unique_ptr<data::DataLoader> loader_;

@@ -1,6 +1,6 @@
-// Collectives on device memory, queued on a stream: what FSDP on GPUs needs from a
-// communication library (NCCL implements it, parallel/nccl_group.h). The CUDA model sees only
-// this interface.
+// Collectives on device memory, queued on a stream: what FSDP and HSDP on GPUs need from a
+// communication library (NCCL implements it, parallel/nccl_group.h). The CUDA stores and
+// engines see only this interface.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -20,6 +20,8 @@ class DeviceCollectives {
   // `send` holds size() x count floats; this rank receives the sum over the ranks of its slice
   // [rank() x count, + count).
   virtual void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) = 0;
+  // In place: every rank gets the elementwise sum (HSDP's gradient sum across replicas).
+  virtual void all_reduce_f32(float* data, int64_t count, cudaStream_t stream) = 0;
   // Collectives issued between these two run as one launch (per-parameter calls of a unit).
   virtual void group_start() = 0;
   virtual void group_end() = 0;
