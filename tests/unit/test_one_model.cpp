@@ -340,3 +340,20 @@ TEST(FsdpPolicy, GathersPrefetchesFreesAndReducesInTheGpuOrder) {
   const auto never = fsdp_calls(ReshardPolicy::from_setting("never"), true);
   EXPECT_EQ(std::count(never.begin(), never.end(), "gather 1"), 1);
 }
+
+// What a captured CUDA graph keys on: a pass of the same shape keeps the buffers, another shape
+// or a new checkpointing policy allocates anew (the executor then drops its graphs).
+TEST(OneModel, PlanGenerationCountsReallocations) {
+  RecordingBackend backend(DType::bf16);
+  NullWeights weights;
+  Model model(small_args(), backend, weights);
+  model.plan({2, 5});
+  const uint64_t first = model.plan_generation();
+  model.plan({2, 5});
+  EXPECT_EQ(model.plan_generation(), first);
+  model.plan({1, 7});
+  EXPECT_EQ(model.plan_generation(), first + 1);
+  model.set_activation_checkpointing({Mode::full, 1});
+  model.plan({1, 7});
+  EXPECT_EQ(model.plan_generation(), first + 2);
+}

@@ -43,6 +43,8 @@ DeviceUnitStore::DeviceUnitStore(std::vector<std::vector<size_t>> units, cuda::D
     : units_(std::move(units)), shards_(shards), collectives_(collectives), backend_(backend),
       compute_(backend.stream()) {
   const int world = collectives.size();
+  TITAN_CHECK(shards.world() == world && shards.rank() == collectives.rank(), "FSDP: the parameters are shards of rank ",
+              shards.rank(), " of ", shards.world(), "; the collectives are rank ", collectives.rank(), " of ", world);
   size_t params = 0;
   for (const auto& u : units_) params += u.size();
   unit_of_.assign(params, 0);

@@ -64,6 +64,11 @@ class CudaModelEngine final : public Engine {
   }
   ~CudaModelEngine() override {
     drop_graphs();
+    try {  // with the collectives' deadline first: a peer that died must not hang this rank here
+      if (units_) units_->synchronize();
+      else if (replicas_) replicas_->synchronize(backend_.stream());
+    } catch (...) {
+    }
     cudaStreamSynchronize(backend_.stream());
     if (sums_ready_) cudaEventDestroy(sums_ready_);
     if (host_sums_) cudaFreeHost(host_sums_);
@@ -159,8 +164,8 @@ class CudaModelEngine final : public Engine {
   metrics::MemorySample memory() const override { return device_memory_sample(backend_.memory_stats()); }
 
  private:
-  struct GraphKey {  // what a captured step bakes in besides pointers
-    llama3::BatchShape shape;
+  struct GraphKey {  // what a captured step bakes in: the buffers' generation, and scalars
+    uint64_t plan_generation = 0;
     float grad_scale = 0;
     double max_norm = 0;
     bool operator==(const GraphKey&) const = default;
@@ -206,9 +211,9 @@ class CudaModelEngine final : public Engine {
                        const cuda::AdamWStep& step, double max_norm) {
     const int64_t n = s.rows();
     const auto count = std::count_if(labels, labels + n, [](int32_t l) { return l != -100; });
-    const GraphKey key{s, grad_scale, max_norm};
-    if (!(key == graph_key_)) drop_graphs();  // a new shape replans the buffers the graphs point into
-    model_.load_batch(tokens, labels, s, true);
+    model_.load_batch(tokens, labels, s, true);  // plans anew for a new shape (or after another pass's)
+    const GraphKey key{model_.plan_generation(), grad_scale, max_norm};
+    if (!(key == graph_key_)) drop_graphs();  // the graphs point into buffers that are gone
     cudaStream_t stream = backend_.stream();
     TITAN_CUDA_CHECK(cudaMemcpyAsync(step_factors_.as<void>(), &step, sizeof step, cudaMemcpyHostToDevice, stream));
     if (gradients_graph_) {

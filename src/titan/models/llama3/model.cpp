@@ -29,6 +29,7 @@ void Model::set_activation_checkpointing(const ActivationCheckpointing& ac) {
 void Model::plan(BatchShape s) {
   if (s == plan_.shape && ac_planned_) return;
   buffers_.clear();  // the old plan's memory goes back before the new one is taken
+  ++plan_generation_;
   plan_ = plan_activations(args_, s, ac_);
   for (const auto& b : plan_.buffers)
     buffers_.push_back(backend_.allocate(static_cast<size_t>(b.elements) *

@@ -41,6 +41,9 @@ class Model {
   // Buffers for this batch shape (kept until a different shape or policy comes).
   void plan(BatchShape s);
   const ActivationPlan& activation_plan() const { return plan_; }
+  // Counts the times plan() allocated anew: whoever keeps pointers into the buffers (a captured
+  // CUDA graph) must drop them when it changes.
+  uint64_t plan_generation() const { return plan_generation_; }
 
   // Forward, fused loss, backward: weight gradients accumulate d(loss_sum * grad_scale).
   // tokens and labels are host arrays of s.rows(). A recording tracer gets one span per block
@@ -95,6 +98,7 @@ class Model {
   ActivationCheckpointing ac_;
   bool ac_planned_ = false;  // plan_ follows ac_
   ActivationPlan plan_;
+  uint64_t plan_generation_ = 0;
   std::vector<Buffer> buffers_;  // one per plan_.buffers entry
 };
 

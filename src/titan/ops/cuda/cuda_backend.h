@@ -73,10 +73,6 @@ class CudaBackend final : public Backend {
   double* sums() const { return sums_.as<double>(); }
   double* reduce_scratch() const { return reduce_scratch_.as<double>(); }
   void set_overwrite_grads(bool overwrite) { overwrite_grads_ = overwrite; }
-  void set_classifier_budget(ClassifierBudget b) {
-    budget_ = b;
-    prepared_ = {};
-  }
   void synchronize();
   // Device time per phase from events around every op; the executor closes each step.
   void enable_phase_timing();

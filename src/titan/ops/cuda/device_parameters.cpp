@@ -11,8 +11,10 @@ DeviceParameters::DeviceParameters(const std::deque<Parameter>& params, const st
   TITAN_CHECK(accumulated.size() == params.size(), "accumulated flags for ", accumulated.size(), " of ",
               params.size(), " parameters");
   world_ = params.empty() ? 1 : params.front().world;
+  rank_ = params.empty() ? 0 : params.front().rank;
   for (const auto& p : params) {
-    TITAN_CHECK(p.world == world_, p.name, " is a shard of ", p.world, " ranks, the others of ", world_);
+    TITAN_CHECK(p.world == world_ && p.rank == rank_, p.name, " is a shard of rank ", p.rank, " of ", p.world,
+                ", the others of rank ", rank_, " of ", world_);
     local_.push_back(p.master.numel());
     shard_.push_back((p.global_shape[0] + world_ - 1) / world_ * p.row_elems());
   }

@@ -43,6 +43,9 @@ class DeviceParameters final : public WeightStore {
   std::vector<float> gradient(size_t i);  // tests: this rank's rows
   int64_t total() const { return layout_.total; }
   bool sharded() const { return world_ > 1 || force_sharded_; }
+  // The shards' layout: parameters are rank() of world() (0 of 1 when whole).
+  int world() const { return world_; }
+  int rank() const { return rank_; }
   // Where parameter i's shard lives in the flat buffers, and its padded shard elements.
   int64_t offset(size_t i) const { return layout_.offset[i]; }
   int64_t shard_elements(size_t i) const { return shard_[i]; }
@@ -53,7 +56,7 @@ class DeviceParameters final : public WeightStore {
   cudaStream_t stream_;
   FlatLayout layout_;
   std::vector<int64_t> local_, shard_;  // this rank's elements, and the padded shard
-  int world_ = 1;
+  int world_ = 1, rank_ = 0;
   bool force_sharded_ = false;
   std::vector<std::pair<int64_t, int64_t>> accumulated_;  // [begin, end) ranges of grad_
   DeviceBuffer master_, grad_, exp_avg_, exp_avg_sq_, weights_;
