@@ -11,6 +11,7 @@
 #include "titan/cli/data_command.h"
 #include "titan/cli/tokenizer_command.h"
 #include "titan/core/error.h"
+#include "titan/ops/cpu/blas_kernels.h"
 #include "titan/train/memory_estimate.h"
 #include "titan/train/trainer.h"
 
@@ -65,6 +66,7 @@ std::string one_line(const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  titan::cpu::reexec_with_known_blas_kernels(argv);  // before any thread, file or MPI exists
   // Past a file-size limit (ulimit -f) a write then fails with EFBIG, which titan reports, instead
   // of the signal killing the process in the middle of whatever it was writing.
   std::signal(SIGXFSZ, SIG_IGN);

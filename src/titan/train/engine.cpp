@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include "titan/ops/attention_head_dims.h"
+#include "titan/ops/cpu/blas_kernels.h"
 #include "titan/optim/grad_clip.h"
 #ifdef TITAN_WITH_CUDA
 #include "titan/ops/cuda/cuda_ops.h"
@@ -14,7 +15,9 @@ namespace {
 class CpuEngine final : public Engine {
  public:
   CpuEngine(llama3::Transformer& model, optim::AdamW& optimizer) : model_(model), optimizer_(optimizer) {}
-  std::string description() const override { return concat("cpu, float32, ", omp_get_max_threads(), " threads"); }
+  std::string description() const override {
+    return concat("cpu, float32, ", omp_get_max_threads(), " threads, ", cpu::blas_kernels_description());
+  }
   bool on_cpu() const override { return true; }
   double peak_flops() const override { return 0; }
   void zero_grad() override { model_.zero_grad(); }

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "titan/core/error.h"
+#include "titan/ops/cpu/blas_kernels.h"
 
 namespace titan::cpu {
 
@@ -16,7 +17,9 @@ float* f(void* p) { return static_cast<float*>(p); }
 
 CpuBackend::CpuBackend() : live_(std::make_shared<size_t>(0)) {}
 
-std::string CpuBackend::description() const { return concat("cpu, float32, ", omp_get_max_threads(), " threads"); }
+std::string CpuBackend::description() const {
+  return concat("cpu, float32, ", omp_get_max_threads(), " threads, ", blas_kernels_description());
+}
 
 Buffer CpuBackend::allocate(size_t bytes) {
   constexpr size_t kAlign = 64;  // cache lines, and AVX-512 loads
