@@ -29,9 +29,15 @@ void reexec_with_known_blas_kernels(char** argv) {
   if (core == nullptr || std::strcmp(core, "Prescott") != 0) return;
   const char* kernels = better_kernels();
   if (kernels == nullptr) return;
+  // The binary's own path, not /proc/self/exe: the process keeps its name ("titan" in ps, which
+  // launchers and the tests look for).
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return;
+  self[n] = '\0';
   setenv("OPENBLAS_CORETYPE", kernels, 1);
   setenv(kChosenBy, "1", 1);
-  execv("/proc/self/exe", argv);
+  execv(self, argv);
   unsetenv("OPENBLAS_CORETYPE");  // exec failed: go on with the generic kernels
   unsetenv(kChosenBy);
 }
