@@ -49,7 +49,7 @@ Batch random_batch(const ModelArgs& a, BatchShape s, const std::string& name = "
 
 std::vector<bool> accumulated(const ModelLayout& layout) {
   std::vector<bool> out;
-  for (const auto& t : layout.tensors()) out.push_back(t.role == Role::tok_embeddings || t.shape.size() == 1);
+  for (const auto& t : layout.tensors()) out.push_back(t.summed_gradient);
   return out;
 }
 

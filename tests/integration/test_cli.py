@@ -240,6 +240,9 @@ BAD = [
                                     "--activation_checkpoint.selective_ac_option", "0"], "expected op or a positive integer"),
     ("bad collective timeout", None, ["--comm.train_timeout_seconds", "0"], "comm.train_timeout_seconds = 0.0: expected > 0"),
     ("unknown device", None, ["--training.device", "tpu"], "training.device = tpu: expected auto, cpu or cuda"),
+    ("unknown GPU model path", None, ["--training.cuda_model", "new"], "training.cuda_model = new: expected legacy or model"),
+    ("unknown attention library", None, ["--training.attention", "flash"],
+     "training.attention = flash: expected auto, titan or cudnn"),
     # The CI build has no CUDA, or its machine no GPU: either way a one-line refusal.
     ("cuda where none is", None, ["--training.device", "cuda"], "training.device = \"cuda\", but"),
     ("negative lr", None, ["--optimizer.lr", "-1"], "optimizer.lr"),

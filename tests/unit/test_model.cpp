@@ -97,6 +97,14 @@ TEST(Layout, DescribesEveryTensorOnceWithItsUnitShapeAndHfName) {
   EXPECT_EQ(layout[layout.root_index(Role::output)].hf_name, "lm_head.weight");
   EXPECT_EQ(layout[layout.root_index(Role::norm)].precision, LinearPrecision::none);
   EXPECT_EQ(layout[layout.block_index(1, Role::w1)].precision, LinearPrecision::bf16);
+  EXPECT_TRUE(layout[layout.root_index(Role::tok_embeddings)].summed_gradient);
+  EXPECT_TRUE(layout[layout.block_index(0, Role::ffn_norm)].summed_gradient);
+  EXPECT_FALSE(layout[layout.root_index(Role::output)].summed_gradient);  // one GEMM writes it
+  const auto units = layout.unit_tensors();
+  ASSERT_EQ(units.size(), 3u);
+  EXPECT_EQ(units[0], (std::vector<size_t>{layout.root_index(Role::tok_embeddings), layout.root_index(Role::norm),
+                                           layout.root_index(Role::output)}));
+  EXPECT_EQ(units[2].front(), layout.block_index(1, Role::wq));
   EXPECT_EQ(layout.find("layers.2.attention.wq.weight"), -1);  // two layers only
   EXPECT_EQ(hf_name_of("layers.x.attention.wq.weight"), "");
 }

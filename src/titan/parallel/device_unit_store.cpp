@@ -14,7 +14,6 @@ using cuda::bf16;
 using cuda::DeviceBuffer;
 using cuda::Phase;
 
-int64_t aligned(int64_t n) { return (n + cuda::kParameterAlign - 1) / cuda::kParameterAlign * cuda::kParameterAlign; }
 
 // One NCCL group per unit, closed even when a call in it throws.
 class CollectiveGroup {
@@ -57,8 +56,8 @@ DeviceUnitStore::DeviceUnitStore(std::vector<std::vector<size_t>> units, cuda::D
       unit_of_[i] = u;
       unit_offset_[i] = elems;
       reduced_offset_[i] = reduced;
-      elems += aligned(world * shards.shard_elements(i));
-      reduced += aligned(shards.shard_elements(i));
+      elems += cuda::aligned_elements(world * shards.shard_elements(i));
+      reduced += cuda::aligned_elements(shards.shard_elements(i));
     }
     unit_elems_.push_back(elems);
     reduced_bytes = std::max(reduced_bytes, static_cast<size_t>(reduced) * sizeof(float));

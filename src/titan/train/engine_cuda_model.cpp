@@ -20,15 +20,9 @@
 namespace titan::train {
 
 namespace {
-std::vector<std::vector<size_t>> units_of(const llama3::ModelLayout& layout) {
-  std::vector<std::vector<size_t>> units(static_cast<size_t>(layout.units()));
-  for (size_t i = 0; i < layout.size(); ++i) units[static_cast<size_t>(layout[i].unit)].push_back(i);
-  return units;
-}
-
-std::vector<bool> accumulated_gradients(const llama3::ModelLayout& layout) {
+std::vector<bool> summed_gradients(const llama3::ModelLayout& layout) {
   std::vector<bool> out;
-  for (const auto& t : layout.tensors()) out.push_back(t.role == llama3::Role::tok_embeddings || t.shape.size() == 1);
+  for (const auto& t : layout.tensors()) out.push_back(t.summed_gradient);
   return out;
 }
 
@@ -50,9 +44,9 @@ class CudaModelEngine final : public Engine {
         mode_(cuda::step_mode(compile, phase_times, &mode_why_)),
         phase_times_(phase_times),
         backend_(attention, compile),
-        params_(host.parameters(), accumulated_gradients(host.layout()), backend_.allocator(), backend_.stream(),
+        params_(host.parameters(), summed_gradients(host.layout()), backend_.allocator(), backend_.stream(),
                 fsdp != nullptr),
-        units_(fsdp ? std::make_unique<parallel::DeviceUnitStore>(units_of(host.layout()), params_, *fsdp, backend_)
+        units_(fsdp ? std::make_unique<parallel::DeviceUnitStore>(host.layout().unit_tensors(), params_, *fsdp, backend_)
                     : nullptr),
         fsdp_(units_ ? std::make_unique<parallel::FullyShardedDataParallel>(*units_, policy, true) : nullptr),
         model_(host.args(), backend_, units_ ? static_cast<WeightStore&>(*units_) : params_),

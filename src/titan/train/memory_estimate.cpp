@@ -69,12 +69,11 @@ double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const 
   const llama3::ModelLayout layout(a);
   std::vector<int64_t> shard;
   std::vector<double> gathered(static_cast<size_t>(layout.units())), reduced(gathered.size());
-  auto aligned = [](int64_t n) { return double((n + cuda::kParameterAlign - 1) / cuda::kParameterAlign * cuda::kParameterAlign); };
   for (const auto& t : layout.tensors()) {
     const int64_t rows = t.shape[0], row = t.numel() / rows;
     shard.push_back((rows + shards - 1) / shards * row);
-    gathered[static_cast<size_t>(t.unit)] += aligned(shards * shard.back());
-    reduced[static_cast<size_t>(t.unit)] += aligned(shard.back());
+    gathered[static_cast<size_t>(t.unit)] += double(cuda::aligned_elements(shards * shard.back()));
+    reduced[static_cast<size_t>(t.unit)] += double(cuda::aligned_elements(shard.back()));
   }
   const double p = double(cuda::flat_layout(shard).total);
   *param_bytes = device_block(4 * p) + device_block(2 * p);

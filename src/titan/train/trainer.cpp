@@ -132,6 +132,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     accumulation_ = global / (shape_.batch * ranks);
   }
   peak_flops_ = cfg.get_real("metrics.peak_tflops") * 1e12;
+  flops_per_token_ = metrics::flops_per_token(args_, shape_.seq);
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
 
   const std::filesystem::path dump(cfg.get_string("job.dump_folder"));
@@ -520,7 +521,7 @@ metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seco
   r.grad_norm = m.grad_norm;
   r.lr = m.lr;
   r.tps = static_cast<double>(window_steps * shape_.rows() * accumulation_) / window_seconds;
-  r.tflops = metrics::flops_per_token(args_, shape_.seq) * r.tps / 1e12;
+  r.tflops = flops_per_token_ * r.tps / 1e12;
   if (peak_flops_ > 0) r.mfu = 100.0 * r.tflops * 1e12 / peak_flops_;
   const auto mem = engine_->memory();
   r.mem_alloc_retries = mem.alloc_retries;

@@ -93,6 +93,7 @@ class Trainer {
   double max_norm_;
   config::RunPlan plan_;  // how the run computes, resolved once from cfg_
   double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
+  double flops_per_token_ = 0;  // torchtitan's formula for this model and seq_len
   std::unique_ptr<metrics::MetricsLogger> logger_;
   Tracer tracer_;
   std::unique_ptr<checkpoint::CheckpointManager> checkpoints_;

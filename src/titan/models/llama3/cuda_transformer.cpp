@@ -98,7 +98,7 @@ CudaTransformer::CudaTransformer(const ModelArgs& args, const std::deque<Paramet
   // The gradients the fused step adds into (embedding rows, norm weights), merged into ranges of
   // the flat buffer; the GEMM-written ones need no clearing (fused_step overwrites them).
   for (size_t i = 0; i < params.size(); ++i) {
-    if (layout[i].role != Role::tok_embeddings && params[i].global_shape.size() != 1) continue;
+    if (!layout[i].summed_gradient) continue;
     const int64_t begin = offset_[i], end = i + 1 < params.size() ? offset_[i + 1] : total_;
     if (!accumulated_grads_.empty() && accumulated_grads_.back().second == begin) accumulated_grads_.back().second = end;
     else accumulated_grads_.push_back({begin, end});

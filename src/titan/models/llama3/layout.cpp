@@ -91,6 +91,7 @@ ModelLayout::ModelLayout(const ModelArgs& a) : n_layers_(a.n_layers) {
     t.rope_heads = r == Role::wq ? a.n_heads : r == Role::wk ? a.n_kv_heads : 0;
     t.tp = tp_style(r);
     t.precision = t.shape.size() == 2 && r != Role::tok_embeddings ? LinearPrecision::bf16 : LinearPrecision::none;
+    t.summed_gradient = r == Role::tok_embeddings || t.shape.size() == 1;
     tensors_.push_back(std::move(t));
     return tensors_.size() - 1;
   };
@@ -116,6 +117,12 @@ size_t ModelLayout::root_index(Role role) const {
     case Role::output: return output_;
     default: throw InternalError("not a root role");
   }
+}
+
+std::vector<std::vector<size_t>> ModelLayout::unit_tensors() const {
+  std::vector<std::vector<size_t>> out(static_cast<size_t>(units()));
+  for (size_t i = 0; i < tensors_.size(); ++i) out[static_cast<size_t>(tensors_[i].unit)].push_back(i);
+  return out;
 }
 
 int64_t ModelLayout::find(const std::string& name) const {

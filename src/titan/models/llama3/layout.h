@@ -35,6 +35,9 @@ struct TensorSpec {
   int64_t rope_heads = 0;  // wq/wk: heads whose rows HF stores half-split (checkpoint/hf_llama)
   TpStyle tp = TpStyle::replicate;
   LinearPrecision precision = LinearPrecision::none;  // none: not a GEMM weight
+  // Its gradient is summed into (embedding rows, norm weights) rather than written by one GEMM:
+  // a step that writes each GEMM weight's gradient once must still clear these.
+  bool summed_gradient = false;
   int64_t numel() const { return shape_numel(shape); }
 };
 
@@ -50,6 +53,8 @@ class ModelLayout {
   // Position of `name`; -1 when the model has no such tensor.
   int64_t find(const std::string& name) const;
   int units() const { return static_cast<int>(n_layers_) + 1; }
+  // Positions of each unit's tensors, unit by unit.
+  std::vector<std::vector<size_t>> unit_tensors() const;
   // Elements of all tensors, of one unit, and of the embedding (torchtitan excludes it from FLOPs).
   int64_t numel() const;
   int64_t unit_numel(int unit) const;

@@ -25,8 +25,11 @@ Parameter& Transformer::parameter(const std::string& name) {
 }
 
 std::vector<std::vector<Parameter*>> Transformer::units() {
-  std::vector<std::vector<Parameter*>> out(static_cast<size_t>(layout_.units()));
-  for (size_t i = 0; i < params_.size(); ++i) out[static_cast<size_t>(layout_[i].unit)].push_back(&params_[i]);
+  std::vector<std::vector<Parameter*>> out;
+  for (const auto& unit : layout_.unit_tensors()) {
+    auto& members = out.emplace_back();
+    for (size_t i : unit) members.push_back(&params_[i]);
+  }
   return out;
 }
 

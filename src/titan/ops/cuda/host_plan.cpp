@@ -28,11 +28,13 @@ std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget b
           {"embedding index positions", 4 * n}};
 }
 
+int64_t aligned_elements(int64_t elements) { return (elements + kParameterAlign - 1) / kParameterAlign * kParameterAlign; }
+
 FlatLayout flat_layout(const std::vector<int64_t>& numel) {
   FlatLayout f;
   for (int64_t e : numel) {
     f.offset.push_back(f.total);
-    f.total += (e + kParameterAlign - 1) / kParameterAlign * kParameterAlign;
+    f.total += aligned_elements(e);
   }
   return f;
 }

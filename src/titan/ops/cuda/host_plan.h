@@ -26,6 +26,8 @@ struct ScratchBuffer {
 // What CudaBackend::prepare allocates for passes of these dimensions.
 std::vector<ScratchBuffer> backend_scratch(const PassDims& dims, ClassifierBudget budget = {});
 
+// `elements` rounded up to the parameter alignment.
+int64_t aligned_elements(int64_t elements);
 // Offsets of parameters of `numel` elements each in one flat buffer, each aligned.
 struct FlatLayout {
   std::vector<int64_t> offset;
