@@ -29,7 +29,7 @@ void split_by_name(const std::vector<std::string>& files, DataSetup& d) {
   }
 }
 
-std::vector<std::string> expand(const std::string& spec, const config::JobConfig& cfg, const std::string& key) {
+std::vector<std::string> expand(const std::string& spec, const config::JobSettings& cfg, const std::string& key) {
   try {
     return data::expand_data_paths({spec});
   } catch (const UserError& e) {
@@ -38,9 +38,9 @@ std::vector<std::string> expand(const std::string& spec, const config::JobConfig
 }
 }  // namespace
 
-DataSetup resolve_data(const config::JobConfig& cfg) {
+DataSetup resolve_data(const config::JobSettings& cfg) {
   DataSetup d;
-  const std::string name = cfg.get_string("training.dataset"), path = cfg.get_string("training.dataset_path");
+  const std::string name = cfg.data.dataset, path = cfg.data.dataset_path;
   if (name == "synthetic" || name == "synthetic_pattern") {
     d.synthetic = true;
     d.synthetic_kind = name == "synthetic" ? data::SyntheticKind::random : data::SyntheticKind::pattern;
@@ -71,15 +71,15 @@ DataSetup resolve_data(const config::JobConfig& cfg) {
     d.description = name;
   }
   if (!d.synthetic && d.train_shards.empty()) d.description += concat(": ", d.train_files.size(), " training files");
-  if (const std::string vpath = cfg.get_string("validation.dataset_path"); !vpath.empty()) {
+  if (const std::string vpath = cfg.validation.dataset_path; !vpath.empty()) {
     if (data::is_token_shard_dir(vpath)) d.validation_shards = vpath;
     else d.validation_files = expand(vpath, cfg, "validation.dataset_path");
   }
-  if (cfg.get_bool("validation.enabled") && d.validation_files.empty() && d.validation_shards.empty() && !d.synthetic)
+  if (cfg.validation.enabled && d.validation_files.empty() && d.validation_shards.empty() && !d.synthetic)
     throw UserError(concat(cfg.origin("validation.enabled"), ": validation.enabled: no validation files found; "
                            "set validation.dataset_path"));
 
-  const std::string tok = cfg.get_string("model.tokenizer_path");
+  const std::string tok = cfg.model.tokenizer_path;
   if (!tok.empty()) {
     try {
       d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::load(tok));
@@ -92,24 +92,24 @@ DataSetup resolve_data(const config::JobConfig& cfg) {
   return d;
 }
 
-std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobConfig& cfg,
+std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobSettings& cfg,
                                                       int64_t vocab, data::Logger log) {
-  const int64_t window = cfg.get_int("training.seq_len") + 1;
+  const int64_t window = cfg.plan.micro_batch.seq + 1;
   if (d.synthetic)
-    return data::make_synthetic_source(d.synthetic_kind, vocab, static_cast<uint64_t>(cfg.get_int("training.seed")),
+    return data::make_synthetic_source(d.synthetic_kind, vocab, cfg.data.seed,
                                        window);
   if (!d.train_shards.empty()) return data::make_shard_source(d.train_shards, d.tokenizer->fingerprint(), window);
-  data::SourceOptions opts{cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records")};
+  data::SourceOptions opts{cfg.data.dataset_field, cfg.data.skip_bad_records};
   return data::make_text_source(d.train_files, opts, d.tokenizer, window, std::move(log));
 }
 
-std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobConfig& cfg,
+std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobSettings& cfg,
                                                            int64_t vocab) {
-  const int64_t window = cfg.get_int("training.seq_len") + 1;
+  const int64_t window = cfg.plan.micro_batch.seq + 1;
   if (d.synthetic && d.validation_files.empty() && d.validation_shards.empty())  // held-apart synthetic windows: another seed
     return data::make_synthetic_source(d.synthetic_kind, vocab,
-                                       static_cast<uint64_t>(cfg.get_int("training.seed")) + 0x5eed, window);
-  data::SourceOptions opts{cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records")};
+                                       cfg.data.seed + 0x5eed, window);
+  data::SourceOptions opts{cfg.data.dataset_field, cfg.data.skip_bad_records};
   auto tok = d.tokenizer ? d.tokenizer : std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());
   if (!d.validation_shards.empty()) return data::make_shard_source(d.validation_shards, tok->fingerprint(), window);
   return data::make_text_source(d.validation_files, opts, tok, window, nullptr);

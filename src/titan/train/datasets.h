@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "titan/config/job_config.h"
+#include "titan/config/job_settings.h"
 #include "titan/data/tokenizer.h"
 #include "titan/data/window_source.h"
 
@@ -22,12 +22,12 @@ struct DataSetup {
 
 // Resolves training.dataset / dataset_path / validation.dataset_path and loads the tokenizer.
 // Throws UserError naming the key when something is missing or malformed.
-DataSetup resolve_data(const config::JobConfig& cfg);
+DataSetup resolve_data(const config::JobSettings& cfg);
 
 // A fresh stream over the training (or validation) data, windows of seq_len + 1 tokens.
-std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobConfig& cfg,
+std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobSettings& cfg,
                                                       int64_t vocab, data::Logger log);
-std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobConfig& cfg,
+std::unique_ptr<data::WindowSource> make_validation_source(const DataSetup& d, const config::JobSettings& cfg,
                                                            int64_t vocab);
 
 }  // namespace titan::train

@@ -137,21 +137,21 @@ EstimateBackend cuda_estimate_backend(const config::RunPlan& plan) {
   return plan.cuda_model == config::RunPlan::CudaModel::model ? EstimateBackend::cuda_model : EstimateBackend::cuda;
 }
 
-double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args, int64_t shards) {
-  if (!cfg.get_bool("checkpoint.enable_checkpoint") || cfg.get_string("checkpoint.async_mode") == "disabled") return 0;
+double async_checkpoint_bytes(const config::CheckpointSettings& checkpoint, const llama3::ModelArgs& args, int64_t shards) {
+  if (!checkpoint.enabled || !checkpoint.async) return 0;
   return 12.0 * double(metrics::parameter_count(args)) / double(shards);
 }
 
-llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg) {
+llama3::ModelArgs model_args_without_data(const config::JobSettings& job) {
   llama3::ModelArgs a;
   try {
-    a = llama3::flavor(cfg.get_string("model.flavor"));
+    a = llama3::flavor(job.model.flavor);
   } catch (const UserError& e) {
-    throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
+    throw UserError(concat(job.origin("model.flavor"), ": ", e.what()));
   }
-  if (cfg.get_string("model.flavor") == "debugmodel") a.vocab_size = 2048;
-  if (const int64_t v = cfg.get_int("model.vocab_size"); v > 0) a.vocab_size = v;
-  a.max_seq_len = std::max(a.max_seq_len, cfg.get_int("training.seq_len"));
+  if (job.model.flavor == "debugmodel") a.vocab_size = 2048;
+  if (job.model.vocab_size > 0) a.vocab_size = job.model.vocab_size;
+  a.max_seq_len = std::max(a.max_seq_len, job.plan.micro_batch.seq);
   return a;
 }
 
@@ -207,9 +207,10 @@ int estimate_main(const std::vector<std::string>& args) {
   }
   cfg.apply_overrides(overrides);
   cfg.validate();
-  const auto a = model_args_without_data(cfg);
-  a.validate(cfg.origin("model.flavor") + ": model." + cfg.get_string("model.flavor"));
-  const config::RunPlan plan = config::resolve_run_plan(cfg);
+  const config::JobSettings job = config::resolve_job_settings(cfg);
+  const auto a = model_args_without_data(job);
+  a.validate(job.origin("model.flavor") + ": model." + job.model.flavor);
+  const config::RunPlan& plan = job.plan;
   const llama3::BatchShape s = plan.micro_batch;
   if (device.empty()) device = prefers_cuda(plan) ? "cuda" : "cpu";
   if (device == "cuda") check_cuda_config(plan, a);  // what training on a GPU would refuse
@@ -221,8 +222,8 @@ int estimate_main(const std::vector<std::string>& args) {
   }
   auto e = estimate_memory(a, s, plan.ac, device == "cuda" ? cuda_estimate_backend(plan) : EstimateBackend::cpu, shards,
                            plan.keep_gathered_blocks, plan.attention);
-  if (device == "cpu") e.buffers += async_checkpoint_bytes(cfg, a, shards);
-  std::cout << "model: llama3 " << cfg.get_string("model.flavor") << ", " << metrics::parameter_count(a)
+  if (device == "cpu") e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards);
+  std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size
             << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "titan/config/job_config.h"
+#include "titan/config/job_settings.h"
 #include "titan/config/run_plan.h"
 #include "titan/models/llama3/model_args.h"
 #include "titan/models/llama3/transformer.h"
@@ -40,11 +41,11 @@ double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s,
 
 // Model shapes from the config without reading data: model.vocab_size, else the flavor's
 // (debugmodel: the built-in tokenizer's 2,048).
-llama3::ModelArgs model_args_without_data(const config::JobConfig& cfg);
+llama3::ModelArgs model_args_without_data(const config::JobSettings& job);
 
 // Host bytes of the async checkpoint snapshot (weights and both AdamW moments) when the config
 // turns async checkpointing on; 0 otherwise.
-double async_checkpoint_bytes(const config::JobConfig& cfg, const llama3::ModelArgs& args, int64_t shards = 1);
+double async_checkpoint_bytes(const config::CheckpointSettings& checkpoint, const llama3::ModelArgs& args, int64_t shards = 1);
 
 // One line: the terms, the total, and the device's memory when known (> 0).
 std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes);

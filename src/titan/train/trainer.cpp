@@ -80,15 +80,15 @@ class ProgressIndicator {
 
 // The flavor's shapes with the vocabulary from, in order: model.vocab_size, the tokenizer,
 // the flavor (debugmodel: 2,048).
-llama3::ModelArgs model_args(const config::JobConfig& cfg, const DataSetup& data) {
+llama3::ModelArgs model_args(const config::JobSettings& cfg, const DataSetup& data) {
   llama3::ModelArgs a;
   try {
-    a = llama3::flavor(cfg.get_string("model.flavor"));
+    a = llama3::flavor(cfg.model.flavor);
   } catch (const UserError& e) {
     throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
   }
-  if (cfg.get_string("model.flavor") == "debugmodel") a.vocab_size = kDefaultVocab;
-  const int64_t vocab = cfg.get_int("model.vocab_size");
+  if (cfg.model.flavor == "debugmodel") a.vocab_size = kDefaultVocab;
+  const int64_t vocab = cfg.model.vocab_size;
   if (data.tokenizer) {
     if (vocab > 0 && vocab < data.tokenizer->vocab_size())
       throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", vocab,
@@ -100,42 +100,33 @@ llama3::ModelArgs model_args(const config::JobConfig& cfg, const DataSetup& data
   if (data.synthetic && a.vocab_size < data::SyntheticStream::kPeriod)
     throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", a.vocab_size,
                            ": synthetic data needs at least ", data::SyntheticStream::kPeriod, " ids"));
-  a.max_seq_len = std::max(a.max_seq_len, cfg.get_int("training.seq_len"));
-  a.validate(cfg.origin("model.flavor") + ": model." + cfg.get_string("model.flavor"));
+  a.max_seq_len = std::max(a.max_seq_len, cfg.plan.micro_batch.seq);
+  a.validate(cfg.origin("model.flavor") + ": model." + cfg.model.flavor);
   return a;
-}
-
-optim::AdamWConfig adamw_config(const config::JobConfig& cfg) {
-  return {cfg.get_real("optimizer.lr"), cfg.get_real("optimizer.beta1"), cfg.get_real("optimizer.beta2"),
-          cfg.get_real("optimizer.eps"), cfg.get_real("optimizer.weight_decay")};
 }
 }  // namespace
 
 Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::ProcessGroup* group)
     : own_group_(group ? nullptr : parallel::make_local_group()),
       group_(group ? *group : *own_group_),
-      cfg_(cfg), log_(log), data_(resolve_data(cfg)), args_(model_args(cfg, data_)),
-      shape_{cfg.get_int("training.batch_size"), cfg.get_int("training.seq_len")},
-      optimizer_(adamw_config(cfg)),
-      schedule_{cfg.get_int("training.warmup_steps"), cfg.get_int("training.steps"),
-                cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear},
-      max_norm_(cfg.get_real("training.max_norm")),
-      plan_(config::resolve_run_plan(cfg)) {  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
+      cfg_(cfg), job_(config::resolve_job_settings(cfg)),  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
+      plan_(job_.plan), log_(log), data_(resolve_data(job_)), args_(model_args(job_, data_)),
+      shape_(plan_.micro_batch), optimizer_(job_.optimizer) {
   lock_run_folders();
   require_same_on_all_ranks(group_, computation_digest(cfg, data_), "config");
-  if (const int64_t threads = cfg.get_int("training.threads"); threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  if (job_.threads > 0) omp_set_num_threads(static_cast<int>(job_.threads));
   const int64_t ranks = group_.size();
-  if (const int64_t global = cfg.get_int("training.global_batch_size"); global > 0) {
+  if (const int64_t global = job_.global_batch_size; global > 0) {
     if (global % (shape_.batch * ranks) != 0)
       throw UserError(concat(cfg.origin("training.global_batch_size"), ": training.global_batch_size = ", global,
                              " is not a multiple of training.batch_size x ranks = ", shape_.batch, " x ", ranks));
     accumulation_ = global / (shape_.batch * ranks);
   }
-  peak_flops_ = cfg.get_real("metrics.peak_tflops") * 1e12;
+  peak_flops_ = job_.metrics.peak_flops;
   flops_per_token_ = metrics::flops_per_token(args_, shape_.seq);
   for (const auto& n : cfg.notices()) log_ << "notice: " << n << "\n";
 
-  const std::filesystem::path dump(cfg.get_string("job.dump_folder"));
+  const std::filesystem::path dump(job_.dump_folder);
   if (group_.rank() == 0) write_resolved_config(dump.string());
   log_ << "resolved config (saved as " << (dump / "config.toml").string() << "):\n";
   std::istringstream resolved(cfg.to_toml());
@@ -158,12 +149,12 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                            ": replicas (HSDP, or replicated data parallel) are not built for the legacy CUDA model: set "
                            "training.cuda_model = \"model\", or shard over all ranks (data_parallel_replicate_degree = 1, "
                            "data_parallel_shard_degree = -1)"));
-  check_memory_estimate(cfg, on_cuda, mesh.shard);
+  check_memory_estimate(on_cuda, mesh.shard);
   dp_ = std::make_unique<parallel::DataParallel>(group_, mesh, plan_.reshard);
   // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
   model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard);
   dp_->apply(*model_, !on_cuda);
-  model_->init_weights(static_cast<uint64_t>(cfg.get_int("training.seed")));
+  model_->init_weights(job_.data.seed);
   model_->set_activation_checkpointing(plan_.ac);
   cuda::DeviceCollectives* shards = device_collectives(on_cuda);
   engine_ = make_engine(plan_, *model_, optimizer_, shards, replica_collectives(on_cuda));
@@ -183,17 +174,17 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     log_ << "\n";
   }
   auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
-  auto source = make_train_source(data_, cfg, args_.vocab_size, log_line);
-  if (cfg.get_bool("checkpoint.enable_checkpoint")) {
+  auto source = make_train_source(data_, job_, args_.vocab_size, log_line);
+  if (job_.checkpoint.enabled) {
     checkpoint::ManagerOptions opt;
-    opt.folder = (dump / cfg.get_string("checkpoint.folder")).string();
-    opt.interval = cfg.get_int("checkpoint.interval");
-    opt.keep_latest_k = cfg.get_int("checkpoint.keep_latest_k");
-    opt.async = cfg.get_string("checkpoint.async_mode") != "disabled";
-    opt.load_step = cfg.get_int("checkpoint.load_step");
+    opt.folder = (dump / job_.checkpoint.folder).string();
+    opt.interval = job_.checkpoint.interval;
+    opt.keep_latest_k = job_.checkpoint.keep_latest_k;
+    opt.async = job_.checkpoint.async;
+    opt.load_step = job_.checkpoint.load_step;
     opt.rank = dp_->shard_rank();  // replica 0's ranks write one file per shard
     opt.world = mesh.shard;
-    opt.commit_timeout_seconds = cfg.get_real("comm.train_timeout_seconds");
+    opt.commit_timeout_seconds = job_.comm_timeout_seconds;
     opt.clean_up = group_.rank() == 0;
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
     group_.barrier();  // no rank saves before rank 0 has removed left-over incomplete saves
@@ -201,7 +192,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     require_same_on_all_ranks(group_, concat("checkpoint to resume from = ", dir ? std::filesystem::path(*dir).filename().string() : "none", "\n"),
                               "checkpoint");
     if (dir) {
-      if (cfg.get_bool("checkpoint.create_seed_checkpoint"))  // it would overwrite step-0 with a trained state
+      if (job_.checkpoint.create_seed)  // it would overwrite step-0 with a trained state
         throw UserError(concat("checkpoint.create_seed_checkpoint: ", opt.folder, " already holds ", *dir,
                                "; write the seed into an empty checkpoint folder (a new job.dump_folder)"));
       resume_from(*dir, *source);
@@ -215,8 +206,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                                                rank_rows * group_.rank(), rank_rows);
   if (group_.rank() == 0)  // one metrics.jsonl and TensorBoard file per run
     logger_ = std::make_unique<metrics::MetricsLogger>(
-      metrics::LoggerOptions{dump.string(), cfg.get_bool("metrics.enable_tensorboard"),
-                             cfg.get_string("metrics.save_tb_folder"), cfg.get_bool("metrics.enable_color_printing"), 0,
+      metrics::LoggerOptions{dump.string(), job_.metrics.tensorboard, job_.metrics.tb_folder, job_.metrics.color, 0,
                              start_step_ > 1},
       log);
   print_start_summary();
@@ -224,12 +214,12 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
 
 void Trainer::lock_run_folders() {
   if (group_.rank() == 0) {
-    locks_.push_back(std::make_unique<FolderLock>(cfg_.get_string("job.dump_folder"), "job.dump_folder", log_));
+    locks_.push_back(std::make_unique<FolderLock>(job_.dump_folder, "job.dump_folder", log_));
     // The checkpoint folder too, relative or not: another run may name it absolutely from its own
     // dump folder. Not twice: flock refuses a second lock on the same file even in this process.
-    const auto dump = std::filesystem::path(cfg_.get_string("job.dump_folder"));
-    const auto folder = dump / cfg_.get_string("checkpoint.folder");
-    if (cfg_.get_bool("checkpoint.enable_checkpoint")) {
+    const auto dump = std::filesystem::path(job_.dump_folder);
+    const auto folder = dump / job_.checkpoint.folder;
+    if (job_.checkpoint.enabled) {
       std::error_code ec;
       std::filesystem::create_directories(folder, ec);  // FolderLock reports a failure to create it
       if (!std::filesystem::equivalent(dump, folder, ec))
@@ -253,7 +243,7 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
 #ifdef TITAN_WITH_CUDA
   select_cuda_device();  // NCCL binds to the current device
   if (auto* world = dynamic_cast<parallel::NcclGroup*>(&dp_->shard_group())) return world;  // a torchrun-style start
-  auto group = parallel::make_nccl_group(dp_->shard_group(), cfg_.get_real("comm.train_timeout_seconds"));
+  auto group = parallel::make_nccl_group(dp_->shard_group(), job_.comm_timeout_seconds);
   cuda::DeviceCollectives* collectives = group.get();
   nccl_ = std::move(group);  // declared before the engine, so it outlives the model that uses it
   return collectives;
@@ -266,7 +256,7 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
   if (!on_cuda || dp_->mesh().replicate == 1) return nullptr;
 #ifdef TITAN_WITH_CUDA
   select_cuda_device();  // NCCL binds to the current device
-  auto group = parallel::make_nccl_group(dp_->replicate_group(), cfg_.get_real("comm.train_timeout_seconds"));
+  auto group = parallel::make_nccl_group(dp_->replicate_group(), job_.comm_timeout_seconds);
   cuda::DeviceCollectives* collectives = group.get();
   nccl_replicas_ = std::move(group);  // declared before the engine, so it outlives it
   return collectives;
@@ -276,12 +266,12 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
 }
 
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
-void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const {
+void Trainer::check_memory_estimate(bool cuda, int shards) const {
   auto e = estimate_memory(args_, shape_, plan_.ac, cuda ? cuda_estimate_backend(plan_) : EstimateBackend::cpu, shards,
                            plan_.keep_gathered_blocks, plan_.attention);
-  if (!cuda) e.buffers += async_checkpoint_bytes(cfg, args_, shards);
+  if (!cuda) e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards);
   const double have = device_memory_bytes(cuda);
-  if (e.total() <= have || cfg.get_bool("training.skip_memory_check")) return;
+  if (e.total() <= have || job_.skip_memory_check) return;
   throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
                          ": does not fit; lower training.batch_size or training.seq_len",
                          cuda ? "" : ", set activation_checkpoint.mode = \"full\"",
@@ -289,7 +279,7 @@ void Trainer::check_memory_estimate(const config::JobConfig& cfg, bool cuda, int
 }
 
 std::string Trainer::model_signature() const {
-  return checkpoint::model_signature(args_, cfg_.get_string("model.flavor"),
+  return checkpoint::model_signature(args_, job_.model.flavor,
                                      data_.tokenizer ? std::to_string(data_.tokenizer->fingerprint()) : "none");
 }
 
@@ -355,7 +345,7 @@ void Trainer::export_weights(int64_t step) {
   if (group_.rank() != 0) return;
   checkpoints_->wait();
   engine_->to_host();
-  const auto folder = std::filesystem::path(cfg_.get_string("job.dump_folder")) / cfg_.get_string("checkpoint.folder");
+  const auto folder = std::filesystem::path(job_.dump_folder) / job_.checkpoint.folder;
   const auto dir = folder / ("export-step-" + std::to_string(step));
   std::unique_ptr<llama3::Transformer> whole;  // sharded: the whole model, read from this step's checkpoint
   if (dp_->sharded()) {
@@ -363,7 +353,7 @@ void Trainer::export_weights(int64_t step) {
     whole = std::make_unique<llama3::Transformer>(args_);
     checkpoint::load_parameters(step_dir, checkpoint::read_metadata(step_dir), whole->parameters(), false);
   }
-  checkpoint::export_hf(whole ? whole->parameters() : model_->parameters(), args_, dir.string(), cfg_.get_string("checkpoint.export_dtype") == "bfloat16",
+  checkpoint::export_hf(whole ? whole->parameters() : model_->parameters(), args_, dir.string(), job_.checkpoint.export_bf16,
                         data_.tokenizer ? data_.tokenizer->bos_id() : -1, data_.tokenizer ? data_.tokenizer->eos_id() : -1);
   log_ << "checkpoint: exported the model (Hugging Face safetensors + config.json) to " << dir.string() << "\n";
 }
@@ -378,7 +368,7 @@ void Trainer::print_start_summary() {
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);
     mem.activation_bytes = static_cast<size_t>(e.activations + e.buffers);
   }
-  log_ << "model: llama3 " << cfg_.get_string("model.flavor") << " (dim " << args_.dim << ", layers "
+  log_ << "model: llama3 " << job_.model.flavor << " (dim " << args_.dim << ", layers "
        << args_.n_layers << ", heads " << args_.n_heads << ", kv heads " << args_.n_kv_heads << ", ffn "
        << args_.ffn_hidden() << ", vocab " << args_.vocab_size << ")\n";
   char line[256];
@@ -425,11 +415,11 @@ StepMetrics Trainer::train_step(int64_t step) {
   // Every micro-batch's loss is scaled by 1 / (tokens of the global batch), so the accumulated
   // gradient is that of the global batch's mean loss.
   const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_ * group_.size());
-  m.lr = optimizer_.config().lr * schedule_.factor(step - 1);
+  m.lr = optimizer_.config().lr * job_.schedule.factor(step - 1);
   Engine::StepOutcome fused;
   Tracer::Span step_span(&tracer_, "step (forward, backward, optimizer)");
   if (accumulation_ == 1 && engine_->fused_step(batch.tokens.data(), batch.labels.data(), shape_, grad_scale, m.lr,
-                                                max_norm_, fused)) {
+                                                job_.max_norm, fused)) {
     m.loss = fused.loss_sum / static_cast<double>(std::max<int64_t>(1, fused.count));
     m.grad_norm = fused.grad_norm;
     m.skipped = !finite_or_stop(step, m);  // the engine has already skipped the update if not finite
@@ -455,7 +445,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
   m.grad_norm = std::sqrt(dp_->global_grad_sq(engine_->grad_sq_sum()));
-  if (finite_or_stop(step, m)) engine_->update(m.grad_norm, max_norm_, m.lr);
+  if (finite_or_stop(step, m)) engine_->update(m.grad_norm, job_.max_norm, m.lr);
   else m.skipped = true;
   m.step_seconds = timer.seconds();
   return m;
@@ -485,7 +475,7 @@ void Trainer::fill_comm(metrics::LogRecord& r, double window_bytes, int64_t wind
 
 bool Trainer::finite_or_stop(int64_t step, const StepMetrics& m) {
   if (std::isfinite(m.loss) && std::isfinite(m.grad_norm)) return true;
-  if (cfg_.get_string("training.on_nonfinite") == "stop")
+  if (job_.stop_on_nonfinite)
     throw std::runtime_error(concat("step ", step, ": loss ", m.loss, ", grad norm ", m.grad_norm,
                                     " is not finite; stopping (lower optimizer.lr, or set training.on_nonfinite = skip)"));
   log_ << "warning: step " << step << ": loss " << m.loss << ", grad norm " << m.grad_norm
@@ -494,8 +484,8 @@ bool Trainer::finite_or_stop(int64_t step, const StepMetrics& m) {
 }
 
 double Trainer::validation_loss() {
-  auto source = make_validation_source(data_, cfg_, args_.vocab_size);
-  const int64_t steps = cfg_.get_int("validation.steps"), seq = shape_.seq;
+  auto source = make_validation_source(data_, job_, args_.vocab_size);
+  const int64_t steps = job_.validation.steps, seq = shape_.seq;
   std::vector<int32_t> window(seq + 1), tokens(shape_.rows()), labels(shape_.rows());
   double loss_sum = 0;
   int64_t count = 0;
@@ -516,7 +506,7 @@ metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seco
                                         int64_t window_steps, double elapsed) const {
   metrics::LogRecord r;
   r.step = m.step;
-  r.steps = cfg_.get_int("training.steps");
+  r.steps = job_.steps;
   r.loss = r.loss_max = m.loss;  // one rank: the mean and the max across ranks are the same
   r.grad_norm = m.grad_norm;
   r.lr = m.lr;
@@ -539,19 +529,18 @@ metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seco
 }
 
 void Trainer::write_trace(int64_t step) {
-  const auto dir = std::filesystem::path(cfg_.get_string("job.dump_folder")) /
-                   cfg_.get_string("profiling.save_traces_folder") / ("iteration_" + std::to_string(step));
+  const auto dir = std::filesystem::path(job_.dump_folder) / job_.profiling.traces_folder / ("iteration_" + std::to_string(step));
   tracer_.write_chrome_trace((dir / "rank0_trace.json").string());
   tracer_.clear();
 }
 
 std::vector<StepMetrics> Trainer::run() {
-  const int64_t steps = cfg_.get_int("training.steps"), log_freq = cfg_.get_int("metrics.log_freq");
-  const bool validate = cfg_.get_bool("validation.enabled"), profile = cfg_.get_bool("profiling.enable_profiling");
-  const int64_t val_freq = cfg_.get_int("validation.freq"), profile_freq = cfg_.get_int("profiling.profile_freq");
+  const int64_t steps = job_.steps, log_freq = job_.metrics.log_freq;
+  const bool validate = job_.validation.enabled, profile = job_.profiling.enabled;
+  const int64_t val_freq = job_.validation.freq, profile_freq = job_.profiling.freq;
   set_stop_phase(StopPhase::training);  // a first stop signal now waits for the step in progress
   std::vector<StepMetrics> history;
-  if (checkpoints_ && cfg_.get_bool("checkpoint.create_seed_checkpoint")) {
+  if (checkpoints_ && job_.checkpoint.create_seed) {
     save_checkpoint(0);
     checkpoints_->wait();
     log_ << "checkpoint: wrote the seed checkpoint (step 0); exiting\n";
@@ -588,7 +577,7 @@ std::vector<StepMetrics> Trainer::run() {
       if (logger_) logger_->log_validation(step, loss);
     }
     if (checkpoints_ && (checkpoints_->due(step) || step == steps || stopping)) save_checkpoint(step);
-    if (checkpoints_ && step == steps && cfg_.get_bool("checkpoint.model_weights_only")) export_weights(step);
+    if (checkpoints_ && step == steps && job_.checkpoint.export_weights) export_weights(step);
     if (stopping) {
       log_ << "received " << (stop_requested() != 0 ? signal_name(stop_requested()) : "a stop from another rank")
            << ": stopped cleanly after step "
@@ -631,6 +620,7 @@ int train_main(const std::vector<std::string>& args) {
   }
   cfg.apply_overrides(overrides);
   cfg.validate();
+  // The world group comes before the trainer (which resolves the other keys) and needs only its timeout.
   auto group = parallel::make_world_group(cfg.get_real("comm.train_timeout_seconds"));
   std::ostream quiet(nullptr);  // ranks other than 0 print nothing but errors
   try {

@@ -7,6 +7,7 @@
 
 #include "titan/checkpoint/manager.h"
 #include "titan/config/job_config.h"
+#include "titan/config/job_settings.h"
 #include "titan/core/folder_lock.h"
 #include "titan/core/trace.h"
 #include "titan/data/loader.h"
@@ -14,7 +15,6 @@
 #include "titan/models/llama3/transformer.h"
 #include "titan/ops/attention_library.h"
 #include "titan/optim/adamw.h"
-#include "titan/optim/lr_schedule.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/parallel/process_group.h"
 #include "titan/train/datasets.h"
@@ -50,7 +50,7 @@ class Trainer {
 
  private:
   void print_start_summary();
-  void check_memory_estimate(const config::JobConfig& cfg, bool cuda, int shards) const;
+  void check_memory_estimate(bool cuda, int shards) const;
   // FSDP on a GPU: NCCL over the shard group (made here, or the world's own under torchrun).
   cuda::DeviceCollectives* device_collectives(bool on_cuda);
   // The replicas' NCCL group of a GPU run with HSDP or replicated data parallel (null otherwise).
@@ -75,7 +75,9 @@ class Trainer {
 
   std::unique_ptr<parallel::ProcessGroup> own_group_;  // the one-rank group when none is given
   parallel::ProcessGroup& group_;
-  const config::JobConfig& cfg_;
+  const config::JobConfig& cfg_;   // for the resolved TOML and the digest; the keys are read once, into job_
+  config::JobSettings job_;
+  const config::RunPlan& plan_;  // job_.plan: how the run computes
   std::ostream& log_;
   std::vector<std::unique_ptr<FolderLock>> locks_;  // the run's folders, held until everything below is gone
   DataSetup data_;
@@ -89,9 +91,6 @@ class Trainer {
   std::unique_ptr<Engine> engine_;              // runs the steps: CPU or GPU
   std::unique_ptr<data::DataLoader> loader_;
   optim::AdamW optimizer_;
-  optim::LrSchedule schedule_;
-  double max_norm_;
-  config::RunPlan plan_;  // how the run computes, resolved once from cfg_
   double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
   double flops_per_token_ = 0;  // torchtitan's formula for this model and seq_len
   std::unique_ptr<metrics::MetricsLogger> logger_;

@@ -1,0 +1,47 @@
+#include "titan/config/job_settings.h"
+
+namespace titan::config {
+
+JobSettings resolve_job_settings(const JobConfig& cfg) {
+  JobSettings s;
+  s.source = &cfg;
+  s.dump_folder = cfg.get_string("job.dump_folder");
+  s.model = {cfg.get_string("model.flavor"), cfg.get_int("model.vocab_size"), cfg.get_string("model.tokenizer_path")};
+  s.data = {cfg.get_string("training.dataset"), cfg.get_string("training.dataset_path"),
+            cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records"),
+            static_cast<uint64_t>(cfg.get_int("training.seed"))};
+  s.optimizer = {cfg.get_real("optimizer.lr"), cfg.get_real("optimizer.beta1"), cfg.get_real("optimizer.beta2"),
+                 cfg.get_real("optimizer.eps"), cfg.get_real("optimizer.weight_decay")};
+  s.steps = cfg.get_int("training.steps");
+  s.schedule = {cfg.get_int("training.warmup_steps"), s.steps,
+                cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear};
+  s.max_norm = cfg.get_real("training.max_norm");
+  s.global_batch_size = cfg.get_int("training.global_batch_size");
+  s.threads = cfg.get_int("training.threads");
+  s.stop_on_nonfinite = cfg.get_string("training.on_nonfinite") == "stop";
+  s.skip_memory_check = cfg.get_bool("training.skip_memory_check");
+  s.comm_timeout_seconds = cfg.get_real("comm.train_timeout_seconds");
+
+  auto& c = s.checkpoint;
+  c.enabled = cfg.get_bool("checkpoint.enable_checkpoint");
+  c.folder = cfg.get_string("checkpoint.folder");
+  c.interval = cfg.get_int("checkpoint.interval");
+  c.keep_latest_k = cfg.get_int("checkpoint.keep_latest_k");
+  c.load_step = cfg.get_int("checkpoint.load_step");
+  c.async = cfg.get_string("checkpoint.async_mode") != "disabled";
+  c.create_seed = cfg.get_bool("checkpoint.create_seed_checkpoint");
+  c.export_weights = cfg.get_bool("checkpoint.model_weights_only");
+  c.export_bf16 = cfg.get_string("checkpoint.export_dtype") == "bfloat16";
+
+  s.metrics = {cfg.get_int("metrics.log_freq"), cfg.get_real("metrics.peak_tflops") * 1e12,
+               cfg.get_bool("metrics.enable_tensorboard"), cfg.get_bool("metrics.enable_color_printing"),
+               cfg.get_string("metrics.save_tb_folder")};
+  s.validation = {cfg.get_bool("validation.enabled"), cfg.get_int("validation.freq"), cfg.get_int("validation.steps"),
+                  cfg.get_string("validation.dataset_path")};
+  s.profiling = {cfg.get_bool("profiling.enable_profiling"), cfg.get_int("profiling.profile_freq"),
+                 cfg.get_string("profiling.save_traces_folder")};
+  s.plan = resolve_run_plan(cfg);
+  return s;
+}
+
+}  // namespace titan::config
