@@ -14,8 +14,9 @@ if [[ ! -x build/venv/bin/python ]]; then
   mkdir -p build
   /usr/bin/python3 -m venv --system-site-packages build/venv
 fi
-build/venv/bin/python -c "import tiktoken, tokenizers, tensorboard, safetensors, xxhash" 2>/dev/null ||
-  build/venv/bin/pip install -q "tiktoken==0.14.0" "tokenizers==0.23.3" "tensorboard==2.21.0" "safetensors==0.8.0" "xxhash==3.5.0"
+build/venv/bin/python -c "import tiktoken, tokenizers, tensorboard, safetensors, xxhash, ml_dtypes" 2>/dev/null ||
+  build/venv/bin/pip install -q "tiktoken==0.14.0" "tokenizers==0.23.3" "tensorboard==2.21.0" "safetensors==0.8.0" "xxhash==3.5.0" \
+    "ml_dtypes==0.5.1"
 cmake --preset cpu >/dev/null
 cmake --build --preset cpu
 ctest --preset cpu "$@"

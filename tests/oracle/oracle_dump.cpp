@@ -4,6 +4,7 @@
 //   oracle_dump model key=value... out=FILE
 //   oracle_dump train key=value... out=FILE
 #include <cmath>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <string>
@@ -12,6 +13,8 @@
 #include "tensor_file.h"
 #include "titan/core/rng.h"
 #include "titan/models/llama3/transformer.h"
+#include "titan/ops/cpu/cpu_backend.h"
+#include "titan/ops/float8.h"
 #include "titan/ops/ops.h"
 #include "titan/optim/adamw.h"
 #include "titan/optim/grad_clip.h"
@@ -114,6 +117,54 @@ void run_op(const std::string& op, const Args& a, TensorFile& f) {
     float loss = static_cast<float>(r.loss_sum / static_cast<double>(r.count));
     f.add("h", {n, d}, h.data()); f.add("w", {vocab, d}, w.data()); f.add("labels", {n}, labels.data());
     f.add("loss", {1}, &loss); f.add("dh", {n, d}, dh.data()); f.add("dw", {vocab, d}, dw.data());
+  } else if (op == "float8_cast") {
+    // Every float32 whose low 16 bits are one of a few patterns: all signs, exponents and the
+    // top 7 mantissa bits, so every float8 value, every tie between two of them (trailing zeros),
+    // values either side of each tie, subnormals of both widths, +-inf and NaN.
+    const uint32_t lows[] = {0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF};
+    std::vector<float> x;
+    for (uint32_t hi = 0; hi < 0x10000; ++hi)
+      for (uint32_t lo : lows) {
+        const uint32_t bits = hi << 16 | lo;
+        float v;
+        std::memcpy(&v, &bits, sizeof v);
+        x.push_back(v);
+      }
+    const int64_t n = static_cast<int64_t>(x.size());
+    f.add("x", {n}, x.data());
+    for (auto fmt : {float8::Format::e4m3, float8::Format::e5m2}) {
+      std::vector<float> value(n), bits(n), decoded(n);
+      for (int64_t i = 0; i < n; ++i) {
+        value[i] = float8::saturate_round(x[i], fmt);
+        const uint8_t b = float8::encode(x[i], fmt);
+        bits[i] = b;
+        decoded[i] = float8::decode(b, fmt);
+      }
+      const std::string k = float8::name(fmt);
+      f.add(k + "_value", {n}, value.data()); f.add(k + "_bits", {n}, bits.data()); f.add(k + "_decoded", {n}, decoded.data());
+    }
+  } else if (op == "float8_linear") {
+    // The CPU backend's emulated float8 linear under one recipe. Power-of-two scales make the
+    // cast scale-invariant except where values fall to float8's subnormals or saturate, so a
+    // scale taken along the wrong axis only shows across a range wider than e4m3's (2^15): the
+    // rows and columns of x, W and dY span 2^16 and more, each along its own axis (dY's rows
+    // against x's, so every row weighs alike in dW = dY^T x).
+    const int64_t n = a.i("n"), in = a.i("in_features"), out = a.i("out_features");
+    auto x = randn(seed, "x", n * in), w = randn(seed, "w", out * in, 0.2f), dy = randn(seed, "dy", n * out, 1e-3f);
+    auto spread = [](std::vector<float>& m, int64_t cols, int row_shift, int col_shift) {
+      for (size_t i = 0; i < m.size(); ++i)
+        m[i] = std::ldexp(m[i], row_shift * static_cast<int>((i / cols) % 3) + col_shift * static_cast<int>((i % cols) % 5));
+    };
+    spread(x, in, 8, 1);
+    spread(w, in, 8, 4);
+    spread(dy, out, -8, 4);
+    std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.0f);
+    cpu::CpuBackend backend;
+    backend.set_float8_recipe(float8::recipe(a.s("recipe")));
+    backend.linear_forward(x.data(), w.data(), y.data(), n, in, out, LinearPrecision::float8);
+    backend.linear_backward(x.data(), w.data(), dy.data(), dx.data(), dw.data(), n, in, out, 0.0f, LinearPrecision::float8);
+    f.add("x", {n, in}, x.data()); f.add("w", {out, in}, w.data()); f.add("dy", {n, out}, dy.data());
+    f.add("y", {n, out}, y.data()); f.add("dx", {n, in}, dx.data()); f.add("dw", {out, in}, dw.data());
   } else {
     throw std::runtime_error("unknown op " + op);
   }

@@ -67,7 +67,10 @@ TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[optimizer]\nlr = -1.0\n").find("optimizer.lr"), std::string::npos);
   EXPECT_NE(load_error("[optimizer]\nbeta2 = 1.0\n").find("beta2"), std::string::npos);
   EXPECT_NE(load_error("[training]\ntensor_parallel_degree = 2\n").find("not supported yet"), std::string::npos);
-  EXPECT_NE(load_error("[float8]\nenable_float8_linear = true\n").find("not supported yet"), std::string::npos);
+  EXPECT_EQ(load_error("[float8]\nenable_float8_linear = true\n"), "");
+  EXPECT_NE(load_error("[float8]\nenable_fsdp_float8_all_gather = true\n").find("not supported yet"), std::string::npos);
+  EXPECT_NE(load_error("[float8]\nrecipe_name = \"blockwise\"\n").find("expected tensorwise, rowwise or rowwise_with_gw_hp"),
+            std::string::npos);
   EXPECT_NE(load_error("[model]\nnorm_type = \"layernorm\"\n").find("expected rmsnorm"), std::string::npos);
   EXPECT_NE(load_error("[training]\nlr_decay = \"step\"\n").find("linear or cosine"), std::string::npos);
   EXPECT_NE(load_error("[training]\ndata_parallel_shard_degree = 0\n").find("expected -1 or a positive"), std::string::npos);
@@ -121,6 +124,27 @@ TEST(Config, BadOverrides) {
   EXPECT_THROW(cfg.apply_overrides({"--training.steps"}), UserError);
   EXPECT_THROW(cfg.apply_overrides({"training.steps", "7"}), UserError);
   EXPECT_THROW(cfg.apply_overrides({"--optimizer.lr", "nan"}), UserError);
+}
+
+// torchtitan's list keys (float8.filter_fqns): a TOML array of strings, or comma-separated on
+// the command line; anything else names the key.
+TEST(Config, StringLists) {
+  JobConfig cfg;
+  EXPECT_TRUE(cfg.get_strings("float8.filter_fqns").empty());
+  cfg.load_file(write_toml("[float8]\nfilter_fqns = [\"output\", \"layers.0.\"]\n"));
+  EXPECT_EQ(cfg.get_strings("float8.filter_fqns"), (std::vector<std::string>{"output", "layers.0."}));
+  cfg.apply_overrides({"--float8.filter_fqns", "output, w2"});
+  EXPECT_EQ(cfg.get_strings("float8.filter_fqns"), (std::vector<std::string>{"output", "w2"}));
+  cfg.apply_overrides({"--float8.filter_fqns="});
+  EXPECT_TRUE(cfg.get_strings("float8.filter_fqns").empty());
+  EXPECT_NE(load_error("[float8]\nfilter_fqns = \"output\"\n").find(":2: float8.filter_fqns: expected a list of strings"),
+            std::string::npos);
+  EXPECT_NE(load_error("[float8]\nfilter_fqns = [\"output\", 3]\n").find("expected a list of strings"), std::string::npos);
+  EXPECT_NE(load_error("", {"--float8.filter_fqns", "output,,w2"}).find("expected a list of strings"), std::string::npos);
+  JobConfig again;
+  cfg.apply_overrides({"--float8.filter_fqns", "output,layers.1"});
+  again.load_file(write_toml(cfg.to_toml()));
+  EXPECT_EQ(again.get_strings("float8.filter_fqns"), cfg.get_strings("float8.filter_fqns"));
 }
 
 TEST(Config, ResolvedTomlLoadsBackToTheSameValues) {

@@ -96,7 +96,7 @@ TEST(Layout, DescribesEveryTensorOnceWithItsUnitShapeAndHfName) {
   EXPECT_EQ(layout[layout.block_index(0, Role::wv)].rope_heads, 0);
   EXPECT_EQ(layout[layout.root_index(Role::output)].hf_name, "lm_head.weight");
   EXPECT_EQ(layout[layout.root_index(Role::norm)].precision, LinearPrecision::none);
-  EXPECT_EQ(layout[layout.block_index(1, Role::w1)].precision, LinearPrecision::bf16);
+  EXPECT_EQ(layout[layout.block_index(1, Role::w1)].precision, LinearPrecision::high);
   EXPECT_TRUE(layout[layout.root_index(Role::tok_embeddings)].summed_gradient);
   EXPECT_TRUE(layout[layout.block_index(0, Role::ffn_norm)].summed_gradient);
   EXPECT_FALSE(layout[layout.root_index(Role::output)].summed_gradient);  // one GEMM writes it

@@ -52,12 +52,13 @@ class RecordingBackend final : public Backend {
   }
   void embedding_forward(const void*, void*, int64_t n, int64_t) override { op("embedding_forward", n); }
   void embedding_backward(const void*, float*, int64_t n, int64_t) override { op("embedding_backward", n); }
-  void linear_forward(const void*, const void*, void*, int64_t n, int64_t in, int64_t out) override {
-    op(concat("linear ", in, "->", out), n);
+  void set_float8_recipe(const float8::Recipe& r) override { ops.push_back("float8 recipe " + r.name); }
+  void linear_forward(const void*, const void*, void*, int64_t n, int64_t in, int64_t out, LinearPrecision p) override {
+    op(concat("linear ", in, "->", out, p == LinearPrecision::float8 ? " float8" : ""), n);
   }
   void linear_backward(const void*, const void*, const void*, void*, float*, int64_t n, int64_t in, int64_t out,
-                       float beta) override {
-    op(concat("linear_backward ", in, "->", out, " beta ", beta), n);
+                       float beta, LinearPrecision p) override {
+    op(concat("linear_backward ", in, "->", out, " beta ", beta, p == LinearPrecision::float8 ? " float8" : ""), n);
   }
   void rmsnorm_forward(const void*, const void*, void*, float*, int64_t n, int64_t, float) override { op("rmsnorm", n); }
   void add_rmsnorm_forward(const void*, const void*, void*, const void*, void*, float*, int64_t n, int64_t,
@@ -356,4 +357,28 @@ TEST(OneModel, PlanGenerationCountsReallocations) {
   model.set_activation_checkpointing({Mode::full, 1});
   model.plan({1, 7});
   EXPECT_EQ(model.plan_generation(), first + 2);
+}
+
+// Float8 is applied from outside, per linear: the backend gets the recipe once and each block
+// linear its precision, forward and backward; the classifier's op is unchanged.
+TEST(OneModel, Float8LinearsReachTheBackendPerLinear) {
+  const ModelArgs a = small_args();
+  RecordingBackend backend(DType::bf16);
+  NullWeights weights;
+  Model model(a, backend, weights);
+  model.set_float8_linears(select_float8_linears(model.layout(), float8::recipe("rowwise"), {"output", "layers.1."}));
+  std::vector<int32_t> tokens(10, 1), labels(10, 2);
+  model.forward_backward(tokens.data(), labels.data(), {2, 5}, 0.1f);
+  const auto& ops = backend.ops;
+  EXPECT_EQ(count(ops, "float8 recipe rowwise"), 1);
+  int float8_forward = 0, float8_backward = 0, high = 0;
+  for (const auto& op : ops) {
+    const bool f8 = op.find(" float8") != std::string::npos && op.rfind("float8 recipe", 0) != 0;
+    float8_forward += f8 && op.rfind("linear ", 0) == 0;
+    float8_backward += f8 && op.rfind("linear_backward ", 0) == 0;
+    high += !f8 && op.rfind("linear", 0) == 0;
+  }
+  EXPECT_EQ(float8_forward, 7 * 2);   // layers 0 and 2; layers.1. is filtered
+  EXPECT_EQ(float8_backward, 7 * 2);
+  EXPECT_EQ(high, 7 * 2);             // layers.1, forward and backward
 }

@@ -113,7 +113,10 @@ std::vector<KeySpec> make_schema() {
       {"activation_checkpoint", "mode", string, "none", "none, selective or full (recompute activations in backward; CPU backend)"},
       {"activation_checkpoint", "selective_ac_option", string_or_int, "2", "selective: N (recompute every N-th block) or op (keep matmul and attention outputs, recompute the rest)"},
 
-      {"float8", "enable_float8_linear", boolean, "false", "FP8 linears", default_only},
+      {"float8", "enable_float8_linear", boolean, "false", "run the linears in float8 (torchao's float8 training; the CPU emulates it)"},
+      {"float8", "recipe_name", string, "", "tensorwise (unset: the default), rowwise or rowwise_with_gw_hp"},
+      {"float8", "filter_fqns", string_list, "", "linears whose name contains one of these stay in high precision (train_configs: [\"output\"])"},
+      {"float8", "emulate", boolean, "false", "emulate float8 in high precision (the CPU always does)"},
       {"float8", "enable_fsdp_float8_all_gather", boolean, "false", "FP8 all-gather", default_only},
       {"float8", "precompute_float8_dynamic_scale_for_fsdp", boolean, "false", "FP8 scale precompute", default_only},
   };
@@ -132,11 +135,23 @@ std::string type_name(KeyType t) {
     case real: return "a number";
     case string: return "a string";
     case string_or_int: return "a string or an integer";
+    case string_list: return "a list of strings";
   }
   return "?";
 }
 
+std::string quoted(const std::string& s) {
+  std::ostringstream os;
+  os << toml::value<std::string>(s);
+  return os.str();
+}
+
 std::string render(const Value& v) {
+  if (auto list = std::get_if<std::vector<std::string>>(&v)) {
+    std::string out = "[";
+    for (size_t i = 0; i < list->size(); ++i) out += (i ? ", " : "") + quoted((*list)[i]);
+    return out + "]";
+  }
   if (auto b = std::get_if<bool>(&v)) return *b ? "true" : "false";
   if (auto i = std::get_if<int64_t>(&v)) return std::to_string(*i);
   if (auto d = std::get_if<double>(&v)) {
@@ -177,6 +192,17 @@ bool parse_text(KeyType type, const std::string& text, Value& out) {
     }
     case string:
     case string_or_int: out = text; return true;
+    case string_list: {
+      std::vector<std::string> items;
+      std::istringstream in(text);
+      for (std::string item; std::getline(in, item, ',');) {
+        const auto first = item.find_first_not_of(' '), last = item.find_last_not_of(' ');
+        if (first == std::string::npos) return false;  // an empty entry ("a,,b", "a,") is a typo
+        items.push_back(item.substr(first, last - first + 1));
+      }
+      out = items;
+      return true;
+    }
   }
   return false;
 }
@@ -201,6 +227,18 @@ bool parse_node(KeyType type, const toml::node& node, Value& out) {
       if (auto v = node.value_exact<std::string>()) { out = *v; return true; }
       if (auto v = node.value_exact<int64_t>()) { out = std::to_string(*v); return true; }
       return false;
+    case string_list: {
+      const auto* array = node.as_array();
+      if (!array) return false;
+      std::vector<std::string> items;
+      for (const auto& element : *array) {
+        auto v = element.value_exact<std::string>();
+        if (!v) return false;
+        items.push_back(*v);
+      }
+      out = items;
+      return true;
+    }
   }
   return false;
 }
@@ -315,6 +353,9 @@ bool JobConfig::get_bool(const std::string& k) const { return std::get<bool>(val
 int64_t JobConfig::get_int(const std::string& k) const { return std::get<int64_t>(value(k)); }
 double JobConfig::get_real(const std::string& k) const { return std::get<double>(value(k)); }
 std::string JobConfig::get_string(const std::string& k) const { return std::get<std::string>(value(k)); }
+std::vector<std::string> JobConfig::get_strings(const std::string& k) const {
+  return std::get<std::vector<std::string>>(value(k));
+}
 
 bool JobConfig::is_default(const std::string& k) const {
   const KeySpec* spec = find_spec(k);
@@ -410,6 +451,8 @@ void JobConfig::validate() const {
     fail("training.attention", "expected auto, titan or cudnn");
   if (const auto m = get_string("training.cuda_model"); m != "legacy" && m != "model")
     fail("training.cuda_model", "expected legacy or model");
+  if (const auto r = get_string("float8.recipe_name"); !r.empty() && r != "tensorwise" && r != "rowwise" && r != "rowwise_with_gw_hp")
+    fail("float8.recipe_name", "expected tensorwise, rowwise or rowwise_with_gw_hp (or unset: tensorwise)");
   if (const auto r = get_string("training.fsdp_reshard_after_forward"); r != "default" && r != "always" && r != "never")
     fail("training.fsdp_reshard_after_forward", "expected default, always or never");
 }
@@ -433,7 +476,7 @@ std::string JobConfig::to_toml() const {
     const Value& v = value(s.full());
     os << s.key << " = ";
     if (std::holds_alternative<std::string>(v)) {
-      os << toml::value<std::string>(std::get<std::string>(v));
+      os << quoted(std::get<std::string>(v));
     } else {
       os << render(v);
     }

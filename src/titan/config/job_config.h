@@ -10,7 +10,8 @@
 
 namespace titan::config {
 
-enum class KeyType { boolean, integer, real, string, string_or_int };
+// string_list: a TOML array of strings; on the command line, comma-separated.
+enum class KeyType { boolean, integer, real, string, string_or_int, string_list };
 
 // What titan does with a key: implemented; accepted but meaningless in C++ (logged once);
 // or implemented only at its default, any other value refused as not supported yet.
@@ -27,7 +28,7 @@ struct KeySpec {
 
 const std::vector<KeySpec>& schema();
 
-using Value = std::variant<bool, int64_t, double, std::string>;
+using Value = std::variant<bool, int64_t, double, std::string, std::vector<std::string>>;
 
 class JobConfig {
  public:
@@ -43,6 +44,7 @@ class JobConfig {
   int64_t get_int(const std::string& full_key) const;
   double get_real(const std::string& full_key) const;
   std::string get_string(const std::string& full_key) const;
+  std::vector<std::string> get_strings(const std::string& full_key) const;
   bool is_default(const std::string& full_key) const;
   // Where a key's value came from: "file:line", "--flag" or "default".
   std::string origin(const std::string& full_key) const;

@@ -57,6 +57,10 @@ RunPlan resolve_run_plan(const JobConfig& cfg) {
   p.reshard = ReshardPolicy::from_setting(reshard);
   p.keep_gathered_blocks = reshard == "never";
   p.attention = attention(cfg, p.deterministic);
+  p.float8.enabled = cfg.get_bool("float8.enable_float8_linear");
+  p.float8.recipe = float8::recipe(cfg.get_string("float8.recipe_name"));  // validated by JobConfig::validate
+  p.float8.filter_fqns = cfg.get_strings("float8.filter_fqns");
+  p.float8.emulate = cfg.get_bool("float8.emulate");
   return p;
 }
 

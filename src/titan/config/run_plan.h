@@ -6,11 +6,13 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "titan/config/job_config.h"
 #include "titan/core/reshard_policy.h"
 #include "titan/models/llama3/activation_plan.h"
 #include "titan/ops/attention_library.h"
+#include "titan/ops/float8.h"
 
 namespace titan::config {
 
@@ -30,6 +32,13 @@ struct RunPlan {
   // training.attention, unless TITAN_ATTENTION_IMPL overrides it; a deterministic run keeps
   // titan's kernels.
   AttentionLibrary attention = AttentionLibrary::automatic;
+  // [float8]: which linears run in float8 and under which recipe (docs/float8.md).
+  struct Float8 {
+    bool enabled = false;
+    float8::Recipe recipe;
+    std::vector<std::string> filter_fqns;
+    bool emulate = false;  // the CPU emulates whatever this says
+  } float8;
   // Where each of the keys above was set, for errors ("file.toml:12", "--training.device", "default").
   const JobConfig* source = nullptr;
   std::string origin(const std::string& key) const { return source ? source->origin(key) : key; }

@@ -72,7 +72,8 @@ void MetricsLogger::log(const LogRecord& r) {
       << ", \"mfu\": " << json_number(r.mfu) << ", \"mem_active_gib\": " << json_number(r.mem_active_gib)
       << ", \"mem_reserved_gib\": " << json_number(r.mem_reserved_gib) << ", \"data_pct\": " << json_number(r.data_pct)
       << ", \"elapsed_s\": " << json_number(r.elapsed_s) << ", \"comm_bytes\": " << json_number(r.comm_bytes)
-      << ", \"comm_bytes_max\": " << json_number(r.comm_bytes_max) << "}\n";
+      << ", \"comm_bytes_max\": " << json_number(r.comm_bytes_max) << ", \"float8_linears\": " << r.float8_linears
+      << "}\n";
   append_checked(out.str());
 
   if (tb_) {

@@ -22,6 +22,7 @@ struct LogRecord {
   double step_seconds = 0, elapsed_s = 0, eta_s = 0;
   // Data-parallel traffic per rank per step (bytes; mean and max over the ranks); 0 on one rank.
   double comm_bytes = 0, comm_bytes_max = 0;
+  int64_t float8_linears = 0;  // linears that ran in float8 (float8.enable_float8_linear)
 };
 
 struct LoggerOptions {

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "titan/core/dtype.h"
+#include "titan/ops/float8.h"
 
 namespace titan {
 
@@ -21,6 +22,10 @@ struct BatchShape {
   int64_t rows() const { return batch * seq; }
   bool operator==(const BatchShape&) const = default;
 };
+
+// How a linear's GEMMs run: in the backend's own precision (fp32 on the CPU, bf16 on the GPU),
+// or in float8 under the recipe the backend was given. none: the tensor is not a GEMM weight.
+enum class LinearPrecision { none, high, float8 };
 
 struct AttentionDims {
   int64_t batch, seq, heads, kv_heads, head_dim;
@@ -45,6 +50,8 @@ class Buffer {
 struct PassDims {
   BatchShape shape;
   int64_t dim = 0, heads = 0, head_dim = 0, vocab = 0;
+  int64_t ffn_hidden = 0;
+  bool float8 = false;  // some linear runs in float8: the backend keeps room for its casts
 };
 
 class Backend {
@@ -71,11 +78,14 @@ class Backend {
   // dw[token] += dout rows, in a fixed order.
   virtual void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) = 0;
 
+  // The float8 recipe of the linears whose precision is float8 (before the first such call).
+  virtual void set_float8_recipe(const float8::Recipe& recipe) = 0;
   // y[n, out] = x[n, in] @ w[out, in]^T
-  virtual void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) = 0;
+  virtual void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
+                              LinearPrecision precision) = 0;
   // dx = dy @ w (dx_beta 0 writes, 1 adds); dw += dy^T @ x.
   virtual void linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
-                               int64_t in, int64_t out, float dx_beta) = 0;
+                               int64_t in, int64_t out, float dx_beta, LinearPrecision precision) = 0;
 
   // y = x / rms(x) * w per row; rstd[n] kept for backward.
   virtual void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d,

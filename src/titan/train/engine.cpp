@@ -52,6 +52,11 @@ void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& arg
                            ": activation checkpointing is not built for the legacy CUDA model (set training.cuda_model = "
                            "\"model\", the one model, which recomputes on the GPU too; or mode = \"none\", or "
                            "training.device = \"cpu\")"));
+  if (plan.float8.enabled)
+    throw UserError(concat(plan.origin("float8.enable_float8_linear"),
+                           ": float8 linears run on the CPU backend only so far (emulated, as torchao's emulate = true); "
+                           "the CUDA backend's float8 GEMMs are not built yet: set training.device = \"cpu\" or "
+                           "float8.enable_float8_linear = false"));
   const int64_t hd = args.head_dim();
   if (!cuda_attention_head_dim_supported(hd))
     throw UserError(concat(plan.origin("model.flavor"), ": head_dim ", hd,

@@ -9,6 +9,7 @@
 #include "titan/core/error.h"
 #include "titan/metrics/flops.h"
 #include "titan/ops/classifier_plan.h"
+#include "titan/models/llama3/float8_linears.h"
 #include "titan/models/llama3/layout.h"
 #include "titan/ops/attention_library.h"
 #include "titan/ops/cpu/cpu_backend.h"
@@ -93,13 +94,20 @@ double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const 
 }
 }  // namespace
 
-double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac) {
+double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
+                            bool float8_linears) {
   return llama3::plan_activations(a, s, ac).bytes(sizeof(float)) +
-         cpu::cpu_backend_scratch_bytes({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size});
+         cpu::cpu_backend_scratch_bytes({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size, a.ffn_hidden(), float8_linears});
+}
+
+bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& args) {
+  return plan.float8.enabled &&
+         !llama3::select_float8_linears(llama3::ModelLayout(args), plan.float8.recipe, plan.float8.filter_fqns).converted.empty();
 }
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                               EstimateBackend backend, int64_t shards, bool keep_gathered_blocks, AttentionLibrary attention) {
+                               EstimateBackend backend, int64_t shards, bool keep_gathered_blocks, AttentionLibrary attention,
+                               bool float8_linears) {
   TITAN_CHECK(shards >= 1, "shards ", shards);
   MemoryEstimate e;
   const double p = double(metrics::parameter_count(a));
@@ -129,7 +137,7 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
     e.parameters += 4 * (root + (keep_gathered_blocks ? double(a.n_layers) : 1.0) * block);
     e.gradients += 4 * (root + block);
   }
-  e.activations = cpu_activation_bytes(a, s, ac);
+  e.activations = cpu_activation_bytes(a, s, ac, float8_linears);
   return e;
 }
 
@@ -221,7 +229,7 @@ int estimate_main(const std::vector<std::string>& args) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
   auto e = estimate_memory(a, s, plan.ac, device == "cuda" ? cuda_estimate_backend(plan) : EstimateBackend::cpu, shards,
-                           plan.keep_gathered_blocks, plan.attention);
+                           plan.keep_gathered_blocks, plan.attention, runs_float8_linears(plan, a));
   if (device == "cpu") e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards);
   std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size

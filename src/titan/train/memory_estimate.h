@@ -34,10 +34,16 @@ EstimateBackend cuda_estimate_backend(const config::RunPlan& plan);
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
                                const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false,
-                               AttentionLibrary attention = AttentionLibrary::titan);
+                               AttentionLibrary attention = AttentionLibrary::titan, bool float8_linears = false);
 
-// Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes).
-double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac);
+// Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes); with
+// float8_linears, the room for the emulated casts too.
+double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
+                            bool float8_linears = false);
+
+// Whether the config puts any linear of this model in float8 (float8.enable_float8_linear, and
+// some linear left by the filter).
+bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& args);
 
 // Model shapes from the config without reading data: model.vocab_size, else the flavor's
 // (debugmodel: the built-in tokenizer's 2,048).

@@ -156,6 +156,12 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   dp_->apply(*model_, !on_cuda);
   model_->init_weights(job_.data.seed);
   model_->set_activation_checkpointing(plan_.ac);
+  if (plan_.float8.enabled) {  // applied from outside, as torchtitan's float8 converter swaps modules
+    const auto f8 = llama3::select_float8_linears(model_->layout(), plan_.float8.recipe, plan_.float8.filter_fqns);
+    model_->model().set_float8_linears(f8);
+    float8_linears_ = static_cast<int64_t>(f8.converted.size());
+    log_ << llama3::describe(f8, model_->layout()) << (on_cuda ? "" : "; emulated in float32 on the CPU") << "\n";
+  }
   cuda::DeviceCollectives* shards = device_collectives(on_cuda);
   engine_ = make_engine(plan_, *model_, optimizer_, shards, replica_collectives(on_cuda));
   if (plan_.bf16_params && engine_->on_cpu())
@@ -268,7 +274,7 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
 void Trainer::check_memory_estimate(bool cuda, int shards) const {
   auto e = estimate_memory(args_, shape_, plan_.ac, cuda ? cuda_estimate_backend(plan_) : EstimateBackend::cpu, shards,
-                           plan_.keep_gathered_blocks, plan_.attention);
+                           plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_));
   if (!cuda) e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || job_.skip_memory_check) return;
@@ -521,6 +527,7 @@ metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seco
   r.mem_active_pct = 100.0 * mem.active_gib / mem.total_gib;
   r.mem_reserved_pct = 100.0 * mem.reserved_gib / mem.total_gib;
   r.step_seconds = window_seconds / static_cast<double>(window_steps);
+  r.float8_linears = float8_linears_;
   r.data_seconds = window_data_seconds / static_cast<double>(window_steps);
   r.data_pct = 100.0 * window_data_seconds / window_seconds;
   r.elapsed_s = elapsed;

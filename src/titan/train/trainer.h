@@ -93,6 +93,7 @@ class Trainer {
   optim::AdamW optimizer_;
   double peak_flops_ = 0;  // per second; 0 = unknown (MFU n/a)
   double flops_per_token_ = 0;  // torchtitan's formula for this model and seq_len
+  int64_t float8_linears_ = 0;  // linears in float8 (metrics.jsonl says so every record)
   std::unique_ptr<metrics::MetricsLogger> logger_;
   Tracer tracer_;
   std::unique_ptr<checkpoint::CheckpointManager> checkpoints_;

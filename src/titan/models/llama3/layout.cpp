@@ -90,7 +90,7 @@ ModelLayout::ModelLayout(const ModelArgs& a) : n_layers_(a.n_layers) {
     t.init = rule(r, layer, a);
     t.rope_heads = r == Role::wq ? a.n_heads : r == Role::wk ? a.n_kv_heads : 0;
     t.tp = tp_style(r);
-    t.precision = t.shape.size() == 2 && r != Role::tok_embeddings ? LinearPrecision::bf16 : LinearPrecision::none;
+    t.precision = t.shape.size() == 2 && r != Role::tok_embeddings ? LinearPrecision::high : LinearPrecision::none;
     t.summed_gradient = r == Role::tok_embeddings || t.shape.size() == 1;
     tensors_.push_back(std::move(t));
     return tensors_.size() - 1;
@@ -102,6 +102,12 @@ ModelLayout::ModelLayout(const ModelArgs& a) : n_layers_(a.n_layers) {
   }
   norm_ = add(Role::norm, -1);
   output_ = add(Role::output, -1);
+}
+
+void ModelLayout::set_precision(size_t i, LinearPrecision p) {
+  TITAN_CHECK(i < tensors_.size() && tensors_[i].precision != LinearPrecision::none && p != LinearPrecision::none,
+              "precision of tensor ", i, ": not a GEMM weight");
+  tensors_[i].precision = p;
 }
 
 size_t ModelLayout::block_index(int64_t layer, Role role) const {

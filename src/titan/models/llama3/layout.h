@@ -11,6 +11,7 @@
 #include "titan/core/tensor.h"
 #include "titan/models/llama3/init.h"
 #include "titan/models/llama3/model_args.h"
+#include "titan/ops/backend.h"
 
 namespace titan::llama3 {
 
@@ -21,8 +22,6 @@ constexpr int kBlockRoles = 9;  // wq .. ffn_norm
 // Tensor parallel placement (torchtitan's ColwiseParallel / RowwiseParallel; vocab: the
 // embedding sharded over its rows). Declared for the TP issue; no code reads it yet.
 enum class TpStyle { replicate, colwise, rowwise, vocab };
-// The GEMM recipe of a linear weight; float8 comes with the FP8 issue.
-enum class LinearPrecision { none, bf16, float8 };
 
 struct TensorSpec {
   std::string name;     // torchtitan's fully-qualified name: layers.3.attention.wq.weight
@@ -34,7 +33,7 @@ struct TensorSpec {
   InitRule init;
   int64_t rope_heads = 0;  // wq/wk: heads whose rows HF stores half-split (checkpoint/hf_llama)
   TpStyle tp = TpStyle::replicate;
-  LinearPrecision precision = LinearPrecision::none;  // none: not a GEMM weight
+  LinearPrecision precision = LinearPrecision::none;  // none: not a GEMM weight; float8: set by float8_linears
   // Its gradient is summed into (embedding rows, norm weights) rather than written by one GEMM:
   // a step that writes each GEMM weight's gradient once must still clear these.
   bool summed_gradient = false;
@@ -59,6 +58,8 @@ class ModelLayout {
   int64_t numel() const;
   int64_t unit_numel(int unit) const;
   int64_t embedding_numel() const { return tensors_[root_index(Role::tok_embeddings)].numel(); }
+  // A GEMM weight's recipe (precision applied from outside: models/llama3/float8_linears).
+  void set_precision(size_t i, LinearPrecision p);
 
  private:
   std::vector<TensorSpec> tensors_;

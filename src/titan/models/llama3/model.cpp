@@ -26,6 +26,12 @@ void Model::set_activation_checkpointing(const ActivationCheckpointing& ac) {
   ac_planned_ = false;
 }
 
+void Model::set_float8_linears(const Float8Linears& f) {
+  for (const size_t i : f.converted) layout_.set_precision(i, LinearPrecision::float8);
+  backend_.set_float8_recipe(f.recipe);
+  ac_planned_ = false;  // the backend's scratch grows by the casts
+}
+
 void Model::plan(BatchShape s) {
   if (s == plan_.shape && ac_planned_) return;
   buffers_.clear();  // the old plan's memory goes back before the new one is taken
@@ -39,18 +45,20 @@ void Model::plan(BatchShape s) {
   cpu::rope_tables(cos.data(), sin.data(), s.seq, args_.head_dim(), args_.rope_theta);
   backend_.upload_f32(f32(plan_.rope_cos), cos.data(), s.seq * half);
   backend_.upload_f32(f32(plan_.rope_sin), sin.data(), s.seq * half);
-  backend_.prepare({s, args_.dim, args_.n_heads, args_.head_dim(), args_.vocab_size});
+  bool float8 = false;
+  for (const auto& t : layout_.tensors()) float8 |= t.precision == LinearPrecision::float8;
+  backend_.prepare({s, args_.dim, args_.n_heads, args_.head_dim(), args_.vocab_size, args_.ffn_hidden(), float8});
   ac_planned_ = true;
 }
 
 void Model::linear(const void* x, size_t weight, void* y, int64_t n) {
-  const Shape& shape = layout_[weight].shape;
-  backend_.linear_forward(x, w(weight), y, n, shape[1], shape[0]);
+  const TensorSpec& t = layout_[weight];
+  backend_.linear_forward(x, w(weight), y, n, t.shape[1], t.shape[0], t.precision);
 }
 
 void Model::linear_backward(const void* x, size_t weight, const void* dy, void* dx, int64_t n, float dx_beta) {
-  const Shape& shape = layout_[weight].shape;
-  backend_.linear_backward(x, w(weight), dy, dx, dw(weight), n, shape[1], shape[0], dx_beta);
+  const TensorSpec& t = layout_[weight];
+  backend_.linear_backward(x, w(weight), dy, dx, dw(weight), n, t.shape[1], t.shape[0], dx_beta, t.precision);
 }
 
 void Model::block_forward(int64_t layer, BatchShape s, KvCache* cache) {

@@ -11,6 +11,7 @@
 #include "titan/core/trace.h"
 #include "titan/core/weight_store.h"
 #include "titan/models/llama3/activation_plan.h"
+#include "titan/models/llama3/float8_linears.h"
 #include "titan/models/llama3/layout.h"
 #include "titan/ops/backend.h"
 #include "titan/ops/ops.h"
@@ -38,6 +39,9 @@ class Model {
   void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
   // Takes effect at the next plan().
   void set_activation_checkpointing(const ActivationCheckpointing& ac);
+  // These linears run in float8 under the recipe (the backend gets it); the next plan() keeps
+  // room for their casts.
+  void set_float8_linears(const Float8Linears& f);
   // Buffers for this batch shape (kept until a different shape or policy comes).
   void plan(BatchShape s);
   const ActivationPlan& activation_plan() const { return plan_; }

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -38,16 +39,32 @@ Buffer CpuBackend::allocate(size_t bytes) {
 
 size_t CpuBackend::live_bytes() const { return *live_; }
 
+namespace {
+// A float8 linear's dequantised copies: x and W in forward; dY with W, then dY with x, in
+// backward. n * in + n * out + in * out floats cover each, for the largest linear.
+int64_t float8_scratch_floats(const PassDims& p) {
+  if (!p.float8) return 0;
+  const int64_t n = p.shape.rows(), d = p.dim, widest = std::max(p.heads * p.head_dim, p.ffn_hidden);
+  return n * d + n * widest + d * widest;
+}
+}  // namespace
+
 double cpu_backend_scratch_bytes(const PassDims& p) {
   const int64_t n = p.shape.rows();
-  return 4.0 * double(classifier_scratch_floats(n, p.vocab)) + 4.0 * double(n * p.dim);
+  return 4.0 * double(classifier_scratch_floats(n, p.vocab)) + 4.0 * double(n * p.dim) +
+         4.0 * double(float8_scratch_floats(p));
 }
 
 void CpuBackend::prepare(const PassDims& p) {
-  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.vocab == prepared_.vocab && !dnorm_.empty()) return;
+  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.vocab == prepared_.vocab &&
+      p.float8 == prepared_.float8 && !dnorm_.empty())
+    return;
   const int64_t n = p.shape.rows();
   classifier_scratch_ = Buffer();
   dnorm_ = Buffer();
+  float8_scratch_ = Buffer();
+  if (const int64_t floats = float8_scratch_floats(p); floats > 0)
+    float8_scratch_ = allocate(sizeof(float) * static_cast<size_t>(floats));
   classifier_scratch_ = allocate(sizeof(float) * static_cast<size_t>(classifier_scratch_floats(n, p.vocab)));
   dnorm_ = allocate(sizeof(float) * static_cast<size_t>(n * p.dim));
   prepared_ = p;
@@ -74,13 +91,44 @@ void CpuBackend::embedding_backward(const void* dout, float* dw, int64_t n, int6
   cpu::embedding_backward(tokens_.data(), f(dout), dw, n, d);
 }
 
-void CpuBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) {
-  cpu::linear_forward(f(x), f(w), f(y), n, in, out);
+float* CpuBackend::float8_operands(int64_t floats) {
+  TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
+  // Outside a planned pass (a one-row decode, a test) the scratch grows to what the call needs.
+  if (float8_scratch_.bytes() < sizeof(float) * static_cast<size_t>(floats))
+    float8_scratch_ = allocate(sizeof(float) * static_cast<size_t>(floats));
+  return float8_scratch_.as<float>();
+}
+
+// Float8 emulated as torchao emulates it: each operand quantised with its recipe's cast and
+// dequantised in float32, then the float32 GEMM.
+void CpuBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
+                                LinearPrecision precision) {
+  if (precision != LinearPrecision::float8) return cpu::linear_forward(f(x), f(w), f(y), n, in, out);
+  using float8::Axis;
+  float* xq = float8_operands(n * in + out * in);
+  float* wq = xq + n * in;
+  const bool pow2 = float8_->power_of_2_scales;
+  float8::quantize_dequantize(f(x), xq, n, in, float8_->input, Axis::rows, pow2);
+  float8::quantize_dequantize(f(w), wq, out, in, float8_->weight, Axis::rows, pow2);
+  cpu::linear_forward(xq, wq, f(y), n, in, out);
 }
 
 void CpuBackend::linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
-                                 int64_t in, int64_t out, float dx_beta) {
-  cpu::linear_backward(f(x), f(w), f(dy), f(dx), dw, n, in, out, dx_beta);
+                                 int64_t in, int64_t out, float dx_beta, LinearPrecision precision) {
+  if (precision != LinearPrecision::float8) return cpu::linear_backward(f(x), f(w), f(dy), f(dx), dw, n, in, out, dx_beta);
+  using float8::Axis;
+  const bool pow2 = float8_->power_of_2_scales;
+  float* dyq = float8_operands(n * in + n * out + in * out);
+  float* wq = dyq + n * out;
+  float* xq = wq + out * in;
+  // dX = dY @ W: both scaled along `out`, the contraction (dY per row, W per column).
+  float8::quantize_dequantize(f(dy), dyq, n, out, float8_->grad_output, Axis::rows, pow2);
+  float8::quantize_dequantize(f(w), wq, out, in, float8_->weight_for_grad_input, Axis::columns, pow2);
+  cpu::linear_backward(nullptr, wq, dyq, f(dx), nullptr, n, in, out, dx_beta);  // dx only
+  // dW += dY^T @ X: both scaled along n (per column).
+  float8::quantize_dequantize(f(dy), dyq, n, out, float8_->grad_output_for_grad_weight, Axis::columns, pow2);
+  float8::quantize_dequantize(f(x), xq, n, in, float8_->input_for_grad_weight, Axis::columns, pow2);
+  cpu::linear_backward(xq, nullptr, dyq, nullptr, dw, n, in, out, 0.0f);  // dw only
 }
 
 void CpuBackend::rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) {

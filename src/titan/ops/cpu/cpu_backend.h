@@ -2,6 +2,7 @@
 // Each op is one call into ops/ops.h (OpenMP + OpenBLAS, fixed reduction orders).
 #pragma once
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "titan/ops/backend.h"
@@ -22,9 +23,11 @@ class CpuBackend final : public Backend {
   void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab, int32_t ignore_index, bool backward_follows) override;
   void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
   void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
-  void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) override;
+  void set_float8_recipe(const float8::Recipe& recipe) override { float8_ = recipe; }
+  void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
+                      LinearPrecision precision) override;
   void linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n, int64_t in,
-                       int64_t out, float dx_beta) override;
+                       int64_t out, float dx_beta, LinearPrecision precision) override;
   void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) override;
   void add_rmsnorm_forward(const void* x, const void* r, void* h, const void* w, void* y, float* rstd, int64_t n,
                            int64_t d, float eps) override;
@@ -53,10 +56,14 @@ class CpuBackend final : public Backend {
   Buffer classifier_scratch_;  // one chunk of fp32 logits
   Buffer dnorm_;               // RMSNorm's input gradient before it joins the residual stream
   std::vector<int32_t> tokens_, labels_;
+  // float8 emulation: the recipe, and room for the dequantised operands of the largest linear.
+  std::optional<float8::Recipe> float8_;
+  Buffer float8_scratch_;
+  float* float8_operands(int64_t floats);
   ClassifierResult last_;
 };
 
-// Bytes CpuBackend::prepare keeps for passes of these dimensions.
+// Bytes CpuBackend::prepare keeps for passes of these dimensions (float8 emulation included).
 double cpu_backend_scratch_bytes(const PassDims& dims);
 
 }  // namespace titan::cpu

@@ -124,13 +124,20 @@ void CudaBackend::embedding_backward(const void* dout, float* dw, int64_t /*n*/,
                            embed_groups_, b(dout), dw, d, stream_);
 }
 
-void CudaBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out) {
+void CudaBackend::set_float8_recipe(const float8::Recipe& recipe) {
+  // The trainer refuses float8 on the GPU before a model exists; this guards other callers.
+  throw UserError(concat("float8 (recipe ", recipe.name, "): the CUDA backend has no float8 GEMMs yet; "
+                         "train on the CPU (training.device = \"cpu\") to emulate them"));
+}
+
+void CudaBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
+                                 LinearPrecision /*precision: high only, see set_float8_recipe*/) {
   mark(Phase::gemm);
   gemm_->run(false, true, n, out, in, b(x), b(w), y, OutType::bf16, 1.0f, 0.0f);
 }
 
 void CudaBackend::linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
-                                  int64_t in, int64_t out, float dx_beta) {
+                                  int64_t in, int64_t out, float dx_beta, LinearPrecision /*precision*/) {
   mark(Phase::gemm);
   gemm_->run(false, false, n, in, out, b(dy), b(w), dx, OutType::bf16, 1.0f, dx_beta);     // dx = dy W
   gemm_->run(true, false, out, in, n, b(dy), b(x), dw, OutType::f32, 1.0f, grad_beta());  // dW (+)= dy^T x
