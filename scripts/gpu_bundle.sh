@@ -12,6 +12,8 @@ STAGE=build/gpu_stage
 rm -rf $STAGE build/gpu_bundle && mkdir -p $STAGE/build/gpu/bin $STAGE/build/gpu/lib $STAGE/data build/gpu_bundle
 cp $BUILD/titan $BUILD/tests/test_gpu_* $STAGE/build/gpu/bin/
 cp ../shared/bench/torch_anchor.py $STAGE/build/gpu/
+# torchao for the FP8 peer (torch_anchor.py --variants compile_fp8; bench/gpu_float8_check.sh).
+cp ../shared/bench/wheels/torchao-*.whl $STAGE/build/gpu/ 2>/dev/null || true
 for lib in $(ldd $BUILD/titan $BUILD/tests/test_gpu_* | awk '/=> \//{print $3}' | sort -u); do
   case $(basename $lib) in
     libc.so*|libm.so*|libstdc++*|libgcc_s*|librt*|libpthread*|libdl*|ld-linux*|libcublas*|libcuda*) ;;

@@ -3,6 +3,7 @@
 // handing each linear its precision, and the estimate counting the emulation's scratch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "titan/core/error.h"
 #include "titan/models/llama3/float8_linears.h"
 #include "titan/models/llama3/transformer.h"
+#include "titan/ops/cuda/host_plan.h"
 #include "titan/ops/float8.h"
 #include "titan/train/memory_estimate.h"
 
@@ -138,4 +140,46 @@ TEST(Float8, ModelRunsItsLinearsInFloat8) {
   const double diff = std::fabs(p.loss_sum - q.loss_sum) / p.loss_sum;
   EXPECT_GT(diff, 1e-6);  // the linears were quantised
   EXPECT_LT(diff, 1e-2);  // and still compute the same model
+}
+
+// The CUDA backend's float8 scratch (host plan, compiled in every build): room for the largest
+// linear's operands and two operands' scales, and titan estimate counts it for the GPU.
+TEST(Float8, CudaScratchHoldsEveryFloat8LinearsOperands) {
+  const ModelArgs a = llama3::flavor("debugmodel");
+  const llama3::BatchShape s{2, 64};
+  PassDims p{s, a.dim, a.n_heads, a.head_dim(), a.vocab_size, a.ffn_hidden(), false};
+  const auto plain = cuda::backend_scratch(p);
+  p.float8 = true;
+  const auto f8 = cuda::backend_scratch(p);
+  ASSERT_EQ(f8.size(), plain.size() + 5);
+  auto bytes = [&](const std::string& name) {
+    for (const auto& b : f8)
+      if (b.name == name) return b.bytes;
+    ADD_FAILURE() << "no scratch buffer " << name;
+    return size_t{0};
+  };
+  const llama3::ModelLayout layout(a);
+  for (const size_t i : llama3::select_float8_linears(layout, recipe("rowwise"), {"output"}).converted) {
+    const int64_t out = layout[i].shape[0], in = layout[i].shape[1], n = s.rows();
+    EXPECT_GE(bytes("float8 input"), static_cast<size_t>(n * in)) << layout[i].name;
+    EXPECT_GE(bytes("float8 grad output"), static_cast<size_t>(n * out)) << layout[i].name;
+    EXPECT_GE(bytes("float8 grad output transposed"), static_cast<size_t>(n * out)) << layout[i].name;
+    EXPECT_GE(bytes("float8 weight"), static_cast<size_t>(in * out)) << layout[i].name;
+    EXPECT_GE(bytes("float8 scales"), 4u * 6u * static_cast<size_t>(std::max({n, in, out}))) << layout[i].name;
+  }
+  const auto with = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1, false, AttentionLibrary::titan, true);
+  const auto without = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1);
+  double added = 0;
+  for (size_t k = plain.size(); k < f8.size(); ++k) added += double(cuda::device_block_bytes(f8[k].bytes));
+  EXPECT_EQ(with.activations - without.activations, added);
+}
+
+TEST(Float8, ScaleSpansFollowTheContraction) {
+  const Cast tensor{Scaling::tensorwise, Format::e4m3}, axis{Scaling::axiswise, Format::e4m3};
+  EXPECT_EQ(cuda::scale_span(tensor, Axis::columns), cuda::ScaleSpan::tensor);
+  EXPECT_EQ(cuda::scale_span(axis, Axis::rows), cuda::ScaleSpan::rows);
+  EXPECT_EQ(cuda::scale_span(axis, Axis::columns), cuda::ScaleSpan::columns);
+  EXPECT_EQ(cuda::scale_count(cuda::ScaleSpan::tensor, 7, 9), 1);
+  EXPECT_EQ(cuda::scale_count(cuda::ScaleSpan::rows, 7, 9), 7);
+  EXPECT_EQ(cuda::scale_count(cuda::ScaleSpan::columns, 7, 9), 9);
 }

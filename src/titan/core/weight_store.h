@@ -15,6 +15,9 @@ class WeightStore {
   virtual ~WeightStore() = default;
   virtual const void* weight(size_t i) = 0;  // in the backend's compute dtype
   virtual float* grad(size_t i) = 0;         // fp32
+  // The fp32 master of a whole weight where the store holds one apart from weight(i) (a device
+  // mirror's), else null: float8 casts weights from it, so every mode quantises the same values.
+  virtual const float* master(size_t /*i*/) { return nullptr; }
 };
 
 // Host parameters: each one's `full` weight and `full_grad` (whole, or FSDP's gathered views).

@@ -80,12 +80,14 @@ class Backend {
 
   // The float8 recipe of the linears whose precision is float8 (before the first such call).
   virtual void set_float8_recipe(const float8::Recipe& recipe) = 0;
-  // y[n, out] = x[n, in] @ w[out, in]^T
-  virtual void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
-                              LinearPrecision precision) = 0;
+  // y[n, out] = x[n, in] @ w[out, in]^T. w_master: the weight's fp32 master where the store
+  // holds it whole (null otherwise); a float8 linear casts the weight from it.
+  virtual void linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
+                              int64_t out, LinearPrecision precision) = 0;
   // dx = dy @ w (dx_beta 0 writes, 1 adds); dw += dy^T @ x.
-  virtual void linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
-                               int64_t in, int64_t out, float dx_beta, LinearPrecision precision) = 0;
+  virtual void linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx,
+                               float* dw, int64_t n, int64_t in, int64_t out, float dx_beta,
+                               LinearPrecision precision) = 0;
 
   // y = x / rms(x) * w per row; rstd[n] kept for backward.
   virtual void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d,

@@ -52,11 +52,14 @@ void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& arg
                            ": activation checkpointing is not built for the legacy CUDA model (set training.cuda_model = "
                            "\"model\", the one model, which recomputes on the GPU too; or mode = \"none\", or "
                            "training.device = \"cpu\")"));
-  if (plan.float8.enabled)
+  if (plan.float8.enabled && plan.cuda_model == config::RunPlan::CudaModel::legacy)
     throw UserError(concat(plan.origin("float8.enable_float8_linear"),
-                           ": float8 linears run on the CPU backend only so far (emulated, as torchao's emulate = true); "
-                           "the CUDA backend's float8 GEMMs are not built yet: set training.device = \"cpu\" or "
-                           "float8.enable_float8_linear = false"));
+                           ": float8 linears are not built for the legacy CUDA model: set training.cuda_model = \"model\" "
+                           "(the one model, whose CUDA backend has the FP8 GEMMs), or training.device = \"cpu\" to emulate them"));
+  if (plan.float8.enabled && plan.float8.emulate)
+    throw UserError(concat(plan.origin("float8.emulate"),
+                           ": float8.emulate = true: the emulation runs on the CPU backend (training.device = \"cpu\"); "
+                           "the GPU runs the FP8 GEMMs"));
   const int64_t hd = args.head_dim();
   if (!cuda_attention_head_dim_supported(hd))
     throw UserError(concat(plan.origin("model.flavor"), ": head_dim ", hd,

@@ -81,6 +81,7 @@ class CudaModelEngine final : public Engine {
     params_.zero_grad();
   }
   void set_activation_checkpointing(const llama3::ActivationCheckpointing& ac) { model_.set_activation_checkpointing(ac); }
+  void set_float8_linears(const llama3::Float8Linears& f) { model_.set_float8_linears(f); }
 
   cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
                                          float grad_scale, Tracer* tracer) override {
@@ -296,6 +297,8 @@ std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llam
   auto engine = std::make_unique<CudaModelEngine>(model, optimizer, device, plan.compile, plan.phase_times,
                                                   plan.attention, fsdp, plan.reshard, replicas);
   engine->set_activation_checkpointing(plan.ac);
+  if (plan.float8.enabled)  // the same selection the trainer logged for the host model
+    engine->set_float8_linears(llama3::select_float8_linears(model.layout(), plan.float8.recipe, plan.float8.filter_fqns));
   return engine;
 }
 

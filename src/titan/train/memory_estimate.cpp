@@ -66,7 +66,8 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
 // this rank's padded shards; under FSDP (parallel/device_unit_store.h) the root and two blocks
 // gathered (all of them with keep_blocks), two blocks' whole gradients and one unit's reduced shards.
 double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                        int64_t shards, bool keep_blocks, double* param_bytes, double* grad_bytes, double* opt_bytes) {
+                        int64_t shards, bool keep_blocks, bool float8, double* param_bytes, double* grad_bytes,
+                        double* opt_bytes) {
   const llama3::ModelLayout layout(a);
   std::vector<int64_t> shard;
   std::vector<double> gathered(static_cast<size_t>(layout.units())), reduced(gathered.size());
@@ -89,7 +90,8 @@ double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const 
   double act = 0;
   const llama3::ActivationPlan plan = llama3::plan_activations(a, s, ac);
   for (const auto& b : plan.buffers) act += device_block(double(b.elements) * (b.f32 ? 4 : 2));
-  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size})) act += device_block(double(b.bytes));
+  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size, a.ffn_hidden(), float8}))
+    act += device_block(double(b.bytes));
   return act;
 }
 }  // namespace
@@ -112,7 +114,8 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
   MemoryEstimate e;
   const double p = double(metrics::parameter_count(a));
   if (backend == EstimateBackend::cuda_model) {
-    e.activations = cuda_model_bytes(a, s, ac, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
+    e.activations = cuda_model_bytes(a, s, ac, shards, keep_gathered_blocks, float8_linears, &e.parameters, &e.gradients,
+                                     &e.optimizer);
     e.buffers = double(32 << 20) + device_block(sizeof(double) * 4 + 64);  // cuBLASLt workspace, step factors
     if (attention != AttentionLibrary::titan && cudnn_attention_takes(s.seq, a.n_heads, a.n_kv_heads, a.head_dim()))
       e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));

@@ -368,7 +368,7 @@ void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
     const auto e = estimate_memory(args_, shape_, plan_.ac, cuda_estimate_backend(plan_), dp_->mesh().shard,
-                                   plan_.keep_gathered_blocks, plan_.attention);
+                                   plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_));
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);

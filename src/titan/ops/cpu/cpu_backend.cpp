@@ -101,8 +101,9 @@ float* CpuBackend::float8_operands(int64_t floats) {
 
 // Float8 emulated as torchao emulates it: each operand quantised with its recipe's cast and
 // dequantised in float32, then the float32 GEMM.
-void CpuBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
-                                LinearPrecision precision) {
+// w is fp32 on the CPU: the master itself, or FSDP's gathered copy of it (w_master unused).
+void CpuBackend::linear_forward(const void* x, const void* w, const float* /*w_master*/, void* y, int64_t n, int64_t in,
+                                int64_t out, LinearPrecision precision) {
   if (precision != LinearPrecision::float8) return cpu::linear_forward(f(x), f(w), f(y), n, in, out);
   using float8::Axis;
   float* xq = float8_operands(n * in + out * in);
@@ -113,8 +114,9 @@ void CpuBackend::linear_forward(const void* x, const void* w, void* y, int64_t n
   cpu::linear_forward(xq, wq, f(y), n, in, out);
 }
 
-void CpuBackend::linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
-                                 int64_t in, int64_t out, float dx_beta, LinearPrecision precision) {
+void CpuBackend::linear_backward(const void* x, const void* w, const float* /*w_master*/, const void* dy, void* dx,
+                                 float* dw, int64_t n, int64_t in, int64_t out, float dx_beta,
+                                 LinearPrecision precision) {
   if (precision != LinearPrecision::float8) return cpu::linear_backward(f(x), f(w), f(dy), f(dx), dw, n, in, out, dx_beta);
   using float8::Axis;
   const bool pow2 = float8_->power_of_2_scales;

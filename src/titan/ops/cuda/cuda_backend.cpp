@@ -5,6 +5,7 @@
 #include "titan/core/error.h"
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/cuda/float8_kernels.h"
 #include "titan/ops/cuda/host_plan.h"
 
 namespace titan::cuda {
@@ -66,18 +67,22 @@ DeviceBuffer CudaBackend::scratch(size_t bytes) {
 
 void CudaBackend::prepare(const PassDims& p) {
   if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.heads == prepared_.heads &&
-      p.vocab == prepared_.vocab && scratch_bytes_ > 0)
+      p.vocab == prepared_.vocab && p.float8 == prepared_.float8 && p.ffn_hidden == prepared_.ffn_hidden &&
+      scratch_bytes_ > 0)
     return;
   synchronize();  // the old scratch may still be read
   for (DeviceBuffer* d : {&delta_, &norm_partial_, &logits_, &row_loss_, &reduce_scratch_, &sums_, &tokens_, &labels_,
-                          &embed_ids_, &embed_offsets_, &embed_positions_})
+                          &embed_ids_, &embed_offsets_, &embed_positions_, &fp8_input_, &fp8_grad_, &fp8_grad_t_,
+                          &fp8_weight_, &fp8_scales_})
     d->reset();
   scratch_bytes_ = 0;
   const std::vector<ScratchBuffer> plan = backend_scratch(p, budget_);
   DeviceBuffer* slots[] = {&delta_,          &norm_partial_, &logits_,    &row_loss_,
                            &reduce_scratch_, &sums_,         &tokens_,    &labels_,
-                           &embed_ids_,      &embed_offsets_, &embed_positions_};
-  TITAN_CHECK(plan.size() == std::size(slots), "the CUDA scratch plan names ", plan.size(), " buffers");
+                           &embed_ids_,      &embed_offsets_, &embed_positions_,
+                           &fp8_input_,      &fp8_grad_,     &fp8_grad_t_, &fp8_weight_, &fp8_scales_};
+  const size_t expected = std::size(slots) - (p.float8 ? 0 : 5);
+  TITAN_CHECK(plan.size() == expected, "the CUDA scratch plan names ", plan.size(), " buffers, expected ", expected);
   for (size_t i = 0; i < plan.size(); ++i) *slots[i] = scratch(plan[i].bytes);
   classifier_rows_ = classifier_rows(p.shape.rows(), p.vocab, budget_);
   prepared_ = p;
@@ -124,21 +129,68 @@ void CudaBackend::embedding_backward(const void* dout, float* dw, int64_t /*n*/,
                            embed_groups_, b(dout), dw, d, stream_);
 }
 
-void CudaBackend::set_float8_recipe(const float8::Recipe& recipe) {
-  // The trainer refuses float8 on the GPU before a model exists; this guards other callers.
-  throw UserError(concat("float8 (recipe ", recipe.name, "): the CUDA backend has no float8 GEMMs yet; "
-                         "train on the CPU (training.device = \"cpu\") to emulate them"));
+void CudaBackend::set_float8_recipe(const float8::Recipe& recipe) { float8_ = recipe; }
+
+// The scale scratch holds two operands' amax, scale and 1/scale, `longest` floats each.
+Gemm::Float8Operand CudaBackend::cast_float8(const void* src, const float* src_f32, int64_t rows, int64_t cols,
+                                             const float8::Cast& cast, float8::Axis axis, int slot, uint8_t* out,
+                                             uint8_t* out_t, bool transposed_scales) {
+  const ScaleSpan span = scale_span(cast, axis);
+  const int64_t count = scale_count(span, rows, cols), longest = static_cast<int64_t>(fp8_scales_.bytes() / (4 * 6));
+  TITAN_CHECK(count <= longest, "float8 scales for ", count, " rows, the scratch holds ", longest);
+  float* base = fp8_scales_.as<float>() + static_cast<int64_t>(slot) * 3 * longest;
+  float *amax = base, *scale = base + longest, *inv_scale = base + 2 * longest;
+  if (src_f32) float8_amax(src_f32, rows, cols, span, amax, stream_);
+  else float8_amax(b(src), rows, cols, span, amax, stream_);
+  float8_scales(amax, count, cast.format, float8_->power_of_2_scales, scale, inv_scale, stream_);
+  if (src_f32) float8_cast(src_f32, rows, cols, scale, span, cast.format, out, out_t, stream_);
+  else float8_cast(b(src), rows, cols, scale, span, cast.format, out, out_t, stream_);
+  // The GEMM's operand is `out` (scales per its rows) or `out_t` (scales per its rows = the
+  // source's columns): per-row either way when the span runs along the operand's rows.
+  const bool per_row = span == (transposed_scales ? ScaleSpan::columns : ScaleSpan::rows);
+  TITAN_CHECK(span == ScaleSpan::tensor || per_row, "a float8 scale along the GEMM's contraction");
+  return {out_t && transposed_scales ? out_t : out, cast.format, inv_scale, per_row};
 }
 
-void CudaBackend::linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
-                                 LinearPrecision /*precision: high only, see set_float8_recipe*/) {
+// torchao's float8 linear on the GPU (docs/float8.md): each operand cast with its recipe's
+// scales into float8 scratch, K-major, and cuBLASLt's scaled FP8 GEMM. The weight is cast from
+// its fp32 master where the store holds one (the bf16 copy otherwise: under FSDP).
+void CudaBackend::linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
+                                 int64_t out, LinearPrecision precision) {
   mark(Phase::gemm);
-  gemm_->run(false, true, n, out, in, b(x), b(w), y, OutType::bf16, 1.0f, 0.0f);
+  if (precision != LinearPrecision::float8) return gemm_->run(false, true, n, out, in, b(x), b(w), y, OutType::bf16, 1.0f, 0.0f);
+  TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
+  using float8::Axis;
+  const auto xq = cast_float8(x, nullptr, n, in, float8_->input, Axis::rows, 0, fp8_input_.as<uint8_t>(), nullptr, false);
+  const auto wq = cast_float8(w, w_master, out, in, float8_->weight, Axis::rows, 1, fp8_weight_.as<uint8_t>(), nullptr, false);
+  gemm_->run_float8(out, n, in, wq, xq, y, OutType::bf16, 0.0f, true);  // y [n, out] = x W^T
 }
 
-void CudaBackend::linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n,
-                                  int64_t in, int64_t out, float dx_beta, LinearPrecision /*precision*/) {
+void CudaBackend::linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx,
+                                  float* dw, int64_t n, int64_t in, int64_t out, float dx_beta,
+                                  LinearPrecision precision) {
   mark(Phase::gemm);
+  if (precision == LinearPrecision::float8) {
+    TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
+    using float8::Axis;
+    const float8::Recipe& r = *float8_;
+    // dX [n, in] = dY W: dY per row (K = out), W per column, as W^T [in, out].
+    const auto dyq = cast_float8(dy, nullptr, n, out, r.grad_output, Axis::rows, 0, fp8_grad_.as<uint8_t>(), nullptr, false);
+    const auto wtq = cast_float8(w, w_master, out, in, r.weight_for_grad_input, Axis::columns, 1, nullptr,
+                                 fp8_weight_.as<uint8_t>(), true);
+    gemm_->run_float8(in, n, out, wtq, dyq, dx, OutType::bf16, dx_beta, false);
+    if (r.grad_output_for_grad_weight.scaling == float8::Scaling::disabled) {  // rowwise_with_gw_hp: dW in bf16
+      gemm_->run(true, false, out, in, n, b(dy), b(x), dw, OutType::f32, 1.0f, grad_beta());
+      return;
+    }
+    // dW [out, in] += dY^T X: both per column (K = n), as X^T [in, n] and dY^T [out, n].
+    const auto xtq = cast_float8(x, nullptr, n, in, r.input_for_grad_weight, Axis::columns, 0, nullptr,
+                                 fp8_input_.as<uint8_t>(), true);
+    const auto dytq = cast_float8(dy, nullptr, n, out, r.grad_output_for_grad_weight, Axis::columns, 1, nullptr,
+                                  fp8_grad_t_.as<uint8_t>(), true);
+    gemm_->run_float8(in, out, n, xtq, dytq, dw, OutType::f32, grad_beta(), false);
+    return;
+  }
   gemm_->run(false, false, n, in, out, b(dy), b(w), dx, OutType::bf16, 1.0f, dx_beta);     // dx = dy W
   gemm_->run(true, false, out, in, n, b(dy), b(x), dw, OutType::f32, 1.0f, grad_beta());  // dW (+)= dy^T x
 }

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,10 +42,10 @@ class CudaBackend final : public Backend {
   void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
   void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
   void set_float8_recipe(const float8::Recipe& recipe) override;
-  void linear_forward(const void* x, const void* w, void* y, int64_t n, int64_t in, int64_t out,
-                      LinearPrecision precision) override;
-  void linear_backward(const void* x, const void* w, const void* dy, void* dx, float* dw, int64_t n, int64_t in,
-                       int64_t out, float dx_beta, LinearPrecision precision) override;
+  void linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
+                      int64_t out, LinearPrecision precision) override;
+  void linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx, float* dw,
+                       int64_t n, int64_t in, int64_t out, float dx_beta, LinearPrecision precision) override;
   void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) override;
   void add_rmsnorm_forward(const void* x, const void* r, void* h, const void* w, void* y, float* rstd, int64_t n,
                            int64_t d, float eps) override;
@@ -91,6 +92,11 @@ class CudaBackend final : public Backend {
  private:
   float grad_beta() const { return overwrite_grads_ ? 0.0f : 1.0f; }
   DeviceBuffer scratch(size_t bytes);
+  // One float8 operand of rows x cols (bf16, or the fp32 master where given): amax, scales and
+  // the cast into `out` and/or its transpose, scales in slot 0 or 1 of the scale scratch.
+  Gemm::Float8Operand cast_float8(const void* src, const float* src_f32, int64_t rows, int64_t cols,
+                                  const float8::Cast& cast, float8::Axis axis, int slot, uint8_t* out, uint8_t* out_t,
+                                  bool transposed_scales);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -107,6 +113,8 @@ class CudaBackend final : public Backend {
   size_t scratch_bytes_ = 0;
   DeviceBuffer delta_, norm_partial_, logits_, row_loss_, reduce_scratch_, sums_;
   DeviceBuffer tokens_, labels_, embed_ids_, embed_offsets_, embed_positions_;
+  std::optional<float8::Recipe> float8_;
+  DeviceBuffer fp8_input_, fp8_grad_, fp8_grad_t_, fp8_weight_, fp8_scales_;
   EmbeddingIndex embed_index_;
   std::vector<int32_t> embed_counts_;
   int64_t embed_groups_ = 0;

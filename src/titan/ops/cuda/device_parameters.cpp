@@ -41,6 +41,10 @@ const void* DeviceParameters::weight(size_t i) {
   return weights_.as<bf16>() + layout_.offset[i];
 }
 
+const float* DeviceParameters::master(size_t i) {
+  return sharded() ? nullptr : master_.as<float>() + layout_.offset[i];
+}
+
 float* DeviceParameters::grad(size_t i) {
   TITAN_CHECK(!sharded(), "FSDP: gradients are written through the unit store");
   return grad_.as<float>() + layout_.offset[i];

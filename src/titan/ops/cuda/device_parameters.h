@@ -29,6 +29,7 @@ class DeviceParameters final : public WeightStore {
                    cudaStream_t stream, bool sharded = false);
   const void* weight(size_t i) override;
   float* grad(size_t i) override;
+  const float* master(size_t i) override;  // whole parameters only (null under FSDP)
 
   // Master weights and moments from the host (and the bf16 copy), and back; both synchronise.
   void upload(const std::deque<Parameter>& params);

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "titan/ops/cuda/cuda_ops.h"
+#include "titan/ops/float8.h"
 
 namespace titan::cuda {
 
@@ -26,6 +27,20 @@ class Gemm {
   void run(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a, const bf16* b, void* c,
            OutType c_type, float alpha, float beta);
 
+  // One float8 operand: row-major [rows, k] bits (K-major, as Hopper's FP8 GEMMs take both
+  // operands), its format, and its dequantisation factors (1 / scale) on the device: one, or
+  // one per row (cuBLASLt's outer-vector scaling).
+  struct Float8Operand {
+    const uint8_t* data;
+    float8::Format format;
+    const float* inv_scale;
+    bool per_row;
+  };
+  // c[n, m] (row-major) = (a [m, k] . b [n, k]^T) * the scales + beta * c. `fast_accum`:
+  // cuBLASLt's fast FP8 accumulation (torchao's forward uses it, its gradient GEMMs do not).
+  void run_float8(int64_t m, int64_t n, int64_t k, const Float8Operand& a, const Float8Operand& b, void* c,
+                  OutType c_type, float beta, bool fast_accum);
+
  private:
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
@@ -34,6 +49,10 @@ class Gemm {
   };
   using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int, bool>;
   Plan& plan_for(const Key& key);
+  // m, n, k, a format, b format, a per row, b per row, c type, fast accumulation
+  using Float8Key = std::tuple<int64_t, int64_t, int64_t, int, int, bool, bool, int, bool>;
+  Plan& float8_plan_for(const Float8Key& key);
+  std::map<Float8Key, Plan> float8_plans_;
 
   cudaStream_t stream_;
   cublasLtHandle_t handle_ = nullptr;

@@ -15,7 +15,7 @@ std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget b
   const auto lse = static_cast<size_t>(p.shape.batch * p.heads * p.shape.seq);
   const auto chunks = static_cast<size_t>((p.shape.rows() + kRmsnormRowsPerChunk - 1) / kRmsnormRowsPerChunk);
   const auto rows = static_cast<size_t>(classifier_rows(p.shape.rows(), p.vocab, budget));
-  return {{"attention delta", 4 * lse},
+  std::vector<ScratchBuffer> out = {{"attention delta", 4 * lse},
           {"rmsnorm partial sums", 4 * chunks * d},
           {"classifier logits", 2 * rows * static_cast<size_t>(p.vocab)},
           {"classifier row losses", 4 * n},
@@ -26,6 +26,25 @@ std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget b
           {"embedding index ids", 4 * n},
           {"embedding index offsets", 4 * (n + 1)},
           {"embedding index positions", 4 * n}};
+  if (!p.float8) return out;
+  // The float8 copies of the largest linear's operands (one byte each; the backward's
+  // transposed copies reuse them) and the amax, scale and 1/scale of two operands at a time.
+  const auto widest = static_cast<size_t>(std::max(p.heads * p.head_dim, p.ffn_hidden));
+  const size_t operand = n * std::max(d, widest), longest = std::max({n, d, widest});
+  for (const char* name : {"float8 input", "float8 grad output", "float8 grad output transposed"})
+    out.push_back({name, operand});
+  out.push_back({"float8 weight", d * widest});
+  out.push_back({"float8 scales", 4 * 6 * longest});
+  return out;
+}
+
+ScaleSpan scale_span(const float8::Cast& cast, float8::Axis axis) {
+  if (cast.scaling == float8::Scaling::tensorwise) return ScaleSpan::tensor;
+  return axis == float8::Axis::rows ? ScaleSpan::rows : ScaleSpan::columns;
+}
+
+int64_t scale_count(ScaleSpan span, int64_t rows, int64_t cols) {
+  return span == ScaleSpan::tensor ? 1 : span == ScaleSpan::rows ? rows : cols;
 }
 
 int64_t aligned_elements(int64_t elements) { return (elements + kParameterAlign - 1) / kParameterAlign * kParameterAlign; }

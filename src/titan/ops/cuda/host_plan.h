@@ -11,6 +11,7 @@
 #include "titan/ops/backend.h"
 #include "titan/ops/classifier_plan.h"
 #include "titan/ops/cuda/reduction_sizes.h"
+#include "titan/ops/cuda/scale_span.h"
 
 namespace titan::cuda {
 
