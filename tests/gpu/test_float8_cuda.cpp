@@ -38,8 +38,6 @@ TEST(CudaFloat8, CastsMatchTheCpuBitForBit) {
   cudaStream_t stream = nullptr;
   const int64_t rows = 70, cols = 45;
   auto x = spread("cast x", rows, cols);
-  x[3] = INFINITY;
-  x[4] = -1e30f;
   const auto xb = to_bf16(x);  // the GPU casts bf16 activations; the CPU sees the same values
   DeviceArray<uint16_t> dx(xb);
   for (auto format : {float8::Format::e4m3, float8::Format::e5m2})
@@ -71,6 +69,28 @@ TEST(CudaFloat8, CastsMatchTheCpuBitForBit) {
       }
 }
 
+// The cast's edges with a given scale of 1: beyond the largest value, +-inf, NaN (by class: its
+// bits differ between a CPU and the GPU), -0, ties, subnormals and below them.
+TEST(CudaFloat8, CastEdgesMatchTheCpu) {
+  TITAN_REQUIRE_GPU();
+  cudaStream_t stream = nullptr;
+  std::vector<float> x = {1000.0f, -1000.0f, 60000.0f, -70000.0f, INFINITY, -INFINITY, NAN, -0.0f, 0.0f,
+                          1.0625f, 1.1875f, 3.0f * std::ldexp(1.0f, -10), std::ldexp(1.0f, -10), std::ldexp(1.0f, -17),
+                          -std::ldexp(1.0f, -17), 448.0f, 464.0f, 57344.0f, 61440.0f, -1e-30f, 2.5f, 0.3f};
+  const int64_t n = static_cast<int64_t>(x.size());
+  DeviceArray<float> dx(x), one(std::vector<float>{1.0f});
+  for (auto format : {float8::Format::e4m3, float8::Format::e5m2}) {
+    DeviceArray<uint8_t> out(n);
+    cuda::float8_cast(dx.get(), 1, n, one.get(), cuda::ScaleSpan::tensor, format, out.get(), nullptr, stream);
+    const auto got = out.download();
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t want = float8::encode(x[i], format);
+      if (std::isnan(x[i])) EXPECT_TRUE(std::isnan(float8::decode(got[i], format))) << float8::name(format) << " NaN";
+      else EXPECT_EQ(got[i], want) << float8::name(format) << " x = " << x[i];
+    }
+  }
+}
+
 // The GPU's linear per recipe against the CPU backend's emulation on the same operands. Both
 // quantise to the same bits; they differ in where the scales apply (the GPU scales the fp32
 // sum, the CPU each dequantised element) and in summation order.
@@ -94,17 +114,20 @@ TEST(CudaFloat8, LinearPerRecipeMatchesTheCpuEmulation) {
       gpu.prepare({{1, n}, widest, 1, widest, 16, widest, true});
       DeviceArray<uint16_t> gx(xb), gw(wb_bits), gdy(dyb), gy(n * out), gdx(dx0b);
       DeviceArray<float> gmaster(w), gdw(dw0);
-      gpu.linear_forward(gx.get(), gw.get(), gmaster.get(), gy.get(), n, in, out, LinearPrecision::float8);
-      gpu.linear_backward(gx.get(), gw.get(), gmaster.get(), gdy.get(), gdx.get(), gdw.get(), n, in, out, 1.0f,
+      TITAN_CUDA_CHECK(cudaDeviceSynchronize());  // the uploads (legacy stream) before the backend's own stream
+      gpu.linear_forward(gx.get(), {gw.get(), gmaster.get()}, gy.get(), n, in, out, LinearPrecision::float8);
+      gpu.linear_backward(gx.get(), {gw.get(), gmaster.get()}, gdy.get(), gdx.get(), gdw.get(), n, in, out, 1.0f,
                           LinearPrecision::float8);
       std::vector<float> y(n * out), dx = dx0, dw = dw0;
-      cpu.linear_forward(x.data(), w.data(), nullptr, y.data(), n, in, out, LinearPrecision::float8);
-      cpu.linear_backward(x.data(), w.data(), nullptr, dy.data(), dx.data(), dw.data(), n, in, out, 1.0f,
+      cpu.linear_forward(x.data(), {w.data()}, y.data(), n, in, out, LinearPrecision::float8);
+      cpu.linear_backward(x.data(), {w.data()}, dy.data(), dx.data(), dw.data(), n, in, out, 1.0f,
                           LinearPrecision::float8);
       EXPECT_LT(rel_l2(from_bf16(gy.download()), y), 1e-2) << tag << " y (bf16 out)";
       EXPECT_LT(rel_l2(from_bf16(gdx.download()), dx), 1e-2) << tag << " dx (bf16 out, accumulated)";
+      // Hopper's FP8 tensor cores keep fewer than fp32's bits between promotions: 1e-3, where a
+      // scale on the wrong axis or a wrong format is off by 1e-1 on these operands.
       // rowwise_with_gw_hp: dW in bf16 from bf16 operands against the CPU's fp32.
-      EXPECT_LT(rel_l2(gdw.download(), dw), name == "rowwise_with_gw_hp" ? 1e-2 : 1e-5) << tag << " dw (fp32, accumulated)";
+      EXPECT_LT(rel_l2(gdw.download(), dw), name == "rowwise_with_gw_hp" ? 1e-2 : 1e-3) << tag << " dw (fp32, accumulated)";
     }
 }
 

@@ -161,9 +161,8 @@ void run_op(const std::string& op, const Args& a, TensorFile& f) {
     std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.0f);
     cpu::CpuBackend backend;
     backend.set_float8_recipe(float8::recipe(a.s("recipe")));
-    backend.linear_forward(x.data(), w.data(), nullptr, y.data(), n, in, out, LinearPrecision::float8);
-    backend.linear_backward(x.data(), w.data(), nullptr, dy.data(), dx.data(), dw.data(), n, in, out, 0.0f,
-                            LinearPrecision::float8);
+    backend.linear_forward(x.data(), {w.data()}, y.data(), n, in, out, LinearPrecision::float8);
+    backend.linear_backward(x.data(), {w.data()}, dy.data(), dx.data(), dw.data(), n, in, out, 0.0f, LinearPrecision::float8);
     f.add("x", {n, in}, x.data()); f.add("w", {out, in}, w.data()); f.add("dy", {n, out}, dy.data());
     f.add("y", {n, out}, y.data()); f.add("dx", {n, in}, dx.data()); f.add("dw", {out, in}, dw.data());
   } else {

@@ -68,7 +68,13 @@ TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[optimizer]\nbeta2 = 1.0\n").find("beta2"), std::string::npos);
   EXPECT_NE(load_error("[training]\ntensor_parallel_degree = 2\n").find("not supported yet"), std::string::npos);
   EXPECT_EQ(load_error("[float8]\nenable_float8_linear = true\n"), "");
-  EXPECT_NE(load_error("[float8]\nenable_fsdp_float8_all_gather = true\n").find("not supported yet"), std::string::npos);
+  EXPECT_NE(load_error("[float8]\nenable_fsdp_float8_all_gather = true\n").find("needs float8.enable_float8_linear"),
+            std::string::npos);
+  EXPECT_EQ(load_error("[float8]\nenable_float8_linear = true\nenable_fsdp_float8_all_gather = true\n"
+                       "precompute_float8_dynamic_scale_for_fsdp = true\n"), "");
+  EXPECT_NE(load_error("[float8]\nenable_float8_linear = true\nrecipe_name = \"rowwise\"\nenable_fsdp_float8_all_gather = true\n")
+                .find("needs the tensorwise recipe"),
+            std::string::npos);
   EXPECT_NE(load_error("[float8]\nrecipe_name = \"blockwise\"\n").find("expected tensorwise, rowwise or rowwise_with_gw_hp"),
             std::string::npos);
   EXPECT_NE(load_error("[model]\nnorm_type = \"layernorm\"\n").find("expected rmsnorm"), std::string::npos);

@@ -53,12 +53,12 @@ class RecordingBackend final : public Backend {
   void embedding_forward(const void*, void*, int64_t n, int64_t) override { op("embedding_forward", n); }
   void embedding_backward(const void*, float*, int64_t n, int64_t) override { op("embedding_backward", n); }
   void set_float8_recipe(const float8::Recipe& r) override { ops.push_back("float8 recipe " + r.name); }
-  void linear_forward(const void*, const void*, const float*, void*, int64_t n, int64_t in, int64_t out,
+  void linear_forward(const void*, const LinearWeight&, void*, int64_t n, int64_t in, int64_t out,
                       LinearPrecision p) override {
     op(concat("linear ", in, "->", out, p == LinearPrecision::float8 ? " float8" : ""), n);
   }
-  void linear_backward(const void*, const void*, const float*, const void*, void*, float*, int64_t n, int64_t in,
-                       int64_t out, float beta, LinearPrecision p) override {
+  void linear_backward(const void*, const LinearWeight&, const void*, void*, float*, int64_t n, int64_t in, int64_t out,
+                       float beta, LinearPrecision p) override {
     op(concat("linear_backward ", in, "->", out, " beta ", beta, p == LinearPrecision::float8 ? " float8" : ""), n);
   }
   void rmsnorm_forward(const void*, const void*, void*, float*, int64_t n, int64_t, float) override { op("rmsnorm", n); }

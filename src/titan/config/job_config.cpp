@@ -117,8 +117,8 @@ std::vector<KeySpec> make_schema() {
       {"float8", "recipe_name", string, "", "tensorwise (unset: the default), rowwise or rowwise_with_gw_hp"},
       {"float8", "filter_fqns", string_list, "", "linears whose name contains one of these stay in high precision (train_configs: [\"output\"])"},
       {"float8", "emulate", boolean, "false", "emulate float8 in high precision (the CPU always does)"},
-      {"float8", "enable_fsdp_float8_all_gather", boolean, "false", "FP8 all-gather", default_only},
-      {"float8", "precompute_float8_dynamic_scale_for_fsdp", boolean, "false", "FP8 scale precompute", default_only},
+      {"float8", "enable_fsdp_float8_all_gather", boolean, "false", "FSDP gathers the float8 linears' weights in e4m3 (tensorwise recipe; one byte an element on the wire)"},
+      {"float8", "precompute_float8_dynamic_scale_for_fsdp", boolean, "false", "the FP8 all-gather's weight amaxes in one all-reduce per step instead of one per weight"},
   };
 }
 
@@ -453,6 +453,16 @@ void JobConfig::validate() const {
     fail("training.cuda_model", "expected legacy or model");
   if (const auto r = get_string("float8.recipe_name"); !r.empty() && r != "tensorwise" && r != "rowwise" && r != "rowwise_with_gw_hp")
     fail("float8.recipe_name", "expected tensorwise, rowwise or rowwise_with_gw_hp (or unset: tensorwise)");
+  if (get_bool("float8.enable_fsdp_float8_all_gather")) {
+    if (!get_bool("float8.enable_float8_linear"))
+      fail("float8.enable_fsdp_float8_all_gather", "needs float8.enable_float8_linear = true");
+    if (const auto r = get_string("float8.recipe_name"); !r.empty() && r != "tensorwise")
+      fail("float8.enable_fsdp_float8_all_gather",
+           concat("needs the tensorwise recipe (float8.recipe_name = ", r, " scales the weight per row, so FSDP gathers it in "
+                  "high precision, as torchtitan does: set enable_fsdp_float8_all_gather = false)"));
+  }
+  if (get_bool("float8.precompute_float8_dynamic_scale_for_fsdp") && !get_bool("float8.enable_fsdp_float8_all_gather"))
+    fail("float8.precompute_float8_dynamic_scale_for_fsdp", "needs float8.enable_fsdp_float8_all_gather = true");
   if (const auto r = get_string("training.fsdp_reshard_after_forward"); r != "default" && r != "always" && r != "never")
     fail("training.fsdp_reshard_after_forward", "expected default, always or never");
 }

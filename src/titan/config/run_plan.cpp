@@ -61,6 +61,8 @@ RunPlan resolve_run_plan(const JobConfig& cfg) {
   p.float8.recipe = float8::recipe(cfg.get_string("float8.recipe_name"));  // validated by JobConfig::validate
   p.float8.filter_fqns = cfg.get_strings("float8.filter_fqns");
   p.float8.emulate = cfg.get_bool("float8.emulate");
+  p.float8.fsdp_all_gather = cfg.get_bool("float8.enable_fsdp_float8_all_gather");
+  p.float8.precompute_scales = cfg.get_bool("float8.precompute_float8_dynamic_scale_for_fsdp");
   return p;
 }
 

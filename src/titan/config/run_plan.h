@@ -38,6 +38,7 @@ struct RunPlan {
     float8::Recipe recipe;
     std::vector<std::string> filter_fqns;
     bool emulate = false;  // the CPU emulates whatever this says
+    bool fsdp_all_gather = false, precompute_scales = false;  // FP8 all-gather (tensorwise only)
   } float8;
   // Where each of the keys above was set, for errors ("file.toml:12", "--training.device", "default").
   const JobConfig* source = nullptr;

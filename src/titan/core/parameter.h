@@ -27,6 +27,9 @@ struct Parameter {
   Tensor exp_avg_sq;    // AdamW second moment of the shard
   Tensor full;          // the whole weight the model computes with
   Tensor full_grad;     // the whole weight's gradient, before reduce-scatter
+  // > 0: FSDP gathered `full` as e4m3 cast with this tensorwise scale (FP8 all-gather), and
+  // `full` holds those values dequantised; 0: `full` is the weight itself.
+  float full_float8_scale = 0;
 
   int64_t numel() const { return shape_numel(global_shape); }
   int64_t row_elems() const { return global_shape.size() > 1 ? numel() / global_shape[0] : 1; }

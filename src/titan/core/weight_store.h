@@ -18,6 +18,9 @@ class WeightStore {
   // The fp32 master of a whole weight where the store holds one apart from weight(i) (a device
   // mirror's), else null: float8 casts weights from it, so every mode quantises the same values.
   virtual const float* master(size_t /*i*/) { return nullptr; }
+  // Where the store gathered weight i already cast to float8 (FP8 all-gather): its tensorwise
+  // scale; else null.
+  virtual const float* float8_scale(size_t /*i*/) { return nullptr; }
 };
 
 // Host parameters: each one's `full` weight and `full_grad` (whole, or FSDP's gathered views).
@@ -26,6 +29,9 @@ class ParameterWeights final : public WeightStore {
   explicit ParameterWeights(std::deque<Parameter>& params) : params_(params) {}
   const void* weight(size_t i) override { return params_[i].full.f32(); }
   float* grad(size_t i) override { return params_[i].full_grad.f32(); }
+  const float* float8_scale(size_t i) override {
+    return params_[i].full_float8_scale > 0 ? &params_[i].full_float8_scale : nullptr;
+  }
 
  private:
   std::deque<Parameter>& params_;

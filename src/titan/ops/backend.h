@@ -27,6 +27,14 @@ struct BatchShape {
 // or in float8 under the recipe the backend was given. none: the tensor is not a GEMM weight.
 enum class LinearPrecision { none, high, float8 };
 
+// A linear's weight as the model's weight store hands it over.
+struct LinearWeight {
+  const void* w = nullptr;              // the whole weight, in the compute dtype
+  const float* master = nullptr;        // its fp32 master where the store holds it whole apart from w
+  const float* float8_scale = nullptr;  // set (FP8 all-gather): w holds the weight already cast to
+                                        // e4m3 with this tensorwise scale (and dequantised on the CPU)
+};
+
 struct AttentionDims {
   int64_t batch, seq, heads, kv_heads, head_dim;
 };
@@ -80,14 +88,13 @@ class Backend {
 
   // The float8 recipe of the linears whose precision is float8 (before the first such call).
   virtual void set_float8_recipe(const float8::Recipe& recipe) = 0;
-  // y[n, out] = x[n, in] @ w[out, in]^T. w_master: the weight's fp32 master where the store
-  // holds it whole (null otherwise); a float8 linear casts the weight from it.
-  virtual void linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
-                              int64_t out, LinearPrecision precision) = 0;
+  // y[n, out] = x[n, in] @ w[out, in]^T. A float8 linear casts the weight from its master
+  // where given, and does not cast it again where the store did (w.float8_scale).
+  virtual void linear_forward(const void* x, const LinearWeight& w, void* y, int64_t n, int64_t in, int64_t out,
+                              LinearPrecision precision) = 0;
   // dx = dy @ w (dx_beta 0 writes, 1 adds); dw += dy^T @ x.
-  virtual void linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx,
-                               float* dw, int64_t n, int64_t in, int64_t out, float dx_beta,
-                               LinearPrecision precision) = 0;
+  virtual void linear_backward(const void* x, const LinearWeight& w, const void* dy, void* dx, float* dw, int64_t n,
+                               int64_t in, int64_t out, float dx_beta, LinearPrecision precision) = 0;
 
   // y = x / rms(x) * w per row; rstd[n] kept for backward.
   virtual void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d,

@@ -1,5 +1,7 @@
 #include "titan/parallel/data_parallel.h"
 
+#include <algorithm>
+
 #include "titan/core/error.h"
 
 namespace titan::parallel {
@@ -47,11 +49,14 @@ DataParallel::DataParallel(ProcessGroup& world, MeshShape mesh, ReshardPolicy fs
 
 void DataParallel::apply(llama3::Transformer& model, bool hooks) {
   const auto units = model.units();
-  root_elements_ = block_elements_ = last_block_elements_ = 0;
+  unit_elements_.assign(units.size(), 0);
+  unit_float8_elements_.assign(units.size(), 0);
+  unit_float8_weights_.assign(units.size(), 0);
+  unit_params_.assign(units.size(), {});
   for (size_t u = 0; u < units.size(); ++u)
     for (const Parameter* p : units[u]) {
-      (u == 0 ? root_elements_ : block_elements_) += p->numel();
-      if (u > 0 && u + 1 == units.size()) last_block_elements_ += p->numel();
+      unit_elements_[u] += p->numel();
+      unit_params_[u].push_back(p);
     }
   if (!sharded() || !hooks) return;
   units_ = std::make_unique<HostUnitStore>(units, *shard_group_);
@@ -79,20 +84,42 @@ CommVolume DataParallel::take_volume() {
   if (fsdp_) {
     v.all_gather += units_->volume().all_gather;
     v.reduce_scatter += units_->volume().reduce_scatter;
+    v.all_reduce += units_->volume().all_reduce;
     units_->volume() = {};
   }
   return v;
 }
 
+void DataParallel::enable_float8_all_gather(const std::vector<const Parameter*>& weights, bool precompute) {
+  if (!units_) return;
+  units_->enable_float8_gather(weights, precompute);
+  precompute_float8_ = precompute;
+  for (size_t u = 0; u < unit_params_.size(); ++u)
+    for (const Parameter* p : unit_params_[u])
+      if (std::find(weights.begin(), weights.end(), p) != weights.end()) {
+        unit_float8_elements_[u] += p->numel();
+        ++unit_float8_weights_[u];
+      }
+}
+
 double DataParallel::analytic_volume(int64_t micro_batches, double gather_bytes) const {
-  const double s = mesh_.shard, r = mesh_.replicate, root = double(root_elements_), blocks = double(block_elements_);
+  const double s = mesh_.shard, r = mesh_.replicate;
   // (One forced FSDP rank moves nothing: (s - 1) / s = 0.)
-  const double last = double(last_block_elements_);
-  const double gathered = root * (fsdp_options_.reshard_root ? 2 : 1) +
-                          (blocks - last) * (fsdp_options_.reshard_blocks ? 2 : 1) +
-                          last * (fsdp_options_.reshard_last_block ? 2 : 1);
-  const double fsdp = s > 1 ? (s - 1) / s * (gather_bytes * gathered + 4 * (root + blocks)) * double(micro_batches) : 0.0;
-  const double replicate = 2.0 * (r - 1) / r * 4 * (root + blocks) / s;
+  double gathered = 0, elements = 0, amaxes = 0, float8_weights = 0;
+  const size_t n = unit_elements_.size();
+  for (size_t u = 0; u < n; ++u) {
+    const bool reshards = u == 0 ? fsdp_options_.reshard_root : u + 1 == n ? fsdp_options_.reshard_last_block
+                                                                           : fsdp_options_.reshard_blocks;
+    const double times = reshards ? 2 : 1, f8 = double(unit_float8_elements_[u]);
+    gathered += times * (gather_bytes * (double(unit_elements_[u]) - f8) + f8);
+    amaxes += times * double(unit_float8_weights_[u]);
+    float8_weights += double(unit_float8_weights_[u]);
+    elements += double(unit_elements_[u]);
+  }
+  const double per_micro = (gathered + 4 * elements) * (s - 1) / s + (precompute_float8_ ? 0.0 : 4 * (s - 1) * amaxes);
+  const double fsdp = s > 1 ? per_micro * double(micro_batches) + (precompute_float8_ ? 4 * (s - 1) * float8_weights : 0.0)
+                            : 0.0;
+  const double replicate = 2.0 * (r - 1) / r * 4 * elements / s;
   return fsdp + replicate;
 }
 

@@ -57,8 +57,18 @@ class DataParallel {
   // micro-batch (W-1)/W x (gather bytes x gathered + 4 x reduced elements), where a unit that
   // reshards after forward is gathered twice; plus, across R replicas, 2 (R-1)/R x 4 bytes x
   // the shard once per step. With every unit resharding ("always") this is REFERENCE.md's
-  // (W-1)/W x P x (4 + 4 + 4) with float32 gathers (the CPU computes in float32).
+  // (W-1)/W x P x (4 + 4 + 4) with float32 gathers (the CPU computes in float32). Under FP8
+  // all-gather the float8 weights gather at one byte an element, and their amaxes add
+  // (W-1) x 4 bytes per weight: once per step with precompute, else at each of their gathers.
   double analytic_volume(int64_t micro_batches, double gather_bytes = 4) const;
+  // FP8 all-gather for these weights (float8 linears; HostUnitStore::enable_float8_gather).
+  // Nothing without FSDP's host store (one rank, or a GPU engine that shards its own copy).
+  void enable_float8_all_gather(const std::vector<const Parameter*>& weights, bool precompute);
+  // After the optimizer step: FP8-gathered weights take new scales at their next gather.
+  void weights_changed() {
+    if (units_) units_->weights_changed();
+  }
+  int64_t float8_amax_reductions() const { return units_ ? units_->float8_amax_reductions() : 0; }
   // Peak bytes of whole (gathered) weights and gradients so far; 0 without FSDP.
   size_t peak_unsharded_bytes() const { return units_ ? units_->peak_unsharded_bytes() : 0; }
   std::string describe() const;
@@ -69,7 +79,10 @@ class DataParallel {
   ProcessGroup* shard_group_ = nullptr;
   ProcessGroup* replicate_group_ = nullptr;
   ReshardPolicy fsdp_options_;
-  int64_t root_elements_ = 0, block_elements_ = 0, last_block_elements_ = 0;  // set by apply
+  // Per unit (set by apply): elements, and elements and weights gathered in FP8.
+  std::vector<int64_t> unit_elements_, unit_float8_elements_, unit_float8_weights_;
+  std::vector<std::vector<const Parameter*>> unit_params_;
+  bool precompute_float8_ = false;
   std::unique_ptr<HostUnitStore> units_;
   std::unique_ptr<FullyShardedDataParallel> fsdp_;
   CommVolume replicate_volume_;

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "titan/core/parameter.h"
@@ -25,6 +26,18 @@ class HostUnitStore final : public UnitStore {
   void begin_gradients(int u) override;
   void reduce_gradients(int u) override;
 
+  // FP8 all-gather (float8.enable_fsdp_float8_all_gather): these weights are gathered as e4m3
+  // bytes, cast with one tensorwise scale from the max over the ranks of their fp32 master
+  // shards' amax, and dequantised into `full` (Parameter::full_float8_scale says so). With
+  // `precompute`, the amaxes of all of them move in one all-reduce per step; else one per
+  // weight, at its gather.
+  void enable_float8_gather(const std::vector<const Parameter*>& weights, bool precompute);
+  // The optimizer changed the weights: scales are taken anew at the next gather.
+  void weights_changed() { scales_valid_ = false; }
+  int64_t float8_amax_reductions() const { return amax_reductions_; }
+  // Bytes of the FP8 gather's own buffers (a shard's e4m3 bytes, a gathered weight's).
+  size_t float8_buffer_bytes() const { return send_bytes_.size() + gathered_bytes_.size(); }
+
   CommVolume& volume() { return volume_; }
   // Bytes of whole weights and gradients held now, and the most held at once.
   size_t unsharded_bytes() const { return unsharded_bytes_; }
@@ -39,11 +52,18 @@ class HostUnitStore final : public UnitStore {
   };
   Unit& unit(int index);
   void track(const Tensor& t, bool allocated);
+  float float8_scale(const Parameter& p);
+  void gather_float8(Parameter& p, const std::vector<int64_t>& counts);
 
   ProcessGroup& group_;
   std::vector<Unit> units_;
   std::vector<float> scratch_;  // one parameter's reduced shard
   CommVolume volume_;
+  std::map<const Parameter*, size_t> float8_;  // FP8-gathered weights, by their place in float8_scales_
+  std::vector<float> float8_scales_;
+  bool precompute_ = false, scales_valid_ = false;
+  int64_t amax_reductions_ = 0;
+  std::vector<uint8_t> send_bytes_, gathered_bytes_;
   size_t unsharded_bytes_ = 0, peak_unsharded_bytes_ = 0;
 };
 

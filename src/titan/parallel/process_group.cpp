@@ -3,6 +3,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -18,6 +20,34 @@
 #endif
 
 namespace titan::parallel {
+
+void ProcessGroup::all_gather_bytes(const uint8_t* send, uint8_t* recv, const std::vector<int64_t>& counts) {
+  const int64_t most = *std::max_element(counts.begin(), counts.end());
+  const int64_t floats = (most + 3) / 4;  // each rank's bytes padded to a whole number of floats
+  std::vector<float> out(static_cast<size_t>(floats)), in(static_cast<size_t>(floats * size()));
+  std::memcpy(out.data(), send, static_cast<size_t>(counts[static_cast<size_t>(rank())]));
+  all_gather(out.data(), in.data(), std::vector<int64_t>(counts.size(), floats));
+  int64_t at = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    std::memcpy(recv + at, reinterpret_cast<const uint8_t*>(in.data() + static_cast<int64_t>(r) * floats),
+                static_cast<size_t>(counts[r]));
+    at += counts[r];
+  }
+}
+
+void ProcessGroup::all_reduce_max(float* data, int64_t count) {
+  if (size() == 1 || count == 0) return;
+  std::vector<float> all(static_cast<size_t>(count * size()));
+  all_gather(data, all.data(), std::vector<int64_t>(static_cast<size_t>(size()), count));
+  for (int64_t i = 0; i < count; ++i) {
+    float m = all[static_cast<size_t>(i)];
+    for (int r = 1; r < size() && !std::isnan(m); ++r) {
+      const float v = all[static_cast<size_t>(r * count + i)];
+      m = std::isnan(v) ? v : std::max(m, v);  // NaN wins, as torch.max
+    }
+    data[i] = m;
+  }
+}
 
 namespace {
 class LocalGroup final : public ProcessGroup {
@@ -146,6 +176,13 @@ class MpiGroup final : public ProcessGroup {
     layout(counts, "an all-gather", n, at);
     Guard guard(watchdog_.get(), "an all-gather");
     check_mpi(MPI_Allgatherv(send, n[rank_], MPI_FLOAT, recv, n.data(), at.data(), MPI_FLOAT, comm_), "MPI_Allgatherv");
+  }
+  void all_gather_bytes(const uint8_t* send, uint8_t* recv, const std::vector<int64_t>& counts) override {
+    TITAN_CHECK(static_cast<int>(counts.size()) == size_, "all_gather: ", counts.size(), " counts for ", size_, " ranks");
+    std::vector<int> n, at;
+    layout(counts, "an all-gather", n, at);
+    Guard guard(watchdog_.get(), "an all-gather");
+    check_mpi(MPI_Allgatherv(send, n[rank_], MPI_BYTE, recv, n.data(), at.data(), MPI_BYTE, comm_), "MPI_Allgatherv");
   }
   void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) override {
     TITAN_CHECK(static_cast<int>(counts.size()) == size_, "reduce_scatter: ", counts.size(), " counts for ", size_,

@@ -22,6 +22,10 @@ class ProcessGroup {
   // Rank r contributes counts[r] elements (uneven and zero counts allowed); every rank gets
   // all of them in `recv`, rank 0's first. `send` may not overlap `recv`.
   virtual void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) = 0;
+  // The same for bytes (FP8 all-gather). By default through all_gather, four bytes a float.
+  virtual void all_gather_bytes(const uint8_t* send, uint8_t* recv, const std::vector<int64_t>& counts);
+  // In place, every rank gets the elementwise max (through all_gather: exact, any order).
+  void all_reduce_max(float* data, int64_t count);
   // Sums `send` (the sum of counts elements) over the ranks; rank r receives its slice of the
   // sum, elements [counts[0] + ... + counts[r-1], + counts[r]), in `recv`.
   virtual void reduce_scatter_sum(const float* send, float* recv, const std::vector<int64_t>& counts) = 0;

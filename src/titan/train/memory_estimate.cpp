@@ -102,6 +102,18 @@ double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, co
          cpu::cpu_backend_scratch_bytes({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size, a.ffn_hidden(), float8_linears});
 }
 
+double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards) {
+  if (!plan.float8.fsdp_all_gather || shards < 2) return 0;
+  const llama3::ModelLayout layout(args);
+  double largest = 0, largest_shard = 0;
+  for (const size_t i : llama3::select_float8_linears(layout, plan.float8.recipe, plan.float8.filter_fqns).converted) {
+    const auto& shape = layout[i].shape;
+    largest = std::max(largest, double(layout[i].numel()));
+    largest_shard = std::max(largest_shard, double((shape[0] + shards - 1) / shards * shape[1]));
+  }
+  return largest + largest_shard;
+}
+
 bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& args) {
   return plan.float8.enabled &&
          !llama3::select_float8_linears(llama3::ModelLayout(args), plan.float8.recipe, plan.float8.filter_fqns).converted.empty();
@@ -233,7 +245,7 @@ int estimate_main(const std::vector<std::string>& args) {
   }
   auto e = estimate_memory(a, s, plan.ac, device == "cuda" ? cuda_estimate_backend(plan) : EstimateBackend::cpu, shards,
                            plan.keep_gathered_blocks, plan.attention, runs_float8_linears(plan, a));
-  if (device == "cpu") e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards);
+  if (device == "cpu") e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards) + float8_all_gather_bytes(plan, a, shards);
   std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size
             << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch

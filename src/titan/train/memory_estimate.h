@@ -45,6 +45,10 @@ double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s,
 // some linear left by the filter).
 bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& args);
 
+// Host bytes of the FP8 all-gather's own buffers under FSDP over `shards` (the largest float8
+// weight's e4m3 bytes and its shard's); 0 when it is off.
+double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards);
+
 // Model shapes from the config without reading data: model.vocab_size, else the flavor's
 // (debugmodel: the built-in tokenizer's 2,048).
 llama3::ModelArgs model_args_without_data(const config::JobSettings& job);

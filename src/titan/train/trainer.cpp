@@ -161,6 +161,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     model_->model().set_float8_linears(f8);
     float8_linears_ = static_cast<int64_t>(f8.converted.size());
     log_ << llama3::describe(f8, model_->layout()) << (on_cuda ? "" : "; emulated in float32 on the CPU") << "\n";
+    if (plan_.float8.fsdp_all_gather) enable_float8_all_gather(f8);
   }
   cuda::DeviceCollectives* shards = device_collectives(on_cuda);
   engine_ = make_engine(plan_, *model_, optimizer_, shards, replica_collectives(on_cuda));
@@ -216,6 +217,20 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                              start_step_ > 1},
       log);
   print_start_summary();
+}
+
+// FSDP's host store casts the float8 linears' weight shards to e4m3 before gathering them.
+void Trainer::enable_float8_all_gather(const llama3::Float8Linears& f8) {
+  if (!dp_->sharded()) {
+    log_ << "notice: float8.enable_fsdp_float8_all_gather = true: no FSDP on this run, nothing is gathered\n";
+    return;
+  }
+  std::vector<const Parameter*> weights;
+  for (const size_t i : f8.converted) weights.push_back(&model_->parameters()[i]);
+  dp_->enable_float8_all_gather(weights, plan_.float8.precompute_scales);
+  log_ << "float8: FSDP gathers the " << weights.size() << " float8 linears' weights in e4m3 (one byte an element), "
+       << (plan_.float8.precompute_scales ? "their amaxes in one all-reduce per step" : "each weight's amax reduced at its gather")
+       << "\n";
 }
 
 void Trainer::lock_run_folders() {
@@ -275,7 +290,7 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
 void Trainer::check_memory_estimate(bool cuda, int shards) const {
   auto e = estimate_memory(args_, shape_, plan_.ac, cuda ? cuda_estimate_backend(plan_) : EstimateBackend::cpu, shards,
                            plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_));
-  if (!cuda) e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards);
+  if (!cuda) e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards) + float8_all_gather_bytes(plan_, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || job_.skip_memory_check) return;
   throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
@@ -401,7 +416,9 @@ void Trainer::print_start_summary() {
     char volume[160];
     std::snprintf(volume, sizeof volume,
                   "communication per rank per step (analytic, %s gathers): %.3f MiB\n",
-                  engine_->on_cpu() ? "float32" : "bfloat16",
+                  plan_.float8.fsdp_all_gather ? "e4m3 float8-linear and float32 other"
+                  : engine_->on_cpu()          ? "float32"
+                                               : "bfloat16",
                   dp_->analytic_volume(accumulation_, engine_->on_cpu() ? 4 : 2) / (1024.0 * 1024.0));
     log_ << volume;
   }
@@ -453,6 +470,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   m.grad_norm = std::sqrt(dp_->global_grad_sq(engine_->grad_sq_sum()));
   if (finite_or_stop(step, m)) engine_->update(m.grad_norm, job_.max_norm, m.lr);
   else m.skipped = true;
+  dp_->weights_changed();  // FP8-gathered weights take new scales
   m.step_seconds = timer.seconds();
   return m;
 }
@@ -596,6 +614,10 @@ std::vector<StepMetrics> Trainer::run() {
   if (dp_->sharded())
     log_ << "FSDP: at most " << std::max(dp_->peak_unsharded_bytes(), engine_->peak_unsharded_bytes())
          << " bytes of whole weights and gradients were gathered at once on rank 0\n";
+  if (plan_.float8.fsdp_all_gather && dp_->sharded())
+    log_ << "FP8 all-gather: " << dp_->float8_amax_reductions() << " weight-amax all-reduce(s) over "
+         << history.size() << " step(s) on rank 0" << (plan_.float8.precompute_scales ? " (precomputed: one per step)" : "")
+         << "\n";
   log_ << engine_->phase_report() << std::flush;
   set_stop_phase(StopPhase::starting);
   return history;

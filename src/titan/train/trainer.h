@@ -67,6 +67,7 @@ class Trainer {
   void write_trace(int64_t step);
   // Rank 0 locks the dump folder and the checkpoint folder before any rank touches them.
   void lock_run_folders();
+  void enable_float8_all_gather(const llama3::Float8Linears& f8);
   void write_resolved_config(const std::string& dump);
   void resume_from(const std::string& dir, data::WindowSource& source);
   void save_checkpoint(int64_t step);

@@ -53,13 +53,12 @@ void Model::plan(BatchShape s) {
 
 void Model::linear(const void* x, size_t weight, void* y, int64_t n) {
   const TensorSpec& t = layout_[weight];
-  backend_.linear_forward(x, w(weight), weights_.master(weight), y, n, t.shape[1], t.shape[0], t.precision);
+  backend_.linear_forward(x, linear_weight(weight), y, n, t.shape[1], t.shape[0], t.precision);
 }
 
 void Model::linear_backward(const void* x, size_t weight, const void* dy, void* dx, int64_t n, float dx_beta) {
   const TensorSpec& t = layout_[weight];
-  backend_.linear_backward(x, w(weight), weights_.master(weight), dy, dx, dw(weight), n, t.shape[1], t.shape[0], dx_beta,
-                           t.precision);
+  backend_.linear_backward(x, linear_weight(weight), dy, dx, dw(weight), n, t.shape[1], t.shape[0], dx_beta, t.precision);
 }
 
 void Model::block_forward(int64_t layer, BatchShape s, KvCache* cache) {

@@ -101,23 +101,34 @@ float* CpuBackend::float8_operands(int64_t floats) {
 
 // Float8 emulated as torchao emulates it: each operand quantised with its recipe's cast and
 // dequantised in float32, then the float32 GEMM.
-// w is fp32 on the CPU: the master itself, or FSDP's gathered copy of it (w_master unused).
-void CpuBackend::linear_forward(const void* x, const void* w, const float* /*w_master*/, void* y, int64_t n, int64_t in,
-                                int64_t out, LinearPrecision precision) {
-  if (precision != LinearPrecision::float8) return cpu::linear_forward(f(x), f(w), f(y), n, in, out);
+// The weight as the GEMM takes it: w.w is fp32 on the CPU (the master, or FSDP's gathered copy
+// of it); cast with `cast` into `scratch`, unless FSDP gathered it already cast (FP8 all-gather:
+// e4m3 with one scale for the tensor, the only recipe it runs under).
+const float* CpuBackend::float8_weight(const LinearWeight& w, int64_t out, int64_t in, const float8::Cast& cast,
+                                       float8::Axis axis, float* scratch) {
+  if (w.float8_scale) {
+    TITAN_CHECK(cast.scaling == float8::Scaling::tensorwise && cast.format == float8::Format::e4m3,
+                "a weight gathered in float8 under a recipe that casts it otherwise");
+    return f(w.w);
+  }
+  float8::quantize_dequantize(f(w.w), scratch, out, in, cast, axis, float8_->power_of_2_scales);
+  return scratch;
+}
+
+void CpuBackend::linear_forward(const void* x, const LinearWeight& w, void* y, int64_t n, int64_t in, int64_t out,
+                                LinearPrecision precision) {
+  if (precision != LinearPrecision::float8) return cpu::linear_forward(f(x), f(w.w), f(y), n, in, out);
   using float8::Axis;
   float* xq = float8_operands(n * in + out * in);
-  float* wq = xq + n * in;
-  const bool pow2 = float8_->power_of_2_scales;
-  float8::quantize_dequantize(f(x), xq, n, in, float8_->input, Axis::rows, pow2);
-  float8::quantize_dequantize(f(w), wq, out, in, float8_->weight, Axis::rows, pow2);
+  float8::quantize_dequantize(f(x), xq, n, in, float8_->input, Axis::rows, float8_->power_of_2_scales);
+  const float* wq = float8_weight(w, out, in, float8_->weight, Axis::rows, xq + n * in);
   cpu::linear_forward(xq, wq, f(y), n, in, out);
 }
 
-void CpuBackend::linear_backward(const void* x, const void* w, const float* /*w_master*/, const void* dy, void* dx,
-                                 float* dw, int64_t n, int64_t in, int64_t out, float dx_beta,
-                                 LinearPrecision precision) {
-  if (precision != LinearPrecision::float8) return cpu::linear_backward(f(x), f(w), f(dy), f(dx), dw, n, in, out, dx_beta);
+void CpuBackend::linear_backward(const void* x, const LinearWeight& w, const void* dy, void* dx, float* dw, int64_t n,
+                                 int64_t in, int64_t out, float dx_beta, LinearPrecision precision) {
+  if (precision != LinearPrecision::float8)
+    return cpu::linear_backward(f(x), f(w.w), f(dy), f(dx), dw, n, in, out, dx_beta);
   using float8::Axis;
   const bool pow2 = float8_->power_of_2_scales;
   float* dyq = float8_operands(n * in + n * out + in * out);
@@ -125,8 +136,8 @@ void CpuBackend::linear_backward(const void* x, const void* w, const float* /*w_
   float* xq = wq + out * in;
   // dX = dY @ W: both scaled along `out`, the contraction (dY per row, W per column).
   float8::quantize_dequantize(f(dy), dyq, n, out, float8_->grad_output, Axis::rows, pow2);
-  float8::quantize_dequantize(f(w), wq, out, in, float8_->weight_for_grad_input, Axis::columns, pow2);
-  cpu::linear_backward(nullptr, wq, dyq, f(dx), nullptr, n, in, out, dx_beta);  // dx only
+  const float* wgq = float8_weight(w, out, in, float8_->weight_for_grad_input, Axis::columns, wq);
+  cpu::linear_backward(nullptr, wgq, dyq, f(dx), nullptr, n, in, out, dx_beta);  // dx only
   // dW += dY^T @ X: both scaled along n (per column).
   float8::quantize_dequantize(f(dy), dyq, n, out, float8_->grad_output_for_grad_weight, Axis::columns, pow2);
   float8::quantize_dequantize(f(x), xq, n, in, float8_->input_for_grad_weight, Axis::columns, pow2);

@@ -24,10 +24,10 @@ class CpuBackend final : public Backend {
   void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
   void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
   void set_float8_recipe(const float8::Recipe& recipe) override { float8_ = recipe; }
-  void linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
-                      int64_t out, LinearPrecision precision) override;
-  void linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx, float* dw,
-                       int64_t n, int64_t in, int64_t out, float dx_beta, LinearPrecision precision) override;
+  void linear_forward(const void* x, const LinearWeight& w, void* y, int64_t n, int64_t in, int64_t out,
+                      LinearPrecision precision) override;
+  void linear_backward(const void* x, const LinearWeight& w, const void* dy, void* dx, float* dw, int64_t n, int64_t in,
+                       int64_t out, float dx_beta, LinearPrecision precision) override;
   void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) override;
   void add_rmsnorm_forward(const void* x, const void* r, void* h, const void* w, void* y, float* rstd, int64_t n,
                            int64_t d, float eps) override;
@@ -60,6 +60,8 @@ class CpuBackend final : public Backend {
   std::optional<float8::Recipe> float8_;
   Buffer float8_scratch_;
   float* float8_operands(int64_t floats);
+  const float* float8_weight(const LinearWeight& w, int64_t out, int64_t in, const float8::Cast& cast, float8::Axis axis,
+                             float* scratch);
   ClassifierResult last_;
 };
 

@@ -66,7 +66,7 @@ DeviceBuffer CudaBackend::scratch(size_t bytes) {
 }
 
 void CudaBackend::prepare(const PassDims& p) {
-  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.heads == prepared_.heads &&
+  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.heads == prepared_.heads && p.head_dim == prepared_.head_dim &&
       p.vocab == prepared_.vocab && p.float8 == prepared_.float8 && p.ffn_hidden == prepared_.ffn_hidden &&
       scratch_bytes_ > 0)
     return;
@@ -152,32 +152,52 @@ Gemm::Float8Operand CudaBackend::cast_float8(const void* src, const float* src_f
   return {out_t && transposed_scales ? out_t : out, cast.format, inv_scale, per_row};
 }
 
+// cuBLASLt scales both operands by scalars or both by vectors: a tensorwise operand facing a
+// per-row one (rowwise_with_gw_hp's dX) gets its one factor repeated over its `rows`, into its
+// slot's scale region (the cast that read it is queued before). torchao repeats it likewise.
+void CudaBackend::match_scale_modes(Gemm::Float8Operand& a, int64_t a_rows, Gemm::Float8Operand& b, int64_t b_rows) {
+  if (a.per_row == b.per_row) return;
+  const int64_t longest = static_cast<int64_t>(fp8_scales_.bytes() / (4 * 6));
+  Gemm::Float8Operand& scalar = a.per_row ? b : a;
+  const int64_t rows = a.per_row ? b_rows : a_rows;
+  TITAN_CHECK(rows <= longest, "float8 scales for ", rows, " rows, the scratch holds ", longest);
+  float* repeated = const_cast<float*>(scalar.inv_scale) - longest;  // the slot's `scale` region
+  float8_repeat_scale(scalar.inv_scale, repeated, rows, stream_);
+  scalar.inv_scale = repeated;
+  scalar.per_row = true;
+}
+
 // torchao's float8 linear on the GPU (docs/float8.md): each operand cast with its recipe's
 // scales into float8 scratch, K-major, and cuBLASLt's scaled FP8 GEMM. The weight is cast from
 // its fp32 master where the store holds one (the bf16 copy otherwise: under FSDP).
-void CudaBackend::linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
-                                 int64_t out, LinearPrecision precision) {
+void CudaBackend::linear_forward(const void* x, const LinearWeight& lw, void* y, int64_t n, int64_t in, int64_t out,
+                                 LinearPrecision precision) {
   mark(Phase::gemm);
+  const void* w = lw.w;
+  const float* w_master = lw.master;
   if (precision != LinearPrecision::float8) return gemm_->run(false, true, n, out, in, b(x), b(w), y, OutType::bf16, 1.0f, 0.0f);
   TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
+  TITAN_CHECK(!lw.float8_scale, "weights gathered in float8: the device unit store does not gather them so yet");
   using float8::Axis;
   const auto xq = cast_float8(x, nullptr, n, in, float8_->input, Axis::rows, 0, fp8_input_.as<uint8_t>(), nullptr, false);
   const auto wq = cast_float8(w, w_master, out, in, float8_->weight, Axis::rows, 1, fp8_weight_.as<uint8_t>(), nullptr, false);
   gemm_->run_float8(out, n, in, wq, xq, y, OutType::bf16, 0.0f, true);  // y [n, out] = x W^T
 }
 
-void CudaBackend::linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx,
-                                  float* dw, int64_t n, int64_t in, int64_t out, float dx_beta,
-                                  LinearPrecision precision) {
+void CudaBackend::linear_backward(const void* x, const LinearWeight& lw, const void* dy, void* dx, float* dw, int64_t n,
+                                  int64_t in, int64_t out, float dx_beta, LinearPrecision precision) {
   mark(Phase::gemm);
+  const void* w = lw.w;
+  const float* w_master = lw.master;
   if (precision == LinearPrecision::float8) {
     TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
     using float8::Axis;
     const float8::Recipe& r = *float8_;
     // dX [n, in] = dY W: dY per row (K = out), W per column, as W^T [in, out].
-    const auto dyq = cast_float8(dy, nullptr, n, out, r.grad_output, Axis::rows, 0, fp8_grad_.as<uint8_t>(), nullptr, false);
-    const auto wtq = cast_float8(w, w_master, out, in, r.weight_for_grad_input, Axis::columns, 1, nullptr,
-                                 fp8_weight_.as<uint8_t>(), true);
+    auto dyq = cast_float8(dy, nullptr, n, out, r.grad_output, Axis::rows, 0, fp8_grad_.as<uint8_t>(), nullptr, false);
+    auto wtq = cast_float8(w, w_master, out, in, r.weight_for_grad_input, Axis::columns, 1, nullptr,
+                           fp8_weight_.as<uint8_t>(), true);
+    match_scale_modes(wtq, in, dyq, n);
     gemm_->run_float8(in, n, out, wtq, dyq, dx, OutType::bf16, dx_beta, false);
     if (r.grad_output_for_grad_weight.scaling == float8::Scaling::disabled) {  // rowwise_with_gw_hp: dW in bf16
       gemm_->run(true, false, out, in, n, b(dy), b(x), dw, OutType::f32, 1.0f, grad_beta());

@@ -42,10 +42,10 @@ class CudaBackend final : public Backend {
   void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
   void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
   void set_float8_recipe(const float8::Recipe& recipe) override;
-  void linear_forward(const void* x, const void* w, const float* w_master, void* y, int64_t n, int64_t in,
-                      int64_t out, LinearPrecision precision) override;
-  void linear_backward(const void* x, const void* w, const float* w_master, const void* dy, void* dx, float* dw,
-                       int64_t n, int64_t in, int64_t out, float dx_beta, LinearPrecision precision) override;
+  void linear_forward(const void* x, const LinearWeight& w, void* y, int64_t n, int64_t in, int64_t out,
+                      LinearPrecision precision) override;
+  void linear_backward(const void* x, const LinearWeight& w, const void* dy, void* dx, float* dw, int64_t n, int64_t in,
+                       int64_t out, float dx_beta, LinearPrecision precision) override;
   void rmsnorm_forward(const void* x, const void* w, void* y, float* rstd, int64_t n, int64_t d, float eps) override;
   void add_rmsnorm_forward(const void* x, const void* r, void* h, const void* w, void* y, float* rstd, int64_t n,
                            int64_t d, float eps) override;
@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
   Gemm::Float8Operand cast_float8(const void* src, const float* src_f32, int64_t rows, int64_t cols,
                                   const float8::Cast& cast, float8::Axis axis, int slot, uint8_t* out, uint8_t* out_t,
                                   bool transposed_scales);
+  void match_scale_modes(Gemm::Float8Operand& a, int64_t a_rows, Gemm::Float8Operand& b, int64_t b_rows);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -1,6 +1,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
+
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/float8_kernels.h"
 
@@ -18,14 +20,25 @@ __device__ __forceinline__ float load(const bf16* p, int64_t i) {
 // inf's, so an unsigned max over them is an exact, order-free amax that NaN wins.
 __device__ __forceinline__ unsigned abs_bits(float v) { return __float_as_uint(v) & 0x7FFFFFFFu; }
 
+// The block's max (blockDim.x a multiple of 32, at most 1024) in lane 0 of warp 0.
+__device__ __forceinline__ unsigned block_max(unsigned m) {
+  __shared__ unsigned warps[32];
+  m = __reduce_max_sync(0xffffffffu, m);
+  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = threadIdx.x < (blockDim.x >> 5) ? warps[threadIdx.x] : 0u;
+  return threadIdx.x < 32 ? __reduce_max_sync(0xffffffffu, m) : m;
+}
+
+// One atomic per block (a capped grid strides over the tensor).
 template <typename T>
 __global__ void amax_tensor_kernel(const T* src, int64_t count, unsigned* amax) {
   unsigned m = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     m = max(m, abs_bits(load(src, i)));
-  m = __reduce_max_sync(0xffffffffu, m);
-  if ((threadIdx.x & 31) == 0) atomicMax(amax, m);
+  m = block_max(m);
+  if (threadIdx.x == 0) atomicMax(amax, m);
 }
 
 template <typename T>
@@ -33,20 +46,31 @@ __global__ void amax_rows_kernel(const T* src, int64_t cols, unsigned* amax) {
   const int64_t row = blockIdx.x;
   unsigned m = 0;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = max(m, abs_bits(load(src, row * cols + c)));
-  m = __reduce_max_sync(0xffffffffu, m);
-  if ((threadIdx.x & 31) == 0) atomicMax(amax + row, m);
+  m = block_max(m);
+  if (threadIdx.x == 0) amax[row] = m;  // one block per row: no atomic needed
 }
 
-// 32 columns per block, coalesced along a row; rows split over threadIdx.y and gridDim.y.
+// 32 columns per block, coalesced along a row; rows split over threadIdx.y and gridDim.y. The
+// block's rows meet in shared memory first: one atomic per column per block.
 template <typename T>
 __global__ void amax_columns_kernel(const T* src, int64_t rows, int64_t cols, unsigned* amax) {
+  __shared__ unsigned partial[kRowsPerPass][kTile];
   const int64_t c = blockIdx.x * static_cast<int64_t>(kTile) + threadIdx.x;
-  if (c >= cols) return;
   unsigned m = 0;
-  for (int64_t r = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < rows;
-       r += static_cast<int64_t>(gridDim.y) * blockDim.y)
-    m = max(m, abs_bits(load(src, r * cols + c)));
+  if (c < cols)
+    for (int64_t r = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y; r < rows;
+         r += static_cast<int64_t>(gridDim.y) * blockDim.y)
+      m = max(m, abs_bits(load(src, r * cols + c)));
+  partial[threadIdx.y][threadIdx.x] = m;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= cols) return;
+  for (int y = 1; y < kRowsPerPass; ++y) m = max(m, partial[y][threadIdx.x]);
   atomicMax(amax + c, m);
+}
+
+__global__ void repeat_kernel(const float* value, float* dst, int64_t count) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < count) dst[i] = *value;
 }
 
 __global__ void scales_kernel(const float* amax, int64_t count, double max_finite, bool power_of_2, float* scale,
@@ -96,12 +120,12 @@ void amax_impl(const T* src, int64_t rows, int64_t cols, ScaleSpan span, float* 
   if (rows == 0 || cols == 0) return;
   unsigned* bits = reinterpret_cast<unsigned*>(amax);
   if (span == ScaleSpan::tensor) {
-    amax_tensor_kernel<<<grid_for(rows * cols, 256), 256, 0, stream>>>(src, rows * cols, bits);
+    amax_tensor_kernel<<<std::min(grid_for(rows * cols, 256), 1024u), 256, 0, stream>>>(src, rows * cols, bits);
   } else if (span == ScaleSpan::rows) {
     amax_rows_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(src, cols, bits);
   } else {
     const dim3 grid(static_cast<unsigned>((cols + kTile - 1) / kTile),
-                    static_cast<unsigned>(std::min<int64_t>((rows + kRowsPerPass - 1) / kRowsPerPass, 1024)));
+                    static_cast<unsigned>(std::min<int64_t>((rows + kRowsPerPass - 1) / kRowsPerPass, 64)));
     amax_columns_kernel<<<grid, dim3(kTile, kRowsPerPass), 0, stream>>>(src, rows, cols, bits);
   }
   TITAN_CUDA_CHECK_LAUNCH();
@@ -130,6 +154,12 @@ void float8_scales(const float* amax, int64_t count, float8::Format format, bool
   if (count == 0) return;
   scales_kernel<<<grid_for(count, 256), 256, 0, stream>>>(amax, count, float8::max_finite(format), power_of_2, scale,
                                                            inv_scale);
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+void float8_repeat_scale(const float* value, float* dst, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  repeat_kernel<<<grid_for(count, 256), 256, 0, stream>>>(value, dst, count);
   TITAN_CUDA_CHECK_LAUNCH();
 }
 

@@ -21,6 +21,9 @@ void float8_amax(const float* src, int64_t rows, int64_t cols, ScaleSpan span, f
 void float8_scales(const float* amax, int64_t count, float8::Format format, bool power_of_2, float* scale,
                    float* inv_scale, cudaStream_t stream);
 
+// dst[0, count) = *value (a tensorwise factor repeated for an outer-vector GEMM).
+void float8_repeat_scale(const float* value, float* dst, int64_t count, cudaStream_t stream);
+
 // out = saturate_round(src * scale) as the format's bits, row-major [rows, cols], and/or its
 // transpose out_t [cols, rows] (either may be null). `scale` as `span` says.
 void float8_cast(const bf16* src, int64_t rows, int64_t cols, const float* scale, ScaleSpan span, float8::Format format,

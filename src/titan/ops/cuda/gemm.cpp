@@ -80,7 +80,7 @@ Gemm::Plan& Gemm::plan_for(const Key& key) {
 // transposed, B stored k x n (ld k): the "TN" layout, the only one Hopper's FP8 kernels take.
 // Row-major, that is c [n, m] = a [m, k] . b [n, k]^T. Scales: SCALAR_32F (one float) or
 // OUTER_VEC_32F (m floats for A, n for B; cuBLAS 12.9+), applied to the fp32 accumulator.
-Gemm::Plan& Gemm::float8_plan_for(const Float8Key& key) {
+Gemm::Plan& Gemm::float8_plan_for(const Float8Key& key, const float* a_scale, const float* b_scale) {
   if (auto it = float8_plans_.find(key); it != float8_plans_.end()) return it->second;
   const auto [m, n, k, a_format, b_format, a_per_row, b_per_row, c_type, fast_accum] = key;
   auto fp8 = [](int f) { return f == static_cast<int>(float8::Format::e4m3) ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2; };
@@ -97,6 +97,9 @@ Gemm::Plan& Gemm::float8_plan_for(const Float8Key& key) {
   const int32_t a_mode = a_per_row ? vector : scalar, b_mode = b_per_row ? vector : scalar;
   TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof a_mode));
   TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof b_mode));
+  // Scale pointers before the heuristic, as NVIDIA's FP8 sample sets them (run_float8 re-sets them per call).
+  TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale));
+  TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale));
   TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, fp8(a_format), k, m, k));
   TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, fp8(b_format), k, n, k));
   TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, c_type == static_cast<int>(OutType::f32) ? CUDA_R_32F : CUDA_R_16BF,
@@ -120,8 +123,10 @@ Gemm::Plan& Gemm::float8_plan_for(const Float8Key& key) {
 void Gemm::run_float8(int64_t m, int64_t n, int64_t k, const Float8Operand& a, const Float8Operand& b, void* c,
                       OutType c_type, float beta, bool fast_accum) {
   if (m == 0 || n == 0) return;
+  TITAN_CHECK(a.per_row == b.per_row, "a float8 GEMM with one operand scaled per row and the other per tensor");
   Plan& p = float8_plan_for({m, n, k, static_cast<int>(a.format), static_cast<int>(b.format), a.per_row, b.per_row,
-                             static_cast<int>(c_type), fast_accum});
+                             static_cast<int>(c_type), fast_accum},
+                            a.inv_scale, b.inv_scale);
   // The scale pointers change per call (each operand's own), so they are set here, not cached.
   TITAN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a.inv_scale,
                                                     sizeof a.inv_scale));

@@ -36,7 +36,8 @@ class Gemm {
     const float* inv_scale;
     bool per_row;
   };
-  // c[n, m] (row-major) = (a [m, k] . b [n, k]^T) * the scales + beta * c. `fast_accum`:
+  // c[n, m] (row-major) = (b [n, k] . a [m, k]^T) * the scales + beta * c. Both operands'
+  // scales are scalars or both vectors (cuBLASLt's outer-vector mode takes no mix). `fast_accum`:
   // cuBLASLt's fast FP8 accumulation (torchao's forward uses it, its gradient GEMMs do not).
   void run_float8(int64_t m, int64_t n, int64_t k, const Float8Operand& a, const Float8Operand& b, void* c,
                   OutType c_type, float beta, bool fast_accum);
@@ -51,7 +52,7 @@ class Gemm {
   Plan& plan_for(const Key& key);
   // m, n, k, a format, b format, a per row, b per row, c type, fast accumulation
   using Float8Key = std::tuple<int64_t, int64_t, int64_t, int, int, bool, bool, int, bool>;
-  Plan& float8_plan_for(const Float8Key& key);
+  Plan& float8_plan_for(const Float8Key& key, const float* a_scale, const float* b_scale);
   std::map<Float8Key, Plan> float8_plans_;
 
   cudaStream_t stream_;

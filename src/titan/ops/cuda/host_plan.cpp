@@ -30,7 +30,8 @@ std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget b
   // The float8 copies of the largest linear's operands (one byte each; the backward's
   // transposed copies reuse them) and the amax, scale and 1/scale of two operands at a time.
   const auto widest = static_cast<size_t>(std::max(p.heads * p.head_dim, p.ffn_hidden));
-  const size_t operand = n * std::max(d, widest), longest = std::max({n, d, widest});
+  // Scale vectors 256-byte aligned (cuBLASLt asks 16 of scale pointers): `longest` in 64-float steps.
+  const size_t operand = n * std::max(d, widest), longest = (std::max({n, d, widest}) + 63) / 64 * 64;
   for (const char* name : {"float8 input", "float8 grad output", "float8 grad output transposed"})
     out.push_back({name, operand});
   out.push_back({"float8 weight", d * widest});
