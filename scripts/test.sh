@@ -8,7 +8,9 @@ scripts/build_default_corpus.sh
 if [[ ! -x build/venv-hf/bin/python ]]; then
   /usr/bin/python3 -m venv --system-site-packages build/venv-hf
 fi
-build/venv-hf/bin/python -c "import transformers" 2>/dev/null || build/venv-hf/bin/pip install -q "transformers==4.36.2"
+# 4.43 is the first to know Llama 3.1's rope_type "llama3" (and still runs on Debian's torch 1.13).
+build/venv-hf/bin/python -c "import transformers, sys; sys.exit(transformers.__version__ != '4.43.4')" 2>/dev/null ||
+  build/venv-hf/bin/pip install -q "transformers==4.43.4"
 # PyPI packages for the reference tokenizers, in a venv that also sees Debian's torch.
 if [[ ! -x build/venv/bin/python ]]; then
   mkdir -p build

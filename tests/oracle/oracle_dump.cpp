@@ -7,10 +7,12 @@
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "tensor_file.h"
+#include "titan/checkpoint/hf_llama.h"
 #include "titan/core/rng.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/ops/cpu/cpu_backend.h"
@@ -170,6 +172,24 @@ void run_op(const std::string& op, const Args& a, TensorFile& f) {
   }
 }
 
+// An HF Llama folder through titan's import and CPU model: logits [n, vocab] of `tokens`
+// (comma-separated ids), to compare with transformers' on the same folder.
+void run_hf_logits(const Args& a, TensorFile& f) {
+  const auto m = checkpoint::import_hf(a.s("dir"));
+  llama3::Transformer model(m.args);
+  for (auto& p : model.parameters()) {
+    const auto& w = m.weights.at(p.name);
+    std::copy(w.begin(), w.end(), p.master.f32());
+  }
+  std::vector<int32_t> tokens;
+  std::istringstream in(a.s("tokens"));
+  for (std::string t; std::getline(in, t, ',');) tokens.push_back(static_cast<int32_t>(std::stoi(t)));
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  std::vector<float> logits(static_cast<size_t>(n * m.args.vocab_size));
+  model.forward_logits(tokens.data(), {1, n}, logits.data());
+  f.add("logits", {n, m.args.vocab_size}, logits.data());
+}
+
 llama3::ModelArgs model_args(const Args& a) {
   llama3::ModelArgs m;
   m.dim = a.i("dim");
@@ -253,7 +273,7 @@ void run_train(const Args& a, TensorFile& f) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) throw std::runtime_error("usage: oracle_dump op NAME|model|train key=value... out=FILE");
+    if (argc < 2) throw std::runtime_error("usage: oracle_dump op NAME|model|train|hf_logits key=value... out=FILE");
     const std::string mode = argv[1];
     int first = mode == "op" ? 3 : 2;
     Args a;
@@ -267,6 +287,7 @@ int main(int argc, char** argv) {
     if (mode == "op") run_op(argv[2], a, f);
     else if (mode == "model") run_model(a, f);
     else if (mode == "train") run_train(a, f);
+    else if (mode == "hf_logits") run_hf_logits(a, f);
     else throw std::runtime_error("unknown mode " + mode);
     f.save(a.s("out"));
     return 0;

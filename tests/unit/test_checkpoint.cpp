@@ -199,7 +199,18 @@ TEST(HfLlama, ExportImportRoundTripAndRefusals) {
     std::ofstream(d.path / "config.json") << original.dump();
     return err;
   };
-  EXPECT_NE(refuse("rope_scaling", R"({"rope_type": "llama3", "factor": 8.0})").find("rope_scaling"), std::string::npos);
+  // Llama 3.1's scaling imports whole; an incomplete one, or another type, is refused by name.
+  EXPECT_NE(refuse("rope_scaling", R"({"rope_type": "llama3", "factor": 8.0})").find("rope_scaling: expected factor"),
+            std::string::npos);
+  EXPECT_NE(refuse("rope_scaling", R"({"rope_type": "yarn", "factor": 8.0})").find("rope_type yarn is not supported"),
+            std::string::npos);
+  EXPECT_NE(refuse("rope_scaling", R"({"rope_type": "llama3", "factor": 0.5, "low_freq_factor": 1, "high_freq_factor": 4,
+                                      "original_max_position_embeddings": 8192})")
+                .find("must be 0 (none) or at least 1"),
+            std::string::npos);
+  EXPECT_EQ(refuse("rope_scaling", R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"),
+            "");
   EXPECT_NE(refuse("tie_word_embeddings", "true").find("tie_word_embeddings"), std::string::npos);
   EXPECT_NE(refuse("hidden_size", "300").find("no titan flavor has this shape"), std::string::npos);
   fs::resize_file(d.path / "model.safetensors", 4000);

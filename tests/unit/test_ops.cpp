@@ -193,3 +193,28 @@ TEST(EmbeddingIndex, GroupsPositionsByTokenInOrderAndPads) {
   const int32_t bad[] = {0, 9};
   EXPECT_THROW(build_embedding_index(bad, 2, 5, false, idx, scratch), InternalError);
 }
+
+// Llama 3.1's RoPE scaling, regime by regime (transformers' logits hold the whole of it in
+// oracle.hf_rope_scaling): short wavelengths unchanged, long ones slowed by the factor, those
+// between blended; factor 0 is the plain table.
+TEST(Ops, RopeScalingPerFrequencyRegime) {
+  const int64_t hd = 16, half = hd / 2, seq = 2;
+  const double theta = 10000.0;  // wavelengths 6.3, 20, 63, 199, ...: every regime once or more
+  const cpu::RopeScaling scaling{8.0, 1.0, 4.0, 64};
+  std::vector<float> cos0(seq * half), sin0(seq * half), cos1(seq * half), sin1(seq * half), cosn(seq * half), sinn(seq * half);
+  cpu::rope_tables(cos0.data(), sin0.data(), seq, hd, theta);
+  cpu::rope_tables(cosn.data(), sinn.data(), seq, hd, theta, cpu::RopeScaling{});
+  cpu::rope_tables(cos1.data(), sin1.data(), seq, hd, theta, scaling);
+  EXPECT_EQ(cos0, cosn);
+  for (int64_t i = 0; i < half; ++i) {
+    // Position 1's angle is the frequency itself.
+    const double freq = std::atan2(sin0[half + i], cos0[half + i]), scaled = std::atan2(sin1[half + i], cos1[half + i]);
+    const double wavelen = 2 * M_PI / freq;
+    if (wavelen < 64.0 / 4.0) EXPECT_NEAR(scaled, freq, 1e-6 * freq) << i;
+    else if (wavelen > 64.0) EXPECT_NEAR(scaled, freq / 8.0, 1e-6 * freq) << i;
+    else {
+      EXPECT_LT(scaled, freq) << i;
+      EXPECT_GT(scaled, freq / 8.0) << i;
+    }
+  }
+}

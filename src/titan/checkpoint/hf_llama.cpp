@@ -84,12 +84,44 @@ void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, 
                        {"hidden_act", "silu"},
                        {"attention_bias", false},
                        {"mlp_bias", false},
+                       {"rope_scaling", a.rope_scaling.factor > 0
+                                          ? json{{"rope_type", "llama3"},
+                                                 {"factor", a.rope_scaling.factor},
+                                                 {"low_freq_factor", a.rope_scaling.low_freq_factor},
+                                                 {"high_freq_factor", a.rope_scaling.high_freq_factor},
+                                                 {"original_max_position_embeddings", a.rope_scaling.original_max_positions}}
+                                          : json(nullptr)},
                        {"tie_word_embeddings", false},
                        {"bos_token_id", bos_id >= 0 ? json(bos_id) : json(nullptr)},
                        {"eos_token_id", eos_id >= 0 ? json(eos_id) : json(nullptr)},
                        {"torch_dtype", bf16 ? "bfloat16" : "float32"}};
   std::ofstream((fs::path(dir) / "config.json").string()) << config.dump(2) << "\n";
 }
+
+namespace {
+// Hugging Face's rope_scaling: null, or rope_type "llama3" with its four numbers (Llama 3.1+).
+// Any other type would change positions in a way titan does not compute: refused.
+cpu::RopeScaling rope_scaling_of(const json& c, const std::string& config_path) {
+  if (!c.contains("rope_scaling") || c["rope_scaling"].is_null()) return {};
+  const json& s = c["rope_scaling"];
+  const std::string type = s.is_object() ? s.value("rope_type", s.value("type", std::string("none"))) : "not an object";
+  if (type != "llama3")
+    throw UserError(concat(config_path, ": rope_scaling: rope_type ", type,
+                           " is not supported (titan computes Llama 3.1's \"llama3\" frequency scaling only)"));
+  cpu::RopeScaling r;
+  try {
+    r = {s.at("factor").get<double>(), s.at("low_freq_factor").get<double>(), s.at("high_freq_factor").get<double>(),
+         s.at("original_max_position_embeddings").get<int64_t>()};
+  } catch (const json::exception& e) {
+    throw UserError(concat(config_path, ": rope_scaling: expected factor, low_freq_factor, high_freq_factor and "
+                           "original_max_position_embeddings as numbers (", e.what(), ")"));
+  }
+  llama3::ModelArgs check;
+  check.rope_scaling = r;
+  check.validate(config_path + ": rope_scaling");
+  return r;
+}
+}  // namespace
 
 HfModel import_hf(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
@@ -106,8 +138,7 @@ HfModel import_hf(const std::string& dir) {
   };
   if (!c.is_object()) throw UserError(concat(config_path, ": expected a JSON object, found ", c.type_name()));
   if (c.value("model_type", "") != "llama") refuse("model_type", "expected llama, found " + c.value("model_type", std::string("none")));
-  if (c.contains("rope_scaling") && !c["rope_scaling"].is_null())
-    refuse("rope_scaling", "not supported yet (Llama 3.1+ frequency scaling); loading it without would be silently wrong");
+
   if (c.value("tie_word_embeddings", false))
     refuse("tie_word_embeddings", "not supported yet (titan's Llama has a separate output projection)");
   if (c.value("attention_bias", false) || c.value("mlp_bias", false)) refuse("attention_bias/mlp_bias", "Llama 3 has no biases");
@@ -116,9 +147,12 @@ HfModel import_hf(const std::string& dir) {
   try {
     const int64_t dim = c.at("hidden_size"), layers = c.at("num_hidden_layers"), heads = c.at("num_attention_heads");
     const int64_t kv = c.value("num_key_value_heads", heads), inter = c.at("intermediate_size"), vocab = c.at("vocab_size");
-    for (const auto& name : llama3::flavor_names()) {
+    const cpu::RopeScaling scaling = rope_scaling_of(c, config_path);
+    for (const auto& name : llama3::flavor_names()) {  // of the same shape, the one with the same RoPE scaling
       llama3::ModelArgs f = llama3::flavor(name);
-      if (f.dim == dim && f.n_layers == layers && f.n_heads == heads && f.n_kv_heads == kv && f.ffn_hidden() == inter) {
+      const bool shape = f.dim == dim && f.n_layers == layers && f.n_heads == heads && f.n_kv_heads == kv &&
+                         f.ffn_hidden() == inter;
+      if (shape && (m.flavor.empty() || f.rope_scaling == scaling)) {
         m.args = f;
         m.flavor = name;
       }
@@ -127,6 +161,7 @@ HfModel import_hf(const std::string& dir) {
       throw UserError(concat(config_path, ": no titan flavor has this shape (hidden_size ", dim, ", layers ", layers, ", heads ",
                              heads, ", kv heads ", kv, ", intermediate_size ", inter, ")"));
     m.args.vocab_size = vocab;
+    m.args.rope_scaling = scaling;  // the config's, whichever flavor names the shape
     m.args.rope_theta = c.value("rope_theta", 10000.0);
     m.args.norm_eps = c.value("rms_norm_eps", 1e-5f);
     if (!(m.args.rope_theta > 0) || !std::isfinite(m.args.rope_theta))
@@ -146,7 +181,9 @@ HfModel import_hf(const std::string& dir) {
     std::ifstream ii(index);
     std::set<std::string> unique;
     try {
-      for (const auto& [k, f] : json::parse(ii).at("weight_map").items()) unique.insert(f.get<std::string>());
+      // The parsed index must outlive the loop: a range-for keeps only its last temporary alive.
+      const json parsed = json::parse(ii);
+      for (const auto& [k, f] : parsed.at("weight_map").items()) unique.insert(f.get<std::string>());
     } catch (const json::exception& e) {
       throw UserError(concat(index.string(), ": ", e.what()));
     }

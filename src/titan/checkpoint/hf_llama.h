@@ -27,9 +27,10 @@ struct HfModel {
   std::string flavor;                                 // the titan flavor with this shape
   std::map<std::string, std::vector<float>> weights;  // titan names, Meta RoPE layout
 };
-// Reads an HF Llama folder. Refuses, naming the key, what titan would load wrongly:
-// rope_scaling (Llama 3.1+), tied embeddings (Llama 3.2 1B/3B), biases, other architectures,
-// shapes of no titan flavor.
+// Reads an HF Llama folder (one model.safetensors, or shards listed by model.safetensors.index.json),
+// with Llama 3.1's rope_scaling ("llama3"). Refuses, naming the key, what titan would load
+// wrongly: other rope_scaling types, tied embeddings (Llama 3.2 1B/3B), biases, other
+// architectures, shapes of no titan flavor.
 HfModel import_hf(const std::string& dir);
 
 }  // namespace titan::checkpoint

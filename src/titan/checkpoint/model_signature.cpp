@@ -16,6 +16,11 @@ std::string model_signature(const llama3::ModelArgs& a, const std::string& flavo
             {"rope_theta", a.rope_theta}, {"norm_eps", a.norm_eps},
             {"tokenizer", tokenizer},     {"dtype", "float32"}};
   if (a.ffn_dim_multiplier) j["ffn_dim_multiplier"] = *a.ffn_dim_multiplier;
+  if (a.rope_scaling.factor > 0)  // absent without scaling: older checkpoints' signatures stay equal
+    j["rope_scaling"] = {{"factor", a.rope_scaling.factor},
+                         {"low_freq_factor", a.rope_scaling.low_freq_factor},
+                         {"high_freq_factor", a.rope_scaling.high_freq_factor},
+                         {"original_max_position_embeddings", a.rope_scaling.original_max_positions}};
   return j.dump();
 }
 
@@ -32,6 +37,11 @@ llama3::ModelArgs args_from_signature(const std::string& signature, const std::s
     if (j.contains("ffn_dim_multiplier")) a.ffn_dim_multiplier = j["ffn_dim_multiplier"].get<double>();
     a.rope_theta = j.at("rope_theta");
     a.norm_eps = j.at("norm_eps");
+    if (j.contains("rope_scaling")) {
+      const json& s = j["rope_scaling"];
+      a.rope_scaling = {s.at("factor"), s.at("low_freq_factor"), s.at("high_freq_factor"),
+                        s.at("original_max_position_embeddings")};
+    }
     a.validate(where);
     if (a.ffn_hidden() != j.at("ffn_hidden").get<int64_t>()) throw UserError(concat(where, ": inconsistent ffn_hidden"));
     return a;

@@ -41,7 +41,11 @@ std::vector<KeySpec> make_schema() {
       {"metrics", "rank_0_only", boolean, "true", "log metrics from rank 0 only"},
 
       {"model", "name", string, "llama3", "model family (llama3)"},
-      {"model", "flavor", string, "debugmodel", "debugmodel, 1B, 8B, 70B or 405B"},
+      {"model", "flavor", string, "debugmodel", "debugmodel, 150M, 1B, 8B, 70B, 405B; llama3.1-8B, -70B, -405B (with RoPE scaling); 8B_4layers"},
+      {"model", "rope_scaling_factor", real, "-1", "titan: Llama 3.1 RoPE scaling factor (-1 = the flavor's, 0 = none; Llama 3.1: 8)"},
+      {"model", "rope_low_freq_factor", real, "1", "titan: RoPE scaling low_freq_factor (with rope_scaling_factor >= 1)"},
+      {"model", "rope_high_freq_factor", real, "4", "titan: RoPE scaling high_freq_factor (with rope_scaling_factor >= 1)"},
+      {"model", "rope_original_max_positions", integer, "8192", "titan: RoPE scaling original_max_position_embeddings (with rope_scaling_factor >= 1)"},
       {"model", "norm_type", string, "rmsnorm", "titan's Llama 3 always uses RMSNorm", accepted_noop},
       {"model", "tokenizer_path", string, "", "tokenizer file (tiktoken or tokenizer.json); \"\" = the built-in 2,048-id debug tokenizer"},
       {"model", "vocab_size", integer, "0", "titan: vocabulary size; 0 = the tokenizer's (the flavor's for synthetic data)"},
@@ -421,6 +425,12 @@ void JobConfig::validate() const {
   if (const auto dev = get_string("training.device"); dev != "auto" && dev != "cpu" && dev != "cuda")
     fail("training.device", "expected auto, cpu or cuda");
   if (get_int("model.vocab_size") < 0) fail("model.vocab_size", "expected >= 0 (0 = from the tokenizer)");
+  if (const double f = get_real("model.rope_scaling_factor"); f != -1 && f != 0 && !(f >= 1))
+    fail("model.rope_scaling_factor", "expected -1 (the flavor's), 0 (none) or at least 1");
+  if (get_real("model.rope_scaling_factor") >= 1 &&
+      !(get_real("model.rope_low_freq_factor") > 0 && get_real("model.rope_high_freq_factor") > get_real("model.rope_low_freq_factor")))
+    fail("model.rope_high_freq_factor", "expected 0 < model.rope_low_freq_factor < model.rope_high_freq_factor");
+  if (get_int("model.rope_original_max_positions") <= 0) fail("model.rope_original_max_positions", "expected a positive integer");
   if (get_int("model.vocab_size") > 2147483647) fail("model.vocab_size", "expected at most 2^31 - 1 (int32 token ids)");
   if (!(get_real("optimizer.lr") > 0)) fail("optimizer.lr", "expected a positive number");
   if (get_real("optimizer.beta1") < 0 || get_real("optimizer.beta1") >= 1) fail("optimizer.beta1", "expected 0 <= beta1 < 1");

@@ -6,7 +6,11 @@ JobSettings resolve_job_settings(const JobConfig& cfg) {
   JobSettings s;
   s.source = &cfg;
   s.dump_folder = cfg.get_string("job.dump_folder");
-  s.model = {cfg.get_string("model.flavor"), cfg.get_int("model.vocab_size"), cfg.get_string("model.tokenizer_path")};
+  s.model = {cfg.get_string("model.flavor"), cfg.get_int("model.vocab_size"), cfg.get_string("model.tokenizer_path"), {}};
+  if (const double factor = cfg.get_real("model.rope_scaling_factor"); factor >= 0)
+    s.model.rope_scaling = cpu::RopeScaling{factor, cfg.get_real("model.rope_low_freq_factor"),
+                                            cfg.get_real("model.rope_high_freq_factor"),
+                                            cfg.get_int("model.rope_original_max_positions")};
   s.data = {cfg.get_string("training.dataset"), cfg.get_string("training.dataset_path"),
             cfg.get_string("training.dataset_field"), cfg.get_bool("training.skip_bad_records"),
             static_cast<uint64_t>(cfg.get_int("training.seed"))};

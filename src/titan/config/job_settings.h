@@ -3,11 +3,13 @@
 // reads the config by key; errors name a key's origin through `origin()`.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "titan/config/job_config.h"
 #include "titan/config/run_plan.h"
 #include "titan/optim/adamw.h"
+#include "titan/ops/ops.h"
 #include "titan/optim/lr_schedule.h"
 
 namespace titan::config {
@@ -16,6 +18,7 @@ struct ModelSettings {
   std::string flavor;          // model.flavor
   int64_t vocab_size = 0;      // model.vocab_size; 0: the tokenizer's, else the flavor's
   std::string tokenizer_path;  // empty: the built-in default (or none, for synthetic data)
+  std::optional<cpu::RopeScaling> rope_scaling;  // unset: the flavor's
 };
 
 struct DataSettings {

@@ -21,7 +21,15 @@ void rmsnorm_backward(const float* x, const float* w, const float* rstd, const f
                       float* dw, int64_t n, int64_t d);
 
 // Rotary tables for positions [0, seq): cos/sin[seq, head_dim / 2].
-void rope_tables(float* cos, float* sin, int64_t seq, int64_t head_dim, double theta);
+// Llama 3.1's RoPE frequency scaling (Hugging Face rope_type "llama3"): frequencies whose
+// wavelength exceeds original_max_positions / low_freq_factor are divided by `factor`, those
+// under original_max_positions / high_freq_factor kept, those between blended. factor 0: none.
+struct RopeScaling {
+  double factor = 0, low_freq_factor = 1, high_freq_factor = 4;
+  int64_t original_max_positions = 8192;
+  bool operator==(const RopeScaling&) const = default;
+};
+void rope_tables(float* cos, float* sin, int64_t seq, int64_t head_dim, double theta, const RopeScaling& scaling = {});
 // In place on x[batch * seq, heads, head_dim]; pairs are adjacent elements (2i, 2i+1).
 void rope_forward(float* x, const float* cos, const float* sin, int64_t batch, int64_t seq,
                   int64_t heads, int64_t head_dim);

@@ -88,6 +88,7 @@ llama3::ModelArgs model_args(const config::JobSettings& cfg, const DataSetup& da
     throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
   }
   if (cfg.model.flavor == "debugmodel") a.vocab_size = kDefaultVocab;
+  if (cfg.model.rope_scaling) a.rope_scaling = *cfg.model.rope_scaling;
   const int64_t vocab = cfg.model.vocab_size;
   if (data.tokenizer) {
     if (vocab > 0 && vocab < data.tokenizer->vocab_size())
@@ -315,6 +316,11 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
                              saved.contains(key) ? saved[key].dump() : "absent", ", this run has ", value.dump(),
                              " (start a new dump_folder, or set checkpoint.enable_checkpoint = false)"));
   }
+  for (const auto& [key, value] : saved.items())  // what only the checkpoint has (RoPE scaling) counts too
+    if (!now.contains(key))
+      throw UserError(concat(dir, ": saved for a different model: ", key, " was ", value.dump(),
+                             ", this run has none (set the model keys that give it, e.g. model.rope_scaling_factor, or "
+                             "start a new dump_folder)"));
   checkpoint::load_parameters(dir, meta, model_->parameters(), true);
   optimizer_.set_steps_taken(meta.has_optimizer ? meta.state.step : 0);
   if (!meta.state.data_state.empty()) {

@@ -368,7 +368,7 @@ void CudaTransformer::plan(BatchShape s) {
   embed_positions_ = i32(n);
   const int64_t half = hd / 2;
   std::vector<float> cos(s.seq * half), sin(s.seq * half);
-  cpu::rope_tables(cos.data(), sin.data(), s.seq, hd, args_.rope_theta);
+  cpu::rope_tables(cos.data(), sin.data(), s.seq, hd, args_.rope_theta, args_.rope_scaling);
   rope_cos_ = fp(s.seq * half);
   rope_sin_ = fp(s.seq * half);
   TITAN_CUDA_CHECK(cudaMemcpyAsync(rope_cos_.as<void>(), cos.data(), cos.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));

@@ -42,7 +42,7 @@ void Model::plan(BatchShape s) {
                                          (b.f32 ? sizeof(float) : dtype_size(backend_.compute_dtype()))));
   const int64_t half = args_.head_dim() / 2;
   std::vector<float> cos(static_cast<size_t>(s.seq * half)), sin(cos.size());
-  cpu::rope_tables(cos.data(), sin.data(), s.seq, args_.head_dim(), args_.rope_theta);
+  cpu::rope_tables(cos.data(), sin.data(), s.seq, args_.head_dim(), args_.rope_theta, args_.rope_scaling);
   backend_.upload_f32(f32(plan_.rope_cos), cos.data(), s.seq * half);
   backend_.upload_f32(f32(plan_.rope_sin), sin.data(), s.seq * half);
   bool float8 = false;
@@ -237,7 +237,7 @@ KvCache Model::make_kv_cache(int64_t max_len) {
   }
   const int64_t half = args_.head_dim() / 2;
   std::vector<float> cos(static_cast<size_t>(max_len * half)), sin(cos.size());
-  cpu::rope_tables(cos.data(), sin.data(), max_len, args_.head_dim(), args_.rope_theta);
+  cpu::rope_tables(cos.data(), sin.data(), max_len, args_.head_dim(), args_.rope_theta, args_.rope_scaling);
   c.cos = backend_.allocate(cos.size() * sizeof(float));
   c.sin = backend_.allocate(sin.size() * sizeof(float));
   backend_.upload_f32(c.cos.as<float>(), cos.data(), max_len * half);

@@ -1,5 +1,7 @@
 #include "titan/models/llama3/model_args.h"
 
+#include <cmath>
+
 #include <map>
 
 #include "titan/core/error.h"
@@ -24,6 +26,11 @@ void ModelArgs::validate(const std::string& where) const {
   need(head_dim() % 2 == 0, concat("head_dim ", head_dim(), " must be even for RoPE"));
   need(!ffn_dim_multiplier || *ffn_dim_multiplier > 0, "ffn_dim_multiplier must be positive");
   need(vocab_size <= 2147483647, "vocab_size must fit in int32 token ids");
+  const auto& s = rope_scaling;
+  need(s.factor == 0 || (s.factor >= 1 && std::isfinite(s.factor)), concat("rope scaling factor ", s.factor, " must be 0 (none) or at least 1"));
+  need(s.factor == 0 || (s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor && s.original_max_positions > 0),
+       concat("rope scaling needs 0 < low_freq_factor (", s.low_freq_factor, ") < high_freq_factor (", s.high_freq_factor,
+              ") and original_max_position_embeddings (", s.original_max_positions, ") > 0"));
 }
 
 namespace {
@@ -53,6 +60,13 @@ const std::map<std::string, ModelArgs>& flavors() {
     small.n_kv_heads = 4;
     small.ffn_dim_multiplier.reset();  // ffn hidden int(8 * 768 / 3) = 2048
     t["150M"] = small;
+    // Llama 3.1 (Meta's config.json): the same shapes with RoPE scaling for 128K positions.
+    for (const char* size : {"8B", "70B", "405B"}) {
+      ModelArgs a = t[size];
+      a.rope_scaling = {8.0, 1.0, 4.0, 8192};
+      a.max_seq_len = 131072;
+      t[std::string("llama3.1-") + size] = a;
+    }
     ModelArgs eight_b_slice = t["8B"];
     eight_b_slice.n_layers = 4;
     t["8B_4layers"] = eight_b_slice;

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "titan/ops/ops.h"
+
 namespace titan::llama3 {
 
 struct ModelArgs {
@@ -17,6 +19,7 @@ struct ModelArgs {
   std::optional<double> ffn_dim_multiplier;
   float norm_eps = 1e-5f;
   double rope_theta = 500000.0;
+  cpu::RopeScaling rope_scaling;  // Llama 3.1+: frequency scaling (factor 0: none)
   int64_t max_seq_len = 2048;
 
   int64_t head_dim() const { return dim / n_heads; }

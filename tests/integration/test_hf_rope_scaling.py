@@ -1,0 +1,108 @@
+"""Llama 3.1's RoPE scaling through the Hugging Face boundary (issue 24, first part), against
+PyPI's transformers (4.43+, which knows rope_type "llama3"): a random LlamaForCausalLM of the
+debug model's shape with rope_scaling, saved sharded over several safetensors files, imported by
+titan gives transformers' logits (fp32, relative error below 1e-5) while the same weights
+without the scaling do not; converted to a titan checkpoint and exported back, it loads in
+transformers with the scaling and the same logits; a run resumed from it with the scaling keys
+trains, and one without them is refused as a different model.
+
+Runs with build/venv-hf (transformers on Debian's torch 1.13)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "oracle"))
+import tensor_file  # noqa: E402
+
+FAILURES = []
+TOKENS = [5, 17, 300, 2, 99, 1000, 7, 7, 64, 12, 1500, 3, 40, 41, 42, 43, 44, 45, 46, 47]
+SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+           # small, so every frequency of the short test sequence is scaled or blended
+           "original_max_position_embeddings": 16}
+
+
+def check(ok, what):
+    print(f"{'ok  ' if ok else 'FAIL'} {what}", flush=True)
+    if not ok:
+        FAILURES.append(what)
+
+
+def hf_logits(folder):
+    model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([TOKENS])).logits[0].double()
+
+
+def titan_logits(dump, folder, tmp):
+    out = os.path.join(tmp, "logits.bin")
+    subprocess.run([dump, "hf_logits", f"dir={folder}", "tokens=" + ",".join(map(str, TOKENS)), f"out={out}"], check=True)
+    return torch.tensor(tensor_file.load(out)["logits"], dtype=torch.float64)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def main():
+    titan, dump = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+                             num_attention_heads=16, num_key_value_heads=16, rope_theta=500000.0, rms_norm_eps=1e-5,
+                             max_position_embeddings=2048, rope_scaling=SCALING, tie_word_embeddings=False)
+        hf_dir = os.path.join(tmp, "hf")
+        LlamaForCausalLM(config).save_pretrained(hf_dir, max_shard_size="10MB", safe_serialization=True)
+        shards = [f for f in os.listdir(hf_dir) if f.endswith(".safetensors")]
+        check(len(shards) >= 3 and os.path.exists(os.path.join(hf_dir, "model.safetensors.index.json")),
+              f"transformers saved the model over {len(shards)} safetensors files with an index")
+        want = hf_logits(hf_dir)
+        got = titan_logits(dump, hf_dir, tmp)
+        err = rel(got, want)
+        check(err < 1e-5, f"titan's import of the sharded, rope-scaled model gives transformers' logits (relative error {err:.1e})")
+        # The same weights without the scaling: what ignoring rope_scaling would compute.
+        plain_dir = os.path.join(tmp, "plain")
+        os.makedirs(plain_dir)
+        for f in os.listdir(hf_dir):
+            os.link(os.path.join(hf_dir, f), os.path.join(plain_dir, f)) if f != "config.json" else None
+        cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+        cfg["rope_scaling"] = None
+        json.dump(cfg, open(os.path.join(plain_dir, "config.json"), "w"))
+        unscaled = rel(titan_logits(dump, plain_dir, tmp), want)
+        check(unscaled > 100 * 1e-5, f"without the scaling the logits are off by {unscaled:.1e} (the test sees RoPE scaling)")
+
+        # HF -> titan checkpoint -> HF: the scaling survives, and so do the logits.
+        ckpt = os.path.join(tmp, "dump", "checkpoint")
+        r = subprocess.run([titan, "convert", "--hf", hf_dir, "--output", ckpt], capture_output=True, text=True)
+        check(r.returncode == 0, f"titan convert --hf ({r.stderr.strip()[-300:]})")
+        back = os.path.join(tmp, "back")
+        r = subprocess.run([titan, "convert", "--checkpoint", os.path.join(ckpt, "step-0"), "--to-hf", back],
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"titan convert --to-hf ({r.stderr.strip()[-300:]})")
+        exported = json.load(open(os.path.join(back, "config.json")))
+        check(exported.get("rope_scaling") == {**SCALING}, f"the export's config.json keeps rope_scaling: {exported.get('rope_scaling')}")
+        err = rel(hf_logits(back), want)
+        check(err < 1e-5, f"transformers loads titan's export with the same logits (relative error {err:.1e})")
+
+        # Training resumes from the converted checkpoint only with the same scaling.
+        base = [titan, "train", "--training.dataset", "synthetic", "--training.seq_len", "32", "--training.steps", "2",
+                "--metrics.log_freq", "1", "--job.dump_folder", os.path.join(tmp, "dump"), "--checkpoint.enable_checkpoint",
+                "--checkpoint.interval", "100", "--model.vocab_size", "2048"]
+        r = subprocess.run(base, capture_output=True, text=True)
+        check(r.returncode != 0 and "rope_scaling" in r.stderr,
+              f"a run without the scaling keys is refused as a different model ({r.stderr.strip()[-200:]})")
+        r = subprocess.run(base + ["--model.rope_scaling_factor", "8", "--model.rope_original_max_positions", "16"],
+                           capture_output=True, text=True)
+        check(r.returncode == 0 and "resumed from" in r.stdout,
+              f"with --model.rope_scaling_factor 8 --model.rope_original_max_positions 16 it resumes and trains "
+              f"({r.stderr.strip()[-300:]})")
+    print(f"{len(FAILURES)} failures")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
