@@ -1,6 +1,7 @@
 #include "titan/checkpoint/hf_llama.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -37,8 +38,10 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 }  // namespace
 
+void write_hf_weights(const std::string& dir, std::map<std::string, StTensor> tensors, int64_t max_shard_bytes);
+
 void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, const std::string& dir, bool bf16,
-               int32_t bos_id, int32_t eos_id) {
+               int32_t bos_id, int32_t eos_id, int64_t max_shard_bytes) {
   for (const auto& p : params)  // a model that cannot run is not exported
     if (const int64_t i = first_nonfinite(p.master.f32(), p.master.numel()); i >= 0)
       throw UserError(concat(dir, ": not exported: weight ", p.name, " holds a value that is not finite (",
@@ -68,7 +71,7 @@ void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, 
     }
     tensors.emplace(spec.hf_name, std::move(t));
   }
-  write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_hf_weights(dir, std::move(tensors), max_shard_bytes);
   const json config = {{"architectures", {"LlamaForCausalLM"}},
                        {"model_type", "llama"},
                        {"hidden_size", a.dim},
@@ -122,6 +125,38 @@ cpu::RopeScaling rope_scaling_of(const json& c, const std::string& config_path) 
   return r;
 }
 }  // namespace
+
+// One model.safetensors when everything fits in max_shard_bytes (or that is 0); else shards of at
+// most that size, in the layout's order, named as Meta publishes them
+// (model-00001-of-00004.safetensors) with model.safetensors.index.json mapping each tensor.
+void write_hf_weights(const std::string& dir, std::map<std::string, StTensor> tensors, int64_t max_shard_bytes) {
+  int64_t total = 0;
+  for (const auto& [name, t] : tensors) total += static_cast<int64_t>(t.data.size());
+  if (max_shard_bytes <= 0 || total <= max_shard_bytes) {
+    write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+    return;
+  }
+  std::vector<std::map<std::string, StTensor>> shards(1);
+  int64_t in_shard = 0;
+  for (auto& [name, t] : tensors) {
+    const auto bytes = static_cast<int64_t>(t.data.size());
+    if (in_shard > 0 && in_shard + bytes > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    in_shard += bytes;
+    shards.back().emplace(name, std::move(t));
+  }
+  json weight_map = json::object();
+  char file[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(file, sizeof file, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    for (const auto& [name, t] : shards[i]) weight_map[name] = file;
+    write_safetensors((fs::path(dir) / file).string(), shards[i], {{"format", "pt"}});
+  }
+  const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  std::ofstream((fs::path(dir) / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
+}
 
 HfModel import_hf(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / "config.json").string();

@@ -19,8 +19,10 @@ std::string hf_name(const std::string& titan_name);
 void permute_rope_rows(const float* in, float* out, int64_t heads, int64_t head_dim, int64_t cols, bool to_hf);
 
 // Writes dir/model.safetensors (float32 or bfloat16) and dir/config.json (LlamaForCausalLM).
+// max_shard_bytes > 0: weights over that size are split into shards with an index, as Meta
+// publishes them (5 GB each).
 void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& args, const std::string& dir,
-               bool bf16, int32_t bos_id, int32_t eos_id);
+               bool bf16, int32_t bos_id, int32_t eos_id, int64_t max_shard_bytes = 0);
 
 struct HfModel {
   llama3::ModelArgs args;

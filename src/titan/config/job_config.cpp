@@ -109,6 +109,12 @@ std::vector<KeySpec> make_schema() {
       {"checkpoint", "create_seed_checkpoint", boolean, "false", "write step 0 (the initialised model) and exit"},
       {"checkpoint", "keep_latest_k", integer, "0", "keep only the newest k checkpoints (0 = all)"},
       {"checkpoint", "load_step", integer, "-1", "resume from step-N (-1 = the latest complete checkpoint)"},
+      {"checkpoint", "initial_load_path", string, "", "weights to start from while the checkpoint folder holds no checkpoint: a titan step folder, or (initial_load_in_hf) a Hugging Face Llama folder"},
+      {"checkpoint", "initial_load_in_hf", boolean, "false", "initial_load_path is a Hugging Face folder (safetensors + config.json)"},
+      {"checkpoint", "initial_load_model_only", boolean, "true", "the initial load takes the model weights only (titan: the only kind)"},
+      {"checkpoint", "last_save_in_hf", boolean, "false", "at the end, also write the weights as a Hugging Face folder, sharded like Meta's (needs last_save_model_only)"},
+      {"checkpoint", "hf_max_shard_mb", integer, "5000", "titan: the last_save_in_hf folder's safetensors files hold at most this many MB each (Meta's: 5000)"},
+      {"checkpoint", "last_save_model_only", boolean, "false", "the last save's Hugging Face folder holds the model only (titan keeps its full last checkpoint for exact resume)"},
 
       {"comm", "init_timeout_seconds", integer, "300", "accepted (MPI starts through the launcher)", accepted_noop},
       {"comm", "train_timeout_seconds", real, "100", "seconds a collective may take before the rank ends the job (another rank died or hangs)"},
@@ -405,6 +411,16 @@ void JobConfig::validate() const {
     fail("checkpoint.export_dtype", "expected float32 or bfloat16");
   if (const auto m = get_string("checkpoint.async_mode"); m != "disabled" && m != "async" && m != "async_with_pinned_mem")
     fail("checkpoint.async_mode", "expected disabled, async or async_with_pinned_mem");
+  if (!get_bool("checkpoint.initial_load_model_only"))
+    fail("checkpoint.initial_load_model_only", "titan loads the model only from initial_load_path (to resume a whole "
+                                               "state, point checkpoint.folder at it)");
+  if (get_bool("checkpoint.initial_load_in_hf") && get_string("checkpoint.initial_load_path").empty())
+    fail("checkpoint.initial_load_in_hf", "needs checkpoint.initial_load_path (the Hugging Face folder)");
+  positive("checkpoint.hf_max_shard_mb");
+  if (get_bool("checkpoint.last_save_in_hf") && !get_bool("checkpoint.last_save_model_only"))
+    fail("checkpoint.last_save_in_hf", "needs checkpoint.last_save_model_only = true (a Hugging Face folder holds no optimizer state)");
+  if (get_bool("checkpoint.last_save_in_hf") && !get_bool("checkpoint.enable_checkpoint"))
+    fail("checkpoint.last_save_in_hf", "needs checkpoint.enable_checkpoint = true (it is written into the checkpoint folder)");
   if (get_bool("checkpoint.create_seed_checkpoint") && !get_bool("checkpoint.enable_checkpoint"))
     fail("checkpoint.create_seed_checkpoint", "needs checkpoint.enable_checkpoint = true");
   if (const auto o = get_string("training.on_nonfinite"); o != "stop" && o != "skip")

@@ -36,6 +36,10 @@ JobSettings resolve_job_settings(const JobConfig& cfg) {
   c.create_seed = cfg.get_bool("checkpoint.create_seed_checkpoint");
   c.export_weights = cfg.get_bool("checkpoint.model_weights_only");
   c.export_bf16 = cfg.get_string("checkpoint.export_dtype") == "bfloat16";
+  c.initial_load_path = cfg.get_string("checkpoint.initial_load_path");
+  c.initial_load_in_hf = cfg.get_bool("checkpoint.initial_load_in_hf");
+  c.last_save_in_hf = cfg.get_bool("checkpoint.last_save_in_hf");
+  c.hf_shard_bytes = cfg.get_int("checkpoint.hf_max_shard_mb") * 1'000'000;
 
   s.metrics = {cfg.get_int("metrics.log_freq"), cfg.get_real("metrics.peak_tflops") * 1e12,
                cfg.get_bool("metrics.enable_tensorboard"), cfg.get_bool("metrics.enable_color_printing"),

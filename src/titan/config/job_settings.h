@@ -32,6 +32,10 @@ struct CheckpointSettings {
   std::string folder;  // under job.dump_folder
   int64_t interval = 500, keep_latest_k = 0, load_step = -1;
   bool async = false, create_seed = false, export_weights = false, export_bf16 = false;
+  std::string initial_load_path;  // weights to start from while the folder holds no checkpoint
+  bool initial_load_in_hf = false;
+  bool last_save_in_hf = false;  // the final weights also as a sharded Hugging Face folder
+  int64_t hf_shard_bytes = 5'000'000'000;  // checkpoint.hf_max_shard_mb: Meta's files are 5 GB
 };
 
 struct MetricsSettings {

@@ -205,8 +205,14 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                                "; write the seed into an empty checkpoint folder (a new job.dump_folder)"));
       resume_from(*dir, *source);
       engine_->from_host();
+    } else if (!job_.checkpoint.initial_load_path.empty()) {
+      initial_load();
     }
+    if (dir && !job_.checkpoint.initial_load_path.empty())
+      log_ << "checkpoint: " << *dir << " exists, so checkpoint.initial_load_path is not read again\n";
     if (dp_->saves_checkpoint()) checkpoints_->prepare(model_->parameters());
+  } else if (!job_.checkpoint.initial_load_path.empty()) {
+    initial_load();  // no checkpoint folder to resume from: every start begins there
   }
   // Every rank walks the same global stream and keeps its own rows of each global batch.
   const int64_t rank_rows = shape_.batch * accumulation_;
@@ -305,12 +311,15 @@ std::string Trainer::model_signature() const {
                                      data_.tokenizer ? std::to_string(data_.tokenizer->fingerprint()) : "none");
 }
 
-void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
-  const auto meta = checkpoint::read_metadata(dir);
-  const auto saved = nlohmann::json::parse(meta.state.model_signature), now = nlohmann::json::parse(model_signature());
+// A checkpoint (or HF folder) whose model signature differs from this run's is refused, naming
+// the first difference. `same_flavor`: the flavor's name counts too (an initial load compares
+// shapes only: an HF folder's flavor is whichever titan flavor has its shape).
+void Trainer::require_same_model(const std::string& dir, const std::string& signature, bool same_flavor) const {
+  const auto saved = nlohmann::json::parse(signature), now = nlohmann::json::parse(model_signature());
   for (const auto& [key, value] : now.items()) {
     // A converted (imported) checkpoint does not know the tokenizer; everything else must match.
     if (key == "tokenizer" && saved.value("tokenizer", "") == "unknown") continue;
+    if (key == "flavor" && !same_flavor) continue;
     if (!saved.contains(key) || saved[key] != value)
       throw UserError(concat(dir, ": saved for a different model: ", key, " was ",
                              saved.contains(key) ? saved[key].dump() : "absent", ", this run has ", value.dump(),
@@ -321,6 +330,32 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
       throw UserError(concat(dir, ": saved for a different model: ", key, " was ", value.dump(),
                              ", this run has none (set the model keys that give it, e.g. model.rope_scaling_factor, or "
                              "start a new dump_folder)"));
+}
+
+// checkpoint.initial_load_path: the weights only (step 1, a fresh optimizer, the data from the
+// start), from a titan step folder or an HF folder; each rank takes its own rows.
+void Trainer::initial_load() {
+  const std::string& path = job_.checkpoint.initial_load_path;
+  if (job_.checkpoint.initial_load_in_hf) {
+    const auto m = checkpoint::import_hf(path);
+    require_same_model(path, checkpoint::model_signature(m.args, m.flavor, "unknown"), false);
+    for (auto& p : model_->parameters()) {
+      const auto& w = m.weights.at(p.name);
+      std::copy_n(w.begin() + p.rows.begin * p.row_elems(), p.master.numel(), p.master.f32());
+    }
+  } else {
+    const auto meta = checkpoint::read_metadata(path);
+    require_same_model(path, meta.state.model_signature, false);
+    checkpoint::load_parameters(path, meta, model_->parameters(), false);
+  }
+  engine_->from_host();
+  log_ << "checkpoint: started from the weights of " << path << (job_.checkpoint.initial_load_in_hf ? " (Hugging Face)" : "")
+       << " (checkpoint.initial_load_path; step 1, a fresh optimizer)\n" << std::flush;
+}
+
+void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
+  const auto meta = checkpoint::read_metadata(dir);
+  require_same_model(dir, meta.state.model_signature, true);
   checkpoint::load_parameters(dir, meta, model_->parameters(), true);
   optimizer_.set_steps_taken(meta.has_optimizer ? meta.state.step : 0);
   if (!meta.state.data_state.empty()) {
@@ -368,12 +403,12 @@ void Trainer::save_checkpoint(int64_t step) {
   checkpoints_->save(step, model_->parameters(), st);
 }
 
-void Trainer::export_weights(int64_t step) {
+void Trainer::export_weights(int64_t step, const std::string& name, int64_t max_shard_bytes) {
   if (group_.rank() != 0) return;
   checkpoints_->wait();
   engine_->to_host();
   const auto folder = std::filesystem::path(job_.dump_folder) / job_.checkpoint.folder;
-  const auto dir = folder / ("export-step-" + std::to_string(step));
+  const auto dir = folder / (name + std::to_string(step));
   std::unique_ptr<llama3::Transformer> whole;  // sharded: the whole model, read from this step's checkpoint
   if (dp_->sharded()) {
     const auto step_dir = (folder / checkpoint::step_dir_name(step)).string();
@@ -381,7 +416,8 @@ void Trainer::export_weights(int64_t step) {
     checkpoint::load_parameters(step_dir, checkpoint::read_metadata(step_dir), whole->parameters(), false);
   }
   checkpoint::export_hf(whole ? whole->parameters() : model_->parameters(), args_, dir.string(), job_.checkpoint.export_bf16,
-                        data_.tokenizer ? data_.tokenizer->bos_id() : -1, data_.tokenizer ? data_.tokenizer->eos_id() : -1);
+                        data_.tokenizer ? data_.tokenizer->bos_id() : -1, data_.tokenizer ? data_.tokenizer->eos_id() : -1,
+                        max_shard_bytes);
   log_ << "checkpoint: exported the model (Hugging Face safetensors + config.json) to " << dir.string() << "\n";
 }
 
@@ -608,7 +644,9 @@ std::vector<StepMetrics> Trainer::run() {
       if (logger_) logger_->log_validation(step, loss);
     }
     if (checkpoints_ && (checkpoints_->due(step) || step == steps || stopping)) save_checkpoint(step);
-    if (checkpoints_ && step == steps && job_.checkpoint.export_weights) export_weights(step);
+    if (checkpoints_ && step == steps && job_.checkpoint.export_weights) export_weights(step, "export-step-", 0);
+    if (checkpoints_ && step == steps && job_.checkpoint.last_save_in_hf)  // sharded as Meta publishes (5 GB files)
+      export_weights(step, "hf-step-", job_.checkpoint.hf_shard_bytes);
     if (stopping) {
       log_ << "received " << (stop_requested() != 0 ? signal_name(stop_requested()) : "a stop from another rank")
            << ": stopped cleanly after step "

@@ -70,9 +70,13 @@ class Trainer {
   void enable_float8_all_gather(const llama3::Float8Linears& f8);
   void write_resolved_config(const std::string& dump);
   void resume_from(const std::string& dir, data::WindowSource& source);
+  void require_same_model(const std::string& dir, const std::string& signature, bool same_flavor) const;
+  void initial_load();
   void save_checkpoint(int64_t step);
   int64_t global_batch() const;  // sequences per optimizer step over all ranks
-  void export_weights(int64_t step);
+  // The model as a Hugging Face folder `<checkpoint folder>/<name><step>` (sharded over files of
+  // at most max_shard_bytes; 0: one file).
+  void export_weights(int64_t step, const std::string& name, int64_t max_shard_bytes);
 
   std::unique_ptr<parallel::ProcessGroup> own_group_;  // the one-rank group when none is given
   parallel::ProcessGroup& group_;
