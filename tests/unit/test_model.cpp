@@ -296,3 +296,57 @@ TEST(ClassifierPlan, GroupsRowsUnderTheBudget) {
   EXPECT_EQ(classifier_rows(10, vocab, {16}), 1);
   EXPECT_EQ(classifier_rows(70, 301), 70);
 }
+
+// Tied embeddings (Llama 3.2 1B/3B): one tensor fewer, the root unit without an output, and the
+// shared tensor's gradient the sum of both uses: an untied twin whose output equals the
+// embedding gives embedding grad + output grad (up to the order of the float sums).
+TEST(TiedEmbeddings, OneTensorWhoseGradientSumsBothUses) {
+  ModelArgs a;
+  a.dim = 32;
+  a.n_layers = 2;
+  a.n_heads = 4;
+  a.n_kv_heads = 2;
+  a.vocab_size = 50;
+  a.multiple_of = 32;
+  ModelArgs tied = a;
+  tied.tie_word_embeddings = true;
+  const ModelLayout untied_layout(a), tied_layout(tied);
+  ASSERT_EQ(tied_layout.size() + 1, untied_layout.size());
+  EXPECT_EQ(tied_layout.root_index(Role::output), tied_layout.root_index(Role::tok_embeddings));
+  EXPECT_EQ(tied_layout.unit_tensors()[0].size(), 2u);  // embedding and final norm
+  EXPECT_EQ(tied_layout.find("output.weight"), -1);
+
+  Transformer plain(a), shared(tied);
+  plain.init_weights(5);
+  shared.init_weights(5);
+  // The tied model's tensors are the untied one's except the output; make the output the embedding.
+  for (auto& p : shared.parameters()) {
+    const auto& q = plain.parameter(p.name);
+    std::copy_n(q.master.f32(), q.master.numel(), p.master.f32());
+  }
+  auto& emb = plain.parameter("tok_embeddings.weight");
+  std::copy_n(emb.master.f32(), emb.master.numel(), plain.parameter("output.weight").master.f32());
+  const BatchShape s{2, 6};
+  std::vector<int32_t> tokens(12), labels(12);
+  for (int i = 0; i < 12; ++i) {
+    tokens[i] = (i * 7 + 1) % a.vocab_size;
+    labels[i] = (i * 11 + 3) % a.vocab_size;
+  }
+  plain.zero_grad();
+  shared.zero_grad();
+  const auto p = plain.forward_backward(tokens.data(), labels.data(), s, 1.0f / 12);
+  const auto q = shared.forward_backward(tokens.data(), labels.data(), s, 1.0f / 12);
+  EXPECT_EQ(p.loss_sum, q.loss_sum);  // the same model
+  const float* g_emb = plain.parameter("tok_embeddings.weight").grad.f32();
+  const float* g_out = plain.parameter("output.weight").grad.f32();
+  const float* g_tied = shared.parameter("tok_embeddings.weight").grad.f32();
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < emb.master.numel(); ++i) {
+    worst = std::max(worst, std::fabs(double(g_tied[i]) - (double(g_emb[i]) + double(g_out[i]))));
+    scale = std::max(scale, std::fabs(double(g_emb[i]) + double(g_out[i])));
+  }
+  EXPECT_LT(worst, 1e-6 * scale);
+  EXPECT_GT(scale, 0);
+  // torchtitan's FLOP formula leaves the (shared) embedding out, as it leaves out an untied one.
+  EXPECT_EQ(metrics::parameter_count(tied), metrics::parameter_count(a) - a.vocab_size * a.dim);
+}

@@ -94,7 +94,7 @@ void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, 
                                                  {"high_freq_factor", a.rope_scaling.high_freq_factor},
                                                  {"original_max_position_embeddings", a.rope_scaling.original_max_positions}}
                                           : json(nullptr)},
-                       {"tie_word_embeddings", false},
+                       {"tie_word_embeddings", a.tie_word_embeddings},
                        {"bos_token_id", bos_id >= 0 ? json(bos_id) : json(nullptr)},
                        {"eos_token_id", eos_id >= 0 ? json(eos_id) : json(nullptr)},
                        {"torch_dtype", bf16 ? "bfloat16" : "float32"}};
@@ -174,8 +174,6 @@ HfModel import_hf(const std::string& dir) {
   if (!c.is_object()) throw UserError(concat(config_path, ": expected a JSON object, found ", c.type_name()));
   if (c.value("model_type", "") != "llama") refuse("model_type", "expected llama, found " + c.value("model_type", std::string("none")));
 
-  if (c.value("tie_word_embeddings", false))
-    refuse("tie_word_embeddings", "not supported yet (titan's Llama has a separate output projection)");
   if (c.value("attention_bias", false) || c.value("mlp_bias", false)) refuse("attention_bias/mlp_bias", "Llama 3 has no biases");
   if (c.value("hidden_act", "silu") != "silu") refuse("hidden_act", "expected silu");
   HfModel m;
@@ -183,11 +181,12 @@ HfModel import_hf(const std::string& dir) {
     const int64_t dim = c.at("hidden_size"), layers = c.at("num_hidden_layers"), heads = c.at("num_attention_heads");
     const int64_t kv = c.value("num_key_value_heads", heads), inter = c.at("intermediate_size"), vocab = c.at("vocab_size");
     const cpu::RopeScaling scaling = rope_scaling_of(c, config_path);
+    const bool tied = c.value("tie_word_embeddings", false);
     for (const auto& name : llama3::flavor_names()) {  // of the same shape, the one with the same RoPE scaling
       llama3::ModelArgs f = llama3::flavor(name);
       const bool shape = f.dim == dim && f.n_layers == layers && f.n_heads == heads && f.n_kv_heads == kv &&
                          f.ffn_hidden() == inter;
-      if (shape && (m.flavor.empty() || f.rope_scaling == scaling)) {
+      if (shape && (m.flavor.empty() || (f.rope_scaling == scaling && f.tie_word_embeddings == tied))) {
         m.args = f;
         m.flavor = name;
       }
@@ -197,6 +196,7 @@ HfModel import_hf(const std::string& dir) {
                              heads, ", kv heads ", kv, ", intermediate_size ", inter, ")"));
     m.args.vocab_size = vocab;
     m.args.rope_scaling = scaling;  // the config's, whichever flavor names the shape
+    m.args.tie_word_embeddings = tied;
     m.args.rope_theta = c.value("rope_theta", 10000.0);
     m.args.norm_eps = c.value("rms_norm_eps", 1e-5f);
     if (!(m.args.rope_theta > 0) || !std::isfinite(m.args.rope_theta))
@@ -253,9 +253,16 @@ HfModel import_hf(const std::string& dir) {
   }
   // Anything left would be dropped: refuse it (biases, extra layers), except RoPE's cached
   // frequencies, which older exports save and titan recomputes.
-  for (const auto& [key, entry] : hf)
+  for (const auto& [key, entry] : hf) {
+    // Some tied exports keep lm_head.weight too; it must then be the embedding, which titan uses.
+    if (a.tie_word_embeddings && key == "lm_head.weight") {
+      if (to_f32(entry.first, key) != m.weights.at("tok_embeddings.weight"))
+        throw UserError(concat(entry.second, ": tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"));
+      continue;
+    }
     if (!ends_with(key, "rotary_emb.inv_freq"))
       throw UserError(concat(entry.second, ": tensor ", key, " is not part of a Llama 3 model of this shape (it would be dropped)"));
+  }
   return m;
 }
 

@@ -16,6 +16,7 @@ std::string model_signature(const llama3::ModelArgs& a, const std::string& flavo
             {"rope_theta", a.rope_theta}, {"norm_eps", a.norm_eps},
             {"tokenizer", tokenizer},     {"dtype", "float32"}};
   if (a.ffn_dim_multiplier) j["ffn_dim_multiplier"] = *a.ffn_dim_multiplier;
+  if (a.tie_word_embeddings) j["tie_word_embeddings"] = true;  // absent when untied, as rope_scaling
   if (a.rope_scaling.factor > 0)  // absent without scaling: older checkpoints' signatures stay equal
     j["rope_scaling"] = {{"factor", a.rope_scaling.factor},
                          {"low_freq_factor", a.rope_scaling.low_freq_factor},
@@ -37,6 +38,7 @@ llama3::ModelArgs args_from_signature(const std::string& signature, const std::s
     if (j.contains("ffn_dim_multiplier")) a.ffn_dim_multiplier = j["ffn_dim_multiplier"].get<double>();
     a.rope_theta = j.at("rope_theta");
     a.norm_eps = j.at("norm_eps");
+    a.tie_word_embeddings = j.value("tie_word_embeddings", false);
     if (j.contains("rope_scaling")) {
       const json& s = j["rope_scaling"];
       a.rope_scaling = {s.at("factor"), s.at("low_freq_factor"), s.at("high_freq_factor"),

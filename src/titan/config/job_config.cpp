@@ -42,6 +42,7 @@ std::vector<KeySpec> make_schema() {
 
       {"model", "name", string, "llama3", "model family (llama3)"},
       {"model", "flavor", string, "debugmodel", "debugmodel, 150M, 1B, 8B, 70B, 405B; llama3.1-8B, -70B, -405B (with RoPE scaling); 8B_4layers"},
+      {"model", "tie_word_embeddings", boolean, "false", "titan: the classifier uses the embedding's weight (Llama 3.2 1B/3B; their llama3.2-* flavors tie already)"},
       {"model", "rope_scaling_factor", real, "-1", "titan: Llama 3.1 RoPE scaling factor (-1 = the flavor's, 0 = none; Llama 3.1: 8)"},
       {"model", "rope_low_freq_factor", real, "1", "titan: RoPE scaling low_freq_factor (with rope_scaling_factor >= 1)"},
       {"model", "rope_high_freq_factor", real, "4", "titan: RoPE scaling high_freq_factor (with rope_scaling_factor >= 1)"},

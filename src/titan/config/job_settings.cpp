@@ -7,6 +7,7 @@ JobSettings resolve_job_settings(const JobConfig& cfg) {
   s.source = &cfg;
   s.dump_folder = cfg.get_string("job.dump_folder");
   s.model = {cfg.get_string("model.flavor"), cfg.get_int("model.vocab_size"), cfg.get_string("model.tokenizer_path"), {}};
+  s.model.tie_word_embeddings = cfg.get_bool("model.tie_word_embeddings");
   if (const double factor = cfg.get_real("model.rope_scaling_factor"); factor >= 0)
     s.model.rope_scaling = cpu::RopeScaling{factor, cfg.get_real("model.rope_low_freq_factor"),
                                             cfg.get_real("model.rope_high_freq_factor"),

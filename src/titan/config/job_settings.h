@@ -19,6 +19,7 @@ struct ModelSettings {
   int64_t vocab_size = 0;      // model.vocab_size; 0: the tokenizer's, else the flavor's
   std::string tokenizer_path;  // empty: the built-in default (or none, for synthetic data)
   std::optional<cpu::RopeScaling> rope_scaling;  // unset: the flavor's
+  bool tie_word_embeddings = false;              // or the flavor's
 };
 
 struct DataSettings {

@@ -56,6 +56,9 @@ void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& arg
     throw UserError(concat(plan.origin("float8.enable_float8_linear"),
                            ": float8 linears are not built for the legacy CUDA model: set training.cuda_model = \"model\" "
                            "(the one model, whose CUDA backend has the FP8 GEMMs), or training.device = \"cpu\" to emulate them"));
+  if (args.tie_word_embeddings && plan.cuda_model == config::RunPlan::CudaModel::legacy)
+    throw UserError(concat(plan.origin("model.flavor"), ": tied embeddings are not built for the legacy CUDA model: set "
+                           "training.cuda_model = \"model\" (the one model, not yet run on a card) or train on the CPU"));
   if (plan.float8.fsdp_all_gather)
     throw UserError(concat(plan.origin("float8.enable_fsdp_float8_all_gather"),
                            ": the FP8 all-gather is built for the CPU backend's FSDP so far (the device unit store gathers "

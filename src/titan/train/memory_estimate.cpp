@@ -175,6 +175,7 @@ llama3::ModelArgs model_args_without_data(const config::JobSettings& job) {
   if (job.model.flavor == "debugmodel") a.vocab_size = 2048;
   if (job.model.vocab_size > 0) a.vocab_size = job.model.vocab_size;
   if (job.model.rope_scaling) a.rope_scaling = *job.model.rope_scaling;
+  a.tie_word_embeddings = a.tie_word_embeddings || job.model.tie_word_embeddings;
   a.max_seq_len = std::max(a.max_seq_len, job.plan.micro_batch.seq);
   return a;
 }

@@ -89,6 +89,7 @@ llama3::ModelArgs model_args(const config::JobSettings& cfg, const DataSetup& da
   }
   if (cfg.model.flavor == "debugmodel") a.vocab_size = kDefaultVocab;
   if (cfg.model.rope_scaling) a.rope_scaling = *cfg.model.rope_scaling;
+  a.tie_word_embeddings = a.tie_word_embeddings || cfg.model.tie_word_embeddings;
   const int64_t vocab = cfg.model.vocab_size;
   if (data.tokenizer) {
     if (vocab > 0 && vocab < data.tokenizer->vocab_size())

@@ -101,7 +101,14 @@ ModelLayout::ModelLayout(const ModelArgs& a) : n_layers_(a.n_layers) {
     for (int r = 0; r < kBlockRoles; ++r) slots[r] = add(static_cast<Role>(r), l);
   }
   norm_ = add(Role::norm, -1);
-  output_ = add(Role::output, -1);
+  // Tied (Llama 3.2 1B/3B): the classifier reads the embedding's tensor, whose gradient then sums
+  // both uses; it takes the output's init, scaled for the classifier.
+  if (a.tie_word_embeddings) {
+    output_ = embedding_;
+    tensors_[embedding_].init = rule(Role::output, -1, a);
+  } else {
+    output_ = add(Role::output, -1);
+  }
 }
 
 void ModelLayout::set_precision(size_t i, LinearPrecision p) {

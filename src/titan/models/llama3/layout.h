@@ -46,7 +46,8 @@ class ModelLayout {
   const std::vector<TensorSpec>& tensors() const { return tensors_; }
   size_t size() const { return tensors_.size(); }
   const TensorSpec& operator[](size_t i) const { return tensors_[i]; }
-  // Position of a block tensor of `layer`, or of a root tensor.
+  // Position of a block tensor of `layer`, or of a root tensor (with tied embeddings the output's
+  // is the embedding's).
   size_t block_index(int64_t layer, Role role) const;
   size_t root_index(Role role) const;
   // Position of `name`; -1 when the model has no such tensor.

@@ -67,6 +67,13 @@ const std::map<std::string, ModelArgs>& flavors() {
       a.max_seq_len = 131072;
       t[std::string("llama3.1-") + size] = a;
     }
+    // Llama 3.2 1B and 3B (Meta's config.json): tied embeddings, RoPE scaling factor 32.
+    for (auto [name, shape] : {std::pair{"llama3.2-1B", t["1B"]}, std::pair{"llama3.2-3B", big(3072, 28, 24, 1.0, 256)}}) {
+      shape.tie_word_embeddings = true;
+      shape.rope_scaling = {32.0, 1.0, 4.0, 8192};
+      shape.max_seq_len = 131072;
+      t[name] = shape;
+    }
     ModelArgs eight_b_slice = t["8B"];
     eight_b_slice.n_layers = 4;
     t["8B_4layers"] = eight_b_slice;

@@ -20,6 +20,7 @@ struct ModelArgs {
   float norm_eps = 1e-5f;
   double rope_theta = 500000.0;
   cpu::RopeScaling rope_scaling;  // Llama 3.1+: frequency scaling (factor 0: none)
+  bool tie_word_embeddings = false;  // Llama 3.2 1B/3B: the classifier uses the embedding's weight
   int64_t max_seq_len = 2048;
 
   int64_t head_dim() const { return dim / n_heads; }
