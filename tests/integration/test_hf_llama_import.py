@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,6 +92,32 @@ def one_style(titan, dump, tmp, label, scaling, tied, keys):
               f"{exported.get('tie_word_embeddings')}")
         err = rel(hf_logits(back), want)
         check(err < 1e-5, f"{label}: transformers loads titan's export with the same logits (relative error {err:.1e})")
+
+        # A training step from the HF folder (initial_load_in_hf, no convert): its loss on the first
+        # batch is transformers' on the same tokens (titan's own pre-tokenized shards).
+        text = os.path.join(tmp, "text.jsonl")
+        with open(text, "w") as f:
+            for i in range(40):
+                f.write(json.dumps({"text": f"Document {i}: the quick brown fox jumps over the lazy dog, {i * 7} times."}) + "\n")
+        shards = os.path.join(tmp, "shards")
+        r = subprocess.run([titan, "data", "tokenize", "--input", text, "--output", shards], capture_output=True, text=True)
+        step = os.path.join(tmp, "step")
+        r2 = subprocess.run([titan, "train", "--training.dataset", shards, "--training.seq_len", "32", "--training.batch_size", "2",
+                             "--training.steps", "1", "--metrics.log_freq", "1", "--job.dump_folder", step,
+                             "--checkpoint.initial_load_path", hf_dir, "--checkpoint.initial_load_in_hf", *keys],
+                            capture_output=True, text=True)
+        check(r.returncode == 0 and r2.returncode == 0, f"{label}: a step from the HF folder runs ({r.stderr[-200:]} {r2.stderr[-300:]})")
+        if r2.returncode == 0:
+            titan_loss = json.loads(open(os.path.join(step, "metrics.jsonl")).readline())["loss"]
+            tokens = torch.tensor(np.fromfile(os.path.join(shards, "shard-00000.bin"), dtype=np.uint32)[:2 * 33].astype(np.int64))
+            windows = tokens.view(2, 33)
+            model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+            with torch.no_grad():
+                logits = model(windows[:, :-1]).logits.double()
+            want_loss = float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)))
+            err = abs(titan_loss - want_loss) / want_loss
+            check(err < 1e-5, f"{label}: titan's first training loss {titan_loss:.6f} = transformers' {want_loss:.6f} "
+                  f"on the same batch (relative {err:.1e})")
 
         # Training resumes from the converted checkpoint only with the same scaling.
         base = [titan, "train", "--training.dataset", "synthetic", "--training.seq_len", "32", "--training.steps", "2",
