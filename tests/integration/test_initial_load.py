@@ -88,6 +88,20 @@ def main():
             worst = max(abs(x[1] - y[1]) / y[1] for x, y in zip(losses(fsdp), losses(direct))) if ok else float("nan")
             check(ok and worst < 1e-6, f"FSDP over 2 ranks starts from the same weights: losses within 1e-6 (worst {worst:.1e})")
 
+        # The HF folder's tokenizer.json is the run's tokenizer unless model.tokenizer_path names one
+        # (a small byte-level BPE trained here with PyPI tokenizers, as Llama 3's is byte-level).
+        from tokenizers import ByteLevelBPETokenizer
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([f"the quick brown fox jumps over the lazy dog {i}" for i in range(200)], vocab_size=400,
+                                min_frequency=1, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"])
+        with_tok = os.path.join(tmp, "hf_with_tokenizer")
+        shutil.copytree(hf, with_tok)
+        bpe.save(os.path.join(with_tok, "tokenizer.json"))
+        rt = train(titan, os.path.join(tmp, "tok"), 1, "--checkpoint.initial_load_path", with_tok,
+                   "--checkpoint.initial_load_in_hf", "--model.vocab_size", "2048")
+        check(rt.returncode == 0 and f"tokenizer: {with_tok}/tokenizer.json (the Hugging Face folder's" in rt.stdout,
+              f"the HF folder's tokenizer.json becomes the run's tokenizer ({rt.stderr.strip()[-200:]})")
+
         # A resumed run does not reload the initial weights.
         r4 = train(titan, direct, 5, "--checkpoint.initial_load_path", hf, "--checkpoint.initial_load_in_hf")
         check(r4.returncode == 0 and "resumed from" in r4.stdout and "started from the weights of" not in r4.stdout

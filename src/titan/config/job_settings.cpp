@@ -1,5 +1,7 @@
 #include "titan/config/job_settings.h"
 
+#include <filesystem>
+
 namespace titan::config {
 
 JobSettings resolve_job_settings(const JobConfig& cfg) {
@@ -49,6 +51,13 @@ JobSettings resolve_job_settings(const JobConfig& cfg) {
                   cfg.get_string("validation.dataset_path")};
   s.profiling = {cfg.get_bool("profiling.enable_profiling"), cfg.get_int("profiling.profile_freq"),
                  cfg.get_string("profiling.save_traces_folder")};
+  // A Hugging Face folder as Meta publishes it carries its tokenizer: the run uses it unless
+  // model.tokenizer_path names another.
+  if (s.model.tokenizer_path.empty() && c.initial_load_in_hf) {
+    const auto beside = std::filesystem::path(c.initial_load_path) / "tokenizer.json";
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(beside, ec)) s.model.tokenizer_path = beside.string();
+  }
   s.plan = resolve_run_plan(cfg);
   return s;
 }

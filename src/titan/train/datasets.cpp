@@ -84,7 +84,10 @@ DataSetup resolve_data(const config::JobSettings& cfg) {
     try {
       d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::load(tok));
     } catch (const UserError& e) {
-      throw UserError(concat(cfg.origin("model.tokenizer_path"), ": model.tokenizer_path: ", e.what()));
+      const bool beside_weights = cfg.source && cfg.source->get_string("model.tokenizer_path").empty();
+      throw UserError(beside_weights ? concat(cfg.origin("checkpoint.initial_load_path"), ": the tokenizer.json beside "
+                                              "checkpoint.initial_load_path (set model.tokenizer_path to use another): ", e.what())
+                                     : concat(cfg.origin("model.tokenizer_path"), ": model.tokenizer_path: ", e.what()));
     }
   } else if (!d.synthetic) {
     d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());

@@ -176,6 +176,8 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   if (engine_->on_cpu()) model_->plan(shape_);
   if (peak_flops_ == 0) peak_flops_ = engine_->peak_flops();
   log_ << "data: " << data_.description << "\n";
+  if (job_.model.tokenizer_path != cfg.get_string("model.tokenizer_path"))
+    log_ << "tokenizer: " << job_.model.tokenizer_path << " (the Hugging Face folder's, as model.tokenizer_path is unset)\n";
   if (!data_.left_out.empty()) {
     log_ << "data: left out " << data_.left_out.size() << " file(s) whose names hold neither 'train' nor 'validation' "
          << "(where some names hold 'train', only those train):";
