@@ -254,6 +254,8 @@ BAD = [
                                            "--float8.enable_fsdp_float8_all_gather"], "needs the tensorwise recipe"),
     ("precompute without FP8 all-gather", None, ["--float8.precompute_float8_dynamic_scale_for_fsdp"],
      "needs float8.enable_fsdp_float8_all_gather = true"),
+    ("RoPE scaling detail without its factor", None, ["--model.rope_low_freq_factor", "2"],
+     "takes effect with model.rope_scaling_factor >= 1 only"),
     ("unknown float8 recipe", None, ["--float8.enable_float8_linear", "--float8.recipe_name", "blockwise"],
      "float8.recipe_name = blockwise: expected tensorwise, rowwise or rowwise_with_gw_hp"),
     ("float8 filter not a list", None, ["--float8.filter_fqns", ",output"], "float8.filter_fqns: expected a list of strings"),

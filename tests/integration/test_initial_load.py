@@ -114,6 +114,11 @@ def main():
         check(ra.returncode == 0 and rb.returncode == 0 and losses(a) == losses(b),
               f"the sharded last save round-trips: its losses are the final checkpoint's ({ra.stderr.strip()[-200:]})")
 
+        # Exporting again into the sharded folder as one file leaves no stale shards or index behind.
+        rc = subprocess.run([titan, "convert", "--checkpoint", step3, "--to-hf", sharded], capture_output=True, text=True)
+        left = sorted(f for f in os.listdir(sharded) if f.startswith("model"))
+        check(rc.returncode == 0 and left == ["model.safetensors"], f"a re-export replaces the earlier shards and index: {left}")
+
         # Bad input: one line, non-zero, nothing trained.
         bad = [("a missing folder", ["--checkpoint.initial_load_path", os.path.join(tmp, "nowhere"), "--checkpoint.initial_load_in_hf"],
                 "config.json: missing"),

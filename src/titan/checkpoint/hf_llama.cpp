@@ -5,9 +5,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
 #include "titan/checkpoint/safetensors.h"
 #include "titan/core/dtype.h"
@@ -130,6 +132,13 @@ cpu::RopeScaling rope_scaling_of(const json& c, const std::string& config_path) 
 // most that size, in the layout's order, named as Meta publishes them
 // (model-00001-of-00004.safetensors) with model.safetensors.index.json mapping each tensor.
 void write_hf_weights(const std::string& dir, std::map<std::string, StTensor> tensors, int64_t max_shard_bytes) {
+  // An earlier export's files would outlive this one's (an import prefers an index): they go first.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("model", 0) == 0 && (ends_with(name, ".safetensors") || name == "model.safetensors.index.json"))
+      fs::remove(e.path(), ec);
+  }
   int64_t total = 0;
   for (const auto& [name, t] : tensors) total += static_cast<int64_t>(t.data.size());
   if (max_shard_bytes <= 0 || total <= max_shard_bytes) {
@@ -158,7 +167,7 @@ void write_hf_weights(const std::string& dir, std::map<std::string, StTensor> te
   std::ofstream((fs::path(dir) / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
 }
 
-HfModel import_hf(const std::string& dir) {
+HfModel read_hf_config(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
   std::ifstream in(config_path);
   if (!in) throw UserError(concat(config_path, ": missing (expected a Hugging Face Llama folder)"));
@@ -210,60 +219,79 @@ HfModel import_hf(const std::string& dir) {
     throw UserError(concat(config_path, ": ", e.what()));
   }
 
+  return m;
+}
+
+HfModel import_hf(const std::string& dir) {
+  HfModel m = read_hf_config(dir);
+  for_each_hf_weight(dir, m.args, [&](const llama3::TensorSpec& spec, std::vector<float>& w) {
+    m.weights.emplace(spec.name, std::move(w));
+  });
+  return m;
+}
+
+// The weight files in the order Meta names them: the index's, or the one model.safetensors.
+std::vector<std::string> hf_weight_files(const std::string& dir) {
   std::vector<std::string> files;
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
-  if (fs::exists(index)) {
-    std::ifstream ii(index);
-    std::set<std::string> unique;
-    try {
-      // The parsed index must outlive the loop: a range-for keeps only its last temporary alive.
-      const json parsed = json::parse(ii);
-      for (const auto& [k, f] : parsed.at("weight_map").items()) unique.insert(f.get<std::string>());
-    } catch (const json::exception& e) {
-      throw UserError(concat(index.string(), ": ", e.what()));
-    }
-    for (const auto& f : unique) files.push_back((fs::path(dir) / f).string());
-  } else {
-    files.push_back((fs::path(dir) / "model.safetensors").string());
+  if (!fs::exists(index)) return {(fs::path(dir) / "model.safetensors").string()};
+  std::ifstream ii(index);
+  std::set<std::string> unique;
+  try {
+    // The parsed index must outlive the loop: a range-for keeps only its last temporary alive.
+    const json parsed = json::parse(ii);
+    for (const auto& [k, f] : parsed.at("weight_map").items()) unique.insert(f.get<std::string>());
+  } catch (const json::exception& e) {
+    throw UserError(concat(index.string(), ": ", e.what()));
   }
-  std::map<std::string, std::pair<StTensor, std::string>> hf;
-  for (const auto& f : files)
-    for (auto& [name, t] : read_safetensors(f)) hf.emplace(name, std::make_pair(std::move(t), f));
+  for (const auto& f : unique) files.push_back((fs::path(dir) / f).string());
+  return files;
+}
 
-  // The flavor's tensors, by titan name, with the expected shapes.
-  const auto& a = m.args;
+void for_each_hf_weight(const std::string& dir, const llama3::ModelArgs& a,
+                        const std::function<void(const llama3::TensorSpec&, std::vector<float>&)>& sink) {
   const llama3::ModelLayout layout(a);
-  for (const auto& spec : layout.tensors()) {
-    const std::string& key = spec.hf_name;
-    const std::string& name = spec.name;
-    const Shape& shape = spec.shape;
-    auto it = hf.find(key);
-    if (it == hf.end()) throw UserError(concat(dir, ": missing tensor ", key));
-    const auto& [t, file] = it->second;
-    if (t.shape != shape)
-      throw UserError(concat(file, ": tensor ", key, " has shape ", shape_str(t.shape), ", expected ", shape_str(shape)));
-    std::vector<float> w = to_f32(t, key);
-    if (spec.rope_heads > 0) {
-      std::vector<float> meta(w.size());
-      permute_rope_rows(w.data(), meta.data(), spec.rope_heads, a.head_dim(), a.dim, false);
-      w = std::move(meta);
+  std::map<std::string, const llama3::TensorSpec*> wanted;  // by HF name
+  for (const auto& spec : layout.tensors()) wanted.emplace(spec.hf_name, &spec);
+  // A tied export may also store lm_head.weight: compared with the embedding by hash, as either
+  // may come first and neither should be held twice.
+  uint64_t tied_head = 0, embedding = 0;
+  std::string tied_head_file;
+  auto hash = [](const std::vector<float>& w) { return XXH3_64bits(w.data(), w.size() * sizeof(float)); };
+  // One file at a time, one tensor converted at a time: a rank holds one shard's bytes and one
+  // fp32 tensor, not the whole model twice.
+  for (const auto& file : hf_weight_files(dir)) {
+    auto tensors = read_safetensors(file);
+    for (auto& [key, t] : tensors) {
+      auto it = wanted.find(key);
+      if (it == wanted.end()) {
+        // Some tied exports keep lm_head.weight too; it must then be the embedding, which titan uses.
+        if (a.tie_word_embeddings && key == "lm_head.weight") {
+          tied_head = hash(to_f32(t, key));
+          tied_head_file = file;
+        } else if (!ends_with(key, "rotary_emb.inv_freq")) {  // RoPE's cache, recomputed; anything else would be dropped
+          throw UserError(concat(file, ": tensor ", key, " is not part of a Llama 3 model of this shape (it would be dropped)"));
+        }
+        continue;
+      }
+      const llama3::TensorSpec& spec = *it->second;
+      if (t.shape != spec.shape)
+        throw UserError(concat(file, ": tensor ", key, " has shape ", shape_str(t.shape), ", expected ", shape_str(spec.shape)));
+      std::vector<float> w = to_f32(t, key);
+      t.data = {};  // the raw bytes go as soon as they are converted
+      if (spec.rope_heads > 0) {
+        std::vector<float> meta(w.size());
+        permute_rope_rows(w.data(), meta.data(), spec.rope_heads, a.head_dim(), a.dim, false);
+        w = std::move(meta);
+      }
+      if (a.tie_word_embeddings && spec.role == llama3::Role::tok_embeddings) embedding = hash(w);
+      sink(spec, w);
+      wanted.erase(it);
     }
-    m.weights.emplace(name, std::move(w));
-    hf.erase(it);
   }
-  // Anything left would be dropped: refuse it (biases, extra layers), except RoPE's cached
-  // frequencies, which older exports save and titan recomputes.
-  for (const auto& [key, entry] : hf) {
-    // Some tied exports keep lm_head.weight too; it must then be the embedding, which titan uses.
-    if (a.tie_word_embeddings && key == "lm_head.weight") {
-      if (to_f32(entry.first, key) != m.weights.at("tok_embeddings.weight"))
-        throw UserError(concat(entry.second, ": tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"));
-      continue;
-    }
-    if (!ends_with(key, "rotary_emb.inv_freq"))
-      throw UserError(concat(entry.second, ": tensor ", key, " is not part of a Llama 3 model of this shape (it would be dropped)"));
-  }
-  return m;
+  if (!wanted.empty()) throw UserError(concat(dir, ": missing tensor ", wanted.begin()->first));
+  if (!tied_head_file.empty() && tied_head != embedding)
+    throw UserError(concat(tied_head_file, ": tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"));
 }
 
 }  // namespace titan::checkpoint

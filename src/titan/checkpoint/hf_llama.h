@@ -4,11 +4,13 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "titan/core/parameter.h"
+#include "titan/models/llama3/layout.h"
 #include "titan/models/llama3/model_args.h"
 
 namespace titan::checkpoint {
@@ -34,5 +36,11 @@ struct HfModel {
 // wrongly: other rope_scaling types, tied embeddings (Llama 3.2 1B/3B), biases, other
 // architectures, shapes of no titan flavor.
 HfModel import_hf(const std::string& dir);
+// The same in two parts, for a caller that keeps only some rows (an FSDP rank): the shapes and
+// settings from config.json (no weights), then each tensor, converted to fp32 in Meta's RoPE
+// layout, handed to `sink` one at a time and one file at a time (it may take the vector).
+HfModel read_hf_config(const std::string& dir);
+void for_each_hf_weight(const std::string& dir, const llama3::ModelArgs& args,
+                        const std::function<void(const llama3::TensorSpec&, std::vector<float>&)>& sink);
 
 }  // namespace titan::checkpoint

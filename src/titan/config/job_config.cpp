@@ -444,6 +444,10 @@ void JobConfig::validate() const {
   if (get_int("model.vocab_size") < 0) fail("model.vocab_size", "expected >= 0 (0 = from the tokenizer)");
   if (const double f = get_real("model.rope_scaling_factor"); f != -1 && f != 0 && !(f >= 1))
     fail("model.rope_scaling_factor", "expected -1 (the flavor's), 0 (none) or at least 1");
+  if (get_real("model.rope_scaling_factor") == -1)
+    for (const char* key : {"model.rope_low_freq_factor", "model.rope_high_freq_factor", "model.rope_original_max_positions"})
+      if (!is_default(key))
+        fail(key, "takes effect with model.rope_scaling_factor >= 1 only (it is -1: the flavor's scaling); set the factor too");
   if (get_real("model.rope_scaling_factor") >= 1 &&
       !(get_real("model.rope_low_freq_factor") > 0 && get_real("model.rope_high_freq_factor") > get_real("model.rope_low_freq_factor")))
     fail("model.rope_high_freq_factor", "expected 0 < model.rope_low_freq_factor < model.rope_high_freq_factor");

@@ -22,7 +22,9 @@
 namespace titan::parallel {
 
 void ProcessGroup::all_gather_bytes(const uint8_t* send, uint8_t* recv, const std::vector<int64_t>& counts) {
+  TITAN_CHECK(static_cast<int>(counts.size()) == size(), "all_gather: ", counts.size(), " counts for ", size(), " ranks");
   const int64_t most = *std::max_element(counts.begin(), counts.end());
+  if (most == 0) return;
   const int64_t floats = (most + 3) / 4;  // each rank's bytes padded to a whole number of floats
   std::vector<float> out(static_cast<size_t>(floats)), in(static_cast<size_t>(floats * size()));
   std::memcpy(out.data(), send, static_cast<size_t>(counts[static_cast<size_t>(rank())]));

@@ -2,7 +2,10 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 #include <vector>
@@ -26,7 +29,7 @@ const std::set<std::string> kPerHost = {
   "model.tokenizer_path", "validation.dataset_path",
   "metrics.enable_color_printing", "metrics.save_tb_folder", "metrics.enable_tensorboard", "metrics.rank_0_only",
   "profiling.save_traces_folder", "profiling.save_memory_snapshot_folder",
-  "checkpoint.folder", "comm.train_timeout_seconds", "comm.init_timeout_seconds", "comm.trace_buf_size",
+  "checkpoint.folder", "checkpoint.initial_load_path", "comm.train_timeout_seconds", "comm.init_timeout_seconds", "comm.trace_buf_size",
 };
 
 // Count, bytes and a hash of the files' names and sizes: the same corpus at another path matches.
@@ -77,6 +80,18 @@ std::string computation_digest(const config::JobConfig& cfg, const DataSetup& da
   out << "validation data = " << data_digest(data, data.validation_files, data.validation_shards) << "\n";
   out << "model.tokenizer = " << (data.tokenizer ? concat("content ", std::hex, data.tokenizer->fingerprint()) : "none")
       << "\n";
+  // The initial weights by their files' names and sizes (and config.json's bytes), not their path.
+  if (const std::string init = cfg.get_string("checkpoint.initial_load_path"); !init.empty()) {
+    std::vector<std::string> files;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(init, ec))
+      if (e.is_regular_file(ec)) files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+    std::ifstream config((fs::path(init) / "config.json").string());
+    const std::string config_text((std::istreambuf_iterator<char>(config)), std::istreambuf_iterator<char>());
+    out << "checkpoint.initial_load_path = " << files_digest(files) << ", config "
+        << XXH3_64bits(config_text.data(), config_text.size()) << "\n";
+  }
   return out.str();
 }
 

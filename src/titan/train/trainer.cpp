@@ -317,7 +317,8 @@ std::string Trainer::model_signature() const {
 // A checkpoint (or HF folder) whose model signature differs from this run's is refused, naming
 // the first difference. `same_flavor`: the flavor's name counts too (an initial load compares
 // shapes only: an HF folder's flavor is whichever titan flavor has its shape).
-void Trainer::require_same_model(const std::string& dir, const std::string& signature, bool same_flavor) const {
+void Trainer::require_same_model(const std::string& dir, const std::string& signature, bool same_flavor,
+                                 const std::string& hint) const {
   const auto saved = nlohmann::json::parse(signature), now = nlohmann::json::parse(model_signature());
   for (const auto& [key, value] : now.items()) {
     // A converted (imported) checkpoint does not know the tokenizer; everything else must match.
@@ -325,30 +326,33 @@ void Trainer::require_same_model(const std::string& dir, const std::string& sign
     if (key == "flavor" && !same_flavor) continue;
     if (!saved.contains(key) || saved[key] != value)
       throw UserError(concat(dir, ": saved for a different model: ", key, " was ",
-                             saved.contains(key) ? saved[key].dump() : "absent", ", this run has ", value.dump(),
-                             " (start a new dump_folder, or set checkpoint.enable_checkpoint = false)"));
+                             saved.contains(key) ? saved[key].dump() : "absent", ", this run has ", value.dump(), " (", hint,
+                             ")"));
   }
   for (const auto& [key, value] : saved.items())  // what only the checkpoint has (RoPE scaling) counts too
     if (!now.contains(key))
       throw UserError(concat(dir, ": saved for a different model: ", key, " was ", value.dump(),
-                             ", this run has none (set the model keys that give it, e.g. model.rope_scaling_factor, or "
-                             "start a new dump_folder)"));
+                             ", this run has none (set the model keys that give it, e.g. model.rope_scaling_factor; or ", hint,
+                             ")"));
 }
+
+const char* const kInitialLoadHint = "set the model keys to the folder's model, or checkpoint.initial_load_path to another";
 
 // checkpoint.initial_load_path: the weights only (step 1, a fresh optimizer, the data from the
 // start), from a titan step folder or an HF folder; each rank takes its own rows.
 void Trainer::initial_load() {
   const std::string& path = job_.checkpoint.initial_load_path;
   if (job_.checkpoint.initial_load_in_hf) {
-    const auto m = checkpoint::import_hf(path);
-    require_same_model(path, checkpoint::model_signature(m.args, m.flavor, "unknown"), false);
-    for (auto& p : model_->parameters()) {
-      const auto& w = m.weights.at(p.name);
+    const auto m = checkpoint::read_hf_config(path);
+    require_same_model(path, checkpoint::model_signature(m.args, m.flavor, "unknown"), false, kInitialLoadHint);
+    // Tensor by tensor: each rank keeps its rows, never the whole model.
+    checkpoint::for_each_hf_weight(path, m.args, [&](const llama3::TensorSpec& spec, std::vector<float>& w) {
+      Parameter& p = model_->parameter(spec.name);
       std::copy_n(w.begin() + p.rows.begin * p.row_elems(), p.master.numel(), p.master.f32());
-    }
+    });
   } else {
     const auto meta = checkpoint::read_metadata(path);
-    require_same_model(path, meta.state.model_signature, false);
+    require_same_model(path, meta.state.model_signature, false, kInitialLoadHint);
     checkpoint::load_parameters(path, meta, model_->parameters(), false);
   }
   engine_->from_host();
@@ -358,7 +362,8 @@ void Trainer::initial_load() {
 
 void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
   const auto meta = checkpoint::read_metadata(dir);
-  require_same_model(dir, meta.state.model_signature, true);
+  require_same_model(dir, meta.state.model_signature, true,
+                     "start a new dump_folder, or set checkpoint.enable_checkpoint = false");
   checkpoint::load_parameters(dir, meta, model_->parameters(), true);
   optimizer_.set_steps_taken(meta.has_optimizer ? meta.state.step : 0);
   if (!meta.state.data_state.empty()) {

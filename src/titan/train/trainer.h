@@ -70,7 +70,9 @@ class Trainer {
   void enable_float8_all_gather(const llama3::Float8Linears& f8);
   void write_resolved_config(const std::string& dump);
   void resume_from(const std::string& dir, data::WindowSource& source);
-  void require_same_model(const std::string& dir, const std::string& signature, bool same_flavor) const;
+  // `hint`: what the user can do about a difference.
+  void require_same_model(const std::string& dir, const std::string& signature, bool same_flavor,
+                          const std::string& hint) const;
   void initial_load();
   void save_checkpoint(int64_t step);
   int64_t global_batch() const;  // sequences per optimizer step over all ranks
