@@ -7,9 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "titan/cli/args.h"
 #include "titan/cli/checkpoint_commands.h"
 #include "titan/cli/data_command.h"
 #include "titan/cli/tokenizer_command.h"
+#include "titan/core/build_info.h"
 #include "titan/core/error.h"
 #include "titan/ops/cpu/blas_kernels.h"
 #include "titan/train/memory_estimate.h"
@@ -27,9 +29,14 @@ const char* kUsage =
     "  generate   sample from a checkpoint\n"
     "  inspect    show what a checkpoint holds\n"
     "  estimate   per-device memory of a run: titan estimate --config FILE [--ngpu N] [--device cuda|cpu]\n"
-    "run 'titan train --help' for every config key.\n";
+    "  --version  titan's commit and build (and on a CUDA build the NCCL and cuDNN it finds)\n"
+    "run 'titan train --help' for every config key, and 'titan COMMAND --help' for each command.\n";
 
 int dispatch(int argc, char** argv) {
+  if (argc >= 2 && (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "version"))) {
+    std::cout << titan::version_text();
+    return 0;
+  }
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;

@@ -348,6 +348,28 @@ def test_estimate(titan, configs, tmp):
           f"a run larger than the machine is refused: {lines}")
 
 
+def test_help_version_and_suggestions(titan, tmp):
+    """--help and -h on every command and sub-command (exit 0, a usage text), titan --version, and
+    the nearest key for a misspelt one, on the command line and in a file."""
+    for cmd in (["--help"], ["train", "--help"], ["estimate", "-h"], ["tokenizer", "encode", "--help"],
+                ["tokenizer", "decode", "-h"], ["tokenizer", "train", "--help"], ["tokenizer", "bench", "-h"],
+                ["data", "tokenize", "--help"], ["data", "bench", "-h"], ["generate", "-h"], ["inspect", "--help"],
+                ["convert", "-h"]):
+        r = run(titan, *cmd)
+        check(r.returncode == 0 and "usage" in r.stdout, f"titan {' '.join(cmd)}: exit 0 with its usage")
+    r = run(titan, "--version")
+    check(r.returncode == 0 and re.match(r"titan [0-9a-f]{12}|titan unknown", r.stdout) is not None
+          and ("cpu build" in r.stdout or "cuda build" in r.stdout), f"titan --version names the commit and build: {r.stdout.strip()[:80]}")
+    r = run(titan, "train", "--training.step", "3")
+    check(r.returncode == 2 and "did you mean training.steps?" in r.stderr, "a misspelt flag names the nearest key")
+    path = os.path.join(tmp, "misspelt.toml")
+    with open(path, "w") as f:
+        f.write("[training]\nbatch_sise = 2\n")
+    r = run(titan, "train", "--config", path)
+    check(r.returncode == 2 and "batch_sise' (did you mean training.batch_size?)" in r.stderr,
+          "a misspelt key in a file names the nearest key")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--titan", required=True)
@@ -362,6 +384,7 @@ def main():
         test_c4_layout(a.titan, a.data, tmp)
         test_tool_bad_input(a.titan, a.data, tmp)
         test_estimate(a.titan, a.configs, tmp)
+        test_help_version_and_suggestions(a.titan, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0
 

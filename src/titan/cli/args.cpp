@@ -46,6 +46,7 @@ ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::
                       const std::set<std::string>& multi) {
   ParsedArgs out;
   for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") throw HelpRequested{};
     if (args[i].rfind("--", 0) != 0) throw UserError(concat(command, ": unexpected argument '", args[i], "'"));
     std::string name = args[i].substr(2), value;
     const size_t eq = name.find('=');

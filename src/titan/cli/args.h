@@ -21,9 +21,12 @@ struct ParsedArgs {
   double get_real(const std::string& f, double fallback, const std::string& command) const;
 };
 
+// --help or -h anywhere among a sub-command's flags: the command prints its usage and exits 0.
+struct HelpRequested {};
+
 // `valued` flags take one value each (repeatable); `bare` flags take none; `multi` flags take
-// every following argument up to the next --flag (so a shell glob works). Anything else is a
-// UserError naming `command`.
+// every following argument up to the next --flag (so a shell glob works). --help and -h throw
+// HelpRequested. Anything else is a UserError naming `command`.
 ParsedArgs parse_args(const std::vector<std::string>& args, const std::set<std::string>& valued,
                       const std::set<std::string>& bare, const std::string& command,
                       const std::set<std::string>& multi = {});

@@ -45,7 +45,10 @@ std::unique_ptr<llama3::Transformer> load_model(const std::string& step_dir, che
 }  // namespace
 
 int inspect_main(const std::vector<std::string>& args) {
-  if (args.empty() || args[0] == "--help") {
+  const bool help = !args.empty() && (args[0] == "--help" || args[0] == "-h" ||
+                                      std::find(args.begin(), args.end(), "--help") != args.end() ||
+                                      std::find(args.begin(), args.end(), "-h") != args.end());
+  if (args.empty() || help) {
     std::cout << "usage: titan inspect CHECKPOINT [--verify] [--tensors]\n"
                  "  CHECKPOINT: a step-N folder, or a checkpoint folder (its latest step)\n";
     return args.empty() ? 2 : 0;
@@ -94,7 +97,9 @@ int inspect_main(const std::vector<std::string>& args) {
 
 int convert_main(const std::vector<std::string>& args) {
   const std::string cmd = "convert";
-  if (args.empty() || args[0] == "--help") {
+  const bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||
+                    std::find(args.begin(), args.end(), "-h") != args.end();
+  if (args.empty() || help) {
     std::cout << "usage:\n"
                  "  titan convert --hf HF_DIR --output CHECKPOINT_FOLDER [--tokenizer FILE]\n"
                  "      Hugging Face Llama (safetensors + config.json) -> titan checkpoint step-0 (weights only)\n"
@@ -154,14 +159,16 @@ int convert_main(const std::vector<std::string>& args) {
 
 int generate_main(const std::vector<std::string>& args) {
   const std::string cmd = "generate";
-  const auto a = parse_args(args, {"checkpoint", "prompt", "tokenizer", "max-tokens", "temperature", "top-k", "top-p", "seed"},
-                            {"help"}, cmd);
-  if (a.has("help") || args.empty()) {
+  const bool help = std::find(args.begin(), args.end(), "--help") != args.end() ||
+                    std::find(args.begin(), args.end(), "-h") != args.end();
+  if (help || args.empty()) {
     std::cout << "usage: titan generate --checkpoint PATH --prompt TEXT [--tokenizer FILE] [--max-tokens 64]\n"
                  "       [--temperature 0.8] [--top-k 0] [--top-p 1.0] [--seed 0]\n"
                  "  temperature 0 is greedy; top-k 0 and top-p 1 keep every token\n";
     return args.empty() ? 2 : 0;
   }
+  const auto a = parse_args(args, {"checkpoint", "prompt", "tokenizer", "max-tokens", "temperature", "top-k", "top-p", "seed"},
+                            {}, cmd);
   const std::string dir = resolve_step_dir(a.required("checkpoint", cmd));
   const int64_t max_tokens = a.get_int("max-tokens", 64, cmd), top_k = a.get_int("top-k", 0, cmd);
   const double temperature = a.get_real("temperature", 0.8, cmd), top_p = a.get_real("top-p", 1.0, cmd);

@@ -64,12 +64,24 @@ int bench(const ParsedArgs& a) {
 }
 }  // namespace
 
+int data_subcommand(const std::string& sub, const std::vector<std::string>& rest);
+
 int data_main(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::cout << kUsage;
     return args.empty() ? 2 : 0;
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
+  try {
+    return data_subcommand(args[0], rest);
+  } catch (const HelpRequested&) {
+    std::cout << kUsage;
+    return 0;
+  }
+}
+
+int data_subcommand(const std::string& sub, const std::vector<std::string>& rest) {
+  const std::vector<std::string> args = {sub};
   if (args[0] == "tokenize")
     return tokenize(parse_args(rest, {"output", "tokenizer", "field", "shard-tokens"}, {"skip-bad-records"},
                                "data tokenize", {"input"}));

@@ -132,12 +132,24 @@ int bench(const ParsedArgs& a) {
 }
 }  // namespace
 
+int tokenizer_subcommand(const std::string& sub, const std::vector<std::string>& rest);
+
 int tokenizer_main(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::cout << kUsage;
     return args.empty() ? 2 : 0;
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
+  try {
+    return tokenizer_subcommand(args[0], rest);
+  } catch (const HelpRequested&) {
+    std::cout << kUsage;
+    return 0;
+  }
+}
+
+int tokenizer_subcommand(const std::string& sub, const std::vector<std::string>& rest) {
+  const std::vector<std::string> args = {sub};
   if (args[0] == "encode") return encode(parse_args(rest, {"tokenizer"}, {"bos", "eos", "allow-special"}, "tokenizer encode"));
   if (args[0] == "decode") return decode(parse_args(rest, {"tokenizer"}, {}, "tokenizer decode"));
   if (args[0] == "bench") return bench(parse_args(rest, {"tokenizer", "field"}, {}, "tokenizer bench", {"input"}));

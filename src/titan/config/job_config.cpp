@@ -1,5 +1,6 @@
 #include "titan/config/job_config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <limits>
 #include <cmath>
@@ -254,6 +255,33 @@ bool parse_node(KeyType type, const toml::node& node, Value& out) {
   return false;
 }
 
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean training.steps?)" for the schema key nearest a misspelt one, if one is near.
+std::string did_you_mean(const std::string& full_key) {
+  const KeySpec* best = nullptr;
+  size_t best_distance = std::max<size_t>(2, full_key.size() / 5) + 1;
+  for (const auto& s : schema())
+    if (const size_t d = edit_distance(full_key, s.full()); d < best_distance) {
+      best = &s;
+      best_distance = d;
+    }
+  return best ? concat(" (did you mean ", best->full(), "?)") : "";
+}
+
 std::string keys_of(const std::string& section) {
   std::string out;
   for (const auto& s : schema())
@@ -316,7 +344,7 @@ void JobConfig::load_file(const std::string& path) {
       const auto kline = node.source().begin.line;
       const KeySpec* spec = find_spec(full);
       if (!spec)
-        throw UserError(concat(path, ":", kline, ": unknown key '", full, "' (section [", section,
+        throw UserError(concat(path, ":", kline, ": unknown key '", full, "'", did_you_mean(full), " (section [", section,
                                "] has: ", keys_of(section), ")"));
       Value v;
       if (!parse_node(spec->type, node, v))
@@ -339,7 +367,7 @@ void JobConfig::apply_overrides(const std::vector<std::string>& args) {
       has_value = true;
     }
     const KeySpec* spec = find_spec(name);
-    if (!spec) throw UserError(concat("--", name, ": unknown option (titan train --help lists them)"));
+    if (!spec) throw UserError(concat("--", name, ": unknown option", did_you_mean(name), " (titan train --help lists them)"));
     if (!has_value) {
       const bool next_is_value = i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0;
       if (spec->type == KeyType::boolean && (!next_is_value || (args[i + 1] != "true" && args[i + 1] != "false"))) {
