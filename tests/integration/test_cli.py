@@ -322,6 +322,9 @@ def test_estimate(titan, configs, tmp):
     r = run(titan, "estimate", *cfg, "--device", "cpu", *shape)
     m = re.search(r"([0-9.]+) GiB per device", r.stdout)
     check(r.returncode == 0 and m is not None, f"titan estimate prints a total ({r.stdout.strip()} {r.stderr.strip()})")
+    check("fits this machine's memory" in r.stdout, "titan estimate says the debug model fits this machine")
+    r70 = run(titan, "estimate", "--config", os.path.join(configs, "debug_model.toml"), "--model.flavor", "70B", "--device", "cpu")
+    check(r70.returncode == 0 and "does not fit, by" in r70.stdout, f"and that 70B does not, by how much ({r70.stdout.strip()[:160]})")
     folder = os.path.join(tmp, "estimate_run")
     t = run(titan, "train", *cfg, *shape, "--training.steps", "3", "--metrics.log_freq", "1", "--job.dump_folder",
             folder, "--training.device", "cpu", env={"OMP_NUM_THREADS": "2"})

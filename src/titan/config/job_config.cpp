@@ -39,7 +39,7 @@ std::vector<KeySpec> make_schema() {
       {"metrics", "save_tb_folder", string, "tb", "TensorBoard folder under dump_folder"},
       {"metrics", "enable_color_printing", boolean, "false", "color the console metrics"},
       {"metrics", "peak_tflops", real, "0", "titan: the device's peak TFLOP/s for MFU; 0 = from the device table (none for CPUs: MFU n/a)"},
-      {"metrics", "rank_0_only", boolean, "true", "log metrics from rank 0 only"},
+      {"metrics", "rank_0_only", boolean, "true", "titan logs metrics from rank 0 only (mean and max over the ranks)", default_only},
 
       {"model", "name", string, "llama3", "model family (llama3)"},
       {"model", "flavor", string, "debugmodel", "debugmodel, 150M, 1B, 8B, 70B, 405B; llama3.1-8B, -70B, -405B (with RoPE scaling); 8B_4layers"},
@@ -556,7 +556,8 @@ std::string JobConfig::to_toml() const {
 
 std::string help_text() {
   std::ostringstream os;
-  os << "usage: titan train [--config FILE] [--section.key VALUE | --section.key=VALUE | --bool.flag]...\n\n"
+  os << "usage: titan train [--config FILE] [--section.key VALUE | --section.key=VALUE | --bool.flag]...\n"
+     << "  (--job.config_file FILE is torchtitan's spelling of --config)\n\n"
      << "Keys (torchtitan's schema; 'titan:' marks titan's own):\n";
   for (const auto& s : schema()) {
     os << "  --" << s.full() << " (" << type_name(s.type).substr(type_name(s.type).find(' ') + 1) << ", default "

@@ -252,6 +252,20 @@ int estimate_main(const std::vector<std::string>& args) {
             << " parameters, vocabulary " << a.vocab_size
             << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";
+  // Whether it fits this machine (before the estimate's line, which scripts read as the last).
+  const bool cuda_here = device == "cuda" && prefers_cuda(plan);
+  if (device == "cpu" || cuda_here) {
+    const double have = device_memory_bytes(device == "cuda");
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    char line[256];
+    std::snprintf(line, sizeof line, "%s: %.2f GiB of %.2f GiB (%.0f%%)", device == "cuda" ? "this machine's GPU 0" : "this machine's memory",
+                  e.total() / gib, have / gib, 100.0 * e.total() / have);
+    std::cout << (e.total() <= have ? "fits " : concat("does not fit, by ", static_cast<int64_t>(std::ceil((e.total() - have) / gib)),
+                                                       " GiB: "))
+              << line << "\n";
+  } else if (device == "cuda") {
+    std::cout << "no GPU on this machine to compare with\n";
+  }
   std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
                                          shards > 1 ? concat(", FSDP over ", shards, " devices",
                                                              device == "cuda" ? " (GPU FSDP memory: not yet measured on several cards)" : "")

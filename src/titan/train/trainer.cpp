@@ -167,8 +167,6 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   }
   cuda::DeviceCollectives* shards = device_collectives(on_cuda);
   engine_ = make_engine(plan_, *model_, optimizer_, shards, replica_collectives(on_cuda));
-  if (plan_.bf16_params && engine_->on_cpu())
-    log_ << "notice: training.mixed_precision_param = bfloat16: the CPU backend computes in float32\n";
   if (plan_.phase_times && engine_->on_cpu())
     log_ << "notice: profiling.phase_times = true: no effect on the CPU backend (use profiling.enable_profiling)\n";
   if (plan_.compile && engine_->on_cpu())
