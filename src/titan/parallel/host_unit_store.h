@@ -35,8 +35,6 @@ class HostUnitStore final : public UnitStore {
   // The optimizer changed the weights: scales are taken anew at the next gather.
   void weights_changed() { scales_valid_ = false; }
   int64_t float8_amax_reductions() const { return amax_reductions_; }
-  // Bytes of the FP8 gather's own buffers (a shard's e4m3 bytes, a gathered weight's).
-  size_t float8_buffer_bytes() const { return send_bytes_.size() + gathered_bytes_.size(); }
 
   CommVolume& volume() { return volume_; }
   // Bytes of whole weights and gradients held now, and the most held at once.

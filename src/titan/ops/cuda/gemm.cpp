@@ -23,20 +23,32 @@ Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_bytes_(kWorkspaceBy
 }
 
 Gemm::~Gemm() {
-  for (auto& [key, p] : float8_plans_) {
+  auto destroy = [](Plan& p) {
     cublasLtMatrixLayoutDestroy(p.a);
     cublasLtMatrixLayoutDestroy(p.b);
     cublasLtMatrixLayoutDestroy(p.c);
     cublasLtMatmulDescDestroy(p.op);
-  }
-  for (auto& [key, p] : plans_) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.op);
-  }
+  };
+  for (auto& [key, p] : float8_plans_) destroy(p);
+  for (auto& [key, p] : plans_) destroy(p);
   cudaFree(workspace_);
   cublasLtDestroy(handle_);
+}
+
+// cuBLASLt's first choice for the plan's descriptors within the workspace, into p.algo; false when
+// it has none (the caller names the GEMM).
+bool Gemm::choose_algorithm(Plan& p) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                          &workspace_bytes_, sizeof workspace_bytes_));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  TITAN_CUBLAS_CHECK(st);
+  if (found > 0) p.algo = result.algo;
+  return found > 0;
 }
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt's first operand is
@@ -58,20 +70,9 @@ Gemm::Plan& Gemm::plan_for(const Key& key) {
   else TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, k));
   const cudaDataType_t ct = c_type == static_cast<int>(OutType::f32) ? CUDA_R_32F : CUDA_R_16BF;
   TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, ct, n, m, n));
-  cublasLtMatmulPreference_t pref = nullptr;
-  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                          &workspace_bytes_, sizeof workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  TITAN_CUBLAS_CHECK(st);
-  if (found == 0)
+  if (!choose_algorithm(p))
     throw InternalError(concat("cuBLASLt has no algorithm for a ", m, "x", n, "x", k, " GEMM (trans_a ", trans_a,
                                ", trans_b ", trans_b, ")"));
-  p.algo = result.algo;
   (void)accumulate;
   return plans_.emplace(key, p).first->second;
 }
@@ -104,19 +105,9 @@ Gemm::Plan& Gemm::float8_plan_for(const Float8Key& key, const float* a_scale, co
   TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, fp8(b_format), k, n, k));
   TITAN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, c_type == static_cast<int>(OutType::f32) ? CUDA_R_32F : CUDA_R_16BF,
                                                 m, n, m));
-  cublasLtMatmulPreference_t pref = nullptr;
-  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  TITAN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                          &workspace_bytes_, sizeof workspace_bytes_));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  TITAN_CUBLAS_CHECK(st);
-  if (found == 0)
+  if (!choose_algorithm(p))
     throw InternalError(concat("cuBLASLt has no float8 algorithm for a ", m, "x", n, "x", k, " GEMM (",
                                a_per_row || b_per_row ? "outer-vector" : "scalar", " scales)"));
-  p.algo = result.algo;
   return float8_plans_.emplace(key, p).first->second;
 }
 

@@ -50,6 +50,7 @@ class Gemm {
   };
   using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int, bool>;
   Plan& plan_for(const Key& key);
+  bool choose_algorithm(Plan& p);
   // m, n, k, a format, b format, a per row, b per row, c type, fast accumulation
   using Float8Key = std::tuple<int64_t, int64_t, int64_t, int, int, bool, bool, int, bool>;
   Plan& float8_plan_for(const Float8Key& key, const float* a_scale, const float* b_scale);
