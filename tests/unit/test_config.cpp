@@ -66,7 +66,14 @@ TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[training]\nbatch_size = 0\n").find("training.batch_size = 0: expected a positive"), std::string::npos);
   EXPECT_NE(load_error("[optimizer]\nlr = -1.0\n").find("optimizer.lr"), std::string::npos);
   EXPECT_NE(load_error("[optimizer]\nbeta2 = 1.0\n").find("beta2"), std::string::npos);
-  EXPECT_NE(load_error("[training]\ntensor_parallel_degree = 2\n").find("not supported yet"), std::string::npos);
+  EXPECT_EQ(load_error("[training]\ntensor_parallel_degree = 2\n"), "");
+  EXPECT_NE(load_error("[training]\ntensor_parallel_degree = 0\n").find("tensor_parallel_degree = 0: expected a positive"),
+            std::string::npos);
+  EXPECT_NE(load_error("[experimental]\nenable_async_tensor_parallel = true\n").find("not supported yet"), std::string::npos);
+  EXPECT_NE(load_error("[training]\nenable_loss_parallel = true\ndisable_loss_parallel = true\n")
+                .find("contradicts training.enable_loss_parallel = true"),
+            std::string::npos);
+  EXPECT_EQ(load_error("[training]\nenable_loss_parallel = false\ndisable_loss_parallel = true\n"), "");
   EXPECT_EQ(load_error("[float8]\nenable_float8_linear = true\n"), "");
   EXPECT_NE(load_error("[float8]\nenable_fsdp_float8_all_gather = true\n").find("needs float8.enable_float8_linear"),
             std::string::npos);

@@ -50,8 +50,10 @@ class RecordingBackend final : public Backend {
   void load_batch(const int32_t*, const int32_t*, int64_t n, int64_t, int32_t, bool backward) override {
     ops.push_back(concat("load_batch n", n, backward ? " +index" : ""));
   }
-  void embedding_forward(const void*, void*, int64_t n, int64_t) override { op("embedding_forward", n); }
-  void embedding_backward(const void*, float*, int64_t n, int64_t) override { op("embedding_backward", n); }
+  void embedding_forward(const void*, void*, int64_t n, int64_t, int64_t, int64_t) override { op("embedding_forward", n); }
+  void embedding_backward(const void*, float*, int64_t n, int64_t, int64_t, int64_t) override {
+    op("embedding_backward", n);
+  }
   void set_float8_recipe(const float8::Recipe& r) override { ops.push_back("float8 recipe " + r.name); }
   void linear_forward(const void*, const LinearWeight&, void*, int64_t n, int64_t in, int64_t out,
                       LinearPrecision p) override {
@@ -91,6 +93,10 @@ class RecordingBackend final : public Backend {
   void copy(void*, const void*, int64_t) override { ops.push_back("copy"); }
   void classifier(const void*, const void*, void* dh, float*, int64_t n, int64_t, int64_t, int32_t, float) override {
     op(dh ? "classifier +grads" : "classifier", n);
+  }
+  void classifier_vocab_shard(const void*, const void*, void* dh, float*, int64_t n, int64_t, int64_t vocab, int64_t,
+                              int64_t, int32_t, float, VocabShards&) override {
+    op(concat(dh ? "classifier_vocab_shard +grads " : "classifier_vocab_shard ", vocab), n);
   }
   double loss_sum() override { return 0; }
   void logits(const void*, const void*, float*, int64_t n, int64_t, int64_t) override { op("logits", n); }

@@ -61,6 +61,7 @@ void write_all(int fd, const void* data, size_t n, int64_t offset, const std::st
 
 struct Piece {
   std::string tensor;
+  const Parameter* p;
   const Tensor* t;
 };
 
@@ -72,14 +73,24 @@ std::string metadata_checksum(const json& without_checksum) {
   return concat(std::hex, XXH3_64bits(text.data(), text.size()));
 }
 
-std::vector<Piece> pieces(const std::deque<Parameter>& params, bool optimizer) {
+std::vector<Piece> pieces(const std::deque<Parameter>& params, bool optimizer, bool unsliced) {
   std::vector<Piece> out;
-  for (const auto& p : params) out.push_back({"model/" + p.name, &p.master});
+  auto add = [&](const char* prefix, Tensor Parameter::*t) {
+    for (const auto& p : params)
+      if (unsliced || p.slice.partial()) out.push_back({prefix + p.name, &p, &(p.*t)});
+  };
+  add("model/", &Parameter::master);
   if (optimizer) {
-    for (const auto& p : params) out.push_back({"optim/exp_avg/" + p.name, &p.exp_avg});
-    for (const auto& p : params) out.push_back({"optim/exp_avg_sq/" + p.name, &p.exp_avg_sq});
+    add("optim/exp_avg/", &Parameter::exp_avg);
+    add("optim/exp_avg_sq/", &Parameter::exp_avg_sq);
   }
   return out;
+}
+
+// Columns [begin, end) of dim 1 a parameter's block covers in its whole tensor (1-D: [0, 1)).
+std::pair<int64_t, int64_t> block_columns(const Parameter& p) {
+  if (p.global_shape.size() < 2) return {0, 1};
+  return {p.slice.col_offset, p.slice.col_offset + p.global_shape[1]};
 }
 }  // namespace
 
@@ -107,7 +118,7 @@ std::optional<int64_t> step_of_dir_name(const std::string& name) {
 }
 
 std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
-                                        bool optimizer) {
+                                        bool optimizer, bool unsliced) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));
@@ -117,16 +128,18 @@ std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const 
   std::vector<ShardEntry> entries;
   int64_t offset = 0;
   try {
-    const auto list = pieces(params, optimizer);
+    const auto list = pieces(params, optimizer, unsliced);
     for (size_t i = 0; i < list.size(); ++i) {
-      const Parameter& p = params[i % params.size()];
+      const Parameter& p = *list[i].p;
       const Tensor& t = *list[i].t;
       // A non-finite state would resume into the same failure: it is never saved.
       if (const int64_t at = first_nonfinite(t.data<float>(), static_cast<int64_t>(t.bytes() / 4)); at >= 0)
         throw NonFiniteState(concat(dir, ": tensor ", list[i].tensor, " holds a value that is not finite (", t.data<float>()[at],
                                     " at element ", at, ")"));
-      ShardEntry e{list[i].tensor, p.global_shape, rank, p.rows.begin, p.rows.end, offset,
-                   static_cast<int64_t>(t.bytes()), XXH3_64bits(t.data<char>(), t.bytes())};
+      const auto [col_begin, col_end] = block_columns(p);
+      ShardEntry e{list[i].tensor, p.whole_shape(), rank, p.slice.row_offset + p.rows.begin,
+                   p.slice.row_offset + p.rows.end, offset, static_cast<int64_t>(t.bytes()),
+                   XXH3_64bits(t.data<char>(), t.bytes()), col_begin, col_end};
       write_all(fd, t.data<char>(), t.bytes(), offset, path);
       offset += e.bytes;
       entries.push_back(std::move(e));
@@ -143,10 +156,13 @@ std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const 
 namespace {
 json entries_to_json(const std::vector<ShardEntry>& entries) {
   json shards = json::array();
-  for (const auto& e : entries)
-    shards.push_back({{"tensor", e.tensor}, {"global_shape", e.global_shape}, {"dtype", "float32"}, {"rank", e.rank},
-                      {"rows", {e.row_begin, e.row_end}}, {"offset", e.offset}, {"bytes", e.bytes},
-                      {"xxh3", concat(std::hex, e.checksum)}});
+  for (const auto& e : entries) {
+    json j = {{"tensor", e.tensor}, {"global_shape", e.global_shape}, {"dtype", "float32"}, {"rank", e.rank},
+              {"rows", {e.row_begin, e.row_end}}, {"offset", e.offset}, {"bytes", e.bytes},
+              {"xxh3", concat(std::hex, e.checksum)}};
+    if (e.partial_columns()) j["cols"] = {e.col_begin, e.columns_end()};  // a tensor-parallel row-wise slice
+    shards.push_back(std::move(j));
+  }
   return shards;
 }
 
@@ -173,9 +189,18 @@ std::vector<ShardEntry> entries_from_json(const json& shards, const std::string&
     }
     if (!shape_ok || x.global_shape[0] > (int64_t{1} << 40) / row_elems)
       throw UserError(concat(path, ": tensor ", x.tensor, ": bad shape ", e.at("global_shape").dump()));
+    const int64_t cols = x.global_shape.size() > 1 ? x.global_shape[1] : 1;
+    x.col_begin = 0;
+    x.col_end = cols;
+    if (e.contains("cols")) {
+      x.col_begin = e.at("cols").at(0).get<int64_t>();
+      x.col_end = e.at("cols").at(1).get<int64_t>();
+    }
+    const bool cols_ok = x.col_begin >= 0 && x.col_begin < x.col_end && x.col_end <= cols;
     if (x.rank < 0 || x.offset < 0 || x.row_begin < 0 || x.row_begin > x.row_end || x.row_end > x.global_shape[0] ||
-        x.bytes != (x.row_end - x.row_begin) * row_elems * 4)
-      throw UserError(concat(path, ": tensor ", x.tensor, " rank ", x.rank, ": rows ", e.at("rows").dump(), ", offset ",
+        !cols_ok || x.bytes != (x.row_end - x.row_begin) * (row_elems / cols * (x.col_end - x.col_begin)) * 4)
+      throw UserError(concat(path, ": tensor ", x.tensor, " rank ", x.rank, ": rows ", e.at("rows").dump(),
+                             e.contains("cols") ? ", cols " + e.at("cols").dump() : std::string(), ", offset ",
                              x.offset, " and bytes ", x.bytes, " do not describe a shard of shape ",
                              e.at("global_shape").dump()));
     out.push_back(std::move(x));
@@ -339,19 +364,24 @@ void load_parameters(const std::string& step_dir, const Metadata& meta, std::deq
     return files.emplace(rank, open_rank_file((fs::path(step_dir) / rank_file_name(rank)).string())).first->second;
   };
   std::vector<char> buf;
+  // The parameter's block of its whole tensor: rows [r0, r1) x columns [c0, c1) (the rest of
+  // each row's elements, for tensors of more than two dimensions, in between).
   auto load = [&](const std::string& tensor, const Parameter& p, Tensor& dst) {
     auto it = by_tensor.find(tensor);
     if (it == by_tensor.end()) throw UserError(concat(step_dir, ": the checkpoint has no tensor ", tensor));
-    const int64_t row_bytes = p.row_elems() * 4;
+    const Shape& whole = p.whole_shape();
+    const int64_t whole_cols = whole.size() > 1 ? whole[1] : 1;
+    const int64_t inner = (whole.size() > 1 ? shape_numel(whole) / whole[0] : 1) / whole_cols;  // elements per column
+    const int64_t r0 = p.slice.row_offset + p.rows.begin, r1 = p.slice.row_offset + p.rows.end;
+    const auto [c0, c1] = block_columns(p);
     int64_t covered = 0;
     for (const ShardEntry* e : it->second) {
-      if (e->global_shape != p.global_shape)
+      if (e->global_shape != whole)
         throw UserError(concat(step_dir, ": tensor ", tensor, " has shape ", shape_str(e->global_shape),
-                               ", the model expects ", shape_str(p.global_shape)));
-      if (e->bytes != (e->row_end - e->row_begin) * row_bytes)
-        throw UserError(concat(step_dir, ": tensor ", tensor, " rank ", e->rank, ": size does not match its rows"));
-      const int64_t a = std::max(e->row_begin, p.rows.begin), b = std::min(e->row_end, p.rows.end);
-      if (a >= b) continue;
+                               ", the model expects ", shape_str(whole)));
+      const int64_t ra = std::max(e->row_begin, r0), rb = std::min(e->row_end, r1);
+      const int64_t ca = std::max(e->col_begin, c0), cb = std::min(e->columns_end(), c1);
+      if (ra >= rb || ca >= cb) continue;
       buf.resize(static_cast<size_t>(e->bytes));
       std::ifstream& in = file(e->rank);
       in.seekg(e->offset);
@@ -362,12 +392,17 @@ void load_parameters(const std::string& step_dir, const Metadata& meta, std::deq
       }
       if (XXH3_64bits(buf.data(), buf.size()) != e->checksum)
         throw UserError(concat(step_dir, "/", rank_file_name(e->rank), ": checksum mismatch in tensor ", tensor));
-      std::memcpy(dst.data<char>() + (a - p.rows.begin) * row_bytes, buf.data() + (a - e->row_begin) * row_bytes,
-                  static_cast<size_t>((b - a) * row_bytes));
-      covered += b - a;
+      const int64_t src_row = (e->columns_end() - e->col_begin) * inner, dst_row = (c1 - c0) * inner;
+      const size_t run = static_cast<size_t>((cb - ca) * inner) * 4;
+      for (int64_t r = ra; r < rb; ++r)
+        std::memcpy(dst.data<char>() + ((r - r0) * dst_row + (ca - c0) * inner) * 4,
+                    buf.data() + ((r - e->row_begin) * src_row + (ca - e->col_begin) * inner) * 4, run);
+      covered += (rb - ra) * (cb - ca);
     }
-    if (covered != p.rows.rows())
-      throw UserError(concat(step_dir, ": tensor ", tensor, ": rows [", p.rows.begin, ", ", p.rows.end, ") not all saved"));
+    if (covered != (r1 - r0) * (c1 - c0))
+      throw UserError(concat(step_dir, ": tensor ", tensor, ": rows [", r0, ", ", r1, ")",
+                             whole.size() > 1 && c1 - c0 != whole_cols ? concat(" x columns [", c0, ", ", c1, ")") : "",
+                             " not all saved"));
   };
   for (auto& p : params) {
     load("model/" + p.name, p, p.master);

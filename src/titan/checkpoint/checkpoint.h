@@ -16,7 +16,8 @@
 
 namespace titan::checkpoint {
 
-// One dim-0 slice of a tensor inside a rank file.
+// One block of a tensor inside a rank file: rows of dim 0 (FSDP's shard, offset by tensor
+// parallel's slice) and, for a row-wise tensor-parallel slice, some columns of dim 1.
 struct ShardEntry {
   std::string tensor;  // "model/<name>", "optim/exp_avg/<name>", "optim/exp_avg_sq/<name>"
   Shape global_shape;
@@ -24,6 +25,10 @@ struct ShardEntry {
   int64_t row_begin = 0, row_end = 0;
   int64_t offset = 0, bytes = 0;  // within rank-RRRRR.bin
   uint64_t checksum = 0;          // XXH3-64 of those bytes
+  // Columns of dim 1 (a tensor-parallel row-wise slice holds some of them); col_end -1: all.
+  int64_t col_begin = 0, col_end = -1;
+  int64_t columns_end() const { return col_end >= 0 ? col_end : global_shape.size() > 1 ? global_shape[1] : 1; }
+  bool partial_columns() const { return global_shape.size() > 1 && (col_begin != 0 || columns_end() != global_shape[1]); }
 };
 
 // Everything besides tensors that an exact resume needs.
@@ -62,8 +67,10 @@ class NonFiniteState : public UserError {
 // Writes this rank's file into `dir` (a step-N.tmp folder) and returns its entries. With
 // optimizer = false only the model weights are written. NonFiniteState, naming the tensor, for
 // any inf or NaN.
+// `unsliced` false: the tensors this rank holds whole (tensor parallel's replicated norms on
+// every TP rank but the first) are left to another rank's file.
 std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
-                                        bool optimizer);
+                                        bool optimizer, bool unsliced = true);
 // Several saving ranks: each rank writes its file's entries next to it (atomically), and rank
 // 0 collects all `world` of them (waiting up to timeout_seconds, removing them) for metadata.json.
 void write_rank_entries(const std::string& dir, int rank, const std::vector<ShardEntry>& entries);

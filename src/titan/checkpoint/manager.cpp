@@ -74,7 +74,7 @@ void CheckpointManager::write(int64_t step, const std::deque<Parameter>& params,
   meta.state = state;
   meta.has_optimizer = optimizer;
   try {
-    meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer);
+    meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer, opt_.save_unsliced);
   } catch (const NonFiniteState& e) {
     const auto steps = list_steps(opt_.folder);
     throw UserError(concat("step ", step, ": not saved: ", e.what(), "; ",
@@ -134,6 +134,7 @@ void CheckpointManager::prepare(const std::deque<Parameter>& params) {
     Parameter c;
     c.name = p.name;
     c.global_shape = p.global_shape;
+    c.slice = p.slice;
     c.rank = p.rank;
     c.world = p.world;
     c.rows = p.rows;

@@ -22,6 +22,9 @@ struct ManagerOptions {
   // Saving ranks: each writes its shards as rank file `rank` of `world`; rank 0 commits once
   // all have written (waiting up to commit_timeout_seconds).
   int rank = 0, world = 1;
+  // False on tensor-parallel ranks but the first: the tensors every TP rank holds whole go into
+  // the first one's file only.
+  bool save_unsliced = true;
   double commit_timeout_seconds = 100;
   bool clean_up = true;  // remove left-over incomplete saves at start (one rank of a run does)
 };

@@ -72,7 +72,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "data_parallel_shard_degree", integer, "-1", "FSDP: ranks each parameter is sharded over (-1 = the ranks the replicate degree leaves; 1 = no sharding)"},
       {"training", "fsdp_on_one_rank", boolean, "false", "titan: run FSDP's gathers and reduce-scatters (NCCL on a GPU) even on one rank, to exercise a sharded run's paths on one device"},
       {"training", "fsdp_reshard_after_forward", string, "default", "FSDP: free gathered weights after forward and gather again for backward: default (blocks do; the root and the last block do not), always (those too), never (keep them: less traffic, more memory)"},
-      {"training", "tensor_parallel_degree", integer, "1", "tensor parallel degree", default_only},
+      {"training", "tensor_parallel_degree", integer, "1", "tensor parallel (with sequence parallel): ranks each block's linears, the embedding and the classifier are sliced over, neighbouring ranks innermost in the mesh (CPU backend)"},
       {"training", "attention", string, "auto", "titan, GPU: auto (cuDNN's fused attention where it loads and takes the shape, titan's kernels otherwise), titan, or cudnn; TITAN_ATTENTION_IMPL overrides it; training.deterministic keeps titan's"},
       {"training", "cuda_model", string, "legacy", "titan, GPU: legacy (CudaTransformer, the default until it is proven on a card) or model (the one Llama 3 model over the CUDA backend: activation checkpointing on the GPU; no FSDP/HSDP yet)"},
       {"training", "compile", boolean, "false", "GPU: fused kernels and CUDA graphs of the step (no effect on the CPU)"},
@@ -81,7 +81,8 @@ std::vector<KeySpec> make_schema() {
       {"training", "dataset_path", string, "", "where the dataset lives (c4: the folder of en/c4-train.*.json.gz)"},
       {"training", "dataset_field", string, "text", "titan: the JSON field holding each document's text"},
       {"training", "skip_bad_records", boolean, "false", "titan: skip (and count) bad JSON lines instead of stopping"},
-      {"training", "enable_loss_parallel", boolean, "true", "only meaningful with tensor parallel", accepted_noop},
+      {"training", "enable_loss_parallel", boolean, "true", "with tensor parallel: cross-entropy over the vocabulary's slices, the logits never gathered"},
+      {"training", "disable_loss_parallel", boolean, "false", "torchtitan's later name: true = enable_loss_parallel false"},
       {"training", "mixed_precision_param", string, "bfloat16", "compute dtype on GPU (bfloat16 or float32)"},
       {"training", "mixed_precision_reduce", string, "float32", "gradient reduce dtype (float32)"},
       {"training", "gc_freq", integer, "50", "Python garbage collection; means nothing to titan", accepted_noop},
@@ -99,7 +100,7 @@ std::vector<KeySpec> make_schema() {
       {"experimental", "pipeline_parallel_degree", integer, "1", "pipeline parallel degree", default_only},
       {"experimental", "pipeline_parallel_split_points", string, "", "pipeline split points", default_only},
       {"experimental", "pipeline_parallel_schedule", string, "1F1B", "pipeline schedule", accepted_noop},
-      {"experimental", "enable_async_tensor_parallel", boolean, "false", "async tensor parallel", default_only},
+      {"experimental", "enable_async_tensor_parallel", boolean, "false", "async tensor parallel (the all-gather overlapped with the matmul): a later step", default_only},
 
       {"checkpoint", "enable_checkpoint", boolean, "false", "save checkpoints and resume from the latest one"},
       {"checkpoint", "folder", string, "checkpoint", "checkpoint folder under dump_folder"},
@@ -418,6 +419,12 @@ void JobConfig::validate() const {
   };
   positive("training.batch_size");
   positive("training.seq_len");
+  positive("training.tensor_parallel_degree");
+  if (origin("training.enable_loss_parallel") != "(default)" && origin("training.disable_loss_parallel") != "(default)" &&
+      get_bool("training.enable_loss_parallel") == get_bool("training.disable_loss_parallel"))
+    fail("training.disable_loss_parallel",
+         concat("contradicts training.enable_loss_parallel = ", get_bool("training.enable_loss_parallel") ? "true" : "false",
+                " (", origin("training.enable_loss_parallel"), "); set one of them"));
   positive("training.steps");
   positive("metrics.log_freq");
   positive("validation.freq");

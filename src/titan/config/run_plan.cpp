@@ -53,6 +53,8 @@ RunPlan resolve_run_plan(const JobConfig& cfg) {
   p.replicate_degree = cfg.get_int("training.data_parallel_replicate_degree");
   p.shard_degree = cfg.get_int("training.data_parallel_shard_degree");
   p.fsdp_on_one_rank = cfg.get_bool("training.fsdp_on_one_rank");
+  p.tensor_parallel_degree = static_cast<int>(cfg.get_int("training.tensor_parallel_degree"));
+  p.loss_parallel = cfg.get_bool("training.enable_loss_parallel") && !cfg.get_bool("training.disable_loss_parallel");
   const std::string reshard = cfg.get_string("training.fsdp_reshard_after_forward");
   p.reshard = ReshardPolicy::from_setting(reshard);
   p.keep_gathered_blocks = reshard == "never";

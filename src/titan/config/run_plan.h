@@ -27,6 +27,8 @@ struct RunPlan {
   llama3::ActivationCheckpointing ac;
   int64_t replicate_degree = 1, shard_degree = -1;
   bool fsdp_on_one_rank = false;
+  int tensor_parallel_degree = 1;  // the innermost mesh dimension
+  bool loss_parallel = true;       // enable_loss_parallel and not disable_loss_parallel
   ReshardPolicy reshard;
   bool keep_gathered_blocks = false;  // fsdp_reshard_after_forward = "never"
   // training.attention, unless TITAN_ATTENTION_IMPL overrides it; a deterministic run keeps

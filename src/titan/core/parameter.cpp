@@ -11,9 +11,19 @@ ShardRange shard_range(int64_t rows, int rank, int world) {
   return {begin, std::min(rows, begin + chunk)};
 }
 
-Parameter make_parameter(std::string name, Shape global_shape, int rank, int world) {
+int64_t Parameter::global_index(int64_t i) const {
+  const int64_t local = rows.begin * row_elems() + i;
+  if (!slice.partial()) return local;
+  const int64_t cols = global_shape.size() > 1 ? row_elems() : 1;
+  const int64_t whole_cols = slice.whole.size() > 1 ? shape_numel(slice.whole) / slice.whole[0] : 1;
+  return (slice.row_offset + local / cols) * whole_cols + slice.col_offset + local % cols;
+}
+
+Parameter make_parameter(std::string name, Shape global_shape, int rank, int world, TensorSlice slice) {
   TITAN_CHECK(!global_shape.empty(), "parameter ", name, " has no dimensions");
+  TITAN_CHECK(!slice.partial() || slice.whole.size() == global_shape.size(), "parameter ", name, ": a slice of another rank");
   Parameter p;
+  p.slice = std::move(slice);
   p.name = std::move(name);
   p.global_shape = std::move(global_shape);
   p.rank = rank;

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "titan/core/dtype.h"
+#include "titan/core/tensor_parallel_hooks.h"
 #include "titan/ops/float8.h"
 
 namespace titan {
@@ -82,9 +83,12 @@ class Backend {
   // Ids outside [0, vocab) and labels other than those or ignore_index are refused.
   virtual void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab,
                           int32_t ignore_index, bool backward_follows) = 0;
-  virtual void embedding_forward(const void* w, void* out, int64_t n, int64_t d) = 0;
-  // dw[token] += dout rows, in a fixed order.
-  virtual void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) = 0;
+  // w holds the embedding's rows [vocab_begin, vocab_begin + vocab) (the whole table unless
+  // tensor parallel slices it); other tokens' output rows are zero.
+  virtual void embedding_forward(const void* w, void* out, int64_t n, int64_t d, int64_t vocab_begin, int64_t vocab) = 0;
+  // dw[token - vocab_begin] += dout rows of the tokens in the slice, in a fixed order.
+  virtual void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d, int64_t vocab_begin,
+                                  int64_t vocab) = 0;
 
   // The float8 recipe of the linears whose precision is float8 (before the first such call).
   virtual void set_float8_recipe(const float8::Recipe& recipe) = 0;
@@ -136,6 +140,12 @@ class Backend {
   // and dw += its weight gradient. The loss sum stays with the backend until loss_sum().
   virtual void classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                           int32_t ignore_index, float grad_scale) = 0;
+  // Loss parallel (tensor parallel): the same over the output weight's rows [vocab_begin,
+  // vocab_begin + vocab) of a vocabulary of vocab_total, each row's statistics combined over the
+  // slices through `shards`; dh gets this slice's partial sums, loss_sum() the whole loss.
+  virtual void classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d,
+                                      int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
+                                      float grad_scale, VocabShards& shards) = 0;
   // The last classifier's loss sum (waits for it).
   virtual double loss_sum() = 0;
   // Logits [n, vocab] to host memory (tests, generation).

@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "titan/core/tensor_parallel_hooks.h"
+
 namespace titan::cpu {
 
 // y[n, out] = x[n, in] @ w[out, in]^T
@@ -65,6 +67,12 @@ void embedding_forward(const int32_t* tokens, const float* w, float* out, int64_
                        int64_t d);
 // dw[tokens[i]] += dout[i], in token order (deterministic).
 void embedding_backward(const int32_t* tokens, const float* dout, float* dw, int64_t n, int64_t d);
+// Tensor parallel: w holds rows [begin, begin + rows) of the embedding; other tokens' rows of
+// out are zero (the ranks' outputs sum to the whole lookup), and their gradients go nowhere.
+void embedding_forward_slice(const int32_t* tokens, const float* w, float* out, int64_t n, int64_t d, int64_t begin,
+                             int64_t rows);
+void embedding_backward_slice(const int32_t* tokens, const float* dout, float* dw, int64_t n, int64_t d, int64_t begin,
+                              int64_t rows);
 
 struct ClassifierResult {
   double loss_sum = 0;  // sum over counted tokens of -log softmax(logits)[label]
@@ -79,6 +87,14 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
                                              int64_t n, int64_t d, int64_t vocab,
                                              int32_t ignore_index, float grad_scale, float* dh,
                                              float* dw, float* scratch);
+// Loss parallel: the same over this rank's rows [vocab_begin, vocab_begin + vocab) of the
+// output weight, a slice of a vocabulary of vocab_total. Each row's log-sum-exp and label logit
+// are combined over the slices through `shards` (one exchange of 2 n values); the logits are
+// computed twice (statistics, then gradients) rather than kept. dh gets this slice's partial
+// sums; the loss sum is the whole vocabulary's, the same on every rank.
+ClassifierResult classifier_vocab_shard(const float* h, const float* w, const int32_t* labels, int64_t n, int64_t d,
+                                        int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
+                                        float grad_scale, float* dh, float* dw, float* scratch, VocabShards& shards);
 
 // y += x
 void add_inplace(float* y, const float* x, int64_t count);

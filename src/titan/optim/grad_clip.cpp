@@ -5,11 +5,13 @@
 
 namespace titan::optim {
 
-double grad_sq_sum(const std::deque<Parameter>& params) {
+double grad_sq_sum(const std::deque<Parameter>& params, const std::vector<bool>* skip) {
   // Fixed blocks summed alone, then in block order: independent of the thread count.
   constexpr int64_t kBlock = 1 << 14;
   double total = 0;
-  for (const auto& p : params) {
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (skip && (*skip)[k]) continue;
+    const Parameter& p = params[k];
     const float* g = p.grad.f32();
     const int64_t n = p.grad.numel(), blocks = (n + kBlock - 1) / kBlock;
     std::vector<double> partial(blocks);

@@ -117,11 +117,15 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   lock_run_folders();
   require_same_on_all_ranks(group_, computation_digest(cfg, data_), "config");
   if (job_.threads > 0) omp_set_num_threads(static_cast<int>(job_.threads));
-  const int64_t ranks = group_.size();
+  parallel::check_tensor_parallel(plan_.tensor_parallel_degree, group_.size(), args_, shape_,
+                                   cfg.origin("training.tensor_parallel_degree"));
+  // Tensor-parallel ranks share their batch: the data is split over the others.
+  const int64_t ranks = group_.size() / plan_.tensor_parallel_degree;
   if (const int64_t global = job_.global_batch_size; global > 0) {
     if (global % (shape_.batch * ranks) != 0)
       throw UserError(concat(cfg.origin("training.global_batch_size"), ": training.global_batch_size = ", global,
-                             " is not a multiple of training.batch_size x ranks = ", shape_.batch, " x ", ranks));
+                             " is not a multiple of training.batch_size x data-parallel ranks = ", shape_.batch, " x ",
+                             ranks));
     accumulation_ = global / (shape_.batch * ranks);
   }
   peak_flops_ = job_.metrics.peak_flops;
@@ -139,6 +143,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
 #ifdef TITAN_WITH_CUDA
   if (on_cuda) select_cuda_device();  // before anything touches a GPU: each rank its own
 #endif
+  make_tensor_parallel_groups(on_cuda);
   parallel::MeshShape mesh;
   try {
     mesh = parallel::resolve_mesh(static_cast<int>(ranks), plan_.replicate_degree, plan_.shard_degree);
@@ -152,10 +157,16 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
                            "training.cuda_model = \"model\", or shard over all ranks (data_parallel_replicate_degree = 1, "
                            "data_parallel_shard_degree = -1)"));
   check_memory_estimate(on_cuda, mesh.shard);
-  dp_ = std::make_unique<parallel::DataParallel>(group_, mesh, plan_.reshard);
-  // Each rank creates (and initialises) only its shards: the same values as a one-rank run's rows.
-  model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard);
+  dp_ = std::make_unique<parallel::DataParallel>(*data_ranks_, mesh, plan_.reshard);
+  // Each rank creates (and initialises) only its shards of its TP slices: the same values as a
+  // one-rank run's.
+  const llama3::TensorParallelRank tp_rank{tp_group_ ? tp_group_->rank() : 0, plan_.tensor_parallel_degree};
+  model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard, tp_rank);
   dp_->apply(*model_, !on_cuda);
+  if (tp_group_) {
+    tp_ = std::make_unique<parallel::TensorParallel>(*tp_group_, model_->layout());
+    model_->model().set_tensor_parallel(tp_.get());
+  }
   model_->init_weights(job_.data.seed);
   model_->set_activation_checkpointing(plan_.ac);
   if (plan_.float8.enabled) {  // applied from outside, as torchtitan's float8 converter swaps modules
@@ -191,8 +202,10 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     opt.keep_latest_k = job_.checkpoint.keep_latest_k;
     opt.async = job_.checkpoint.async;
     opt.load_step = job_.checkpoint.load_step;
-    opt.rank = dp_->shard_rank();  // replica 0's ranks write one file per shard
-    opt.world = mesh.shard;
+    // Replica 0's ranks write one file per shard and TP slice.
+    opt.rank = dp_->shard_rank() * plan_.tensor_parallel_degree + tp_rank.rank;
+    opt.world = mesh.shard * plan_.tensor_parallel_degree;
+    opt.save_unsliced = tp_rank.rank == 0;
     opt.commit_timeout_seconds = job_.comm_timeout_seconds;
     opt.clean_up = group_.rank() == 0;
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
@@ -218,7 +231,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   // Every rank walks the same global stream and keeps its own rows of each global batch.
   const int64_t rank_rows = shape_.batch * accumulation_;
   loader_ = std::make_unique<data::DataLoader>(std::move(source), shape_.seq, rank_rows * ranks,
-                                               rank_rows * group_.rank(), rank_rows);
+                                               rank_rows * data_ranks_->rank(), rank_rows);
   if (group_.rank() == 0)  // one metrics.jsonl and TensorBoard file per run
     logger_ = std::make_unique<metrics::MetricsLogger>(
       metrics::LoggerOptions{dump.string(), job_.metrics.tensorboard, job_.metrics.tb_folder, job_.metrics.color, 0,
@@ -239,6 +252,25 @@ void Trainer::enable_float8_all_gather(const llama3::Float8Linears& f8) {
   log_ << "float8: FSDP gathers the " << weights.size() << " float8 linears' weights in e4m3 (one byte an element), "
        << (plan_.float8.precompute_scales ? "their amaxes in one all-reduce per step" : "each weight's amax reduced at its gather")
        << "\n";
+}
+
+void Trainer::make_tensor_parallel_groups(bool on_cuda) {
+  const int tp = plan_.tensor_parallel_degree;
+  data_ranks_ = &group_;
+  if (tp == 1) return;
+  const std::string where = cfg_.origin("training.tensor_parallel_degree");
+  auto refuse = [&](const std::string& why) {
+    throw UserError(concat(where, ": training.tensor_parallel_degree = ", tp, ": ", why));
+  };
+  if (on_cuda) refuse("tensor parallel is built for the CPU backend so far (training.device = \"cpu\"); the GPU's comes later");
+  if (plan_.float8.enabled) refuse("float8 linears under tensor parallel are a later step: set float8.enable_float8_linear = false");
+  if (!plan_.loss_parallel)
+    refuse("the classifier without loss parallel (training.enable_loss_parallel = false / disable_loss_parallel = true) "
+           "is not built: titan's tensor parallel computes cross-entropy over the vocabulary's slices");
+  const int rank = group_.rank();
+  tp_group_ = group_.split(rank / tp, rank);  // neighbouring ranks: one node's NVLink on a GPU cluster
+  dp_ranks_ = group_.split(rank % tp, rank);
+  data_ranks_ = dp_ranks_.get();
 }
 
 void Trainer::lock_run_folders() {
@@ -346,7 +378,8 @@ void Trainer::initial_load() {
     // Tensor by tensor: each rank keeps its rows, never the whole model.
     checkpoint::for_each_hf_weight(path, m.args, [&](const llama3::TensorSpec& spec, std::vector<float>& w) {
       Parameter& p = model_->parameter(spec.name);
-      std::copy_n(w.begin() + p.rows.begin * p.row_elems(), p.master.numel(), p.master.f32());
+      float* dst = p.master.f32();
+      for (int64_t i = 0; i < p.master.numel(); ++i) dst[i] = w[static_cast<size_t>(p.global_index(i))];
     });
   } else {
     const auto meta = checkpoint::read_metadata(path);
@@ -399,7 +432,12 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
        << (meta.world != 1 ? concat(", saved by ", meta.world, " ranks") : "") << ")\n" << std::flush;
 }
 
-int64_t Trainer::global_batch() const { return shape_.batch * accumulation_ * group_.size(); }
+double Trainer::tensor_parallel_volume() const {
+  return parallel::TensorParallel::analytic_volume(args_, shape_, plan_.ac, plan_.tensor_parallel_degree, accumulation_,
+                                                   dp_->mesh().shard);
+}
+
+int64_t Trainer::global_batch() const { return shape_.batch * accumulation_ * data_ranks_->size(); }
 
 void Trainer::save_checkpoint(int64_t step) {
   if (!dp_->saves_checkpoint()) return;  // replicas of replica 0's shards
@@ -416,7 +454,7 @@ void Trainer::export_weights(int64_t step, const std::string& name, int64_t max_
   const auto folder = std::filesystem::path(job_.dump_folder) / job_.checkpoint.folder;
   const auto dir = folder / (name + std::to_string(step));
   std::unique_ptr<llama3::Transformer> whole;  // sharded: the whole model, read from this step's checkpoint
-  if (dp_->sharded()) {
+  if (dp_->sharded() || tp_) {
     const auto step_dir = (folder / checkpoint::step_dir_name(step)).string();
     whole = std::make_unique<llama3::Transformer>(args_);
     checkpoint::load_parameters(step_dir, checkpoint::read_metadata(step_dir), whole->parameters(), false);
@@ -461,13 +499,18 @@ void Trainer::print_start_summary() {
   if (group_.size() == 1 && dp_->sharded()) log_ << "data parallel: " << dp_->describe() << "\n";
   if (group_.size() > 1) {
     log_ << "ranks: " << group_.size() << " (" << group_.backend() << "), " << dp_->describe() << "\n";
+    if (tp_)
+      log_ << "tensor parallel: " << tp_->degree() << " neighbouring ranks per group (" << data_ranks_->size()
+           << " data-parallel): wq, wk, wv, w1, w3 and the classifier sliced column-wise, wo and w2 row-wise, the "
+              "embedding over the vocabulary; sequence parallel between them, loss parallel\n";
     char volume[160];
     std::snprintf(volume, sizeof volume,
                   "communication per rank per step (analytic, %s gathers): %.3f MiB\n",
                   plan_.float8.fsdp_all_gather ? "e4m3 float8-linear and float32 other"
                   : engine_->on_cpu()          ? "float32"
                                                : "bfloat16",
-                  dp_->analytic_volume(accumulation_, engine_->on_cpu() ? 4 : 2) / (1024.0 * 1024.0));
+                  (dp_->analytic_volume(accumulation_, engine_->on_cpu() ? 4 : 2) + tensor_parallel_volume()) /
+                      (1024.0 * 1024.0));
     log_ << volume;
   }
   log_ << std::flush;
@@ -485,7 +528,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   m.data_seconds = timer.seconds();
   // Every micro-batch's loss is scaled by 1 / (tokens of the global batch), so the accumulated
   // gradient is that of the global batch's mean loss.
-  const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_ * group_.size());
+  const float grad_scale = 1.0f / static_cast<float>(shape_.rows() * accumulation_ * data_ranks_->size());
   m.lr = optimizer_.config().lr * job_.schedule.factor(step - 1);
   Engine::StepOutcome fused;
   Tracer::Span step_span(&tracer_, "step (forward, backward, optimizer)");
@@ -508,6 +551,10 @@ StepMetrics Trainer::train_step(int64_t step) {
     count += r.count;
   }
   reduce_loss(loss_sum, count);
+  if (tp_) {
+    Tracer::Span span(&tracer_, "replicated gradients all-reduce across tensor-parallel ranks");
+    tp_->reduce_replicated_gradients(model_->parameters());
+  }
   {
     Tracer::Span span(&tracer_, "gradient all-reduce across replicas");
     if (engine_->on_cpu()) dp_->reduce_gradients(model_->parameters());
@@ -515,7 +562,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   }
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
-  m.grad_norm = std::sqrt(dp_->global_grad_sq(engine_->grad_sq_sum()));
+  m.grad_norm = std::sqrt(dp_->global_grad_sq(tp_ ? tp_->grad_sq(model_->parameters()) : engine_->grad_sq_sum()));
   if (finite_or_stop(step, m)) engine_->update(m.grad_norm, job_.max_norm, m.lr);
   else m.skipped = true;
   dp_->weights_changed();  // FP8-gathered weights take new scales
@@ -524,9 +571,9 @@ StepMetrics Trainer::train_step(int64_t step) {
 }
 
 void Trainer::reduce_loss(double& loss_sum, int64_t& count) {
-  if (group_.size() == 1) return;
+  if (data_ranks_->size() == 1) return;  // tensor-parallel ranks hold the same loss
   double sums[2] = {loss_sum, static_cast<double>(count)};
-  group_.all_reduce_sum(sums, 2);
+  data_ranks_->all_reduce_sum(sums, 2);
   loss_sum = sums[0];
   count = static_cast<int64_t>(sums[1]);
 }
@@ -633,7 +680,7 @@ std::vector<StepMetrics> Trainer::run() {
     tracer_.set_recording(false);
     window_seconds += history.back().step_seconds;
     window_data += history.back().data_seconds;
-    window_bytes += dp_->take_volume().total() + engine_->take_comm_bytes();
+    window_bytes += dp_->take_volume().total() + engine_->take_comm_bytes() + (tp_ ? tp_->take_volume().total() : 0.0);
     ++window_steps;
     double stop = stop_requested() != 0 ? 1.0 : 0.0;
     group_.all_reduce_sum(&stop, 1);  // every rank stops after the same step

@@ -17,6 +17,7 @@
 #include "titan/optim/adamw.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/parallel/process_group.h"
+#include "titan/parallel/tensor_parallel.h"
 #include "titan/train/datasets.h"
 #include "titan/train/engine.h"
 
@@ -67,6 +68,8 @@ class Trainer {
   void write_trace(int64_t step);
   // Rank 0 locks the dump folder and the checkpoint folder before any rank touches them.
   void lock_run_folders();
+  // Splits the world into the TP groups and the data-parallel ranks; refuses what TP does not run with.
+  void make_tensor_parallel_groups(bool on_cuda);
   void enable_float8_all_gather(const llama3::Float8Linears& f8);
   void write_resolved_config(const std::string& dump);
   void resume_from(const std::string& dir, data::WindowSource& source);
@@ -75,7 +78,8 @@ class Trainer {
                           const std::string& hint) const;
   void initial_load();
   void save_checkpoint(int64_t step);
-  int64_t global_batch() const;  // sequences per optimizer step over all ranks
+  int64_t global_batch() const;
+  double tensor_parallel_volume() const;  // analytic bytes per rank per step (0 without TP)  // sequences per optimizer step over all ranks
   // The model as a Hugging Face folder `<checkpoint folder>/<name><step>` (sharded over files of
   // at most max_shard_bytes; 0: one file).
   void export_weights(int64_t step, const std::string& name, int64_t max_shard_bytes);
@@ -91,7 +95,12 @@ class Trainer {
   llama3::ModelArgs args_;
   llama3::BatchShape shape_;  // one micro-batch
   int64_t accumulation_ = 1;  // micro-batches per optimizer step
-  std::unique_ptr<parallel::DataParallel> dp_;  // the mesh; FSDP/HSDP applied to model_
+  // The mesh [replicate, shard, tp], TP innermost: the TP group of neighbouring ranks, and the
+  // ranks data parallelism spans (one per TP group position; the world without TP).
+  std::unique_ptr<parallel::ProcessGroup> tp_group_, dp_ranks_;
+  parallel::ProcessGroup* data_ranks_ = nullptr;  // dp_ranks_, or group_
+  std::unique_ptr<parallel::DataParallel> dp_;  // FSDP/HSDP applied to model_
+  std::unique_ptr<parallel::TensorParallel> tp_;  // tensor parallel applied to model_ (degree > 1)
   std::unique_ptr<parallel::ProcessGroup> nccl_;  // GPU FSDP's collectives, when this trainer made them
   std::unique_ptr<parallel::ProcessGroup> nccl_replicas_;  // GPU HSDP's across the replicas
   std::unique_ptr<llama3::Transformer> model_;  // owns the parameters (init, checkpoints)

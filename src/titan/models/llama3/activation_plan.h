@@ -57,10 +57,19 @@ struct ActivationPlan {
   std::vector<BlockBuffers> blocks;
   BackwardBuffers backward{};
   int final_out = 0, final_rstd = 0, d_hidden = 0, d_resid = 0, rope_cos = 0, rope_sin = 0;
+  // Tensor parallel (degree > 1; else -1). Between blocks the residual stream, the norms' inputs
+  // and statistics hold this rank's rows only (sequence parallel); `norm_shard` is a norm's
+  // output (or input gradient) on those rows before its all-gather (after its reduce-scatter),
+  // `partial` a row-wise linear's partial sums before their reduce-scatter, `d_full` the
+  // residual gradient gathered over all rows.
+  int tp_degree = 1;
+  int norm_shard = -1, partial = -1, d_full = -1;
   // Bytes of the buffers with activations of `compute_bytes` per element.
   double bytes(size_t compute_bytes) const;
 };
 
-ActivationPlan plan_activations(const ModelArgs& args, BatchShape s, const ActivationCheckpointing& ac);
+// `tp`: the tensor-parallel degree; heads, KV heads and the feed-forward width are this rank's
+// share, and the rows between blocks 1/tp of the batch's (which tp must divide).
+ActivationPlan plan_activations(const ModelArgs& args, BatchShape s, const ActivationCheckpointing& ac, int tp = 1);
 
 }  // namespace titan::llama3

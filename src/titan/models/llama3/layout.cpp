@@ -76,7 +76,21 @@ Shape shape_of(Role r, const ModelArgs& a) {
 }
 }  // namespace
 
-ModelLayout::ModelLayout(const ModelArgs& a) : n_layers_(a.n_layers) {
+namespace {
+// This rank's block of the whole tensor under its style.
+void slice_for(TensorSpec& t, TensorParallelRank tp) {
+  t.whole_shape = t.shape;
+  if (tp.degree == 1 || t.tp == TpStyle::replicate) return;
+  const int dim = t.tp == TpStyle::rowwise ? 1 : 0;
+  TITAN_CHECK(t.shape[dim] % tp.degree == 0, t.name, ": dimension ", dim, " of ", t.shape[dim],
+              " does not split over tensor parallel degree ", tp.degree);
+  t.shape[dim] /= tp.degree;
+  (dim == 0 ? t.row_offset : t.col_offset) = t.shape[dim] * tp.rank;
+}
+}  // namespace
+
+ModelLayout::ModelLayout(const ModelArgs& a, TensorParallelRank tp) : tp_(tp), n_layers_(a.n_layers) {
+  TITAN_CHECK(tp.degree >= 1 && tp.rank >= 0 && tp.rank < tp.degree, "tensor parallel rank ", tp.rank, " of ", tp.degree);
   auto add = [&](Role r, int64_t layer) {
     TensorSpec t;
     const bool block = layer >= 0;
@@ -90,6 +104,7 @@ ModelLayout::ModelLayout(const ModelArgs& a) : n_layers_(a.n_layers) {
     t.init = rule(r, layer, a);
     t.rope_heads = r == Role::wq ? a.n_heads : r == Role::wk ? a.n_kv_heads : 0;
     t.tp = tp_style(r);
+    slice_for(t, tp);
     t.precision = t.shape.size() == 2 && r != Role::tok_embeddings ? LinearPrecision::high : LinearPrecision::none;
     t.summed_gradient = r == Role::tok_embeddings || t.shape.size() == 1;
     tensors_.push_back(std::move(t));

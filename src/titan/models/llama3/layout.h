@@ -20,13 +20,21 @@ enum class Role { wq, wk, wv, wo, w1, w2, w3, attention_norm, ffn_norm, tok_embe
 constexpr int kBlockRoles = 9;  // wq .. ffn_norm
 
 // Tensor parallel placement (torchtitan's ColwiseParallel / RowwiseParallel; vocab: the
-// embedding sharded over its rows). Declared for the TP issue; no code reads it yet.
+// embedding sharded over its rows; replicate: every TP rank holds it whole, as the norms).
 enum class TpStyle { replicate, colwise, rowwise, vocab };
+
+// A rank's place in its tensor-parallel group: the layout then gives each tensor the slice
+// that rank holds (rows for colwise and vocab, columns for rowwise), in rank order.
+struct TensorParallelRank {
+  int rank = 0, degree = 1;
+};
 
 struct TensorSpec {
   std::string name;     // torchtitan's fully-qualified name: layers.3.attention.wq.weight
   std::string hf_name;  // Hugging Face's: model.layers.3.self_attn.q_proj.weight
-  Shape shape;
+  Shape shape;        // what this rank holds: the whole tensor, or its tensor-parallel slice
+  Shape whole_shape;  // the model's tensor
+  int64_t row_offset = 0, col_offset = 0;  // where `shape` sits in it
   Role role;
   int64_t layer = -1;  // -1: a root tensor
   int unit = 0;        // FSDP unit: 0 the root (embedding, final norm, output), 1 + layer a block
@@ -38,11 +46,15 @@ struct TensorSpec {
   // a step that writes each GEMM weight's gradient once must still clear these.
   bool summed_gradient = false;
   int64_t numel() const { return shape_numel(shape); }
+  bool sliced() const { return shape != whole_shape; }
 };
 
 class ModelLayout {
  public:
-  explicit ModelLayout(const ModelArgs& args);
+  // `tp`: the slices of this tensor-parallel rank; its degree must divide the heads, the KV
+  // heads, the feed-forward width and the vocabulary (checked where the config is read).
+  explicit ModelLayout(const ModelArgs& args, TensorParallelRank tp = {});
+  const TensorParallelRank& tensor_parallel() const { return tp_; }
   const std::vector<TensorSpec>& tensors() const { return tensors_; }
   size_t size() const { return tensors_.size(); }
   const TensorSpec& operator[](size_t i) const { return tensors_[i]; }
@@ -64,6 +76,7 @@ class ModelLayout {
 
  private:
   std::vector<TensorSpec> tensors_;
+  TensorParallelRank tp_;
   int64_t n_layers_ = 0;
   std::vector<std::array<size_t, kBlockRoles>> block_;  // [layer][role]
   size_t embedding_ = 0, norm_ = 0, output_ = 0;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "titan/core/module_hooks.h"
+#include "titan/core/tensor_parallel_hooks.h"
 #include "titan/core/trace.h"
 #include "titan/core/weight_store.h"
 #include "titan/models/llama3/activation_plan.h"
@@ -28,7 +29,8 @@ struct KvCache {
 
 class Model {
  public:
-  Model(const ModelArgs& args, Backend& backend, WeightStore& weights);
+  // `tp`: the tensor-parallel slices this model's weights are (the whole tensors at degree 1).
+  Model(const ModelArgs& args, Backend& backend, WeightStore& weights, TensorParallelRank tp = {});
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
@@ -37,6 +39,9 @@ class Model {
   Backend& backend() { return backend_; }
   // Called at every unit's start and end (unit 0: embedding, final norm, output; 1 + i: layers.i).
   void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
+  // Tensor parallel (a layout of degree > 1 needs them): the collectives at sequence parallel's
+  // region boundaries and loss parallel's statistics (parallel/tensor_parallel.h).
+  void set_tensor_parallel(TensorParallelHooks* tp);
   // Takes effect at the next plan().
   void set_activation_checkpointing(const ActivationCheckpointing& ac);
   // These linears run in float8 under the recipe (the backend gets it); the next plan() keeps
@@ -73,6 +78,20 @@ class Model {
   struct BlockWeights {
     size_t wq, wk, wv, wo, w1, w2, w3, attention_norm, ffn_norm;
   };
+  // Rows of the residual stream on this rank: all of them, or 1/degree under tensor parallel.
+  int64_t stream_rows(BatchShape s) const { return s.rows() / plan_.tp_degree; }
+  // A norm's output on this rank's rows lands in `y`, gathered over all rows under TP.
+  void* norm_output(int buffer) const { return tp_ ? act(plan_.norm_shard) : act(buffer); }
+  void gather_norm_output(int buffer, int64_t rows);
+  // A row-wise linear's output (or the embedding's): partial sums under TP, reduce-scattered
+  // into `buffer`'s rows by scatter_partial.
+  void* partial_output(int buffer) const { return tp_ ? act(plan_.partial) : act(buffer); }
+  void scatter_partial(int buffer, int64_t rows);
+  // d(residual stream) over all rows: gathered under TP, else the stream's own buffer.
+  const void* gathered_gradient(int64_t rows);
+  // A norm input's gradient from all rows' partial sums: this rank's rows (reduce-scattered under TP).
+  const void* scattered_gradient(int buffer, int64_t rows);
+  void classify(void* dh, float* dw, int64_t n, int32_t ignore_index, float grad_scale);
   void* act(int buffer) const { return buffers_[static_cast<size_t>(buffer)].as<void>(); }
   float* f32(int buffer) const { return buffers_[static_cast<size_t>(buffer)].as<float>(); }
   const void* w(size_t i) { return weights_.weight(i); }
@@ -98,6 +117,10 @@ class Model {
   Backend& backend_;
   WeightStore& weights_;
   ModuleHooks* hooks_ = nullptr;
+  TensorParallelHooks* tp_ = nullptr;
+  // This rank's share, read from its weights' shapes: query and KV heads, feed-forward width,
+  // and the vocabulary rows [vocab_begin_, + vocab_) of its embedding and classifier.
+  int64_t heads_ = 0, kv_heads_ = 0, ffn_ = 0, vocab_ = 0, vocab_begin_ = 0;
   std::vector<BlockWeights> blocks_;
   size_t embedding_ = 0, norm_ = 0, output_ = 0;
   ActivationCheckpointing ac_;

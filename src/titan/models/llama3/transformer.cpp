@@ -7,16 +7,20 @@ namespace titan::llama3 {
 namespace {
 std::deque<Parameter> make_parameters(const ModelLayout& layout, int rank, int world) {
   std::deque<Parameter> params;
-  for (const auto& t : layout.tensors()) params.push_back(make_parameter(t.name, t.shape, rank, world));
+  for (const auto& t : layout.tensors()) {
+    TensorSlice slice;
+    if (t.sliced()) slice = {t.whole_shape, t.row_offset, t.col_offset};
+    params.push_back(make_parameter(t.name, t.shape, rank, world, slice));
+  }
   return params;
 }
 }  // namespace
 
-Transformer::Transformer(const ModelArgs& args, int rank, int world)
+Transformer::Transformer(const ModelArgs& args, int rank, int world, TensorParallelRank tp)
     : args_(args),
-      layout_((args.validate("model"), args)),
+      layout_((args.validate("model"), args), tp),
       params_(make_parameters(layout_, rank, world)),
-      model_(args, backend_, weights_) {}
+      model_(args, backend_, weights_, tp) {}
 
 Parameter& Transformer::parameter(const std::string& name) {
   const int64_t i = layout_.find(name);
@@ -47,12 +51,12 @@ void Transformer::zero_grad() {
 MemoryReport Transformer::memory() const {
   MemoryReport r;
   for (const auto& p : params_) {
-    r.parameters += p.numel();
+    r.parameters += shape_numel(p.whole_shape());
     r.parameter_bytes += p.master.bytes();
     r.gradient_bytes += p.grad.bytes();
     r.optimizer_bytes += p.exp_avg.bytes() + p.exp_avg_sq.bytes();
   }
-  r.embedding_parameters = params_[layout_.root_index(Role::tok_embeddings)].numel();
+  r.embedding_parameters = shape_numel(params_[layout_.root_index(Role::tok_embeddings)].whole_shape());
   r.activation_bytes = backend_.live_bytes();  // the plan's buffers and the backend's scratch
   return r;
 }

@@ -26,8 +26,9 @@ struct MemoryReport {
 
 class Transformer {
  public:
-  // Parameters are created as shards of `rank` in `world` (world 1: whole parameters).
-  explicit Transformer(const ModelArgs& args, int rank = 0, int world = 1);
+  // Parameters are created as shards of `rank` in `world` (world 1: whole parameters), of the
+  // slices tensor-parallel rank `tp` holds (the whole tensors at degree 1).
+  explicit Transformer(const ModelArgs& args, int rank = 0, int world = 1, TensorParallelRank tp = {});
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 

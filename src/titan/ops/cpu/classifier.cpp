@@ -62,4 +62,73 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
   return result;
 }
 
+ClassifierResult classifier_vocab_shard(const float* h, const float* w, const int32_t* labels, int64_t n, int64_t d,
+                                        int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
+                                        float grad_scale, float* dh, float* dw, float* scratch, VocabShards& shards) {
+  for (int64_t i = 0; i < n; ++i)
+    TITAN_CHECK(labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < vocab_total), "label ", labels[i],
+                " at position ", i, " is outside the vocabulary [0, ", vocab_total, ")");
+  const int64_t chunk = chunk_rows(vocab);
+  float* logits = scratch;
+  // Pass 1: per row, this slice's log-sum-exp and the label's logit where this slice holds it.
+  std::vector<double> mine(static_cast<size_t>(2 * n), 0.0);
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    gemm(false, true, rows, vocab, d, 1.0f, h + r0 * d, d, w, d, 0.0f, logits, vocab);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* z = logits + r * vocab;
+      float mx = z[0];
+      for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, z[j]);
+      double sum = 0;
+      for (int64_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(z[j] - mx));
+      const int64_t label = static_cast<int64_t>(labels[r0 + r]) - vocab_begin;
+      mine[static_cast<size_t>(2 * (r0 + r))] = mx + std::log(sum);
+      mine[static_cast<size_t>(2 * (r0 + r) + 1)] = label >= 0 && label < vocab ? z[label] : 0.0;
+    }
+  }
+  const int degree = shards.degree();
+  std::vector<double> all(static_cast<size_t>(2 * n) * static_cast<size_t>(degree));
+  shards.gather_stats(mine.data(), all.data(), 2 * n);
+  // The whole vocabulary's log-sum-exp from the slices', in rank order (the same on every rank);
+  // the label's logit is non-zero on one rank only.
+  std::vector<double> lse(static_cast<size_t>(n));
+  ClassifierResult result;
+  for (int64_t i = 0; i < n; ++i) {
+    double mx = -INFINITY, target = 0;
+    for (int k = 0; k < degree; ++k) mx = std::max(mx, all[static_cast<size_t>(k * 2 * n + 2 * i)]);
+    double sum = 0;
+    for (int k = 0; k < degree; ++k) {
+      sum += std::exp(all[static_cast<size_t>(k * 2 * n + 2 * i)] - mx);
+      target += all[static_cast<size_t>(k * 2 * n + 2 * i + 1)];
+    }
+    lse[static_cast<size_t>(i)] = mx + std::log(sum);
+    if (labels[i] == ignore_index) continue;
+    result.loss_sum += lse[static_cast<size_t>(i)] - target;
+    result.count += 1;
+  }
+  if (!dh) return result;
+  // Pass 2: dlogits = (softmax - onehot) * grad_scale on this slice, then its partial dh and dw.
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    gemm(false, true, rows, vocab, d, 1.0f, h + r0 * d, d, w, d, 0.0f, logits, vocab);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* z = logits + r * vocab;
+      const int32_t label = labels[r0 + r];
+      if (label == ignore_index) {
+        std::fill(z, z + vocab, 0.0f);
+        continue;
+      }
+      const double l = lse[static_cast<size_t>(r0 + r)];
+      for (int64_t j = 0; j < vocab; ++j) z[j] = static_cast<float>(std::exp(z[j] - l)) * grad_scale;
+      const int64_t local = static_cast<int64_t>(label) - vocab_begin;
+      if (local >= 0 && local < vocab) z[local] -= grad_scale;
+    }
+    gemm(false, false, rows, d, vocab, 1.0f, logits, vocab, w, d, 0.0f, dh + r0 * d, d);
+    gemm(true, false, vocab, d, rows, 1.0f, logits, vocab, h + r0 * d, d, 1.0f, dw, d);
+  }
+  return result;
+}
+
 }  // namespace titan::cpu

@@ -74,21 +74,30 @@ void CpuBackend::upload_f32(float* dst, const float* src, int64_t count) {
   std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(float));
 }
 
-void CpuBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t /*vocab*/,
+void CpuBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab,
                             int32_t /*ignore_index*/, bool /*backward_follows*/) {
   tokens_.assign(tokens, tokens + n);  // the ops check the ids against the vocabulary
+  vocab_ = vocab;
   if (labels) labels_.assign(labels, labels + n);
   else labels_.clear();
 }
 
-void CpuBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d) {
+void CpuBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d, int64_t vocab_begin, int64_t vocab) {
   TITAN_CHECK(static_cast<int64_t>(tokens_.size()) == n, "embedding of ", n, " rows, the batch has ", tokens_.size());
-  const int64_t vocab = prepared_.vocab;
-  cpu::embedding_forward(tokens_.data(), f(w), f(out), n, vocab, d);
+  if (vocab_begin == 0 && vocab == vocab_) {
+    cpu::embedding_forward(tokens_.data(), f(w), f(out), n, vocab, d);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i)  // a slice: the ids are still checked against the whole vocabulary
+    TITAN_CHECK(tokens_[i] >= 0 && tokens_[i] < vocab_, "token id ", tokens_[i], " at position ", i,
+                " is outside the vocabulary [0, ", vocab_, ")");
+  cpu::embedding_forward_slice(tokens_.data(), f(w), f(out), n, d, vocab_begin, vocab);
 }
 
-void CpuBackend::embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) {
-  cpu::embedding_backward(tokens_.data(), f(dout), dw, n, d);
+void CpuBackend::embedding_backward(const void* dout, float* dw, int64_t n, int64_t d, int64_t vocab_begin,
+                                    int64_t vocab) {
+  if (vocab_begin == 0 && vocab == vocab_) cpu::embedding_backward(tokens_.data(), f(dout), dw, n, d);
+  else cpu::embedding_backward_slice(tokens_.data(), f(dout), dw, n, d, vocab_begin, vocab);
 }
 
 float* CpuBackend::float8_operands(int64_t floats) {
@@ -212,6 +221,17 @@ void CpuBackend::classifier(const void* h, const void* w, void* dh, float* dw, i
   TITAN_CHECK(!classifier_scratch_.empty(), "classifier before prepare()");
   last_ = cpu::classifier_forward_backward(f(h), f(w), labels_.data(), n, d, vocab, ignore_index, grad_scale,
                                            dh ? f(dh) : nullptr, dh ? dw : nullptr, classifier_scratch_.as<float>());
+}
+
+void CpuBackend::classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d,
+                                        int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
+                                        float grad_scale, VocabShards& shards) {
+  TITAN_CHECK(static_cast<int64_t>(labels_.size()) == n, "classifier of ", n, " rows, the batch has ", labels_.size(),
+              " labels");
+  TITAN_CHECK(!classifier_scratch_.empty(), "classifier before prepare()");
+  last_ = cpu::classifier_vocab_shard(f(h), f(w), labels_.data(), n, d, vocab, vocab_begin, vocab_total, ignore_index,
+                                      grad_scale, dh ? f(dh) : nullptr, dh ? dw : nullptr,
+                                      classifier_scratch_.as<float>(), shards);
 }
 
 void CpuBackend::logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) {

@@ -21,8 +21,8 @@ class CpuBackend final : public Backend {
   void upload_f32(float* dst, const float* src, int64_t count) override;
 
   void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab, int32_t ignore_index, bool backward_follows) override;
-  void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
-  void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
+  void embedding_forward(const void* w, void* out, int64_t n, int64_t d, int64_t vocab_begin, int64_t vocab) override;
+  void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d, int64_t vocab_begin, int64_t vocab) override;
   void set_float8_recipe(const float8::Recipe& recipe) override { float8_ = recipe; }
   void linear_forward(const void* x, const LinearWeight& w, void* y, int64_t n, int64_t in, int64_t out,
                       LinearPrecision precision) override;
@@ -47,6 +47,9 @@ class CpuBackend final : public Backend {
   void copy(void* dst, const void* src, int64_t count) override;
   void classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                   int32_t ignore_index, float grad_scale) override;
+  void classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
+                              int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index, float grad_scale,
+                              VocabShards& shards) override;
   double loss_sum() override { return last_.loss_sum; }
   void logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) override;
 
@@ -56,6 +59,7 @@ class CpuBackend final : public Backend {
   Buffer classifier_scratch_;  // one chunk of fp32 logits
   Buffer dnorm_;               // RMSNorm's input gradient before it joins the residual stream
   std::vector<int32_t> tokens_, labels_;
+  int64_t vocab_ = 0;  // the whole vocabulary the batch's ids were checked against
   // float8 emulation: the recipe, and room for the dequantised operands of the largest linear.
   std::optional<float8::Recipe> float8_;
   Buffer float8_scratch_;

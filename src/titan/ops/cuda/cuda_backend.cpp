@@ -118,12 +118,18 @@ void CudaBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64
   synchronize();  // the host arrays may change as soon as we return
 }
 
-void CudaBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d) {
+void CudaBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d, int64_t vocab_begin,
+                                    int64_t vocab) {
+  (void)vocab;
+  TITAN_CHECK(vocab_begin == 0, "an embedding slice on the GPU (tensor parallel is built for the CPU)");
   mark(Phase::embedding);
   cuda::embedding_forward(tokens_.as<int32_t>(), b(w), b(out), n, d, stream_);
 }
 
-void CudaBackend::embedding_backward(const void* dout, float* dw, int64_t /*n*/, int64_t d) {
+void CudaBackend::embedding_backward(const void* dout, float* dw, int64_t /*n*/, int64_t d, int64_t vocab_begin,
+                                     int64_t vocab) {
+  (void)vocab;
+  TITAN_CHECK(vocab_begin == 0, "an embedding slice on the GPU (tensor parallel is built for the CPU)");
   mark(Phase::embedding);
   cuda::embedding_backward(embed_ids_.as<int32_t>(), embed_offsets_.as<int32_t>(), embed_positions_.as<int32_t>(),
                            embed_groups_, b(dout), dw, d, stream_);
@@ -293,6 +299,11 @@ void CudaBackend::classifier(const void* h, const void* w, void* dh, float* dw, 
     gemm_->run(true, false, vocab, d, rows, logits_.as<bf16>(), hr, dw, OutType::f32, 1.0f, r0 == 0 ? grad_beta() : 1.0f);
   }
   sum_f32(row_loss_.as<float>(), n, sums_.as<double>(), reduce_scratch_.as<double>(), stream_);
+}
+
+void CudaBackend::classifier_vocab_shard(const void*, const void*, void*, float*, int64_t, int64_t, int64_t, int64_t,
+                                         int64_t, int32_t, float, VocabShards&) {
+  throw UserError("loss parallel is built for the CPU backend only so far (tensor parallel on the GPU is a later step)");
 }
 
 double CudaBackend::loss_sum() {

@@ -39,8 +39,8 @@ class CudaBackend final : public Backend {
 
   void load_batch(const int32_t* tokens, const int32_t* labels, int64_t n, int64_t vocab, int32_t ignore_index,
                   bool backward_follows) override;  // synchronises
-  void embedding_forward(const void* w, void* out, int64_t n, int64_t d) override;
-  void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d) override;
+  void embedding_forward(const void* w, void* out, int64_t n, int64_t d, int64_t vocab_begin, int64_t vocab) override;
+  void embedding_backward(const void* dout, float* dw, int64_t n, int64_t d, int64_t vocab_begin, int64_t vocab) override;
   void set_float8_recipe(const float8::Recipe& recipe) override;
   void linear_forward(const void* x, const LinearWeight& w, void* y, int64_t n, int64_t in, int64_t out,
                       LinearPrecision precision) override;
@@ -65,6 +65,9 @@ class CudaBackend final : public Backend {
   void copy(void* dst, const void* src, int64_t count) override;
   void classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                   int32_t ignore_index, float grad_scale) override;
+  void classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
+                              int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index, float grad_scale,
+                              VocabShards& shards) override;
   double loss_sum() override;  // synchronises
   void logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) override;
 
