@@ -95,7 +95,7 @@ class RecordingBackend final : public Backend {
     op(dh ? "classifier +grads" : "classifier", n);
   }
   void classifier_vocab_shard(const void*, const void*, void* dh, float*, int64_t n, int64_t, int64_t vocab, int64_t,
-                              int64_t, int32_t, float, VocabShards&) override {
+                              int64_t, int32_t, float, VocabShards&, bool) override {
     op(concat(dh ? "classifier_vocab_shard +grads " : "classifier_vocab_shard ", vocab), n);
   }
   double loss_sum() override { return 0; }

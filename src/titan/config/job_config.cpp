@@ -42,7 +42,7 @@ std::vector<KeySpec> make_schema() {
       {"metrics", "rank_0_only", boolean, "true", "titan logs metrics from rank 0 only (mean and max over the ranks)", default_only},
 
       {"model", "name", string, "llama3", "model family (llama3)"},
-      {"model", "flavor", string, "debugmodel", "debugmodel, 150M, 1B, 8B, 70B, 405B; llama3.1-8B, -70B, -405B (with RoPE scaling); 8B_4layers"},
+      {"model", "flavor", string, "debugmodel", "debugmodel, debugmodel_gqa (4 KV heads), 150M, 1B, 8B, 70B, 405B; llama3.1-8B, -70B, -405B (with RoPE scaling); llama3.2-1B, -3B; 8B_4layers"},
       {"model", "tie_word_embeddings", boolean, "false", "titan: the classifier uses the embedding's weight (Llama 3.2 1B/3B; their llama3.2-* flavors tie already)"},
       {"model", "rope_scaling_factor", real, "-1", "titan: Llama 3.1 RoPE scaling factor (-1 = the flavor's, 0 = none; Llama 3.1: 8)"},
       {"model", "rope_low_freq_factor", real, "1", "titan: RoPE scaling low_freq_factor (with rope_scaling_factor >= 1)"},

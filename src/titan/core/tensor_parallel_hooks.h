@@ -8,14 +8,17 @@
 
 namespace titan {
 
-// Loss parallel: the classifier's per-row statistics meet across the ranks that each hold a
-// slice of the vocabulary, without the logits ever being gathered.
+// The classifier over ranks that each hold a slice of the vocabulary: with loss parallel the
+// per-row statistics meet, the logits never gathered; without it (torchtitan's
+// disable_loss_parallel) every rank gathers the whole logits of each group of rows.
 class VocabShards {
  public:
   virtual ~VocabShards() = default;
   virtual int degree() const = 0;
   // Every rank's `count` values into `all` (degree() x count), rank 0's first.
   virtual void gather_stats(const double* mine, double* all, int64_t count) = 0;
+  // Without loss parallel: every rank's logits (`count` floats each) the same way.
+  virtual void gather_logits(const float* mine, float* all, int64_t count) = 0;
 };
 
 class TensorParallelHooks : public VocabShards {

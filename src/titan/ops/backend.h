@@ -140,12 +140,13 @@ class Backend {
   // and dw += its weight gradient. The loss sum stays with the backend until loss_sum().
   virtual void classifier(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                           int32_t ignore_index, float grad_scale) = 0;
-  // Loss parallel (tensor parallel): the same over the output weight's rows [vocab_begin,
-  // vocab_begin + vocab) of a vocabulary of vocab_total, each row's statistics combined over the
-  // slices through `shards`; dh gets this slice's partial sums, loss_sum() the whole loss.
+  // Tensor parallel: the same over the output weight's rows [vocab_begin, vocab_begin + vocab)
+  // of a vocabulary of vocab_total; dh gets this slice's partial sums, loss_sum() the whole loss.
+  // loss_parallel: each row's statistics combined over the slices through `shards`; else the
+  // logits gathered whole (torchtitan's disable_loss_parallel).
   virtual void classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d,
                                       int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
-                                      float grad_scale, VocabShards& shards) = 0;
+                                      float grad_scale, VocabShards& shards, bool loss_parallel) = 0;
   // The last classifier's loss sum (waits for it).
   virtual double loss_sum() = 0;
   // Logits [n, vocab] to host memory (tests, generation).

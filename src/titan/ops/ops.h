@@ -87,14 +87,17 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
                                              int64_t n, int64_t d, int64_t vocab,
                                              int32_t ignore_index, float grad_scale, float* dh,
                                              float* dw, float* scratch);
-// Loss parallel: the same over this rank's rows [vocab_begin, vocab_begin + vocab) of the
-// output weight, a slice of a vocabulary of vocab_total. Each row's log-sum-exp and label logit
-// are combined over the slices through `shards` (one exchange of 2 n values); the logits are
-// computed twice (statistics, then gradients) rather than kept. dh gets this slice's partial
-// sums; the loss sum is the whole vocabulary's, the same on every rank.
+// Tensor parallel: the same over this rank's rows [vocab_begin, vocab_begin + vocab) of the
+// output weight, a slice of a vocabulary of vocab_total; dh gets this slice's partial sums, the
+// loss sum is the whole vocabulary's, the same on every rank. Loss parallel: each row's
+// log-sum-exp and label logit are combined over the slices through `shards` (one exchange of
+// 2 n values); the logits are computed twice (statistics, then gradients) rather than kept.
+// Without it (gather_logits) each group's logits are gathered whole and the softmax taken over
+// them in the vocabulary's order, as one process does.
 ClassifierResult classifier_vocab_shard(const float* h, const float* w, const int32_t* labels, int64_t n, int64_t d,
                                         int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
-                                        float grad_scale, float* dh, float* dw, float* scratch, VocabShards& shards);
+                                        float grad_scale, float* dh, float* dw, float* scratch, VocabShards& shards,
+                                        bool gather_logits);
 
 // y += x
 void add_inplace(float* y, const float* x, int64_t count);

@@ -30,6 +30,7 @@ class TensorParallel final : public TensorParallelHooks {
   void gather_rows(const void* shard, void* whole, int64_t rows, int64_t width) override;
   void reduce_scatter_rows(const void* whole, void* shard, int64_t rows, int64_t width) override;
   void gather_stats(const double* mine, double* all, int64_t count) override;
+  void gather_logits(const float* mine, float* all, int64_t count) override;
 
   // After a step's micro-batches: the replicated tensors (the norms) got each rank's rows'
   // share of their gradient; sums those shards over the group (one all-reduce per step).
@@ -42,11 +43,12 @@ class TensorParallel final : public TensorParallelHooks {
   // Bytes per rank per step from the schedule: every all-gather or reduce-scatter of the
   // residual stream moves (degree - 1) x rows/degree x dim x 4; a micro-batch makes 8 L + 4 of
   // them plus one per recomputed region (4 for a fully recomputed block, 3 for selective_op),
-  // and loss parallel's statistics (degree - 1) x rows x 16; per step the replicated gradients'
-  // all-reduce adds 2 (degree - 1)/degree x 4 x their elements / fsdp_shards.
+  // and loss parallel's statistics (degree - 1) x rows x 16 (without loss parallel the logits:
+  // (degree - 1) x rows x vocab/degree x 4); per step the replicated gradients' all-reduce adds
+  // 2 (degree - 1)/degree x 4 x their elements / fsdp_shards.
   static double analytic_volume(const llama3::ModelArgs& args, llama3::BatchShape s,
                                 const llama3::ActivationCheckpointing& ac, int degree, int64_t micro_batches,
-                                int fsdp_shards);
+                                int fsdp_shards, bool loss_parallel);
 
  private:
   ProcessGroup& group_;

@@ -165,7 +165,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   dp_->apply(*model_, !on_cuda);
   if (tp_group_) {
     tp_ = std::make_unique<parallel::TensorParallel>(*tp_group_, model_->layout());
-    model_->model().set_tensor_parallel(tp_.get());
+    model_->model().set_tensor_parallel(tp_.get(), plan_.loss_parallel);
   }
   model_->init_weights(job_.data.seed);
   model_->set_activation_checkpointing(plan_.ac);
@@ -264,9 +264,6 @@ void Trainer::make_tensor_parallel_groups(bool on_cuda) {
   };
   if (on_cuda) refuse("tensor parallel is built for the CPU backend so far (training.device = \"cpu\"); the GPU's comes later");
   if (plan_.float8.enabled) refuse("float8 linears under tensor parallel are a later step: set float8.enable_float8_linear = false");
-  if (!plan_.loss_parallel)
-    refuse("the classifier without loss parallel (training.enable_loss_parallel = false / disable_loss_parallel = true) "
-           "is not built: titan's tensor parallel computes cross-entropy over the vocabulary's slices");
   const int rank = group_.rank();
   tp_group_ = group_.split(rank / tp, rank);  // neighbouring ranks: one node's NVLink on a GPU cluster
   dp_ranks_ = group_.split(rank % tp, rank);
@@ -434,7 +431,7 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
 
 double Trainer::tensor_parallel_volume() const {
   return parallel::TensorParallel::analytic_volume(args_, shape_, plan_.ac, plan_.tensor_parallel_degree, accumulation_,
-                                                   dp_->mesh().shard);
+                                                   dp_->mesh().shard, plan_.loss_parallel);
 }
 
 int64_t Trainer::global_batch() const { return shape_.batch * accumulation_ * data_ranks_->size(); }
@@ -502,7 +499,8 @@ void Trainer::print_start_summary() {
     if (tp_)
       log_ << "tensor parallel: " << tp_->degree() << " neighbouring ranks per group (" << data_ranks_->size()
            << " data-parallel): wq, wk, wv, w1, w3 and the classifier sliced column-wise, wo and w2 row-wise, the "
-              "embedding over the vocabulary; sequence parallel between them, loss parallel\n";
+              "embedding over the vocabulary; sequence parallel between them, "
+           << (plan_.loss_parallel ? "loss parallel" : "the logits gathered (no loss parallel)") << "\n";
     char volume[160];
     std::snprintf(volume, sizeof volume,
                   "communication per rank per step (analytic, %s gathers): %.3f MiB\n",
@@ -629,7 +627,9 @@ metrics::LogRecord Trainer::make_record(const StepMetrics& m, double window_seco
   r.loss = r.loss_max = m.loss;  // one rank: the mean and the max across ranks are the same
   r.grad_norm = m.grad_norm;
   r.lr = m.lr;
-  r.tps = static_cast<double>(window_steps * shape_.rows() * accumulation_) / window_seconds;
+  // Per device, as torchtitan counts it: a tensor-parallel group shares its tokens.
+  r.tps = static_cast<double>(window_steps * shape_.rows() * accumulation_) / window_seconds /
+          static_cast<double>(plan_.tensor_parallel_degree);
   r.tflops = flops_per_token_ * r.tps / 1e12;
   if (peak_flops_ > 0) r.mfu = 100.0 * r.tflops * 1e12 / peak_flops_;
   const auto mem = engine_->memory();

@@ -28,7 +28,8 @@ Model::Model(const ModelArgs& args, Backend& backend, WeightStore& weights, Tens
               "the embedding and the classifier hold different vocabulary rows");
 }
 
-void Model::set_tensor_parallel(TensorParallelHooks* tp) {
+void Model::set_tensor_parallel(TensorParallelHooks* tp, bool loss_parallel) {
+  loss_parallel_ = loss_parallel;
   TITAN_CHECK((tp ? tp->degree() : 1) == layout_.tensor_parallel().degree, "tensor parallel hooks of degree ",
               tp ? tp->degree() : 1, " for a model sliced over ", layout_.tensor_parallel().degree);
   tp_ = tp && tp->degree() > 1 ? tp : nullptr;
@@ -57,7 +58,7 @@ const void* Model::scattered_gradient(int buffer, int64_t rows) {
 void Model::classify(void* dh, float* dw, int64_t n, int32_t ignore_index, float grad_scale) {
   if (tp_)
     backend_.classifier_vocab_shard(act(plan_.final_out), w(output_), dh, dw, n, args_.dim, vocab_, vocab_begin_,
-                                    args_.vocab_size, ignore_index, grad_scale, *tp_);
+                                    args_.vocab_size, ignore_index, grad_scale, *tp_, loss_parallel_);
   else
     backend_.classifier(act(plan_.final_out), w(output_), dh, dw, n, args_.dim, args_.vocab_size, ignore_index,
                         grad_scale);

@@ -40,8 +40,9 @@ class Model {
   // Called at every unit's start and end (unit 0: embedding, final norm, output; 1 + i: layers.i).
   void set_hooks(ModuleHooks* hooks) { hooks_ = hooks; }
   // Tensor parallel (a layout of degree > 1 needs them): the collectives at sequence parallel's
-  // region boundaries and loss parallel's statistics (parallel/tensor_parallel.h).
-  void set_tensor_parallel(TensorParallelHooks* tp);
+  // region boundaries and the classifier's (parallel/tensor_parallel.h); without loss parallel
+  // the classifier gathers its logits whole.
+  void set_tensor_parallel(TensorParallelHooks* tp, bool loss_parallel = true);
   // Takes effect at the next plan().
   void set_activation_checkpointing(const ActivationCheckpointing& ac);
   // These linears run in float8 under the recipe (the backend gets it); the next plan() keeps
@@ -118,6 +119,7 @@ class Model {
   WeightStore& weights_;
   ModuleHooks* hooks_ = nullptr;
   TensorParallelHooks* tp_ = nullptr;
+  bool loss_parallel_ = true;
   // This rank's share, read from its weights' shapes: query and KV heads, feed-forward width,
   // and the vocabulary rows [vocab_begin_, + vocab_) of its embedding and classifier.
   int64_t heads_ = 0, kv_heads_ = 0, ffn_ = 0, vocab_ = 0, vocab_begin_ = 0;

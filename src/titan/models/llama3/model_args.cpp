@@ -39,6 +39,9 @@ const std::map<std::string, ModelArgs>& flavors() {
     std::map<std::string, ModelArgs> t;
     ModelArgs debug;  // defaults are the debug model
     t["debugmodel"] = debug;
+    ModelArgs debug_gqa = debug;  // grouped-query attention at debug size: 4 query heads per KV head
+    debug_gqa.n_kv_heads = 4;
+    t["debugmodel_gqa"] = debug_gqa;
     auto big = [](int64_t dim, int64_t layers, int64_t heads, double mult, int64_t multiple_of) {
       ModelArgs a;
       a.dim = dim;

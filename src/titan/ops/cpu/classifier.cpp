@@ -62,12 +62,69 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
   return result;
 }
 
+namespace {
+// Without loss parallel: each group's logits gathered whole, then the one-process softmax over
+// them (global id k * vocab + j lies in rank k's slice at column j).
+ClassifierResult classifier_gathered_logits(const float* h, const float* w, const int32_t* labels, int64_t n,
+                                            int64_t d, int64_t vocab, int64_t vocab_begin, int32_t ignore_index,
+                                            float grad_scale, float* dh, float* dw, float* logits,
+                                            VocabShards& shards) {
+  const int64_t chunk = chunk_rows(vocab);
+  const int degree = shards.degree();
+  std::vector<float> all(static_cast<size_t>(std::min(chunk, n) * vocab) * static_cast<size_t>(degree));
+  std::vector<double> row_loss(static_cast<size_t>(std::min(chunk, n)));
+  ClassifierResult result;
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0), block = rows * vocab;
+    gemm(false, true, rows, vocab, d, 1.0f, h + r0 * d, d, w, d, 0.0f, logits, vocab);
+    shards.gather_logits(logits, all.data(), block);
+    auto z = [&](int64_t r, int64_t id) { return all[static_cast<size_t>((id / vocab) * block + r * vocab + id % vocab)]; };
+    const int64_t total = vocab * degree;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* mine = logits + r * vocab;
+      const int32_t label = labels[r0 + r];
+      if (label == ignore_index) {
+        row_loss[static_cast<size_t>(r)] = 0;
+        std::fill(mine, mine + vocab, 0.0f);
+        continue;
+      }
+      float mx = z(r, 0);
+      for (int64_t j = 1; j < total; ++j) mx = std::max(mx, z(r, j));
+      double sum = 0;
+      for (int64_t j = 0; j < total; ++j) sum += std::exp(static_cast<double>(z(r, j) - mx));
+      const double lse = mx + std::log(sum);
+      row_loss[static_cast<size_t>(r)] = lse - z(r, label);
+      for (int64_t j = 0; j < vocab; ++j) mine[j] = static_cast<float>(std::exp(mine[j] - lse)) * grad_scale;
+      const int64_t local = static_cast<int64_t>(label) - vocab_begin;
+      if (local >= 0 && local < vocab) mine[local] -= grad_scale;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      if (labels[r0 + r] == ignore_index) continue;
+      result.loss_sum += row_loss[static_cast<size_t>(r)];
+      result.count += 1;
+    }
+    if (dh) {
+      gemm(false, false, rows, d, vocab, 1.0f, logits, vocab, w, d, 0.0f, dh + r0 * d, d);
+      gemm(true, false, vocab, d, rows, 1.0f, logits, vocab, h + r0 * d, d, 1.0f, dw, d);
+    }
+  }
+  return result;
+}
+}  // namespace
+
 ClassifierResult classifier_vocab_shard(const float* h, const float* w, const int32_t* labels, int64_t n, int64_t d,
                                         int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
-                                        float grad_scale, float* dh, float* dw, float* scratch, VocabShards& shards) {
+                                        float grad_scale, float* dh, float* dw, float* scratch, VocabShards& shards,
+                                        bool gather_logits) {
   for (int64_t i = 0; i < n; ++i)
     TITAN_CHECK(labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < vocab_total), "label ", labels[i],
                 " at position ", i, " is outside the vocabulary [0, ", vocab_total, ")");
+  TITAN_CHECK(vocab * shards.degree() == vocab_total, "vocabulary slices of ", vocab, " over ", shards.degree(),
+              " ranks for a vocabulary of ", vocab_total);
+  if (gather_logits)
+    return classifier_gathered_logits(h, w, labels, n, d, vocab, vocab_begin, ignore_index, grad_scale, dh, dw, scratch,
+                                      shards);
   const int64_t chunk = chunk_rows(vocab);
   float* logits = scratch;
   // Pass 1: per row, this slice's log-sum-exp and the label's logit where this slice holds it.

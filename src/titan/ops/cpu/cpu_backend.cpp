@@ -225,13 +225,13 @@ void CpuBackend::classifier(const void* h, const void* w, void* dh, float* dw, i
 
 void CpuBackend::classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d,
                                         int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
-                                        float grad_scale, VocabShards& shards) {
+                                        float grad_scale, VocabShards& shards, bool loss_parallel) {
   TITAN_CHECK(static_cast<int64_t>(labels_.size()) == n, "classifier of ", n, " rows, the batch has ", labels_.size(),
               " labels");
   TITAN_CHECK(!classifier_scratch_.empty(), "classifier before prepare()");
   last_ = cpu::classifier_vocab_shard(f(h), f(w), labels_.data(), n, d, vocab, vocab_begin, vocab_total, ignore_index,
                                       grad_scale, dh ? f(dh) : nullptr, dh ? dw : nullptr,
-                                      classifier_scratch_.as<float>(), shards);
+                                      classifier_scratch_.as<float>(), shards, !loss_parallel);
 }
 
 void CpuBackend::logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) {

@@ -302,7 +302,7 @@ void CudaBackend::classifier(const void* h, const void* w, void* dh, float* dw, 
 }
 
 void CudaBackend::classifier_vocab_shard(const void*, const void*, void*, float*, int64_t, int64_t, int64_t, int64_t,
-                                         int64_t, int32_t, float, VocabShards&) {
+                                         int64_t, int32_t, float, VocabShards&, bool) {
   throw UserError("loss parallel is built for the CPU backend only so far (tensor parallel on the GPU is a later step)");
 }
 

@@ -67,7 +67,7 @@ class CudaBackend final : public Backend {
                   int32_t ignore_index, float grad_scale) override;
   void classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                               int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index, float grad_scale,
-                              VocabShards& shards) override;
+                              VocabShards& shards, bool loss_parallel) override;
   double loss_sum() override;  // synchronises
   void logits(const void* h, const void* w, float* host_logits, int64_t n, int64_t d, int64_t vocab) override;
 
