@@ -53,6 +53,36 @@ TEST(Init, ValuesDoNotDependOnHowParametersAreSplit) {
   }
 }
 
+// Under tensor parallel each rank's slice (rows for column-wise tensors and the vocabulary,
+// columns for row-wise ones), sharded again by FSDP, holds the whole tensor's values there.
+TEST(Init, TensorParallelSlicesHoldTheWholeTensorsValues) {
+  ModelArgs a = small_args();
+  a.vocab_size = 38;
+  Transformer whole(a);
+  whole.init_weights(42);
+  for (const int tp : {2}) {
+    for (int t = 0; t < tp; ++t)
+      for (int world : {1, 3})
+        for (int rank = 0; rank < world; ++rank) {
+          Transformer slice(a, rank, world, {t, tp});
+          slice.init_weights(42);
+          int sliced = 0;
+          for (auto& p : slice.parameters()) {
+            const Parameter& w = whole.parameter(p.name);
+            const int64_t cols = p.global_shape.size() > 1 ? p.global_shape[1] : 1;
+            const int64_t whole_cols = w.global_shape.size() > 1 ? w.global_shape[1] : 1;
+            sliced += p.slice.partial();
+            for (int64_t i = 0; i < p.master.numel(); ++i) {
+              const int64_t row = p.slice.row_offset + p.rows.begin + i / cols, col = p.slice.col_offset + i % cols;
+              ASSERT_EQ(p.master.f32()[i], w.master.f32()[row * whole_cols + col])
+                  << p.name << " element " << i << ", TP rank " << t << ", FSDP rank " << rank << " of " << world;
+            }
+          }
+          EXPECT_EQ(sliced, 7 * a.n_layers + 2);  // every linear, the embedding and the classifier
+        }
+  }
+}
+
 TEST(Init, FollowsTorchtitanRules) {
   ModelArgs a = small_args();
   a.n_layers = 4;
@@ -216,6 +246,30 @@ TEST(MemoryEstimate, CpuTermsEqualWhatTheModelAllocates) {
       }
     }
   }
+}
+
+TEST(MemoryEstimate, TensorParallelTermsEqualWhatARankAllocates) {
+  using Mode = ActivationCheckpointing::Mode;
+  ModelArgs a = small_args();
+  a.n_layers = 3;
+  a.vocab_size = 3000;
+  const BatchShape s{3, 40};
+  for (const int rank : {0, 1})
+    for (ActivationCheckpointing ac : {ActivationCheckpointing{}, ActivationCheckpointing{Mode::selective_op, 1}}) {
+      Transformer m(a, 0, 1, {rank, 2});
+      m.set_activation_checkpointing(ac);
+      m.plan(s);
+      const auto got = m.memory();
+      const auto e = train::estimate_memory(a, s, ac, train::EstimateBackend::cpu, 1, false, AttentionLibrary::titan,
+                                            false, 2);
+      EXPECT_EQ(e.activations, static_cast<double>(got.activation_bytes)) << "rank " << rank;
+      EXPECT_EQ(e.parameters, static_cast<double>(got.parameter_bytes));
+      EXPECT_EQ(e.optimizer, static_cast<double>(got.optimizer_bytes));
+      // Half of every sliced tensor, the norms whole.
+      const auto one = train::estimate_memory(a, s, ac, train::EstimateBackend::cpu, 1);
+      const double norms = 4.0 * double((2 * a.n_layers + 1) * a.dim);
+      EXPECT_DOUBLE_EQ(e.parameters, (one.parameters - norms) / 2 + norms);
+    }
 }
 
 TEST(MemoryEstimate, ShardsDivideStateAndAddGatheredBlocks) {

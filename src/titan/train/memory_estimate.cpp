@@ -16,6 +16,7 @@
 #include "titan/ops/cuda/host_plan.h"
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
+#include "titan/parallel/tensor_parallel.h"
 #include "titan/train/engine.h"
 
 namespace titan::train {
@@ -97,9 +98,10 @@ double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const 
 }  // namespace
 
 double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                            bool float8_linears) {
-  return llama3::plan_activations(a, s, ac).bytes(sizeof(float)) +
-         cpu::cpu_backend_scratch_bytes({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size, a.ffn_hidden(), float8_linears});
+                            bool float8_linears, int tp) {
+  return llama3::plan_activations(a, s, ac, tp).bytes(sizeof(float)) +
+         cpu::cpu_backend_scratch_bytes(
+             {s, a.dim, a.n_heads / tp, a.head_dim(), a.vocab_size / tp, a.ffn_hidden() / tp, float8_linears});
 }
 
 double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards) {
@@ -121,10 +123,9 @@ bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& a
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
                                EstimateBackend backend, int64_t shards, bool keep_gathered_blocks, AttentionLibrary attention,
-                               bool float8_linears) {
-  TITAN_CHECK(shards >= 1, "shards ", shards);
+                               bool float8_linears, int tp) {
+  TITAN_CHECK(shards >= 1 && tp >= 1, "shards ", shards, ", tensor parallel ", tp);
   MemoryEstimate e;
-  const double p = double(metrics::parameter_count(a));
   if (backend == EstimateBackend::cuda_model) {
     e.activations = cuda_model_bytes(a, s, ac, shards, keep_gathered_blocks, float8_linears, &e.parameters, &e.gradients,
                                      &e.optimizer);
@@ -144,15 +145,19 @@ MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s,
       e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));
     return e;
   }
-  e.parameters = 4 * p / double(shards);
-  e.gradients = 4 * p / double(shards);
-  e.optimizer = 8 * p / double(shards);
+  // Under tensor parallel each rank holds its slices (rank 0's: the slices are even) and the
+  // norms whole; FSDP shards those.
+  const llama3::ModelLayout local(a, {0, tp});
+  const double held = double(local.numel());
+  e.parameters = 4 * held / double(shards);
+  e.gradients = 4 * held / double(shards);
+  e.optimizer = 8 * held / double(shards);
   if (shards > 1) {  // whole weights and gradients of the root and one block (no prefetch on the CPU)
-    const double root = double(root_params(a)), block = double(block_params(a));
+    const double root = double(local.unit_numel(0)), block = double(local.unit_numel(1));
     e.parameters += 4 * (root + (keep_gathered_blocks ? double(a.n_layers) : 1.0) * block);
     e.gradients += 4 * (root + block);
   }
-  e.activations = cpu_activation_bytes(a, s, ac, float8_linears);
+  e.activations = cpu_activation_bytes(a, s, ac, float8_linears, tp);
   return e;
 }
 
@@ -213,7 +218,8 @@ int estimate_main(const std::vector<std::string>& args) {
     };
     if (args[i] == "--help" || args[i] == "-h") {
       std::cout << "usage: titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]\n"
-                   "  per-device memory of a training run (GPU: bf16 mixed precision; CPU: fp32); N > 1 predicts FSDP shards\n";
+                   "  per-device memory of a training run (GPU: bf16 mixed precision; CPU: fp32); N > 1 devices: groups of\n"
+                   "  training.tensor_parallel_degree (CPU backend) and FSDP shards over the rest\n";
       return 0;
     }
     if (flag == "--config") {
@@ -239,15 +245,24 @@ int estimate_main(const std::vector<std::string>& args) {
   const llama3::BatchShape s = plan.micro_batch;
   if (device.empty()) device = prefers_cuda(plan) ? "cuda" : "cpu";
   if (device == "cuda") check_cuda_config(plan, a);  // what training on a GPU would refuse
+  const int tp = plan.tensor_parallel_degree;
+  parallel::check_tensor_parallel(tp, static_cast<int>(ngpu), a, s,
+                                  concat("estimate --ngpu ", ngpu, ", ", job.origin("training.tensor_parallel_degree")));
   int64_t shards = 1;
   try {
-    shards = parallel::resolve_mesh(static_cast<int>(ngpu), plan.replicate_degree, plan.shard_degree).shard;
+    shards = parallel::resolve_mesh(static_cast<int>(ngpu) / tp, plan.replicate_degree, plan.shard_degree).shard;
   } catch (const UserError& e) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
+  if (tp > 1 && device == "cuda")
+    std::cout << "note: training.tensor_parallel_degree = " << tp << ": tensor parallel is built for the CPU backend so "
+              << "far; a GPU run refuses it. Below: the GPU estimate without it (FSDP over " << shards
+              << " of the devices), or --device cpu for the tensor-parallel one\n";
   auto e = estimate_memory(a, s, plan.ac, device == "cuda" ? cuda_estimate_backend(plan) : EstimateBackend::cpu, shards,
-                           plan.keep_gathered_blocks, plan.attention, runs_float8_linears(plan, a));
-  if (device == "cpu") e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards) + float8_all_gather_bytes(plan, a, shards);
+                           plan.keep_gathered_blocks, plan.attention, runs_float8_linears(plan, a),
+                           device == "cuda" ? 1 : tp);
+  if (device == "cpu")
+    e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards * tp) + float8_all_gather_bytes(plan, a, shards);
   std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size
             << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch
@@ -269,7 +284,8 @@ int estimate_main(const std::vector<std::string>& args) {
   std::cout << format_estimate(e, concat(device == "cuda" ? "cuda (bf16 compute, fp32 master/grads/AdamW)" : "cpu (fp32)",
                                          shards > 1 ? concat(", FSDP over ", shards, " devices",
                                                              device == "cuda" ? " (GPU FSDP memory: not yet measured on several cards)" : "")
-                                                    : ""),
+                                                    : "",
+                                         tp > 1 && device == "cpu" ? concat(", tensor parallel over ", tp) : ""),
                                0)
             << "\n";
   return 0;

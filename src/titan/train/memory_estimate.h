@@ -34,12 +34,15 @@ EstimateBackend cuda_estimate_backend(const config::RunPlan& plan);
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
                                const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false,
-                               AttentionLibrary attention = AttentionLibrary::titan, bool float8_linears = false);
+                               AttentionLibrary attention = AttentionLibrary::titan, bool float8_linears = false,
+                               int tp = 1);
 
 // Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes); with
 // float8_linears, the room for the emulated casts too.
+// tp: the tensor-parallel degree (this rank's share of heads, feed-forward and vocabulary; the
+// residual stream's rows split).
 double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                            bool float8_linears = false);
+                            bool float8_linears = false, int tp = 1);
 
 // Whether the config puts any linear of this model in float8 (float8.enable_float8_linear, and
 // some linear left by the filter).
@@ -60,7 +63,8 @@ double async_checkpoint_bytes(const config::CheckpointSettings& checkpoint, cons
 // One line: the terms, the total, and the device's memory when known (> 0).
 std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes);
 
-// `titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]`.
+// `titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]`: N
+// devices, training.tensor_parallel_degree of them per TP group, the rest data parallel.
 int estimate_main(const std::vector<std::string>& args);
 
 }  // namespace titan::train

@@ -326,8 +326,11 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.
 void Trainer::check_memory_estimate(bool cuda, int shards) const {
   auto e = estimate_memory(args_, shape_, plan_.ac, cuda ? cuda_estimate_backend(plan_) : EstimateBackend::cpu, shards,
-                           plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_));
-  if (!cuda) e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards) + float8_all_gather_bytes(plan_, args_, shards);
+                           plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_),
+                           cuda ? 1 : plan_.tensor_parallel_degree);
+  if (!cuda)
+    e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards * plan_.tensor_parallel_degree) +
+                 float8_all_gather_bytes(plan_, args_, shards);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || job_.skip_memory_check) return;
   throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
