@@ -498,7 +498,9 @@ void Trainer::print_start_summary() {
        << ", gradients " << mem.gradient_bytes << ", optimizer " << mem.optimizer_bytes << "\n";
   if (group_.size() == 1 && dp_->sharded()) log_ << "data parallel: " << dp_->describe() << "\n";
   if (group_.size() > 1) {
-    log_ << "ranks: " << group_.size() << " (" << group_.backend() << "), " << dp_->describe() << "\n";
+    log_ << "ranks: " << group_.size() << " (" << group_.backend() << "), "
+         << (tp_ ? concat(data_ranks_->size(), " data-parallel x ", tp_->degree(), " tensor-parallel; data parallel: ") : "")
+         << dp_->describe() << "\n";
     if (tp_)
       log_ << "tensor parallel: " << tp_->degree() << " neighbouring ranks per group (" << data_ranks_->size()
            << " data-parallel): wq, wk, wv, w1, w3 and the classifier sliced column-wise, wo and w2 row-wise, the "
