@@ -224,6 +224,39 @@ def test_real_text(titan, configs, data, tmp):
         check(len(val) == 1 and val[0] < l[0], f"validation loss logged and below the first loss: {val}")
 
 
+def test_validation_whole_set(titan, configs, tmp):
+    """validation.steps = -1 evaluates every whole batch before the validation data wraps: the
+    loss equals that of exactly that many batches, and one batch more (wrapped data) differs."""
+    val = os.path.join(tmp, "val_small.jsonl")
+    with open(val, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"text": f"Document {i}: the quick brown fox jumps over the lazy dog {i * 7} times."}) + "\n")
+
+    def val_loss(steps, name):
+        folder = os.path.join(tmp, name)
+        r = run(titan, "train", "--config", os.path.join(configs, "debug_model.toml"), "--job.dump_folder", folder,
+                "--training.steps", "1", "--training.seq_len", "32", "--training.batch_size", "2",
+                "--validation.enabled", "--validation.freq", "1", "--validation.steps", str(steps),
+                "--validation.dataset_path", val)
+        losses = []
+        if r.returncode == 0:
+            with open(os.path.join(folder, "metrics.jsonl")) as f:
+                losses = [row["val_loss"] for row in map(json.loads, f) if "val_loss" in row]
+        return r, losses
+
+    r, whole = val_loss(-1, "val_whole")
+    m = re.search(r"validation: the whole set \(validation.steps = -1\) is (\d+) batch", r.stdout)
+    check(r.returncode == 0 and m is not None and len(whole) == 1,
+          f"validation.steps = -1 runs and says how many batches the set is ({r.stderr.strip()[-300:]})")
+    if not m or not whole:
+        return
+    k = int(m.group(1))
+    _, exact = val_loss(k, "val_k")
+    _, more = val_loss(k + 1, "val_k1")
+    check(k > 1 and exact == whole, f"the whole set ({k} batches) has the loss of validation.steps = {k}: {whole} vs {exact}")
+    check(more and more != whole, f"one batch more (wrapped data) differs: {more} vs {whole}")
+
+
 BAD = [
     # (what, file body or None, extra flags, text the one-line error must contain)
     ("unknown key", "[training]\nstepz = 3\n", [], "unknown key 'training.stepz'"),
@@ -248,6 +281,10 @@ BAD = [
     ("negative lr", None, ["--optimizer.lr", "-1"], "optimizer.lr"),
     ("zero batch", None, ["--training.batch_size", "0"], "training.batch_size"),
     ("unsupported feature", None, ["--experimental.enable_async_tensor_parallel"], "not supported yet"),
+    ("the whole validation set of synthetic data", None, ["--training.dataset", "synthetic", "--validation.enabled",
+                                                          "--validation.steps", "-1"], "synthetic data never ends"),
+    ("two names of one key disagreeing", "[training]\nbatch_size = 2\nlocal_batch_size = 3\n", [],
+     "training.local_batch_size sets training.batch_size to 3, but"),
     ("TP degree the ranks do not split into", None, ["--training.tensor_parallel_degree", "2"],
      "training.tensor_parallel_degree = 2 does not divide the ranks (1)"),
     ("loss parallel switched on and off", None, ["--training.enable_loss_parallel", "true", "--training.disable_loss_parallel"],
@@ -389,6 +426,7 @@ def main():
         test_copy_needs_attention(a.titan, a.configs, tmp)
         test_real_text(a.titan, a.configs, a.data, tmp)
         test_c4_layout(a.titan, a.data, tmp)
+        test_validation_whole_set(a.titan, a.configs, tmp)
         test_tool_bad_input(a.titan, a.data, tmp)
         test_estimate(a.titan, a.configs, tmp)
         test_help_version_and_suggestions(a.titan, tmp)

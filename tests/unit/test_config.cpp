@@ -62,6 +62,42 @@ TEST(Config, UnknownSectionWrongTypeAndSyntax) {
   EXPECT_NE(load_error("steps = 1\n").find("must be a key inside a [section] table"), std::string::npos);
 }
 
+TEST(Config, LaterTorchtitanNamesSetTheSameKeys) {
+  JobConfig cfg;
+  cfg.load_file(write_toml("[lr_scheduler]\nwarmup_steps = 7\ndecay_type = \"cosine\"\ndecay_ratio = 0.25\nlr_min = 0.1\n"
+                           "[training]\nlocal_batch_size = 3\n[parallelism]\ntensor_parallel_degree = 2\n"
+                           "data_parallel_shard_degree = 4\n[checkpoint]\nenable = true\n"
+                           "[metrics]\ndisable_color_printing = false\n"));
+  cfg.validate();
+  EXPECT_EQ(cfg.get_int("training.warmup_steps"), 7);
+  EXPECT_EQ(cfg.get_string("training.lr_decay"), "cosine");
+  EXPECT_EQ(cfg.get_int("training.batch_size"), 3);
+  EXPECT_EQ(cfg.get_int("training.tensor_parallel_degree"), 2);
+  EXPECT_EQ(cfg.get_int("training.data_parallel_shard_degree"), 4);
+  EXPECT_TRUE(cfg.get_bool("checkpoint.enable_checkpoint"));
+  EXPECT_TRUE(cfg.get_bool("metrics.enable_color_printing"));  // disable = false, negated
+  EXPECT_DOUBLE_EQ(cfg.get_real("lr_scheduler.lr_min"), 0.1);
+  EXPECT_NE(cfg.origin("training.batch_size").find(".toml:7"), std::string::npos) << cfg.origin("training.batch_size");
+  // A flag overrides the file under either name.
+  cfg.apply_overrides({"--training.batch_size", "5", "--metrics.disable_color_printing"});
+  EXPECT_EQ(cfg.get_int("training.batch_size"), 5);
+  EXPECT_FALSE(cfg.get_bool("metrics.enable_color_printing"));
+  // Both names in one file (or both as flags) with different values: refused, naming both.
+  const std::string err = load_error("[training]\nbatch_size = 2\nlocal_batch_size = 3\n");
+  EXPECT_NE(err.find("training.local_batch_size sets training.batch_size to 3, but"), std::string::npos) << err;
+  EXPECT_NE(err.find("as training.batch_size to 2"), std::string::npos) << err;
+  EXPECT_NE(load_error("", {"--checkpoint.enable", "--checkpoint.enable_checkpoint", "false"}).find("keep one"),
+            std::string::npos);
+  EXPECT_EQ(load_error("[training]\nbatch_size = 2\nlocal_batch_size = 2\n"), "");  // the same value is no conflict
+  EXPECT_NE(load_error("[lr_scheduler]\nlr_min = 1.5\n").find("lr_scheduler.lr_min = 1.5"), std::string::npos);
+  EXPECT_NE(load_error("[lr_scheduler]\ndecay_ratio = 2.0\n").find("expected -1"), std::string::npos);
+  EXPECT_NE(load_error("[validation]\nsteps = -2\n").find("or -1 for the whole validation set"), std::string::npos);
+  EXPECT_EQ(load_error("[validation]\nsteps = -1\n"), "");
+  EXPECT_NE(config::help_text().find("--training.batch_size (integer, default 8): sequences per rank per step [also "
+                             "training.local_batch_size]"),
+            std::string::npos);
+}
+
 TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[training]\nbatch_size = 0\n").find("training.batch_size = 0: expected a positive"), std::string::npos);
   EXPECT_NE(load_error("[optimizer]\nlr = -1.0\n").find("optimizer.lr"), std::string::npos);
@@ -85,7 +121,7 @@ TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[float8]\nrecipe_name = \"blockwise\"\n").find("expected tensorwise, rowwise or rowwise_with_gw_hp"),
             std::string::npos);
   EXPECT_NE(load_error("[model]\nnorm_type = \"layernorm\"\n").find("expected rmsnorm"), std::string::npos);
-  EXPECT_NE(load_error("[training]\nlr_decay = \"step\"\n").find("linear or cosine"), std::string::npos);
+  EXPECT_NE(load_error("[training]\nlr_decay = \"step\"\n").find("linear, sqrt or cosine"), std::string::npos);
   EXPECT_NE(load_error("[training]\ndata_parallel_shard_degree = 0\n").find("expected -1 or a positive"), std::string::npos);
   EXPECT_NE(load_error("[training]\ndata_parallel_replicate_degree = -1\n").find("at most one of it"), std::string::npos);
   EXPECT_NE(load_error("[training]\nfsdp_reshard_after_forward = \"sometimes\"\n").find("default, always or never"),

@@ -27,6 +27,31 @@ TEST(LrSchedule, CosineDecay) {
   EXPECT_NEAR(s.factor(100), 0.0, 1e-12);
 }
 
+TEST(LrSchedule, WarmupStableDecayToLrMin) {
+  // 10 steps, warmup 2, the last 4 decay (decay_ratio 0.4) to 0.1 of the peak.
+  const LrSchedule s{2, 10, DecayKind::linear, 4, 0.1};
+  EXPECT_DOUBLE_EQ(s.factor(1), 2.0 / 3.0);
+  for (int64_t step : {2, 3, 4, 5, 6}) EXPECT_DOUBLE_EQ(s.factor(step), 1.0) << step;  // stable until step 10 - 4
+  EXPECT_DOUBLE_EQ(s.factor(7), 0.1 + 0.9 * 0.75);
+  EXPECT_DOUBLE_EQ(s.factor(9), 0.1 + 0.9 * 0.25);
+  EXPECT_DOUBLE_EQ(s.factor(10), 0.1);
+  EXPECT_DOUBLE_EQ(s.factor(14), 0.1);  // never below lr_min past the end
+  const LrSchedule root{0, 4, DecayKind::sqrt, 4, 0.0};
+  EXPECT_DOUBLE_EQ(root.factor(1), 1.0 - 0.5);
+  // More decay steps than there are after warmup: the decay starts right after it.
+  EXPECT_DOUBLE_EQ((LrSchedule{4, 10, DecayKind::linear, 50, 0.0}).factor(7), 0.5);
+}
+
+TEST(LrSchedule, DefaultsKeepTheDecayRightAfterWarmup) {
+  for (DecayKind kind : {DecayKind::linear, DecayKind::cosine}) {
+    const LrSchedule plain{3, 17, kind}, explicit_default{3, 17, kind, -1, 0.0}, all_steps{3, 17, kind, 14, 0.0};
+    for (int64_t step = 0; step < 20; ++step) {
+      EXPECT_EQ(plain.factor(step), explicit_default.factor(step)) << step;
+      EXPECT_EQ(plain.factor(step), all_steps.factor(step)) << step;
+    }
+  }
+}
+
 namespace {
 std::deque<Parameter> two_params(float g0, float g1) {
   std::deque<Parameter> ps;

@@ -67,7 +67,7 @@ std::vector<KeySpec> make_schema() {
       {"training", "steps", integer, "10000", "optimizer steps to train"},
       {"training", "global_batch_size", integer, "-1", "titan: sequences per optimizer step over all ranks; more than batch_size x ranks accumulates gradients (-1 = no accumulation)"},
       {"training", "on_nonfinite", string, "stop", "titan: a NaN/Inf loss or grad norm stops the run (stop) or skips the update (skip)"},
-      {"training", "lr_decay", string, "linear", "titan: decay after warmup, linear or cosine"},
+      {"training", "lr_decay", string, "linear", "titan: decay after warmup, linear, sqrt or cosine"},
       {"training", "data_parallel_replicate_degree", integer, "1", "replicas of the model (HSDP across them when shard degree > 1; -1 = the ranks the shard degree leaves)"},
       {"training", "data_parallel_shard_degree", integer, "-1", "FSDP: ranks each parameter is sharded over (-1 = the ranks the replicate degree leaves; 1 = no sharding)"},
       {"training", "fsdp_on_one_rank", boolean, "false", "titan: run FSDP's gathers and reduce-scatters (NCCL on a GPU) even on one rank, to exercise a sharded run's paths on one device"},
@@ -94,7 +94,10 @@ std::vector<KeySpec> make_schema() {
       {"validation", "enabled", boolean, "false", "evaluate a validation loss every freq steps"},
       {"validation", "dataset_path", string, "", "validation files; \"\" = the dataset's validation split"},
       {"validation", "freq", integer, "10", "steps between validation runs"},
-      {"validation", "steps", integer, "1", "batches per validation run"},
+      {"validation", "steps", integer, "1", "batches per validation run; -1 = the whole validation set (every whole batch before it wraps)"},
+
+      {"lr_scheduler", "decay_ratio", real, "-1", "warmup-stable-decay: the last decay_ratio x training.steps steps decay, the steps between warmup and them hold the peak lr (-1 = decay right after warmup)"},
+      {"lr_scheduler", "lr_min", real, "0", "the decay ends at lr_min x optimizer.lr instead of 0"},
 
       {"experimental", "context_parallel_degree", integer, "1", "context parallel degree", default_only},
       {"experimental", "pipeline_parallel_degree", integer, "1", "pipeline parallel degree", default_only},
@@ -139,6 +142,24 @@ const KeySpec* find_spec(const std::string& full_key) {
   for (const auto& s : schema())
     if (s.full() == full_key) return &s;
   return nullptr;
+}
+
+const KeyAlias* find_alias(const std::string& name) {
+  for (const auto& a : key_aliases())
+    if (a.alias == name) return &a;
+  return nullptr;
+}
+
+// The schema key `name` sets, directly or as an alias (null: neither).
+const KeySpec* spec_named(const std::string& name) {
+  if (const KeySpec* s = find_spec(name)) return s;
+  if (const KeyAlias* a = find_alias(name)) return find_spec(a->key);
+  return nullptr;
+}
+
+Value through_alias(const std::string& name, Value v) {
+  if (const KeyAlias* a = find_alias(name); a && a->negated) v = !std::get<bool>(v);
+  return v;
 }
 
 std::string type_name(KeyType t) {
@@ -287,6 +308,8 @@ std::string keys_of(const std::string& section) {
   std::string out;
   for (const auto& s : schema())
     if (s.section == section) out += (out.empty() ? "" : ", ") + s.key;
+  for (const auto& a : key_aliases())
+    if (a.alias.rfind(section + ".", 0) == 0) out += (out.empty() ? "" : ", ") + a.alias.substr(section.size() + 1);
   return out;
 }
 
@@ -295,12 +318,34 @@ std::string sections() {
   std::set<std::string> seen;
   for (const auto& s : schema())
     if (seen.insert(s.section).second) out += (out.empty() ? "" : ", ") + s.section;
+  for (const auto& a : key_aliases())
+    if (const std::string section = a.alias.substr(0, a.alias.find('.')); seen.insert(section).second)
+      out += ", " + section;
   return out;
 }
 }  // namespace
 
 const std::vector<KeySpec>& schema() {
   static const std::vector<KeySpec> table = make_schema();
+  return table;
+}
+
+const std::vector<KeyAlias>& key_aliases() {
+  static const std::vector<KeyAlias> table = {
+      {"lr_scheduler.warmup_steps", "training.warmup_steps"},
+      {"lr_scheduler.decay_type", "training.lr_decay"},
+      {"training.local_batch_size", "training.batch_size"},
+      {"parallelism.data_parallel_replicate_degree", "training.data_parallel_replicate_degree"},
+      {"parallelism.data_parallel_shard_degree", "training.data_parallel_shard_degree"},
+      {"parallelism.fsdp_reshard_after_forward", "training.fsdp_reshard_after_forward"},
+      {"parallelism.tensor_parallel_degree", "training.tensor_parallel_degree"},
+      {"parallelism.disable_loss_parallel", "training.disable_loss_parallel"},
+      {"parallelism.enable_async_tensor_parallel", "experimental.enable_async_tensor_parallel"},
+      {"parallelism.pipeline_parallel_degree", "experimental.pipeline_parallel_degree"},
+      {"parallelism.context_parallel_degree", "experimental.context_parallel_degree"},
+      {"checkpoint.enable", "checkpoint.enable_checkpoint"},
+      {"metrics.disable_color_printing", "metrics.enable_color_printing", true},
+  };
   return table;
 }
 
@@ -317,13 +362,25 @@ void JobConfig::set(const KeySpec& spec, const std::string& text, const std::str
   Value v;
   if (!parse_text(spec.type, text, v))
     throw UserError(concat(origin, ": ", spec.full(), ": expected ", type_name(spec.type), ", found '", text, "'"));
-  values_[spec.full()] = v;
-  origins_[spec.full()] = origin;
+  set_named(origin.substr(2), spec, v, origin);
+}
+
+void JobConfig::set_named(const std::string& name, const KeySpec& spec, Value v, const std::string& origin) {
+  const std::string key = spec.full();
+  v = through_alias(name, std::move(v));
+  if (auto it = set_as_.find(key); it != set_as_.end() && it->second != name && values_[key] != v)
+    throw UserError(concat(origin, ": ", name, " sets ", key, " to ", render(through_alias(name, v)), ", but ",
+                           origins_[key], " set it as ", it->second, " to ", render(through_alias(it->second, values_[key])),
+                           " (the two names mean the same key: keep one)"));
+  values_[key] = std::move(v);
+  origins_[key] = origin;
+  set_as_[key] = name;
 }
 
 void JobConfig::load_file(const std::string& path) {
   // toml++ reads a directory as an empty file, and a FIFO would block it forever.
   require_readable_file(path, "config");
+  set_as_.clear();
   toml::table root;
   try {
     root = toml::parse_file(path);
@@ -343,20 +400,20 @@ void JobConfig::load_file(const std::string& path) {
     for (const auto& [key, node] : *table) {
       const std::string full = section + "." + std::string(key.str());
       const auto kline = node.source().begin.line;
-      const KeySpec* spec = find_spec(full);
+      const KeySpec* spec = spec_named(full);
       if (!spec)
         throw UserError(concat(path, ":", kline, ": unknown key '", full, "'", did_you_mean(full), " (section [", section,
                                "] has: ", keys_of(section), ")"));
       Value v;
       if (!parse_node(spec->type, node, v))
         throw UserError(concat(path, ":", kline, ": ", full, ": expected ", type_name(spec->type)));
-      values_[full] = v;
-      origins_[full] = concat(path, ":", kline);
+      set_named(full, *spec, std::move(v), concat(path, ":", kline));
     }
   }
 }
 
 void JobConfig::apply_overrides(const std::vector<std::string>& args) {
+  set_as_.clear();  // a flag overrides the file under either name
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.rfind("--", 0) != 0) throw UserError(concat("unexpected argument '", arg, "' (flags look like --section.key value)"));
@@ -367,7 +424,7 @@ void JobConfig::apply_overrides(const std::vector<std::string>& args) {
       name = name.substr(0, eq);
       has_value = true;
     }
-    const KeySpec* spec = find_spec(name);
+    const KeySpec* spec = spec_named(name);
     if (!spec) throw UserError(concat("--", name, ": unknown option", did_you_mean(name), " (titan train --help lists them)"));
     if (!has_value) {
       const bool next_is_value = i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0;
@@ -461,7 +518,12 @@ void JobConfig::validate() const {
     fail("checkpoint.create_seed_checkpoint", "needs checkpoint.enable_checkpoint = true");
   if (const auto o = get_string("training.on_nonfinite"); o != "stop" && o != "skip")
     fail("training.on_nonfinite", "expected stop or skip");
-  positive("validation.steps");
+  if (const auto v = get_int("validation.steps"); v < 1 && v != -1)
+    fail("validation.steps", "expected a positive integer, or -1 for the whole validation set");
+  if (const double r = get_real("lr_scheduler.decay_ratio"); r != -1 && !(r >= 0 && r <= 1))
+    fail("lr_scheduler.decay_ratio", "expected -1 (decay right after warmup) or 0 to 1");
+  if (const double m = get_real("lr_scheduler.lr_min"); !(m >= 0 && m <= 1))
+    fail("lr_scheduler.lr_min", "expected 0 to 1 (a fraction of optimizer.lr)");
   if (get_int("training.warmup_steps") < 0) fail("training.warmup_steps", "expected >= 0");
   if (get_int("training.threads") < 0 || get_int("training.threads") > 1024)
     fail("training.threads", "expected 0 (all cores) to 1024");
@@ -505,7 +567,7 @@ void JobConfig::validate() const {
   if (get_string("model.norm_type") != "rmsnorm") fail("model.norm_type", "expected rmsnorm");
   if (get_string("optimizer.name") != "AdamW") fail("optimizer.name", "expected AdamW");
   const auto decay = get_string("training.lr_decay");
-  if (decay != "linear" && decay != "cosine") fail("training.lr_decay", "expected linear or cosine");
+  if (decay != "linear" && decay != "sqrt" && decay != "cosine") fail("training.lr_decay", "expected linear, sqrt or cosine");
   const auto param = get_string("training.mixed_precision_param");
   if (param != "bfloat16" && param != "float32") fail("training.mixed_precision_param", "expected bfloat16 or float32");
   if (get_string("training.mixed_precision_reduce") != "float32") fail("training.mixed_precision_reduce", "expected float32");
@@ -569,6 +631,8 @@ std::string help_text() {
   for (const auto& s : schema()) {
     os << "  --" << s.full() << " (" << type_name(s.type).substr(type_name(s.type).find(' ') + 1) << ", default "
        << (s.default_value.empty() ? "\"\"" : s.default_value) << "): " << s.help;
+    for (const auto& a : key_aliases())
+      if (a.key == s.full()) os << " [also " << a.alias << (a.negated ? ", negated" : "") << "]";
     if (s.status == KeyStatus::default_only) os << " [not supported yet: default only]";
     if (s.status == KeyStatus::accepted_noop) os << " [accepted, no effect]";
     os << "\n";

@@ -28,6 +28,15 @@ struct KeySpec {
 
 const std::vector<KeySpec>& schema();
 
+// torchtitan's later name of a key whose meaning is the same ([lr_scheduler], [parallelism],
+// training.local_batch_size, checkpoint.enable, ...): setting it sets `key`, negated where
+// `negated` (metrics.disable_color_printing). Setting both names to different values is refused.
+struct KeyAlias {
+  std::string alias, key;
+  bool negated = false;
+};
+const std::vector<KeyAlias>& key_aliases();
+
 using Value = std::variant<bool, int64_t, double, std::string, std::vector<std::string>>;
 
 class JobConfig {
@@ -57,8 +66,12 @@ class JobConfig {
   void set(const KeySpec& spec, const std::string& text, const std::string& origin);
   const Value& value(const std::string& full_key) const;
 
+  // Sets a key through its name or an alias, refusing a second name that contradicts the first.
+  void set_named(const std::string& name, const KeySpec& spec, Value v, const std::string& origin);
+
   std::map<std::string, Value> values_;
   std::map<std::string, std::string> origins_;
+  std::map<std::string, std::string> set_as_;  // key -> the name it was last set by
 };
 
 // `titan train --help`: every key with its type, default and meaning.

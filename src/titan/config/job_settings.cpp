@@ -1,5 +1,6 @@
 #include "titan/config/job_settings.h"
 
+#include <cmath>
 #include <filesystem>
 
 namespace titan::config {
@@ -20,8 +21,12 @@ JobSettings resolve_job_settings(const JobConfig& cfg) {
   s.optimizer = {cfg.get_real("optimizer.lr"), cfg.get_real("optimizer.beta1"), cfg.get_real("optimizer.beta2"),
                  cfg.get_real("optimizer.eps"), cfg.get_real("optimizer.weight_decay")};
   s.steps = cfg.get_int("training.steps");
+  const std::string decay = cfg.get_string("training.lr_decay");
+  const double decay_ratio = cfg.get_real("lr_scheduler.decay_ratio");
   s.schedule = {cfg.get_int("training.warmup_steps"), s.steps,
-                cfg.get_string("training.lr_decay") == "cosine" ? optim::DecayKind::cosine : optim::DecayKind::linear};
+                decay == "cosine" ? optim::DecayKind::cosine : decay == "sqrt" ? optim::DecayKind::sqrt : optim::DecayKind::linear,
+                decay_ratio < 0 ? -1 : std::llround(static_cast<double>(s.steps) * decay_ratio),  // torchtitan rounds too
+                cfg.get_real("lr_scheduler.lr_min")};
   s.max_norm = cfg.get_real("training.max_norm");
   s.global_batch_size = cfg.get_int("training.global_batch_size");
   s.threads = cfg.get_int("training.threads");

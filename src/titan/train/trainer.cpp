@@ -193,6 +193,9 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     for (const auto& f : data_.left_out) log_ << " " << f;
     log_ << "\n";
   }
+  if (job_.validation.enabled && job_.validation.steps == -1 && data_.synthetic)
+    throw UserError(concat(cfg.origin("validation.steps"), ": validation.steps = -1 (the whole validation set): synthetic "
+                           "data never ends; give a number of batches"));
   auto log_line = [&log](const std::string& line) { log << line << "\n" << std::flush; };
   auto source = make_train_source(data_, job_, args_.vocab_size, log_line);
   if (job_.checkpoint.enabled) {
@@ -608,18 +611,28 @@ bool Trainer::finite_or_stop(int64_t step, const StepMetrics& m) {
 double Trainer::validation_loss() {
   auto source = make_validation_source(data_, job_, args_.vocab_size);
   const int64_t steps = job_.validation.steps, seq = shape_.seq;
+  const bool whole_set = steps == -1;  // every whole batch before the data wraps (at least one)
   std::vector<int32_t> window(seq + 1), tokens(shape_.rows()), labels(shape_.rows());
   double loss_sum = 0;
-  int64_t count = 0;
-  for (int64_t s = 0; s < steps; ++s) {
+  int64_t count = 0, batches = 0;
+  for (int64_t s = 0; whole_set || s < steps; ++s) {
     for (int64_t r = 0; r < shape_.batch; ++r) {
       source->next(window.data());
       std::copy_n(window.begin(), seq, tokens.begin() + r * seq);
       std::copy_n(window.begin() + 1, seq, labels.begin() + r * seq);
     }
+    const bool wrapped = whole_set && source->state().epoch > 0;
+    if (wrapped && s > 0) break;
     const auto res = engine_->forward_loss(tokens.data(), labels.data(), shape_);
     loss_sum += res.loss_sum;
     count += res.count;
+    ++batches;
+    if (wrapped) break;
+  }
+  if (whole_set && !validation_size_logged_) {
+    log_ << "validation: the whole set (validation.steps = -1) is " << batches << " batch" << (batches == 1 ? "" : "es")
+         << " of " << shape_.batch << " x " << shape_.seq << " tokens\n";
+    validation_size_logged_ = true;
   }
   return loss_sum / static_cast<double>(std::max<int64_t>(1, count));
 }

@@ -114,6 +114,7 @@ class Trainer {
   Tracer tracer_;
   std::unique_ptr<checkpoint::CheckpointManager> checkpoints_;
   int64_t start_step_ = 1;
+  bool validation_size_logged_ = false;
 };
 
 // `titan train` with parsed flags; returns the process exit code.
