@@ -3,6 +3,7 @@ changes, the Hugging Face export read with PyPI safetensors and run by a small n
 HF's layout (against the PyTorch oracle in Meta's layout), conversion back, generation."""
 import argparse
 import json
+import re
 import os
 import random
 import signal
@@ -120,6 +121,11 @@ def test_async(titan, tmp):
     check(rs.returncode == 0 and losses(a) == losses(s), "async and sync runs train identically")
     v = subprocess.run([titan, "inspect", os.path.join(a, "checkpoint", "step-4"), "--verify"], capture_output=True, text=True)
     check(v.returncode == 0 and "verified" in v.stdout, "an async checkpoint verifies")
+    # The loader's position is told in words: step 4 of batch-size B has taken 4 x B windows.
+    batch = int(re.search(r"training.batch_size = (\d+)", ra.stdout).group(1)) if "training.batch_size =" in ra.stdout else None
+    m = re.search(r"data loader: (\d+) windows? \(sequences\) taken so far; in the first pass over the data", v.stdout)
+    check(m is not None and (batch is None or int(m.group(1)) == 4 * batch),
+          f"inspect tells the loader's position in words ({v.stdout.strip()[-300:]})")
 
 
 def read_titan_weights(step_dir):

@@ -98,6 +98,17 @@ TEST(Config, LaterTorchtitanNamesSetTheSameKeys) {
             std::string::npos);
 }
 
+TEST(Config, ChangedLinesListOnlyNonDefaultsInShortestForm) {
+  JobConfig cfg;
+  cfg.load_file(write_toml("[optimizer]\nlr = 3e-4\n[training]\nsteps = 10\nbatch_size = 8\n"));
+  cfg.apply_overrides({"--model.flavor", "debugmodel_gqa"});
+  const auto lines = cfg.changed_lines();
+  ASSERT_EQ(lines.size(), 3u);  // batch_size = 8 is the default: not listed
+  EXPECT_EQ(lines[0], "  model.flavor = 'debugmodel_gqa'  (--model.flavor)");
+  EXPECT_EQ(lines[1].substr(0, 23), "  optimizer.lr = 3e-04 ");
+  EXPECT_NE(lines[2].find("training.steps = 10  ("), std::string::npos) << lines[2];
+}
+
 TEST(Config, RangesAndUnsupportedValues) {
   EXPECT_NE(load_error("[training]\nbatch_size = 0\n").find("training.batch_size = 0: expected a positive"), std::string::npos);
   EXPECT_NE(load_error("[optimizer]\nlr = -1.0\n").find("optimizer.lr"), std::string::npos);

@@ -19,6 +19,7 @@
 #include "titan/core/error.h"
 #include "titan/core/rng.h"
 #include "titan/data/tokenizer.h"
+#include "titan/data/window_source.h"
 #include "titan/models/llama3/decoder.h"
 
 namespace titan::cli {
@@ -42,6 +43,19 @@ std::unique_ptr<llama3::Transformer> load_model(const std::string& step_dir, che
   checkpoint::load_parameters(step_dir, meta, model->parameters(), false);
   return model;
 }
+// What the loader's saved position means, for a person: where the next window starts.
+std::string describe_loader_state(const std::string& json, const std::string& where) {
+  if (json.empty()) return "no position saved (a converted or seed checkpoint: training starts at the data's beginning)";
+  const auto s = data::StreamState::from_json(json, where);
+  const auto plural = [](int64_t n, const char* one, const char* many) { return concat(n, " ", n == 1 ? one : many); };
+  return concat(plural(s.windows, "window", "windows"), " (sequences) taken so far; ",
+                s.epoch == 0 ? std::string("in the first pass over the data")
+                             : concat("in pass ", s.epoch + 1, " over the data (", plural(s.epoch, "pass", "passes"), " done)"),
+                ", next read at file ", s.file_index, ", after ", plural(s.records, "record", "records"), " (documents) of it",
+                s.carry.empty() ? std::string() : concat(", with ", plural(static_cast<int64_t>(s.carry.size()), "token", "tokens"),
+                                                         " packed and not yet used"));
+}
+
 }  // namespace
 
 int inspect_main(const std::vector<std::string>& args) {
@@ -71,7 +85,7 @@ int inspect_main(const std::vector<std::string>& args) {
             << "contents: model weights" << (meta.has_optimizer ? " + AdamW moments" : " only") << ", "
             << tensors.size() << " tensors, " << total / (1024.0 * 1024.0) << " MiB\n"
             << "model: " << meta.state.model_signature << "\n"
-            << "data loader state: " << (meta.state.data_state.empty() ? "none" : meta.state.data_state.substr(0, 120)) << "\n";
+            << "data loader: " << describe_loader_state(meta.state.data_state, dir + "/metadata.json") << "\n";
   for (const auto& [kind, b] : bytes_by_kind) std::cout << "  " << kind << ": " << b / (1024.0 * 1024.0) << " MiB\n";
   if (a.has("tensors"))
     for (const auto& [name, v] : tensors) std::cout << "  " << name << " " << shape_str(v.first) << " in " << v.second << " shard(s)\n";

@@ -603,6 +603,26 @@ std::vector<std::string> JobConfig::notices() const {
   return out;
 }
 
+std::vector<std::string> JobConfig::changed_lines() const {
+  std::vector<std::string> out;
+  for (const auto& s : schema()) {
+    if (is_default(s.full())) continue;
+    const Value& v = value(s.full());
+    std::string text;
+    if (const auto* d = std::get_if<double>(&v)) {
+      char buf[64];
+      const auto r = std::to_chars(buf, buf + sizeof buf, *d);  // the shortest text that reads back as *d
+      text.assign(buf, r.ptr);
+    } else if (std::holds_alternative<std::string>(v)) {
+      text = quoted(std::get<std::string>(v));
+    } else {
+      text = render(v);
+    }
+    out.push_back(concat("  ", s.full(), " = ", text, "  (", origin(s.full()), ")"));
+  }
+  return out;
+}
+
 std::string JobConfig::to_toml() const {
   std::ostringstream os;
   std::string section;

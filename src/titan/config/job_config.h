@@ -59,6 +59,9 @@ class JobConfig {
   std::string origin(const std::string& full_key) const;
 
   std::string to_toml() const;  // the resolved config
+  // The keys whose value differs from the default, one "  key = value  (origin)" line each, in
+  // schema order, floats in their shortest exact form (8e-4, not 0.00080000000000000004).
+  std::vector<std::string> changed_lines() const;
   // Notices for keys that were set but mean nothing here (printed once at start).
   std::vector<std::string> notices() const;
 

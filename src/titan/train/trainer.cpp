@@ -134,10 +134,10 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
 
   const std::filesystem::path dump(job_.dump_folder);
   if (group_.rank() == 0) write_resolved_config(dump.string());
-  log_ << "resolved config (saved as " << (dump / "config.toml").string() << "):\n";
-  std::istringstream resolved(cfg.to_toml());
-  for (std::string line; std::getline(resolved, line);)
-    if (!line.empty()) log_ << "  " << line << "\n";
+  const auto changed = cfg.changed_lines();
+  log_ << "config: " << changed.size() << (changed.size() == 1 ? " key differs" : " keys differ")
+       << " from the defaults (every key: " << (dump / "config.toml").string() << ")" << (changed.empty() ? "" : ":") << "\n";
+  for (const auto& line : changed) log_ << line << "\n";
 
   const bool on_cuda = resolve_device(plan_, args_);
 #ifdef TITAN_WITH_CUDA
