@@ -356,8 +356,9 @@ def test_bad_input(titan, data, tmp):
     check(r.returncode == 0 and "--training.steps" in r.stdout, "train --help lists the keys")
 
 
-def test_estimate(titan, configs, tmp):
-    """titan estimate: within 10% of the memory a CPU run really uses; bad flags; the refusal."""
+def test_estimate(titan, configs, data, tmp):
+    """titan estimate: within 10% of the memory a CPU run really uses; the vocabulary read from the
+    tokenizer as train reads it; the 70B preset with its tensor-parallel degree; bad flags; the refusal."""
     shape = ["--training.seq_len", "512", "--training.batch_size", "4", "--training.dataset", "synthetic"]
     cfg = ["--config", os.path.join(configs, "debug_model.toml")]
     r = run(titan, "estimate", *cfg, "--device", "cpu", *shape)
@@ -366,6 +367,17 @@ def test_estimate(titan, configs, tmp):
     check("fits this machine's memory" in r.stdout, "titan estimate says the debug model fits this machine")
     r70 = run(titan, "estimate", "--config", os.path.join(configs, "debug_model.toml"), "--model.flavor", "70B", "--device", "cpu")
     check(r70.returncode == 0 and "does not fit, by" in r70.stdout, f"and that 70B does not, by how much ({r70.stdout.strip()[:160]})")
+    tok = os.path.join(data, "tokenizers", "llama3_tokenizer.json")
+    if os.path.exists(tok):  # Llama 3's 128,256 ids, as train would take them
+        rt = run(titan, "estimate", *cfg, "--device", "cpu", "--model.tokenizer_path", tok)
+        check(rt.returncode == 0 and "vocabulary 128256 (the tokenizer's" in rt.stdout,
+              f"estimate reads the tokenizer's vocabulary ({rt.stdout.strip()[:200]} {rt.stderr.strip()[:200]})")
+    else:
+        print(f"SKIP the tokenizer's vocabulary in titan estimate: {tok} is not here")
+    # The 70B preset asks for TP 8 (as torchtitan's): the estimate names it and divides by it.
+    rp = run(titan, "estimate", "--config", os.path.join(configs, "llama3_70b.toml"), "--ngpu", "64", "--device", "cpu")
+    check(rp.returncode == 0 and "FSDP over 8 devices, tensor parallel over 8" in rp.stdout,
+          f"the 70B preset's estimate at 64 devices names FSDP 8 x TP 8 ({rp.stdout.strip()[-300:]} {rp.stderr.strip()[:200]})")
     folder = os.path.join(tmp, "estimate_run")
     t = run(titan, "train", *cfg, *shape, "--training.steps", "3", "--metrics.log_freq", "1", "--job.dump_folder",
             folder, "--training.device", "cpu", env={"OMP_NUM_THREADS": "2"})
@@ -428,7 +440,7 @@ def main():
         test_c4_layout(a.titan, a.data, tmp)
         test_validation_whole_set(a.titan, a.configs, tmp)
         test_tool_bad_input(a.titan, a.data, tmp)
-        test_estimate(a.titan, a.configs, tmp)
+        test_estimate(a.titan, a.configs, a.data, tmp)
         test_help_version_and_suggestions(a.titan, tmp)
     print(f"{PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0

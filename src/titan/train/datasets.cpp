@@ -1,5 +1,6 @@
 #include "titan/train/datasets.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "titan/core/error.h"
@@ -41,7 +42,7 @@ std::vector<std::string> expand(const std::string& spec, const config::JobSettin
 DataSetup resolve_data(const config::JobSettings& cfg) {
   DataSetup d;
   const std::string name = cfg.data.dataset, path = cfg.data.dataset_path;
-  if (name == "synthetic" || name == "synthetic_pattern") {
+  if (is_synthetic(name)) {
     d.synthetic = true;
     d.synthetic_kind = name == "synthetic" ? data::SyntheticKind::random : data::SyntheticKind::pattern;
     d.description = name == "synthetic" ? "synthetic (uniform random tokens)" : "synthetic_pattern (period 16)";
@@ -79,20 +80,49 @@ DataSetup resolve_data(const config::JobSettings& cfg) {
     throw UserError(concat(cfg.origin("validation.enabled"), ": validation.enabled: no validation files found; "
                            "set validation.dataset_path"));
 
-  const std::string tok = cfg.model.tokenizer_path;
-  if (!tok.empty()) {
-    try {
-      d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::load(tok));
-    } catch (const UserError& e) {
-      const bool beside_weights = cfg.source && cfg.source->get_string("model.tokenizer_path").empty();
-      throw UserError(beside_weights ? concat(cfg.origin("checkpoint.initial_load_path"), ": the tokenizer.json beside "
-                                              "checkpoint.initial_load_path (set model.tokenizer_path to use another): ", e.what())
-                                     : concat(cfg.origin("model.tokenizer_path"), ": model.tokenizer_path: ", e.what()));
-    }
-  } else if (!d.synthetic) {
-    d.tokenizer = std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());
-  }
+  d.tokenizer = load_tokenizer(cfg, d.synthetic);
   return d;
+}
+
+bool is_synthetic(const std::string& dataset) { return dataset == "synthetic" || dataset == "synthetic_pattern"; }
+
+std::shared_ptr<const data::Tokenizer> load_tokenizer(const config::JobSettings& cfg, bool synthetic) {
+  const std::string tok = cfg.model.tokenizer_path;
+  if (tok.empty()) return synthetic ? nullptr : std::make_shared<data::Tokenizer>(data::Tokenizer::builtin_default());
+  try {
+    return std::make_shared<data::Tokenizer>(data::Tokenizer::load(tok));
+  } catch (const UserError& e) {
+    const bool beside_weights = cfg.source && cfg.source->get_string("model.tokenizer_path").empty();
+    throw UserError(beside_weights ? concat(cfg.origin("checkpoint.initial_load_path"), ": the tokenizer.json beside "
+                                            "checkpoint.initial_load_path (set model.tokenizer_path to use another): ", e.what())
+                                   : concat(cfg.origin("model.tokenizer_path"), ": model.tokenizer_path: ", e.what()));
+  }
+}
+
+llama3::ModelArgs resolve_model_args(const config::JobSettings& cfg, const DataSetup& data) {
+  llama3::ModelArgs a;
+  try {
+    a = llama3::flavor(cfg.model.flavor);
+  } catch (const UserError& e) {
+    throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
+  }
+  if (cfg.model.rope_scaling) a.rope_scaling = *cfg.model.rope_scaling;
+  a.tie_word_embeddings = a.tie_word_embeddings || cfg.model.tie_word_embeddings;
+  const int64_t vocab = cfg.model.vocab_size;
+  if (data.tokenizer) {
+    if (vocab > 0 && vocab < data.tokenizer->vocab_size())
+      throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", vocab,
+                             " is smaller than the tokenizer's ", data.tokenizer->vocab_size(), " ids"));
+    a.vocab_size = vocab > 0 ? vocab : data.tokenizer->vocab_size();
+  } else if (vocab > 0) {
+    a.vocab_size = vocab;
+  }
+  if (data.synthetic && a.vocab_size < data::SyntheticStream::kPeriod)
+    throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", a.vocab_size,
+                           ": synthetic data needs at least ", data::SyntheticStream::kPeriod, " ids"));
+  a.max_seq_len = std::max(a.max_seq_len, cfg.plan.micro_batch.seq);
+  a.validate(cfg.origin("model.flavor") + ": model." + cfg.model.flavor);
+  return a;
 }
 
 std::unique_ptr<data::WindowSource> make_train_source(const DataSetup& d, const config::JobSettings& cfg,

@@ -17,6 +17,7 @@
 #include "titan/ops/ops.h"
 #include "titan/parallel/data_parallel.h"
 #include "titan/parallel/tensor_parallel.h"
+#include "titan/train/datasets.h"
 #include "titan/train/engine.h"
 
 namespace titan::train {
@@ -170,21 +171,6 @@ double async_checkpoint_bytes(const config::CheckpointSettings& checkpoint, cons
   return 12.0 * double(metrics::parameter_count(args)) / double(shards);
 }
 
-llama3::ModelArgs model_args_without_data(const config::JobSettings& job) {
-  llama3::ModelArgs a;
-  try {
-    a = llama3::flavor(job.model.flavor);
-  } catch (const UserError& e) {
-    throw UserError(concat(job.origin("model.flavor"), ": ", e.what()));
-  }
-  if (job.model.flavor == "debugmodel") a.vocab_size = 2048;
-  if (job.model.vocab_size > 0) a.vocab_size = job.model.vocab_size;
-  if (job.model.rope_scaling) a.rope_scaling = *job.model.rope_scaling;
-  a.tie_word_embeddings = a.tie_word_embeddings || job.model.tie_word_embeddings;
-  a.max_seq_len = std::max(a.max_seq_len, job.plan.micro_batch.seq);
-  return a;
-}
-
 std::string format_estimate(const MemoryEstimate& e, const std::string& what, double device_bytes) {
   char line[512];
   std::snprintf(line, sizeof line,
@@ -239,8 +225,19 @@ int estimate_main(const std::vector<std::string>& args) {
   cfg.apply_overrides(overrides);
   cfg.validate();
   const config::JobSettings job = config::resolve_job_settings(cfg);
-  const auto a = model_args_without_data(job);
-  a.validate(job.origin("model.flavor") + ": model." + job.model.flavor);
+  // The vocabulary as `train` takes it: model.vocab_size, the tokenizer, the flavor's.
+  DataSetup data;
+  data.synthetic = is_synthetic(job.data.dataset);
+  std::string vocab_from = job.model.vocab_size > 0 ? "model.vocab_size" : data.synthetic ? "the flavor's (synthetic data)" : "";
+  try {
+    data.tokenizer = load_tokenizer(job, data.synthetic);
+    if (vocab_from.empty())
+      vocab_from = job.model.tokenizer_path.empty() ? "the built-in tokenizer's" : "the tokenizer's (" + job.model.tokenizer_path + ")";
+  } catch (const UserError& e) {  // an estimate made away from the data: say so and go on with the flavor's
+    std::cout << "note: " << e.what() << "; the vocabulary below is the flavor's\n";
+    if (vocab_from.empty()) vocab_from = "the flavor's: the tokenizer is not readable here";
+  }
+  const auto a = resolve_model_args(job, data);
   const config::RunPlan& plan = job.plan;
   const llama3::BatchShape s = plan.micro_batch;
   if (device.empty()) device = prefers_cuda(plan) ? "cuda" : "cpu";
@@ -264,8 +261,7 @@ int estimate_main(const std::vector<std::string>& args) {
   if (device == "cpu")
     e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards * tp) + float8_all_gather_bytes(plan, a, shards);
   std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
-            << " parameters, vocabulary " << a.vocab_size
-            << " (model.vocab_size, else the flavor's: set it when the tokenizer's differs); micro-batch " << s.batch
+            << " parameters, vocabulary " << a.vocab_size << " (" << vocab_from << "); micro-batch " << s.batch
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";
   // Whether it fits this machine (before the estimate's line, which scripts read as the last).
   const bool cuda_here = device == "cuda" && prefers_cuda(plan);

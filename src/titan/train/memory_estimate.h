@@ -52,10 +52,6 @@ bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& a
 // weight's e4m3 bytes and its shard's); 0 when it is off.
 double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards);
 
-// Model shapes from the config without reading data: model.vocab_size, else the flavor's
-// (debugmodel: the built-in tokenizer's 2,048).
-llama3::ModelArgs model_args_without_data(const config::JobSettings& job);
-
 // Host bytes of the async checkpoint snapshot (weights and both AdamW moments) when the config
 // turns async checkpointing on; 0 otherwise.
 double async_checkpoint_bytes(const config::CheckpointSettings& checkpoint, const llama3::ModelArgs& args, int64_t shards = 1);

@@ -37,8 +37,6 @@
 namespace titan::train {
 
 namespace {
-constexpr int64_t kDefaultVocab = 2048;  // the debug model's built-in tokenizer
-
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
 // Prints "step N still running" every `every` seconds while a step takes long.
@@ -78,41 +76,13 @@ class ProgressIndicator {
   std::thread thread_;
 };
 
-// The flavor's shapes with the vocabulary from, in order: model.vocab_size, the tokenizer,
-// the flavor (debugmodel: 2,048).
-llama3::ModelArgs model_args(const config::JobSettings& cfg, const DataSetup& data) {
-  llama3::ModelArgs a;
-  try {
-    a = llama3::flavor(cfg.model.flavor);
-  } catch (const UserError& e) {
-    throw UserError(concat(cfg.origin("model.flavor"), ": ", e.what()));
-  }
-  if (cfg.model.flavor == "debugmodel") a.vocab_size = kDefaultVocab;
-  if (cfg.model.rope_scaling) a.rope_scaling = *cfg.model.rope_scaling;
-  a.tie_word_embeddings = a.tie_word_embeddings || cfg.model.tie_word_embeddings;
-  const int64_t vocab = cfg.model.vocab_size;
-  if (data.tokenizer) {
-    if (vocab > 0 && vocab < data.tokenizer->vocab_size())
-      throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", vocab,
-                             " is smaller than the tokenizer's ", data.tokenizer->vocab_size(), " ids"));
-    a.vocab_size = vocab > 0 ? vocab : data.tokenizer->vocab_size();
-  } else if (vocab > 0) {
-    a.vocab_size = vocab;
-  }
-  if (data.synthetic && a.vocab_size < data::SyntheticStream::kPeriod)
-    throw UserError(concat(cfg.origin("model.vocab_size"), ": model.vocab_size = ", a.vocab_size,
-                           ": synthetic data needs at least ", data::SyntheticStream::kPeriod, " ids"));
-  a.max_seq_len = std::max(a.max_seq_len, cfg.plan.micro_batch.seq);
-  a.validate(cfg.origin("model.flavor") + ": model." + cfg.model.flavor);
-  return a;
-}
 }  // namespace
 
 Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::ProcessGroup* group)
     : own_group_(group ? nullptr : parallel::make_local_group()),
       group_(group ? *group : *own_group_),
       cfg_(cfg), job_(config::resolve_job_settings(cfg)),  // a bad TITAN_ATTENTION_IMPL is an error on any device, as in titan estimate
-      plan_(job_.plan), log_(log), data_(resolve_data(job_)), args_(model_args(job_, data_)),
+      plan_(job_.plan), log_(log), data_(resolve_data(job_)), args_(resolve_model_args(job_, data_)),
       shape_(plan_.micro_batch), optimizer_(job_.optimizer) {
   lock_run_folders();
   require_same_on_all_ranks(group_, computation_digest(cfg, data_), "config");
