@@ -128,6 +128,55 @@ def test_async(titan, tmp):
           f"inspect tells the loader's position in words ({v.stdout.strip()[-300:]})")
 
 
+def test_generate_takes_the_trained_tokenizer(titan, tmp):
+    """generate reads the tokenizer the checkpoint's run trained with unless --tokenizer names
+    another, and a mismatch names both."""
+    text = os.path.join(tmp, "tok_text.jsonl")
+    with open(text, "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"text": f"sample {i}: a small corpus for a small tokenizer, line {i * 13}."}) + "\n")
+    toks = []
+    for n, vocab in (("a", 300), ("b", 320)):
+        path = os.path.join(tmp, f"tok_{n}.json")
+        r = subprocess.run([titan, "tokenizer", "train", "--input", text, "--vocab-size", str(vocab), "--output", path],
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"tokenizer {n} trains ({r.stderr.strip()[-200:]})")
+        toks.append(path)
+    folder = os.path.join(tmp, "gen_tok")
+    r = subprocess.run([titan, "train", "--training.dataset", text, "--model.tokenizer_path", toks[0], "--training.steps", "2",
+                        "--training.seq_len", "32", "--training.batch_size", "2", "--checkpoint.enable_checkpoint",
+                        "--checkpoint.model_weights_only", "true", "--job.dump_folder", folder],
+                       capture_output=True, text=True, timeout=300)
+    check(r.returncode == 0, f"a run with its own tokenizer trains ({r.stderr.strip()[-300:]})")
+    if r.returncode != 0:
+        return
+    ck = os.path.join(folder, "checkpoint")
+    # Its Hugging Face export carries the tokenizer (a tiktoken file: where Meta keeps theirs) and its ids.
+    export = os.path.join(ck, "export-step-2")
+    exported = os.path.join(export, "original", "tokenizer.model")
+    cfg = json.load(open(os.path.join(export, "config.json")))
+    check(os.path.exists(exported) and open(exported, "rb").read() == open(toks[0], "rb").read()
+          and cfg["bos_token_id"] == 300 and cfg["eos_token_id"] == 301,
+          f"the export holds the run's tokenizer and its begin/end-of-text ids ({cfg.get('bos_token_id')}, "
+          f"{cfg.get('eos_token_id')})")
+    to_hf = os.path.join(tmp, "gen_tok_hf")
+    c = subprocess.run([titan, "convert", "--checkpoint", ck, "--to-hf", to_hf], capture_output=True, text=True)
+    check(c.returncode == 0 and os.path.exists(os.path.join(to_hf, "original", "tokenizer.model"))
+          and json.load(open(os.path.join(to_hf, "config.json")))["bos_token_id"] == 300,
+          f"convert --to-hf carries the trained tokenizer too ({c.stderr.strip()[-200:]})")
+    g = subprocess.run([titan, "generate", "--checkpoint", ck, "--prompt", "sample", "--max-tokens", "4"],
+                       capture_output=True, text=True)
+    check(g.returncode == 0 and g.stdout.startswith("sample"), f"generate takes the trained tokenizer by itself ({g.stderr.strip()})")
+    w = subprocess.run([titan, "generate", "--checkpoint", ck, "--prompt", "sample", "--tokenizer", toks[1]],
+                       capture_output=True, text=True)
+    check(w.returncode == 2 and toks[0] in w.stderr and toks[1] in w.stderr and "fingerprint" in w.stderr,
+          f"a different --tokenizer is refused naming both ({w.stderr.strip()})")
+    os.rename(toks[0], toks[0] + ".moved")
+    m = subprocess.run([titan, "generate", "--checkpoint", ck, "--prompt", "sample"], capture_output=True, text=True)
+    check(m.returncode == 2 and toks[0] in m.stderr and "--tokenizer" in m.stderr,
+          f"a trained tokenizer no longer there is named, with the way out ({m.stderr.strip()})")
+
+
 def read_titan_weights(step_dir):
     meta = json.load(open(os.path.join(step_dir, "metadata.json")))
     out = {}
@@ -323,6 +372,7 @@ def main():
         test_exact_resume(a.titan, tmp)
         test_async(a.titan, tmp)
         test_hf_export(a.titan, tmp)
+        test_generate_takes_the_trained_tokenizer(a.titan, tmp)
         test_seed_checkpoint(a.titan, tmp)
         test_bad_metadata(a.titan, tmp)
         test_sigkill_during_save(a.titan, tmp)

@@ -131,9 +131,38 @@ def one_style(titan, dump, tmp, label, scaling, tied, keys):
               f"{label}: with {' '.join(keys)} it resumes and trains ({r.stderr.strip()[-300:]})")
 
 
+def exported_tokenizer_loads(titan, tmp):
+    """A run with a tokenizer.json exports it beside the weights with a tokenizer_config.json that
+    transformers' AutoTokenizer reads: the same ids as titan's, the begin/end-of-text tokens named."""
+    from transformers import AutoTokenizer
+    tok = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "tokenizers",
+                       "llama3_tokenizer.json")
+    if not os.path.exists(tok):
+        print(f"SKIP the exported tokenizer.json: {tok} (from ../shared) is not here")
+        return
+    folder = os.path.join(tmp, "tok_export")
+    r = subprocess.run([titan, "train", "--training.dataset", "synthetic", "--training.seq_len", "32", "--training.steps", "1",
+                        "--model.tokenizer_path", tok, "--checkpoint.enable_checkpoint", "--checkpoint.model_weights_only",
+                        "true", "--job.dump_folder", folder], capture_output=True, text=True)
+    check(r.returncode == 0, f"a run with a tokenizer.json exports ({r.stderr.strip()[-300:]})")
+    if r.returncode != 0:
+        return
+    export = os.path.join(folder, "checkpoint", "export-step-1")
+    hf = AutoTokenizer.from_pretrained(export)
+    text = "Hello world, a tokenizer exported beside its weights."
+    enc = subprocess.run([titan, "tokenizer", "encode", "--tokenizer", tok], input=json.dumps({"text": text}) + "\n",
+                         capture_output=True, text=True)
+    ids = json.loads(enc.stdout)["ids"] if enc.returncode == 0 else None
+    cfg = json.load(open(os.path.join(export, "config.json")))
+    check(ids is not None and hf.encode(text, add_special_tokens=False) == ids
+          and hf.convert_tokens_to_ids(hf.bos_token) == cfg["bos_token_id"],
+          f"AutoTokenizer reads the export: titan's ids, bos {hf.bos_token} = config.json's {cfg['bos_token_id']}")
+
+
 def main():
     titan, dump = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory() as tmp:
+        exported_tokenizer_loads(titan, tmp)
         one_style(titan, dump, tmp, "llama3.1-style (rope scaling)", SCALING, False,
                   ["--model.rope_scaling_factor", "8", "--model.rope_original_max_positions", "16"])
         one_style(titan, dump, tmp, "llama3.2-style (tied embeddings, scaling 32)", {**SCALING, "factor": 32.0}, True,

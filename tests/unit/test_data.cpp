@@ -87,6 +87,17 @@ TEST(Tokenizer, InvalidUtf8RoundTripsByteForByte) {
   EXPECT_EQ(t.decode(ids), text);
 }
 
+TEST(TextSource, Utf8CheckAndReplacement) {
+  const std::string ok = "caf\xC3\xA9 \xF0\x9F\x99\x82";
+  EXPECT_TRUE(data::is_valid_utf8(ok));
+  EXPECT_EQ(data::with_replacement_characters(ok), ok);
+  // A character cut after its first byte, a stray continuation byte, an overlong form.
+  EXPECT_FALSE(data::is_valid_utf8("ab\xC3"));
+  EXPECT_EQ(data::with_replacement_characters("ab\xC3"), "ab\xEF\xBF\xBD");
+  EXPECT_EQ(data::with_replacement_characters("\x80x"), "\xEF\xBF\xBDx");
+  EXPECT_EQ(data::with_replacement_characters("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+}
+
 TEST(Tokenizer, SpecialTokensOnlyWhenAllowed) {
   const auto t = Tokenizer::builtin_default();
   const std::string text = "a<|end_of_text|>b";

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
@@ -101,6 +102,40 @@ void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& a, 
                        {"eos_token_id", eos_id >= 0 ? json(eos_id) : json(nullptr)},
                        {"torch_dtype", bf16 ? "bfloat16" : "float32"}};
   std::ofstream((fs::path(dir) / "config.json").string()) << config.dump(2) << "\n";
+}
+
+void export_hf_tokenizer(const std::string& dir, const std::string& path, const data::Tokenizer& tok) {
+  std::string text = path.empty() ? std::string(data::default_tokenizer_text()) : std::string();
+  if (!path.empty()) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream all;
+    all << in.rdbuf();
+    if (!in) throw UserError(concat(path, ": cannot read the tokenizer to export it beside the weights"));
+    text = all.str();
+  }
+  auto write = [&](const fs::path& file, const std::string& body) {
+    std::error_code ec;
+    fs::create_directories(file.parent_path(), ec);
+    std::ofstream out(file.string(), std::ios::binary | std::ios::trunc);
+    out << body;
+    if (!out) throw UserError(concat(file.string(), ": cannot write"));
+  };
+  const bool hf_json = text.find_first_not_of(" \t\r\n") != std::string::npos && text[text.find_first_not_of(" \t\r\n")] == '{';
+  if (!hf_json) {
+    write(fs::path(dir) / "original" / "tokenizer.model", text);
+    return;
+  }
+  write(fs::path(dir) / "tokenizer.json", text);
+  auto name_of = [&](int32_t id) -> json {
+    for (const auto& [name, special] : tok.special_tokens())
+      if (special == id) return name;
+    return nullptr;
+  };
+  const json config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                       {"bos_token", name_of(tok.bos_id())},
+                       {"eos_token", name_of(tok.eos_id())},
+                       {"clean_up_tokenization_spaces", false}};
+  write(fs::path(dir) / "tokenizer_config.json", config.dump(2) + "\n");
 }
 
 namespace {

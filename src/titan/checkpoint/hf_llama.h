@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "titan/core/parameter.h"
+#include "titan/data/tokenizer.h"
 #include "titan/models/llama3/layout.h"
 #include "titan/models/llama3/model_args.h"
 
@@ -25,6 +26,12 @@ void permute_rope_rows(const float* in, float* out, int64_t heads, int64_t head_
 // publishes them (5 GB each).
 void export_hf(const std::deque<Parameter>& params, const llama3::ModelArgs& args, const std::string& dir,
                bool bf16, int32_t bos_id, int32_t eos_id, int64_t max_shard_bytes = 0);
+
+// The tokenizer a run trained with, beside an export: a tokenizer.json is copied with a
+// tokenizer_config.json naming its begin/end-of-text tokens (what transformers' AutoTokenizer
+// reads); a tiktoken file (the built-in one included) goes to original/tokenizer.model, where
+// Meta's folders keep theirs. `path` empty: the built-in tokenizer.
+void export_hf_tokenizer(const std::string& dir, const std::string& path, const data::Tokenizer& tok);
 
 struct HfModel {
   llama3::ModelArgs args;

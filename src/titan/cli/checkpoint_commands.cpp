@@ -9,6 +9,7 @@
 #include <iostream>
 #include <map>
 #include <numeric>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -16,8 +17,11 @@
 #include "titan/checkpoint/hf_llama.h"
 #include "titan/checkpoint/model_signature.h"
 #include "titan/cli/args.h"
+#include "titan/config/job_config.h"
+#include "titan/config/job_settings.h"
 #include "titan/core/error.h"
 #include "titan/core/rng.h"
+#include "titan/data/text_source.h"
 #include "titan/data/tokenizer.h"
 #include "titan/data/window_source.h"
 #include "titan/models/llama3/decoder.h"
@@ -43,6 +47,48 @@ std::unique_ptr<llama3::Transformer> load_model(const std::string& step_dir, che
   checkpoint::load_parameters(step_dir, meta, model->parameters(), false);
   return model;
 }
+// The tokenizer file a checkpoint's run read ("" for the built-in one), as the run resolved it:
+// model.tokenizer_path, else an HF folder's tokenizer.json. Nothing when the checkpoint does not
+// say (converted weights, or a config this titan cannot read).
+std::optional<std::string> trained_tokenizer(const checkpoint::Metadata& meta, const std::string& dir) {
+  if (meta.state.config_toml.empty()) return std::nullopt;
+  try {
+    config::JobConfig saved;
+    saved.load_string(meta.state.config_toml, dir + "/metadata.json (the run's config)");
+    return config::resolve_job_settings(saved).model.tokenizer_path;
+  } catch (const UserError&) {
+    return std::nullopt;  // the fingerprint check still guards the choice
+  }
+}
+
+// The tokenizer of a checkpoint's run, or --tokenizer's, checked against the fingerprint the
+// checkpoint saved; the error names both when they differ.
+struct CheckpointTokenizer {
+  data::Tokenizer tokenizer;
+  std::string path;  // "" for the built-in one
+};
+CheckpointTokenizer checkpoint_tokenizer(const checkpoint::Metadata& meta, const std::string& dir, const ParsedArgs& a) {
+  const std::optional<std::string> trained_with = trained_tokenizer(meta, dir);
+  const std::string path = a.get("tokenizer", trained_with.value_or(""));
+  const auto name_of = [](const std::string& p) { return p.empty() ? std::string("the built-in tokenizer") : p; };
+  CheckpointTokenizer out{data::Tokenizer::builtin_default(), path};
+  try {
+    if (!path.empty()) out.tokenizer = data::Tokenizer::load(path);
+  } catch (const UserError& e) {
+    if (a.has("tokenizer")) throw;
+    throw UserError(concat(dir, ": the model was trained with ", path, ", which cannot be read here (", e.what(),
+                           "): give its tokenizer with --tokenizer"));
+  }
+  const std::string saved_fp = json::parse(meta.state.model_signature).value("tokenizer", "unknown");
+  if (saved_fp != "unknown" && saved_fp != "none" && saved_fp != std::to_string(out.tokenizer.fingerprint()))
+    throw UserError(concat(dir, ": the model was trained with ",
+                           trained_with ? name_of(*trained_with) : std::string("a tokenizer the checkpoint does not name"),
+                           " (fingerprint ", saved_fp, "), not ",
+                           name_of(path), " (fingerprint ", out.tokenizer.fingerprint(),
+                           "): give the training's with --tokenizer"));
+  return out;
+}
+
 // What the loader's saved position means, for a person: where the next window starts.
 std::string describe_loader_state(const std::string& json, const std::string& where) {
   if (json.empty()) return "no position saved (a converted or seed checkpoint: training starts at the data's beginning)";
@@ -117,7 +163,7 @@ int convert_main(const std::vector<std::string>& args) {
     std::cout << "usage:\n"
                  "  titan convert --hf HF_DIR --output CHECKPOINT_FOLDER [--tokenizer FILE]\n"
                  "      Hugging Face Llama (safetensors + config.json) -> titan checkpoint step-0 (weights only)\n"
-                 "  titan convert --checkpoint CHECKPOINT --to-hf HF_DIR [--dtype float32|bfloat16]\n"
+                 "  titan convert --checkpoint CHECKPOINT --to-hf HF_DIR [--dtype float32|bfloat16] [--tokenizer FILE]\n"
                  "      titan checkpoint -> Hugging Face safetensors + config.json\n";
     return args.empty() ? 2 : 0;
   }
@@ -164,7 +210,17 @@ int convert_main(const std::vector<std::string>& args) {
     auto model = load_model(dir, meta);
     const std::string dtype = a.get("dtype", "float32");
     if (dtype != "float32" && dtype != "bfloat16") throw UserError(concat(cmd, ": --dtype: expected float32 or bfloat16"));
-    checkpoint::export_hf(model->parameters(), model->args(), a.required("to-hf", cmd), dtype == "bfloat16", -1, -1);
+    // The run's tokenizer goes beside the weights when the checkpoint knows it (or --tokenizer names it).
+    const std::string saved_fp = json::parse(meta.state.model_signature).value("tokenizer", "unknown");
+    std::optional<CheckpointTokenizer> tok;
+    if (a.has("tokenizer") || (saved_fp != "unknown" && saved_fp != "none" && trained_tokenizer(meta, dir)))
+      tok = checkpoint_tokenizer(meta, dir, a);
+    else if (saved_fp != "unknown" && saved_fp != "none")
+      std::cerr << "note: " << dir << " does not name its tokenizer file: the export has none (give it with --tokenizer)\n";
+    const std::string out = a.required("to-hf", cmd);
+    checkpoint::export_hf(model->parameters(), model->args(), out, dtype == "bfloat16", tok ? tok->tokenizer.bos_id() : -1,
+                          tok ? tok->tokenizer.eos_id() : -1);
+    if (tok) checkpoint::export_hf_tokenizer(out, tok->path, tok->tokenizer);
     std::cerr << "exported " << dir << " -> " << a.required("to-hf", cmd) << "\n";
     return 0;
   }
@@ -193,12 +249,7 @@ int generate_main(const std::vector<std::string>& args) {
   if (!(top_p > 0 && top_p <= 1)) throw UserError(concat(cmd, ": --top-p must be in (0, 1]"));
   checkpoint::Metadata meta;
   auto model = load_model(dir, meta);
-  const std::string tok_path = a.get("tokenizer", "");
-  const auto tok = tok_path.empty() ? data::Tokenizer::builtin_default() : data::Tokenizer::load(tok_path);
-  const std::string saved_fp = json::parse(meta.state.model_signature).value("tokenizer", "unknown");
-  if (saved_fp != "unknown" && saved_fp != "none" && saved_fp != std::to_string(tok.fingerprint()))
-    throw UserError(concat(dir, ": the model was trained with another tokenizer than ",
-                           tok_path.empty() ? "the built-in one" : tok_path, " (give it with --tokenizer)"));
+  const data::Tokenizer tok = checkpoint_tokenizer(meta, dir, a).tokenizer;
   const auto prompt = tok.encode(a.required("prompt", cmd), true, false);
   if (tok.vocab_size() > model->args().vocab_size)
     throw UserError(concat("the tokenizer has ", tok.vocab_size(), " ids, the model ", model->args().vocab_size));
@@ -250,7 +301,8 @@ int generate_main(const std::vector<std::string>& args) {
     if (next >= tok.vocab_size()) break;  // an id the tokenizer cannot spell
     if (i + 1 < max_tokens) logits = &decoder.step(next);
   }
-  std::cout << a.required("prompt", cmd) << tok.decode(out) << "\n";
+  // Sampled tokens may end inside a character: what is printed is valid UTF-8 all the same.
+  std::cout << a.required("prompt", cmd) << data::with_replacement_characters(tok.decode(out)) << "\n";
   return 0;
 }
 

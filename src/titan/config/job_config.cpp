@@ -5,6 +5,7 @@
 #include <limits>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -380,15 +381,23 @@ void JobConfig::set_named(const std::string& name, const KeySpec& spec, Value v,
 void JobConfig::load_file(const std::string& path) {
   // toml++ reads a directory as an empty file, and a FIFO would block it forever.
   require_readable_file(path, "config");
-  set_as_.clear();
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in && !in.eof()) throw UserError(concat(path, ": cannot read config"));
+  load_text(text.str(), path);
+}
+
+void JobConfig::load_string(const std::string& text, const std::string& name) { load_text(text, name); }
+
+void JobConfig::load_text(const std::string& text, const std::string& path) {
   toml::table root;
   try {
-    root = toml::parse_file(path);
+    root = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
-    const auto& src = e.source();
-    if (src.begin.line == 0) throw UserError(concat(path, ": cannot read config: ", e.description()));
-    throw UserError(concat(path, ":", src.begin.line, ": TOML syntax error: ", e.description()));
+    throw UserError(concat(path, ":", e.source().begin.line, ": TOML syntax error: ", e.description()));
   }
+  set_as_.clear();
   for (const auto& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     const auto line = section_node.source().begin.line;

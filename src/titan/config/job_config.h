@@ -44,6 +44,8 @@ class JobConfig {
   JobConfig();  // every key at its default
   // Reads a TOML file over the defaults. Throws UserError "file:line: key: problem".
   void load_file(const std::string& path);
+  // The same from TOML text (a checkpoint's saved config); `name` stands for the file in errors.
+  void load_string(const std::string& text, const std::string& name);
   // Applies CLI flags after the file. Throws UserError naming the flag.
   void apply_overrides(const std::vector<std::string>& args);
   // Cross-key and range checks; throws UserError naming the key and its source.
@@ -69,6 +71,7 @@ class JobConfig {
   void set(const KeySpec& spec, const std::string& text, const std::string& origin);
   const Value& value(const std::string& full_key) const;
 
+  void load_text(const std::string& text, const std::string& path);
   // Sets a key through its name or an alias, refusing a second name that contradicts the first.
   void set_named(const std::string& name, const KeySpec& spec, Value v, const std::string& origin);
 

@@ -60,5 +60,8 @@ class DocumentReader {
 };
 
 bool is_valid_utf8(const std::string& s);
+// s with each byte that starts no well-formed character replaced by U+FFFD (printable text from
+// token bytes that split a character).
+std::string with_replacement_characters(const std::string& s);
 
 }  // namespace titan::data

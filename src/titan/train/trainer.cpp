@@ -435,6 +435,7 @@ void Trainer::export_weights(int64_t step, const std::string& name, int64_t max_
   checkpoint::export_hf(whole ? whole->parameters() : model_->parameters(), args_, dir.string(), job_.checkpoint.export_bf16,
                         data_.tokenizer ? data_.tokenizer->bos_id() : -1, data_.tokenizer ? data_.tokenizer->eos_id() : -1,
                         max_shard_bytes);
+  if (data_.tokenizer) checkpoint::export_hf_tokenizer(dir.string(), job_.model.tokenizer_path, *data_.tokenizer);
   log_ << "checkpoint: exported the model (Hugging Face safetensors + config.json) to " << dir.string() << "\n";
 }
 
