@@ -54,17 +54,18 @@ def test_exact_resume(titan, tmp):
     a = os.path.join(tmp, "resume")
     r = train(titan, a, "--training.steps", "8", "--checkpoint.interval", "4")
     check(r.returncode == 0 and steps_in(a) == [4, 8], f"saves at the interval and the last step {r.stderr[-200:]}")
-    full = {row["step"]: row for row in logged_rows(a)}
-    before = len(logged_rows(a))
+    first = logged_rows(a)
+    full = {row["step"]: row for row in first}
     os.system(f"rm -rf {a}/checkpoint/step-8")
     r = train(titan, a, "--training.steps", "8", "--checkpoint.interval", "4")
-    # The resumed run appends to the same metrics.jsonl: only the rows after the first run's are
-    # its own (a dict keyed by step let the first run's values stand in for a step it never logged).
-    mine = logged_rows(a)[before:]
-    got = [(row["step"], row["loss"], row["grad_norm"]) for row in mine]
+    # The resumed run drops the first run's rows after step 4 and logs 5-8 itself: every step once,
+    # the first four rows the first run's own, the last four the resumed run's.
+    rows = logged_rows(a)
+    got = [(row["step"], row["loss"], row["grad_norm"]) for row in rows[4:]]
     want = [(s, full[s]["loss"], full[s]["grad_norm"]) for s in range(5, 9)]
-    check(r.returncode == 0 and "resumed from" in r.stdout and got == want,
-          f"4 steps + resume + 4 steps = 8 steps, bit for bit (step, loss, grad norm): {got} vs {want}")
+    check(r.returncode == 0 and "resumed from" in r.stdout and [row["step"] for row in rows] == list(range(1, 9))
+          and rows[:4] == first[:4] and got == want and "dropped 4 row(s) of steps after 4" in r.stdout,
+          f"4 steps + resume + 4 steps = 8 steps, each logged once, bit for bit (step, loss, grad norm): {got} vs {want}")
     r = train(titan, a, "--training.steps", "10", "--checkpoint.interval", "4", "--optimizer.lr", "1e-4")
     check(r.returncode == 0 and "[training] steps: 8 -> 10" in r.stdout and "resumed from" in r.stdout,
           "steps and lr may change on resume, and the change is logged")

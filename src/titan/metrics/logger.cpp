@@ -41,10 +41,40 @@ std::string format_duration(double s) {
 MetricsLogger::MetricsLogger(const LoggerOptions& options, std::ostream& console)
     : opt_(options), console_(console) {
   jsonl_path_ = (std::filesystem::path(opt_.dump_folder) / "metrics.jsonl").string();
+  if (opt_.append && opt_.resumed_after_step >= 0) drop_rows_after(opt_.resumed_after_step);
   std::ofstream open(jsonl_path_, opt_.append ? std::ios::app : std::ios::trunc);
   if (!open) throw UserError(concat("job.dump_folder: cannot write '", jsonl_path_, "': ", std::strerror(errno)));
   if (opt_.tensorboard)
     tb_ = std::make_unique<TensorBoardWriter>((std::filesystem::path(opt_.dump_folder) / opt_.tb_folder).string(), opt_.rank);
+}
+
+void MetricsLogger::drop_rows_after(int64_t step) {
+  std::ifstream in(jsonl_path_);
+  if (!in) return;  // nothing logged yet
+  std::ostringstream kept;
+  int64_t dropped = 0;
+  for (std::string line; std::getline(in, line);) {
+    // Each row starts {"step": N, ... (written by log / log_validation); anything else is kept.
+    int64_t row_step = -1;
+    if (std::sscanf(line.c_str(), "{\"step\": %lld", reinterpret_cast<long long*>(&row_step)) == 1 && row_step > step) {
+      ++dropped;
+      continue;
+    }
+    kept << line << "\n";
+  }
+  if (dropped == 0) return;
+  // Replaced whole or not at all: a crash here leaves the old file.
+  const std::string part = jsonl_path_ + ".part";
+  {
+    std::ofstream out(part, std::ios::trunc);
+    out << kept.str();
+    if (!out) throw UserError(concat("job.dump_folder: cannot write '", part, "': ", std::strerror(errno)));
+  }
+  std::error_code ec;
+  std::filesystem::rename(part, jsonl_path_, ec);
+  if (ec) throw UserError(concat("job.dump_folder: cannot replace '", jsonl_path_, "': ", ec.message()));
+  console_ << "metrics: dropped " << dropped << " row(s) of steps after " << step
+           << " from metrics.jsonl (logged before the stop; the resumed run logs them again)\n";
 }
 
 void MetricsLogger::log(const LogRecord& r) {

@@ -32,6 +32,9 @@ struct LoggerOptions {
   bool color = false;
   int rank = 0;
   bool append = false;  // a resumed run adds to metrics.jsonl instead of starting it anew
+  // With append: the step the run resumes after. Rows of later steps (logged by the run before
+  // it stopped past its last checkpoint) are dropped first, so each step appears once.
+  int64_t resumed_after_step = -1;
 };
 
 class MetricsLogger {
@@ -43,6 +46,7 @@ class MetricsLogger {
   const std::string& jsonl_path() const { return jsonl_path_; }
 
  private:
+  void drop_rows_after(int64_t step);
   LoggerOptions opt_;
   std::ostream& console_;
   std::string jsonl_path_;

@@ -208,7 +208,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   if (group_.rank() == 0)  // one metrics.jsonl and TensorBoard file per run
     logger_ = std::make_unique<metrics::MetricsLogger>(
       metrics::LoggerOptions{dump.string(), job_.metrics.tensorboard, job_.metrics.tb_folder, job_.metrics.color, 0,
-                             start_step_ > 1},
+                             start_step_ > 1, start_step_ - 1},
       log);
   print_start_summary();
 }
