@@ -2,6 +2,7 @@
 # Installs what titan needs from Debian's packages; quiet and quick when all is there.
 #   scripts/install_deps.sh         build and run (compiler, CMake, OpenBLAS, toml++)
 #   scripts/install_deps.sh --test  also what the tests need (GoogleTest, PyTorch on CPU)
+#   scripts/install_deps.sh --plot  also matplotlib, for scripts/plot_metrics.py
 set -euo pipefail
 
 packages=(python3 g++ cmake ninja-build ccache pkg-config libopenblas-dev libopenblas0-pthread libtomlplusplus-dev
@@ -10,8 +11,10 @@ packages=(python3 g++ cmake ninja-build ccache pkg-config libopenblas-dev libope
 if [[ "${1:-}" == "--test" ]]; then
   # python3-torch is the CPU oracle; libopenblas0-pthread keeps it off the slow reference BLAS.
   packages+=(libgtest-dev python3 python3-torch python3-numpy python3-venv python3-matplotlib)
+elif [[ "${1:-}" == "--plot" ]]; then
+  packages+=(python3-matplotlib)
 elif [[ -n "${1:-}" ]]; then
-  echo "install_deps.sh: unknown option '$1' (expected --test or nothing)" >&2
+  echo "install_deps.sh: unknown option '$1' (expected --test, --plot or nothing)" >&2
   exit 2
 fi
 

@@ -61,6 +61,22 @@ def test_tensorboard_and_jsonl(titan, tmp):
     png = os.path.join(folder, "curves.png")
     ok = plot.returncode == 0 and os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     check(ok, f"plot_metrics.py renders a PNG {plot.stderr.strip()[-200:]}")
+    # The series it draws: one point per step (a later row of a step wins: files from before
+    # resumes dropped replaced rows), the smoothing a trailing mean, the title the run's description.
+    rows_in = [dict(row) for row in logged]
+    twice = os.path.join(folder, "twice.jsonl")
+    with open(twice, "w") as f:
+        for row in rows_in[:3] + [dict(rows_in[1], loss=99.0)] + rows_in[3:]:
+            f.write(json.dumps(row) + "\n")
+    s = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts/plot_metrics.py"), twice, "--smooth", "2",
+                        "--series", "--name", "a run"], capture_output=True, text=True)
+    got = json.loads(s.stdout) if s.returncode == 0 else {}
+    steps = [row["step"] for row in rows_in]
+    losses = [99.0 if row["step"] == rows_in[1]["step"] else row["loss"] for row in rows_in]
+    check(got.get("step") == steps and got.get("loss") == losses and got.get("name") == "a run"
+          and abs(got["loss_smoothed"][2] - (losses[1] + losses[2]) / 2) < 1e-12
+          and got.get("tps") == [row["tps"] for row in rows_in] and got.get("lr") == [row["lr"] for row in rows_in],
+          f"plot_metrics.py plots each step once, the later row winning, with a trailing mean ({s.stderr.strip()[-200:]})")
 
 
 def test_profiling(titan, tmp):
@@ -131,10 +147,16 @@ def test_presets(titan, configs, tmp):
         r = subprocess.run([titan, "train", "--config", os.path.join(configs, name + ".toml"), "--job.dump_folder",
                             os.path.join(tmp, name)], capture_output=True, text=True, timeout=60)
         lines = r.stderr.strip().splitlines()
-        # 1B/8B stop at the missing C4 folder, 70B/405B at tensor parallel: a one-line error naming the file.
-        expect = "training.dataset_path" if name in ("llama3_1b", "llama3_8b") else "not supported yet"
-        check(r.returncode == 2 and len(lines) == 1 and expect in lines[0] and ".toml:" in lines[0],
-              f"{name}.toml is refused with a one-line error ({expect}): {lines}")
+        # Each stops at the missing C4 folder: a one-line error naming the file and line.
+        check(r.returncode == 2 and len(lines) == 1 and "training.dataset_path" in lines[0] and ".toml:" in lines[0],
+              f"{name}.toml is refused with a one-line error (training.dataset_path): {lines}")
+    # With data, 70B on one process stops at its tensor-parallel degree of 8.
+    r = subprocess.run([titan, "train", "--config", os.path.join(configs, "llama3_70b.toml"), "--training.dataset",
+                        "synthetic", "--model.tokenizer_path", "", "--job.dump_folder", os.path.join(tmp, "70b_synthetic")],
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode == 2 and len(lines) == 1 and "training.tensor_parallel_degree = 8 does not divide the ranks (1)" in lines[0],
+          f"llama3_70b.toml on one process names its TP degree: {lines}")
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
