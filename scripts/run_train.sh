@@ -5,13 +5,15 @@
 # Ranks shard the model (FSDP) by default; with the CUDA build (TITAN=build/cuda/titan, the
 # default when it exists) each rank uses the GPU of its local rank, over NCCL (multi-GPU runs
 # are not yet verified on a machine with several GPUs: docs/distributed.md).
+# It runs where it is started: relative paths (the config, its dump_folder and data paths) are the
+# caller's, as titan's own are (docs/config.md).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo="$(cd "$(dirname "$0")/.." && pwd)"
 NGPU=${NGPU:-1}
-CONFIG_FILE=${CONFIG_FILE:-./train_configs/debug_model.toml}
+CONFIG_FILE=${CONFIG_FILE:-$repo/train_configs/debug_model.toml}
 if [ -z "${TITAN:-}" ]; then
-  TITAN=build/cpu/titan
-  [ -x build/cuda/titan ] && TITAN=build/cuda/titan
+  TITAN=$repo/build/cpu/titan
+  [ -x "$repo/build/cuda/titan" ] && TITAN=$repo/build/cuda/titan
 fi
 [[ "$NGPU" =~ ^[1-9][0-9]*$ ]] || { echo "run_train.sh: NGPU=$NGPU: expected a positive integer" >&2; exit 2; }
 [ -x "$TITAN" ] || { echo "run_train.sh: $TITAN not built (cmake --preset cpu && cmake --build --preset cpu)" >&2; exit 2; }

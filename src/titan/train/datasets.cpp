@@ -39,6 +39,23 @@ std::vector<std::string> expand(const std::string& spec, const config::JobSettin
 }
 }  // namespace
 
+namespace {
+// The built-in corpus: data/c4_test of the folder titan runs in (paths are relative to it, as
+// torchtitan's are to where it runs), else of the source tree this binary was built in
+// (build/<preset>/titan), so the default run works from any folder.
+std::string default_corpus_dir() {
+  const std::string here = "data/c4_test";
+  if (fs::exists(here)) return here;
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path tree = self.parent_path().parent_path().parent_path() / here;
+    if (fs::exists(tree, ec)) return tree.string();
+  }
+  return here;  // the error names it
+}
+}  // namespace
+
 DataSetup resolve_data(const config::JobSettings& cfg) {
   DataSetup d;
   const std::string name = cfg.data.dataset, path = cfg.data.dataset_path;
@@ -47,7 +64,7 @@ DataSetup resolve_data(const config::JobSettings& cfg) {
     d.synthetic_kind = name == "synthetic" ? data::SyntheticKind::random : data::SyntheticKind::pattern;
     d.description = name == "synthetic" ? "synthetic (uniform random tokens)" : "synthetic_pattern (period 16)";
   } else if (name == "c4_test") {
-    const std::string dir = path.empty() ? "data/c4_test" : path;
+    const std::string dir = path.empty() ? default_corpus_dir() : path;
     if (!fs::exists(dir))
       throw UserError(concat(cfg.origin("training.dataset"), ": training.dataset = c4_test: '", dir,
                              "' not found; run scripts/build_default_corpus.sh or set training.dataset_path"));
