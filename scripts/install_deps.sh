@@ -18,6 +18,18 @@ elif [[ -n "${1:-}" ]]; then
   exit 2
 fi
 
+# Debian 12, or Ubuntu 24.04 (NVIDIA's CUDA 13 images, docker/Dockerfile): the same package
+# names, with toml++ and PyTorch from Ubuntu's universe component.
+distro=$(. /etc/os-release 2>/dev/null && echo "${ID:-unknown} ${VERSION_ID:-}")
+case "$distro" in
+  debian*|ubuntu*) ;;
+  *) echo "install_deps.sh: $distro: titan installs from Debian 12's or Ubuntu 24.04's packages (apt)" >&2; exit 2 ;;
+esac
+if [[ "$distro" == ubuntu* ]] && ! grep -rqs "universe" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "install_deps.sh: Ubuntu without its universe component (libtomlplusplus-dev lives there): enable it" >&2
+  exit 2
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -254,7 +254,7 @@ def main():
         # Bad combinations are one-line errors.
         r = train(a.titan, a.configs, os.path.join(tmp, "bad"), 2, 4, "--training.steps", "2")
         lines = r.stderr.strip().splitlines()
-        check(r.returncode != 0 and any("not a multiple of training.batch_size x ranks = 4 x 2" in l for l in lines),
+        check(r.returncode != 0 and any("not a multiple of training.batch_size x data-parallel ranks = 4 x 2" in l for l in lines),
               f"global batch 12 with 2 ranks x batch 4 is refused: {lines[-3:]}")
         # titan estimate --ngpu N predicts what an FSDP rank really uses (rank 0: the largest shard).
         shape = ["--config", os.path.join(a.configs, "debug_model.toml"), "--training.seq_len", "512",

@@ -143,11 +143,37 @@ def test_copy_needs_attention(titan, configs, tmp):
           f"which no model without attention reaches (ln K = {floor:.3f}; perfect copying {best:.3f})")
 
 
-def test_tool_bad_input(titan, data, tmp):
-    """The tokenizer, data and checkpoint commands: one-line errors, exit 2."""
-    tok = os.path.join(data, "tokenizers/llama3.tiktoken")
-    # tokenizer.json added_tokens with ids that would silently alias other tokens.
-    hf = json.load(open(os.path.join(data, "tokenizers/llama3_tokenizer.json")))
+def local_data(titan, data, tmp):
+    """The shared data folder, or (a fresh clone has no ../shared) one written here with the same
+    layout: a small corpus of generated sentences, its validation file, and a tiktoken tokenizer
+    titan trains on it. Llama 3's tokenizer.json cannot be made here: its tests skip."""
+    if os.path.exists(os.path.join(data, "corpus", "small.jsonl")):
+        return data
+    print(f"note: {data} is not here: the corpus tests use generated text (the tokenizer.json ones skip)")
+    import gzip
+    local = os.path.join(tmp, "data")
+    os.makedirs(os.path.join(local, "corpus"))
+    os.makedirs(os.path.join(local, "tokenizers"))
+    rng = random.Random(7)
+    words = ("the a small large red blue model data token step loss falls rises learns reads writes every each "
+             "quick lazy fox dog river hill town city morning evening light dark").split()
+    def doc():
+        return " ".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 12))).capitalize() + "."
+                        for _ in range(rng.randint(3, 8)))
+    with open(os.path.join(local, "corpus", "small.jsonl"), "w") as f:
+        for _ in range(3000):
+            f.write(json.dumps({"text": doc()}) + "\n")
+    with gzip.open(os.path.join(local, "corpus", "validation-00000-of-00001.json.gz"), "wt") as f:
+        for _ in range(400):
+            f.write(json.dumps({"text": doc()}) + "\n")
+    subprocess.run([titan, "tokenizer", "train", "--input", os.path.join(local, "corpus", "small.jsonl"), "--vocab-size",
+                    "500", "--output", os.path.join(local, "tokenizers", "llama3.tiktoken")], check=True, capture_output=True)
+    return local
+
+
+def tokenizer_json_cases(titan, hf_path, tmp):
+    """tokenizer.json added_tokens with ids that would silently alias other tokens: each refused."""
+    hf = json.load(open(hf_path))
     vocab_token = next(t for t, i in hf["model"]["vocab"].items() if i == 5)
     bad_added = {"negative": ([{"id": -1, "content": "<|x|>"}], "expected a non-negative integer id"),
                  "wrapped": ([{"id": 2**32 + 5, "content": "<|x|>"}], "expected a non-negative integer id"),
@@ -164,6 +190,18 @@ def test_tool_bad_input(titan, data, tmp):
     r = subprocess.run([titan, "tokenizer", "encode", "--tokenizer", ok_path], input='{"text": "a"}\n',
                        capture_output=True, text=True, timeout=120)
     check(r.returncode == 0, f"an added token repeating its vocabulary entry loads: {r.stderr.strip()[-160:]}")
+    return hf_cases
+
+
+def test_tool_bad_input(titan, data, tmp):
+    """The tokenizer, data and checkpoint commands: one-line errors, exit 2."""
+    tok = os.path.join(data, "tokenizers/llama3.tiktoken")
+    hf_cases = []
+    hf_path = os.path.join(data, "tokenizers/llama3_tokenizer.json")
+    if os.path.exists(hf_path):
+        hf_cases = tokenizer_json_cases(titan, hf_path, tmp)
+    else:
+        print(f"SKIP tokenizer.json added_tokens cases: {hf_path} is not here (Llama 3's tokenizer comes from ../shared/data)")
     cases = hf_cases + [
         (["tokenizer", "encode", "--tokenizer", tok], '{"text": "fine"}\nnot json\n', "stdin:2: invalid JSON"),
         (["tokenizer", "encode", "--tokenizer", tok], '{"txt": "x"}\n', 'stdin:1: expected an object with a string field "text"'),
@@ -433,6 +471,7 @@ def main():
     ap.add_argument("--data", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        a.data = local_data(a.titan, a.data, tmp)
         test_bad_input(a.titan, a.data, tmp)
         test_training(a.titan, a.configs, tmp)
         test_copy_needs_attention(a.titan, a.configs, tmp)

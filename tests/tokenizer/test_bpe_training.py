@@ -35,6 +35,10 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--ranks", type=int, default=1792)
     a = ap.parse_args()
+    needed = [os.path.join(a.data, p) for p in ("corpus/train-00001-of-00008.json.gz", "corpus/validation-00000-of-00001.json.gz")]
+    if not all(os.path.exists(p) for p in needed):  # a fresh clone without ../shared
+        print(f"SKIP {', '.join(p for p in needed if not os.path.exists(p))}: not here (the 150 MB corpus comes from ../shared/data)")
+        return 77
     train = read_docs(os.path.join(a.data, "corpus/train-00001-of-00008.json.gz"), 3_000_000)
     held = read_docs(os.path.join(a.data, "corpus/validation-00000-of-00001.json.gz"), 1_000_000)
     held_bytes = sum(len(t.encode()) for t in held)

@@ -63,6 +63,11 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--min-bytes", type=int, default=1_100_000)
     a = ap.parse_args()
+    missing = [p for p in ("tokenizers/llama3.tiktoken", "tokenizers/llama3_tokenizer.json", "corpus")
+               if not os.path.exists(os.path.join(a.data, p))]
+    if missing:  # a fresh clone without ../shared: no PyPI package ships Llama 3's tokenizer
+        print(f"SKIP {a.data}: {', '.join(missing)} not here (Llama 3's tokenizer and the corpus come from ../shared/data)")
+        return 77
     texts, size = corpus(a.data, a.min_bytes)
     texts += HARD
     print(f"{len(texts)} texts, {size} corpus bytes + {len(HARD)} hard strings")

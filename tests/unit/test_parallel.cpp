@@ -197,35 +197,33 @@ TEST(ProcessGroup, GroupOfOneCollectivesCopy) {
 }
 
 // Saving ranks commit through per-rank entry files; rank 0 waits for all of them.
-TEST(CheckpointCommit, RankZeroCollectsEveryRanksEntriesOrTimesOut) {
+// The folder protocol of a multi-rank save: writers mark the folder, the lowest of them waits
+// for the others' files, then the marks go (metadata.json describes the folder from then on).
+TEST(CheckpointCommit, TheLowestWriterOfAFolderWaitsForItsWritersOrTimesOut) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("titan_commit_" + std::to_string(::getpid()));
   fs::remove_all(dir);
-  fs::create_directories(dir);
-  std::vector<std::vector<checkpoint::ShardEntry>> parts(3);
-  for (int r = 0; r < 3; ++r) {
-    const int64_t begin = r * 3, end = std::min(7, r * 3 + 3);
-    parts[r].push_back({"model/w", {7, 2}, r, begin, end, 0, (end - begin) * 2 * 4, 0x1234abcdULL + r});
-  }
-  checkpoint::write_rank_entries(dir.string(), 0, parts[0]);
-  checkpoint::write_rank_entries(dir.string(), 2, parts[2]);
+  checkpoint::mark_writer(dir.string(), 2);
+  checkpoint::mark_writer(dir.string(), 0);
+  EXPECT_EQ(checkpoint::folder_writers(dir.string()), (std::vector<int>{0, 2}));
+  checkpoint::mark_written(dir.string(), 0);
   try {
-    checkpoint::collect_rank_entries(dir.string(), 3, 0.05);
-    ADD_FAILURE() << "collected without rank 1's entries";
+    checkpoint::wait_for_writers(dir.string(), {0, 2}, 3, 0.05);
+    ADD_FAILURE() << "committed without rank 2's file";
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("rank 1 of 3 did not write"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank 2 of 3 did not write"), std::string::npos) << e.what();
   }
-  checkpoint::write_rank_entries(dir.string(), 0, parts[0]);  // the failed collect consumed it
-  checkpoint::write_rank_entries(dir.string(), 1, parts[1]);
-  const auto all = checkpoint::collect_rank_entries(dir.string(), 3, 5.0);
-  ASSERT_EQ(all.size(), 3u);
-  for (int r = 0; r < 3; ++r) {
-    EXPECT_EQ(all[r].rank, r);
-    EXPECT_EQ(all[r].row_begin, r * 3);
-    EXPECT_EQ(all[r].checksum, 0x1234abcdULL + r);
-    EXPECT_EQ(all[r].global_shape, (Shape{7, 2}));
-  }
-  EXPECT_TRUE(fs::is_empty(dir)) << "entry files left behind";
+  checkpoint::mark_written(dir.string(), 2);
+  checkpoint::wait_for_writers(dir.string(), {0, 2}, 3, 5.0);
+  EXPECT_TRUE(fs::is_empty(dir)) << "marks left behind";
+  // Entries travel between ranks as text and come back whole.
+  const std::vector<checkpoint::ShardEntry> entries = {{"model/w", {7, 2}, 1, 3, 6, 0, 3 * 2 * 4, 0x1234abcdULL, 0, 2}};
+  const auto back = checkpoint::entries_from_text(checkpoint::entries_text(entries), "test");
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].rank, 1);
+  EXPECT_EQ(back[0].row_begin, 3);
+  EXPECT_EQ(back[0].checksum, 0x1234abcdULL);
+  EXPECT_THROW(checkpoint::entries_from_text("[{\"tensor\": 1}]", "test"), UserError);
   fs::remove_all(dir);
 }
 

@@ -117,32 +117,38 @@ std::optional<int64_t> step_of_dir_name(const std::string& name) {
   return std::stoll(name.substr(5));
 }
 
-std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
-                                        bool optimizer, bool unsliced) {
+std::vector<ShardEntry> plan_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
+                                       bool optimizer, bool unsliced) {
+  std::vector<ShardEntry> entries;
+  int64_t offset = 0;
+  for (const auto& piece : pieces(params, optimizer, unsliced)) {
+    const Parameter& p = *piece.p;
+    const Tensor& t = *piece.t;
+    // A non-finite state would resume into the same failure: it is never saved.
+    if (const int64_t at = first_nonfinite(t.data<float>(), static_cast<int64_t>(t.bytes() / 4)); at >= 0)
+      throw NonFiniteState(concat(dir, ": tensor ", piece.tensor, " holds a value that is not finite (", t.data<float>()[at],
+                                  " at element ", at, ")"));
+    const auto [col_begin, col_end] = block_columns(p);
+    entries.push_back({piece.tensor, p.whole_shape(), rank, p.slice.row_offset + p.rows.begin,
+                       p.slice.row_offset + p.rows.end, offset, static_cast<int64_t>(t.bytes()),
+                       XXH3_64bits(t.data<char>(), t.bytes()), col_begin, col_end});
+    offset += static_cast<int64_t>(t.bytes());
+  }
+  return entries;
+}
+
+void write_rank_data(const std::string& dir, int rank, const std::deque<Parameter>& params, bool optimizer, bool unsliced) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));
   const std::string path = (fs::path(dir) / rank_file_name(rank)).string();
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw UserError(concat(path, ": cannot create: ", std::strerror(errno)));
-  std::vector<ShardEntry> entries;
-  int64_t offset = 0;
   try {
-    const auto list = pieces(params, optimizer, unsliced);
-    for (size_t i = 0; i < list.size(); ++i) {
-      const Parameter& p = *list[i].p;
-      const Tensor& t = *list[i].t;
-      // A non-finite state would resume into the same failure: it is never saved.
-      if (const int64_t at = first_nonfinite(t.data<float>(), static_cast<int64_t>(t.bytes() / 4)); at >= 0)
-        throw NonFiniteState(concat(dir, ": tensor ", list[i].tensor, " holds a value that is not finite (", t.data<float>()[at],
-                                    " at element ", at, ")"));
-      const auto [col_begin, col_end] = block_columns(p);
-      ShardEntry e{list[i].tensor, p.whole_shape(), rank, p.slice.row_offset + p.rows.begin,
-                   p.slice.row_offset + p.rows.end, offset, static_cast<int64_t>(t.bytes()),
-                   XXH3_64bits(t.data<char>(), t.bytes()), col_begin, col_end};
-      write_all(fd, t.data<char>(), t.bytes(), offset, path);
-      offset += e.bytes;
-      entries.push_back(std::move(e));
+    int64_t offset = 0;
+    for (const auto& piece : pieces(params, optimizer, unsliced)) {
+      write_all(fd, piece.t->data<char>(), piece.t->bytes(), offset, path);
+      offset += static_cast<int64_t>(piece.t->bytes());
     }
     if (::fsync(fd) != 0) throw UserError(concat(path, ": fsync failed"));
   } catch (...) {
@@ -150,6 +156,12 @@ std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const 
     throw;
   }
   ::close(fd);
+}
+
+std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
+                                        bool optimizer, bool unsliced) {
+  auto entries = plan_rank_file(dir, rank, params, optimizer, unsliced);
+  write_rank_data(dir, rank, params, optimizer, unsliced);
   return entries;
 }
 
@@ -208,46 +220,86 @@ std::vector<ShardEntry> entries_from_json(const json& shards, const std::string&
   return out;
 }
 
-std::string entries_file_name(int rank) { return rank_file_name(rank) + ".entries.json"; }
 }  // namespace
 
-void write_rank_entries(const std::string& dir, int rank, const std::vector<ShardEntry>& entries) {
-  const fs::path final_path = fs::path(dir) / entries_file_name(rank);
-  const std::string part = final_path.string() + ".part";
-  {
-    std::ofstream out(part);
-    out << entries_to_json(entries).dump() << "\n";
-    if (!out) throw UserError(concat(part, ": write failed"));
-  }
-  fsync_path(part, false);
-  std::error_code ec;
-  fs::rename(part, final_path, ec);  // appears whole or not at all
-  if (ec) throw UserError(concat(final_path.string(), ": cannot rename into place: ", ec.message()));
+std::string entries_text(const std::vector<ShardEntry>& entries) { return entries_to_json(entries).dump(); }
+
+std::string state_text(const TrainState& s) {
+  return json{{"step", s.step}, {"data", s.data_state}, {"model_signature", s.model_signature}, {"config", s.config_toml},
+              {"global_batch", s.global_batch}}
+      .dump();  // one line: JSON escapes the config's newlines
 }
 
-std::vector<ShardEntry> collect_rank_entries(const std::string& dir, int world, double timeout_seconds) {
-  std::vector<ShardEntry> all;
+TrainState state_from_text(const std::string& text, const std::string& where) {
+  try {
+    const json j = json::parse(text);
+    return {j.at("step").get<int64_t>(), j.at("data").get<std::string>(), j.at("model_signature").get<std::string>(),
+            j.at("config").get<std::string>(), j.at("global_batch").get<int64_t>()};
+  } catch (const json::exception& e) {
+    throw UserError(concat(where, ": malformed: ", e.what()));
+  }
+}
+
+std::vector<ShardEntry> entries_from_text(const std::string& text, const std::string& where) {
+  try {
+    return entries_from_json(json::parse(text), where);
+  } catch (const json::exception& e) {
+    throw UserError(concat(where, ": malformed checkpoint entries: ", e.what()));
+  } catch (const std::logic_error& e) {
+    throw UserError(concat(where, ": malformed checkpoint entries: ", e.what()));
+  }
+}
+
+namespace {
+constexpr const char* kWriterMark = ".writer-";   // + rank: this rank writes into this folder
+constexpr const char* kWrittenMark = ".written-"; // + rank: and its file is whole
+void touch(const fs::path& path) {
+  std::ofstream out(path.string());
+  if (!out) throw UserError(concat(path.string(), ": cannot create"));
+}
+}  // namespace
+
+void mark_writer(const std::string& dir, int rank) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw UserError(concat(dir, ": cannot create: ", ec.message()));
+  touch(fs::path(dir) / concat(kWriterMark, rank));
+}
+
+std::vector<int> folder_writers(const std::string& dir) {
+  std::vector<int> ranks;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(kWriterMark, 0) == 0 && name.size() > std::strlen(kWriterMark) &&
+        name.find_first_not_of("0123456789", std::strlen(kWriterMark)) == std::string::npos)
+      ranks.push_back(std::stoi(name.substr(std::strlen(kWriterMark))));
+  }
+  if (ec) throw UserError(concat(dir, ": cannot list: ", ec.message()));
+  std::sort(ranks.begin(), ranks.end());
+  return ranks;
+}
+
+void mark_written(const std::string& dir, int rank) {
+  touch(fs::path(dir) / concat(kWrittenMark, rank));
+  fsync_path(dir, true);
+}
+
+void wait_for_writers(const std::string& dir, const std::vector<int>& ranks, int world, double timeout_seconds) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
-  for (int r = 0; r < world; ++r) {
-    const fs::path path = fs::path(dir) / entries_file_name(r);
-    while (!fs::exists(path)) {
+  for (const int r : ranks) {
+    while (!fs::exists(fs::path(dir) / concat(kWrittenMark, r))) {
       if (std::chrono::steady_clock::now() > deadline)
         throw UserError(concat(dir, ": rank ", r, " of ", world, " did not write its part of the checkpoint within ",
                                timeout_seconds, " s (comm.train_timeout_seconds)"));
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    std::ifstream in(path);
-    try {
-      auto part = entries_from_json(json::parse(in), path.string());
-      all.insert(all.end(), part.begin(), part.end());
-    } catch (const json::exception& e) {
-      throw UserError(concat(path.string(), ": malformed: ", e.what()));
-    } catch (const std::logic_error& e) {
-      throw UserError(concat(path.string(), ": malformed: ", e.what()));
-    }
-    fs::remove(path);  // metadata.json now describes the rank's file
   }
-  return all;
+  for (const int r : ranks) {  // metadata.json now describes the folder
+    std::error_code ec;
+    fs::remove(fs::path(dir) / concat(kWriterMark, r), ec);
+    fs::remove(fs::path(dir) / concat(kWrittenMark, r), ec);
+  }
 }
 
 void commit(const std::string& dir, const std::string& final_dir, const Metadata& meta, bool replace_existing) {

@@ -71,10 +71,28 @@ class NonFiniteState : public UserError {
 // every TP rank but the first) are left to another rank's file.
 std::vector<ShardEntry> write_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
                                         bool optimizer, bool unsliced = true);
-// Several saving ranks: each rank writes its file's entries next to it (atomically), and rank
-// 0 collects all `world` of them (waiting up to timeout_seconds, removing them) for metadata.json.
-void write_rank_entries(const std::string& dir, int rank, const std::vector<ShardEntry>& entries);
-std::vector<ShardEntry> collect_rank_entries(const std::string& dir, int world, double timeout_seconds);
+// The same in two halves: the entries (checksums included; NonFiniteState as above) without
+// writing, then the bytes they describe (the same parameters, unchanged in between).
+std::vector<ShardEntry> plan_rank_file(const std::string& dir, int rank, const std::deque<Parameter>& params,
+                                       bool optimizer, bool unsliced = true);
+void write_rank_data(const std::string& dir, int rank, const std::deque<Parameter>& params, bool optimizer,
+                     bool unsliced = true);
+// Entries as metadata.json lists them, and back (UserError naming `where` when malformed): how
+// the saving ranks exchange them through the process group.
+std::string entries_text(const std::vector<ShardEntry>& entries);
+// The training state as one line of JSON, and back.
+std::string state_text(const TrainState& state);
+TrainState state_from_text(const std::string& text, const std::string& where);
+std::vector<ShardEntry> entries_from_text(const std::string& text, const std::string& where);
+// Several saving ranks, each host with its own folder or all sharing one: a rank marks the
+// folder it writes into (mark_writer) before any rank writes, so each learns which ranks share
+// its folder (folder_writers; the lowest commits it), and says its file is whole (mark_written)
+// once fsync'd; the committing rank waits for those of its folder (wait_for_writers, up to
+// timeout_seconds) and removes the marks.
+void mark_writer(const std::string& dir, int rank);
+std::vector<int> folder_writers(const std::string& dir);
+void mark_written(const std::string& dir, int rank);
+void wait_for_writers(const std::string& dir, const std::vector<int>& ranks, int world, double timeout_seconds);
 // Writes metadata.json (with a checksum of its own text) into `dir`, fsyncs the folder and
 // renames it to `final_dir`. An existing `final_dir` is an error unless `replace_existing`; then
 // the two are swapped atomically and the old one deleted.

@@ -34,7 +34,8 @@ CheckpointManager::CheckpointManager(ManagerOptions options, std::ostream& log) 
       if (fs::symlink_status(step, sec).type() == fs::file_type::not_found) {
         log_ << "checkpoint: restoring " << step.string() << " (its replacement was interrupted)\n";
         fs::rename(path, step, ec);
-        if (ec) throw UserError(concat(path.string(), ": cannot restore: ", ec.message()));
+        // Ranks sharing the folder tidy it at once: another may have restored it first.
+        if (ec && fs::exists(path)) throw UserError(concat(path.string(), ": cannot restore: ", ec.message()));
         continue;
       }
     }
@@ -66,39 +67,78 @@ std::optional<std::string> CheckpointManager::resume_dir() const {
   return (fs::path(opt_.folder) / step_dir_name(steps.back())).string();
 }
 
-void CheckpointManager::write(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer) {
+CheckpointManager::Plan CheckpointManager::plan(int64_t step, const std::deque<Parameter>& params,
+                                                const TrainState& state, bool optimizer) {
+  const std::string tmp = (fs::path(opt_.folder) / step_dir_name(step)).string() + ".tmp";
+  Plan p;
+  p.meta.world = opt_.world;
+  p.meta.state = state;
+  p.meta.has_optimizer = optimizer;
+  std::vector<ShardEntry> mine;
+  std::string failure;  // a non-finite state: every rank must still take part before it stops
+  if (opt_.saver) {
+    try {
+      mine = plan_rank_file(tmp, opt_.rank, params, optimizer, opt_.save_unsliced);
+    } catch (const NonFiniteState& e) {
+      const auto steps = list_steps(opt_.folder);
+      failure = concat("step ", step, ": not saved: ", e.what(), "; ",
+                       steps.empty() ? std::string("no earlier checkpoint is saved; start again with a lower optimizer.lr")
+                                     : concat("the latest finite checkpoint is ", step_dir_name(steps.back()),
+                                              ": resume from it with checkpoint.load_step = ", steps.back(),
+                                              " and a lower optimizer.lr"));
+    }
+  }
+  if (!opt_.collectives) {
+    if (!failure.empty()) throw UserError(failure);
+    p.meta.shards = std::move(mine);
+    p.folder_writers = {opt_.rank};
+    return p;
+  }
+  // Entries through the process group (a rank that failed sends "!" and its reason), and rank
+  // 0's state with them: every folder's metadata.json is the same file, whatever each rank's
+  // own config says of per-host keys (its checkpoint folder).
+  const std::string own = failure.empty() ? entries_text(mine) : "!" + failure;
+  const auto all = opt_.collectives->all_gather(opt_.rank == 0 && opt_.saver ? state_text(state) + "\n" + own : own);
+  for (size_t r = 0; r < all.size(); ++r) {
+    std::string text = all[r];
+    if (r == 0) {
+      const size_t cut = text.find('\n');
+      TITAN_CHECK(cut != std::string::npos, "rank 0's checkpoint entries without its state");
+      p.meta.state = state_from_text(text.substr(0, cut), "rank 0's checkpoint state");
+      text = text.substr(cut + 1);
+    }
+    if (!text.empty() && text[0] == '!') throw UserError(text.substr(1));
+    auto part = entries_from_text(text, concat("rank ", r, "'s checkpoint entries"));
+    p.meta.shards.insert(p.meta.shards.end(), part.begin(), part.end());
+  }
+  // Which writers share this folder: marks made before anyone looks.
+  if (opt_.saver) mark_writer(tmp, opt_.rank);
+  opt_.collectives->barrier();
+  if (opt_.saver) p.folder_writers = folder_writers(tmp);
+  return p;
+}
+
+void CheckpointManager::write_and_commit(int64_t step, const std::deque<Parameter>& params, const Plan& plan,
+                                         bool optimizer) {
+  if (!opt_.saver) return;
   const std::string final_dir = (fs::path(opt_.folder) / step_dir_name(step)).string();
   const std::string tmp = final_dir + ".tmp";
-  Metadata meta;
-  meta.world = opt_.world;
-  meta.state = state;
-  meta.has_optimizer = optimizer;
-  try {
-    meta.shards = write_rank_file(tmp, opt_.rank, params, optimizer, opt_.save_unsliced);
-  } catch (const NonFiniteState& e) {
-    const auto steps = list_steps(opt_.folder);
-    throw UserError(concat("step ", step, ": not saved: ", e.what(), "; ",
-                           steps.empty() ? std::string("no earlier checkpoint is saved; start again with a lower optimizer.lr")
-                                         : concat("the latest finite checkpoint is ", step_dir_name(steps.back()),
-                                                  ": resume from it with checkpoint.load_step = ", steps.back(),
-                                                  " and a lower optimizer.lr")));
-  }
-  if (opt_.world > 1) {
-    write_rank_entries(tmp, opt_.rank, meta.shards);
-    if (opt_.rank != 0) return;
-    meta.shards = collect_rank_entries(tmp, opt_.world, opt_.commit_timeout_seconds);
-  }
+  write_rank_data(tmp, opt_.rank, params, optimizer, opt_.save_unsliced);
+  if (opt_.collectives) mark_written(tmp, opt_.rank);
+  if (plan.folder_writers.empty() || plan.folder_writers.front() != opt_.rank) return;  // another rank commits
+  if (opt_.collectives) wait_for_writers(tmp, plan.folder_writers, opt_.world, opt_.commit_timeout_seconds);
   // Only a deliberate resume from an earlier step (checkpoint.load_step) replaces a saved step.
-  commit(tmp, final_dir, meta, opt_.load_step >= 0 && step > opt_.load_step);
+  commit(tmp, final_dir, plan.meta, opt_.load_step >= 0 && step > opt_.load_step);
   prune();
 }
 
 double CheckpointManager::save(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer) {
   Timer stall;
   wait();
-  if (!opt_.async) {
-    write(step, params, state, optimizer);
-    log_ << "checkpoint: saved step " << step << " in " << stall.seconds() << " s\n" << std::flush;
+  if (!opt_.async || !opt_.saver) {
+    const Plan p = plan(step, params, state, optimizer);
+    write_and_commit(step, params, p, optimizer);
+    if (opt_.saver) log_ << "checkpoint: saved step " << step << " in " << stall.seconds() << " s\n" << std::flush;
     return stall.seconds();
   }
   // Host snapshot: the loop may change the parameters as soon as this returns. The buffers are
@@ -114,11 +154,13 @@ double CheckpointManager::save(int64_t step, const std::deque<Parameter>& params
       std::memcpy(c.exp_avg_sq.data<char>(), p.exp_avg_sq.data<char>(), p.exp_avg_sq.bytes());
     }
   }
+  // The entries (and their exchange, a collective) here; the bytes in the background.
+  auto planned = std::make_shared<Plan>(plan(step, *snapshot_, state, optimizer));
   const double stalled = stall.seconds();
-  worker_ = std::thread([this, step, state, optimizer] {
+  worker_ = std::thread([this, step, planned, optimizer] {
     try {
       Timer t;
-      write(step, *snapshot_, state, optimizer);
+      write_and_commit(step, *snapshot_, *planned, optimizer);
       log_ << "checkpoint: saved step " << step << " in the background in " << t.seconds() << " s\n" << std::flush;
     } catch (...) {
       error_ = std::current_exception();

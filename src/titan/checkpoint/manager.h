@@ -8,10 +8,22 @@
 #include <ostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "titan/checkpoint/checkpoint.h"
 
 namespace titan::checkpoint {
+
+// How the ranks of a run agree on a save, through the run's process group rather than files:
+// hosts may each have their own checkpoint folder (SageMaker's /opt/ml/checkpoints, synced per
+// instance to one S3 prefix). Every rank of the run takes part, savers or not.
+class SaveCollectives {
+ public:
+  virtual ~SaveCollectives() = default;
+  // Every rank's text, in rank order.
+  virtual std::vector<std::string> all_gather(const std::string& mine) = 0;
+  virtual void barrier() = 0;
+};
 
 struct ManagerOptions {
   std::string folder;        // dump_folder/<checkpoint.folder>
@@ -19,9 +31,14 @@ struct ManagerOptions {
   int64_t keep_latest_k = 0; // 0 keeps all
   bool async = false;
   int64_t load_step = -1;    // -1: the latest complete checkpoint
-  // Saving ranks: each writes its shards as rank file `rank` of `world`; rank 0 commits once
-  // all have written (waiting up to commit_timeout_seconds).
+  // Saving ranks: each writes its shards as rank file `rank` of `world`; in each folder the
+  // lowest writing rank commits once that folder's writers are done (waiting up to
+  // commit_timeout_seconds). `collectives` (more than one rank) carry every rank's entries, so
+  // each folder's metadata.json lists all of them; `saver` false: a rank that only takes part
+  // (a replica).
   int rank = 0, world = 1;
+  bool saver = true;
+  SaveCollectives* collectives = nullptr;
   // False on tensor-parallel ranks but the first: the tensors every TP rank holds whole go into
   // the first one's file only.
   bool save_unsliced = true;
@@ -50,7 +67,14 @@ class CheckpointManager {
   void wait();
 
  private:
-  void write(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer);
+  // The metadata of step `step` with every rank's entries (collectives), and this rank's folder's
+  // writers; this rank's are planned from `params`, which write_and_commit then writes.
+  struct Plan {
+    Metadata meta;
+    std::vector<int> folder_writers;
+  };
+  Plan plan(int64_t step, const std::deque<Parameter>& params, const TrainState& state, bool optimizer);
+  void write_and_commit(int64_t step, const std::deque<Parameter>& params, const Plan& plan, bool optimizer);
   void prune();
 
   ManagerOptions opt_;

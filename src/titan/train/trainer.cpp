@@ -36,6 +36,34 @@
 
 namespace titan::train {
 
+// The ranks' agreement on a save, over the run's process group (checkpoint/manager.h).
+class GroupSaveCollectives final : public checkpoint::SaveCollectives {
+ public:
+  explicit GroupSaveCollectives(parallel::ProcessGroup& group) : group_(group) {}
+  std::vector<std::string> all_gather(const std::string& mine) override {
+    const int n = group_.size();
+    std::vector<double> sizes(static_cast<size_t>(n), 0.0);  // summing one-hot vectors gathers them
+    sizes[static_cast<size_t>(group_.rank())] = static_cast<double>(mine.size());
+    group_.all_reduce_sum(sizes.data(), n);
+    std::vector<int64_t> counts(sizes.begin(), sizes.end());
+    int64_t total = 0;
+    for (const int64_t c : counts) total += c;
+    std::vector<uint8_t> all(static_cast<size_t>(std::max<int64_t>(total, 1)));
+    group_.all_gather_bytes(reinterpret_cast<const uint8_t*>(mine.data()), all.data(), counts);
+    std::vector<std::string> out;
+    int64_t at = 0;
+    for (const int64_t c : counts) {
+      out.emplace_back(reinterpret_cast<const char*>(all.data()) + at, static_cast<size_t>(c));
+      at += c;
+    }
+    return out;
+  }
+  void barrier() override { group_.barrier(); }
+
+ private:
+  parallel::ProcessGroup& group_;
+};
+
 namespace {
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
 
@@ -180,7 +208,13 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     opt.world = mesh.shard * plan_.tensor_parallel_degree;
     opt.save_unsliced = tp_rank.rank == 0;
     opt.commit_timeout_seconds = job_.comm_timeout_seconds;
-    opt.clean_up = group_.rank() == 0;
+    // Every saving rank tidies its folder at start: hosts may each have their own.
+    opt.clean_up = dp_->saves_checkpoint();
+    opt.saver = dp_->saves_checkpoint();
+    if (group_.size() > 1) {
+      save_collectives_ = std::make_unique<GroupSaveCollectives>(group_);
+      opt.collectives = save_collectives_.get();
+    }
     checkpoints_ = std::make_unique<checkpoint::CheckpointManager>(opt, log_);
     group_.barrier();  // no rank saves before rank 0 has removed left-over incomplete saves
     const auto dir = checkpoints_->resume_dir();
@@ -413,7 +447,7 @@ double Trainer::tensor_parallel_volume() const {
 int64_t Trainer::global_batch() const { return shape_.batch * accumulation_ * data_ranks_->size(); }
 
 void Trainer::save_checkpoint(int64_t step) {
-  if (!dp_->saves_checkpoint()) return;  // replicas of replica 0's shards
+  // Every rank takes part (the entries move through the process group); replicas write nothing.
   engine_->to_host();
   checkpoint::TrainState st{step, loader_ ? loader_->state().to_json() : "", model_signature(), cfg_.to_toml(),
                             global_batch()};

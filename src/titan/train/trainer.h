@@ -112,6 +112,7 @@ class Trainer {
   int64_t float8_linears_ = 0;  // linears in float8 (metrics.jsonl says so every record)
   std::unique_ptr<metrics::MetricsLogger> logger_;
   Tracer tracer_;
+  std::unique_ptr<checkpoint::SaveCollectives> save_collectives_;  // before checkpoints_: it outlives it
   std::unique_ptr<checkpoint::CheckpointManager> checkpoints_;
   int64_t start_step_ = 1;
   bool validation_size_logged_ = false;
