@@ -19,6 +19,12 @@ fi
 build/venv/bin/python -c "import tiktoken, tokenizers, tensorboard, safetensors, xxhash, ml_dtypes" 2>/dev/null ||
   build/venv/bin/pip install -q "tiktoken==0.14.0" "tokenizers==0.23.3" "tensorboard==2.21.0" "safetensors==0.8.0" "xxhash==3.5.0" \
     "ml_dtypes==0.5.1"
+# The SageMaker SDK (v3, pinned) for scripts/sagemaker/launch.py's dry run, in its own venv.
+if [[ ! -x build/venv-sagemaker/bin/python ]]; then
+  /usr/bin/python3 -m venv build/venv-sagemaker
+fi
+build/venv-sagemaker/bin/python -c "import sagemaker, sys; sys.exit(sagemaker.__version__ != '3.27.0')" 2>/dev/null ||
+  build/venv-sagemaker/bin/pip install -q "sagemaker==3.27.0"
 cmake --preset cpu >/dev/null
 cmake --build --preset cpu
 ctest --preset cpu "$@"

@@ -42,7 +42,7 @@ def shown_commands():
             lines = block.splitlines()
             for i, line in enumerate(lines):
                 for part in line.split("&&"):
-                    cmd = part.split("  #")[0].strip()
+                    cmd = part.split("  #")[0].strip().rstrip("\\").strip()  # a continued line: its first part
                     if re.match(r"^(\./)?(build/cpu/)?titan\b", cmd) or cmd.startswith("python3 scripts/"):
                         shown = []
                         for follow in lines[i + 1:]:
