@@ -60,7 +60,11 @@ for key, value in hyper.items():
         continue
     if "." not in key:
         sys.exit(f"sagemaker entry: hyperparameter {key!r}: expected \"config\" or a titan key section.key")
-    value = json.loads(value) if isinstance(value, str) and value[:1] in "[{\"" else value
+    if isinstance(value, str) and value[:1] and value[0] in "[{\"":  # the SDK may JSON-encode a value
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass  # not JSON after all: titan gets the text
     flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
 print(len(hosts), hosts.index(current), hosts[0])
 print(" ".join(shlex.quote(f) for f in flags))

@@ -84,6 +84,21 @@ def main():
         p = entry(fake, bad, 2, dry_run=True)
         _, err = p.communicate(timeout=60)
         check(p.returncode == 2 and "current_host" in err, f"a resourceconfig.json without this host is refused ({err.strip()})")
+        empty = simulated_ml(tmp, "empty_value", ["algo-1"], "algo-1", dict(small, **{"model.tokenizer_path": "", "job.description": "[x"}))
+        p = entry(fake, empty, 1, dry_run=True)
+        out, err = p.communicate(timeout=60)
+        check(p.returncode == 0 and "--model.tokenizer_path ''" in out and "--job.description \\[x" in out,
+              f"an empty value and text that only looks like JSON pass through as text ({err.strip()} {out.strip()[-200:]})")
+        for what, hyper, expect in [("a hyperparameter that is no titan key", dict(small, steps="3"), "hyperparameter 'steps'"),
+                                    ("malformed hyperparameters.json", None, "hyperparameters.json")]:
+            bad = simulated_ml(tmp, "bad_" + what.split()[1], ["algo-1"], "algo-1", hyper or {})
+            if hyper is None:
+                with open(os.path.join(bad, "input", "config", "hyperparameters.json"), "w") as f:
+                    f.write("{not json")
+            p = entry(fake, bad, 1, dry_run=True)
+            _, err = p.communicate(timeout=60)
+            check(p.returncode != 0 and expect in err and len(err.strip().splitlines()) == 1,
+                  f"{what} is refused in one line ({err.strip()})")
 
         # One host with the CPU build: 2 ranks through mpirun, the losses of mpirun -np 2 itself.
         if shutil.which("mpirun") is None:

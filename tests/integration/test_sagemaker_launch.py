@@ -40,6 +40,13 @@ def main():
     check(r.returncode == 0 and req is not None, f"the dry run prints the request ({r.stderr.strip()[-400:]})")
     if not req:
         return 1
+    for flags, expect in [(["--instance-count", "0"], "--instance-count 0: expected 1 or more"),
+                          (["--max-hours", "1000"], "--max-hours 1000.0: expected more than 0 and at most 672"),
+                          (["--", "training.steps", "3"], "'training.steps': expected titan overrides as --section.key value")]:
+        bad = [x for x in args if x not in ("--", "--training.steps", "1000", "--checkpoint.interval=200",
+                                            "--metrics.enable_color_printing")] + flags
+        b = subprocess.run(bad, capture_output=True, text=True, timeout=300, env=dict(os.environ, AWS_EC2_METADATA_DISABLED="true"))
+        check(b.returncode != 0 and expect in b.stderr, f"launch.py refuses {' '.join(flags)} ({b.stderr.strip()[-200:]})")
     res, algo = req.get("ResourceConfig", {}), req.get("AlgorithmSpecification", {})
     check(res.get("InstanceType") == "ml.p5.48xlarge" and res.get("InstanceCount") == 4, f"instances: {res}")
     check(algo.get("TrainingImage") == image, f"the image: {algo}")

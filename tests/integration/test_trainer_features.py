@@ -77,6 +77,11 @@ def test_tensorboard_and_jsonl(titan, tmp):
           and abs(got["loss_smoothed"][2] - (losses[1] + losses[2]) / 2) < 1e-12
           and got.get("tps") == [row["tps"] for row in rows_in] and got.get("lr") == [row["lr"] for row in rows_in],
           f"plot_metrics.py plots each step once, the later row winning, with a trailing mean ({s.stderr.strip()[-200:]})")
+    for flags, expect in [(["--smooth", "0"], "--smooth 0: expected 1 or more"), ([os.path.join(folder, "none.jsonl")], "none.jsonl")]:
+        b = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "scripts/plot_metrics.py"), *([twice] if flags[0] == "--smooth" else []),
+                            *flags], capture_output=True, text=True)
+        check(b.returncode != 0 and expect in b.stderr and len(b.stderr.strip().splitlines()) == 1,
+              f"plot_metrics.py {' '.join(flags)}: a one-line refusal ({b.stderr.strip()[-200:]})")
 
 
 def test_profiling(titan, tmp):

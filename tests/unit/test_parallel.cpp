@@ -21,6 +21,7 @@
 #include "titan/parallel/data_parallel.h"
 #include "titan/parallel/fsdp.h"
 #include "titan/parallel/launch_env.h"
+#include "titan/parallel/tensor_parallel.h"
 #include "titan/train/memory_estimate.h"
 
 #include "../support/scoped_env.h"
@@ -157,6 +158,32 @@ TEST(Fsdp, RefusesShardsOfAnotherLayout) {
   Transformer m(small_args(), 1, 3);  // shards of rank 1 of 3, a group of one
   auto group = parallel::make_local_group();
   EXPECT_THROW(HostUnitStore(m.units(), *group), InternalError);
+}
+
+// A tensor-parallel degree must split everything it slices: each refusal names the number.
+TEST(Mesh, TensorParallelDegreesThatDoNotSplitAreRefusedNamingTheNumber) {
+  llama3::ModelArgs a;  // the debug model: 16 heads, 16 KV heads, feed-forward 768, vocabulary 2048
+  const llama3::BatchShape s{2, 32};
+  EXPECT_NO_THROW(parallel::check_tensor_parallel(4, 8, a, s, "cfg"));
+  auto error = [&](int tp, int world, llama3::ModelArgs args, llama3::BatchShape shape) {
+    try {
+      parallel::check_tensor_parallel(tp, world, args, shape, "cfg:3");
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error(3, 6, a, s).find("cfg:3: training.tensor_parallel_degree = 3 does not divide model.n_heads (16)"),
+            std::string::npos);
+  llama3::ModelArgs gqa = a;
+  gqa.n_kv_heads = 4;
+  EXPECT_NE(error(8, 8, gqa, s).find("does not divide model.n_kv_heads (4)"), std::string::npos);
+  llama3::ModelArgs odd_vocab = a;
+  odd_vocab.vocab_size = 2049;
+  EXPECT_NE(error(2, 2, odd_vocab, s).find("does not divide model.vocab_size (2049)"), std::string::npos);
+  EXPECT_NE(error(2, 2, a, {1, 7}).find("the rows sequence parallel splits (7)"), std::string::npos);
+  EXPECT_NE(error(2, 3, a, s).find("does not divide the ranks (3)"), std::string::npos);
+  EXPECT_NE(error(0, 1, a, s).find("expected 1 or more"), std::string::npos);
 }
 
 TEST(Mesh, DegreesResolveAgainstTheWorld) {

@@ -63,6 +63,20 @@ ClassifierResult classifier_forward_backward(const float* h, const float* w, con
 }
 
 namespace {
+// One row of this rank's vocabulary slice: logits z become d(loss * grad_scale)/dz =
+// (softmax - onehot) * grad_scale, given the whole vocabulary's log-sum-exp.
+void slice_softmax_gradient(float* z, int64_t vocab, double lse, int64_t label_in_slice, float grad_scale) {
+  for (int64_t j = 0; j < vocab; ++j) z[j] = static_cast<float>(std::exp(z[j] - lse)) * grad_scale;
+  if (label_in_slice >= 0 && label_in_slice < vocab) z[label_in_slice] -= grad_scale;
+}
+
+// A group of rows' partial dh (this slice's) and its dw, from the group's logit gradients.
+void slice_backward(const float* dlogits, const float* h, const float* w, float* dh, float* dw, int64_t rows,
+                    int64_t d, int64_t vocab) {
+  gemm(false, false, rows, d, vocab, 1.0f, dlogits, vocab, w, d, 0.0f, dh, d);
+  gemm(true, false, vocab, d, rows, 1.0f, dlogits, vocab, h, d, 1.0f, dw, d);
+}
+
 // Without loss parallel: each group's logits gathered whole, then the one-process softmax over
 // them (global id k * vocab + j lies in rank k's slice at column j).
 ClassifierResult classifier_gathered_logits(const float* h, const float* w, const int32_t* labels, int64_t n,
@@ -95,19 +109,14 @@ ClassifierResult classifier_gathered_logits(const float* h, const float* w, cons
       for (int64_t j = 0; j < total; ++j) sum += std::exp(static_cast<double>(z(r, j) - mx));
       const double lse = mx + std::log(sum);
       row_loss[static_cast<size_t>(r)] = lse - z(r, label);
-      for (int64_t j = 0; j < vocab; ++j) mine[j] = static_cast<float>(std::exp(mine[j] - lse)) * grad_scale;
-      const int64_t local = static_cast<int64_t>(label) - vocab_begin;
-      if (local >= 0 && local < vocab) mine[local] -= grad_scale;
+      slice_softmax_gradient(mine, vocab, lse, static_cast<int64_t>(label) - vocab_begin, grad_scale);
     }
     for (int64_t r = 0; r < rows; ++r) {
       if (labels[r0 + r] == ignore_index) continue;
       result.loss_sum += row_loss[static_cast<size_t>(r)];
       result.count += 1;
     }
-    if (dh) {
-      gemm(false, false, rows, d, vocab, 1.0f, logits, vocab, w, d, 0.0f, dh + r0 * d, d);
-      gemm(true, false, vocab, d, rows, 1.0f, logits, vocab, h + r0 * d, d, 1.0f, dw, d);
-    }
+    if (dh) slice_backward(logits, h + r0 * d, w, dh + r0 * d, dw, rows, d, vocab);
   }
   return result;
 }
@@ -177,13 +186,10 @@ ClassifierResult classifier_vocab_shard(const float* h, const float* w, const in
         std::fill(z, z + vocab, 0.0f);
         continue;
       }
-      const double l = lse[static_cast<size_t>(r0 + r)];
-      for (int64_t j = 0; j < vocab; ++j) z[j] = static_cast<float>(std::exp(z[j] - l)) * grad_scale;
-      const int64_t local = static_cast<int64_t>(label) - vocab_begin;
-      if (local >= 0 && local < vocab) z[local] -= grad_scale;
+      slice_softmax_gradient(z, vocab, lse[static_cast<size_t>(r0 + r)], static_cast<int64_t>(label) - vocab_begin,
+                             grad_scale);
     }
-    gemm(false, false, rows, d, vocab, 1.0f, logits, vocab, w, d, 0.0f, dh + r0 * d, d);
-    gemm(true, false, vocab, d, rows, 1.0f, logits, vocab, h + r0 * d, d, 1.0f, dw, d);
+    slice_backward(logits, h + r0 * d, w, dh + r0 * d, dw, rows, d, vocab);
   }
   return result;
 }
