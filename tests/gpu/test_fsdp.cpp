@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gpu_test_util.h"
+#include "thread_collectives.h"
 #include "titan/models/llama3/cuda_transformer.h"
 #include "titan/models/llama3/transformer.h"
 #include "titan/parallel/nccl_group.h"
@@ -131,75 +132,6 @@ TEST(Fsdp, OneRankThroughNcclEqualsThePlainModel) {
   }
 }
 
-namespace {
-// W ranks as threads on one GPU, each with its own CudaTransformer. A collective meets at host
-// barriers only to swap pointers and events; the data moves on each rank's own stream, ordered
-// by events as NCCL orders it (a rank's copies wait for every sender's event; a sender's stream
-// waits until every rank has copied), so a missing wait in the model shows up here too.
-class ThreadCollectives final : public cuda::DeviceCollectives {
- public:
-  struct Meeting {
-    explicit Meeting(int w)
-        : world(w), barrier(w), send(static_cast<size_t>(w), nullptr), ready(static_cast<size_t>(w), nullptr),
-          done(static_cast<size_t>(w), nullptr) {}
-    int world;
-    std::barrier<> barrier;
-    std::vector<const void*> send;
-    std::vector<cudaEvent_t> ready, done;
-  };
-  ThreadCollectives(Meeting& m, int rank) : m_(m), rank_(rank) {
-    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-    TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-  }
-  ~ThreadCollectives() override {
-    cudaEventDestroy(ready_);
-    cudaEventDestroy(done_);
-  }
-  int rank() const override { return rank_; }
-  int size() const override { return m_.world; }
-  void all_gather_bf16(const cuda::bf16* send, cuda::bf16* recv, int64_t count, cudaStream_t stream) override {
-    exchange(send, stream, [&] {
-      for (int q = 0; q < m_.world; ++q)
-        TITAN_CUDA_CHECK(cudaMemcpyAsync(recv + q * count, m_.send[q], count * sizeof(cuda::bf16),
-                                         cudaMemcpyDeviceToDevice, stream));
-    });
-  }
-  void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) override {
-    exchange(send, stream, [&] {  // rank 0's slice, then the others added in rank order
-      TITAN_CUDA_CHECK(cudaMemcpyAsync(recv, static_cast<const float*>(m_.send[0]) + rank_ * count,
-                                       count * sizeof(float), cudaMemcpyDeviceToDevice, stream));
-      for (int q = 1; q < m_.world; ++q)
-        cuda::accumulate_f32(recv, static_cast<const float*>(m_.send[q]) + rank_ * count, count, stream);
-    });
-  }
-  void all_reduce_f32(float*, int64_t, cudaStream_t) override {
-    throw InternalError("ThreadCollectives: FSDP over threads needs no all-reduce");
-  }
-  void group_start() override {}
-  void group_end() override {}
-  void synchronize(cudaStream_t stream) override { TITAN_CUDA_CHECK(cudaStreamSynchronize(stream)); }
-
- private:
-  template <typename Move>
-  void exchange(const void* send, cudaStream_t stream, Move move) {
-    TITAN_CUDA_CHECK(cudaEventRecord(ready_, stream));  // this rank's send buffer is written
-    m_.send[rank_] = send;
-    m_.ready[rank_] = ready_;
-    m_.barrier.arrive_and_wait();
-    for (int q = 0; q < m_.world; ++q) TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream, m_.ready[q], 0));
-    move();
-    TITAN_CUDA_CHECK(cudaEventRecord(done_, stream));
-    m_.done[rank_] = done_;
-    m_.barrier.arrive_and_wait();
-    for (int q = 0; q < m_.world; ++q) TITAN_CUDA_CHECK(cudaStreamWaitEvent(stream, m_.done[q], 0));
-    m_.barrier.arrive_and_wait();  // nobody re-records its events before every rank has waited on them
-  }
-  Meeting& m_;
-  int rank_;
-  cudaEvent_t ready_ = nullptr, done_ = nullptr;
-};
-}  // namespace
-
 // 2 and 3 ranks with uneven shards (vocab 301, dim 128, ffn 352 over 3), two micro-batches per
 // step, an AdamW step between: each rank's gradient shard equals the plain model's rows of the
 // gradient of the global batch, and the losses agree.
@@ -263,7 +195,7 @@ TEST(Fsdp, SeveralRanksAsThreadsMatchThePlainModel) {
             }
           } catch (const std::exception& e) {
             errors[r] = e.what();
-            meeting.barrier.arrive_and_drop();  // the others must not wait for this rank
+            meeting.fail();  // the others must not wait for this rank, nor go on without it
           }
         });
       }

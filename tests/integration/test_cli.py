@@ -416,6 +416,23 @@ def test_estimate(titan, configs, data, tmp):
     rp = run(titan, "estimate", "--config", os.path.join(configs, "llama3_70b.toml"), "--ngpu", "64", "--device", "cpu")
     check(rp.returncode == 0 and "FSDP over 8 devices, tensor parallel over 8" in rp.stdout,
           f"the 70B preset's estimate at 64 devices names FSDP 8 x TP 8 ({rp.stdout.strip()[-300:]} {rp.stderr.strip()[:200]})")
+    # On the GPU too (the one model's CUDA backend): each rank's slices, its share of the plan.
+    p70 = ["--config", os.path.join(configs, "llama3_70b.toml"), "--ngpu", "64", "--device", "cuda",
+           "--training.cuda_model", "model"]
+    gpu_totals = {}
+    for tp in ("8", "1"):
+        rg = run(titan, "estimate", *p70, "--training.tensor_parallel_degree", tp)
+        mg = re.search(r"([0-9.]+) GiB per device", rg.stdout)
+        check(rg.returncode == 0 and mg is not None, f"the GPU estimate at TP {tp} ({rg.stdout.strip()[-200:]} {rg.stderr.strip()[:200]})")
+        gpu_totals[tp] = float(mg.group(1)) if mg else 0.0
+        if tp == "8":
+            check("tensor parallel over 8" in rg.stdout, f"the GPU estimate names TP 8 ({rg.stdout.strip()[-200:]})")
+    check(0 < gpu_totals["8"] < gpu_totals["1"] / 2,
+          f"TP 8 x FSDP 8 holds under half of FSDP 64's per-GPU memory (sliced activations): {gpu_totals}")
+    rl = run(titan, "estimate", *cfg, "--ngpu", "2", "--device", "cuda", "--training.tensor_parallel_degree", "2")
+    lines = rl.stderr.strip().splitlines()
+    check(rl.returncode == 2 and len(lines) == 1 and "tensor parallel is not built for the legacy CUDA model" in lines[0]
+          and "training.cuda_model" in lines[0], f"TP on the legacy CUDA model: one-line refusal naming the fix {lines}")
     folder = os.path.join(tmp, "estimate_run")
     t = run(titan, "train", *cfg, *shape, "--training.steps", "3", "--metrics.log_freq", "1", "--job.dump_folder",
             folder, "--training.device", "cpu", env={"OMP_NUM_THREADS": "2"})

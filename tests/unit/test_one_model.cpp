@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/metrics/flops.h"
 #include "titan/models/llama3/activation_plan.h"
 #include "titan/models/llama3/model.h"
 #include "titan/models/llama3/transformer.h"
@@ -271,6 +272,58 @@ TEST(CudaHostPlan, EstimateOfTheOneModelSumsThePlanAsTheAllocatorRoundsIt) {
   const auto one = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1);
   EXPECT_LT(two.optimizer, one.optimizer);  // moments of half the rows
   EXPECT_GT(two.parameters, one.parameters / 2);  // plus the gathered units
+}
+
+// Tensor parallel on the GPU: the classifier's room for the slices' row statistics (loss
+// parallel) or the gathered logits, appended after the 11 (and float8's 5) buffers prepare()
+// maps in order; the estimate sums the sliced plan and that scratch.
+TEST(CudaHostPlan, TensorParallelScratchAndEstimate) {
+  const int64_t n = 1200;
+  PassDims dims{{4, 300}, 256, 4, 32, 2500};
+  dims.tp_degree = 2;
+  auto names = [](const PassDims& p, ClassifierBudget b = {}) {
+    std::map<std::string, size_t> out;
+    for (const auto& x : cuda::backend_scratch(p, b)) out[x.name] = x.bytes;
+    return out;
+  };
+  const auto loss_parallel = names(dims);
+  EXPECT_EQ(cuda::backend_scratch(dims).size(), 13u);
+  EXPECT_EQ(loss_parallel.at("loss parallel row statistics"), size_t(8 * 2 * n * 3));  // mine, then 2 ranks'
+  EXPECT_EQ(loss_parallel.at("loss parallel log-sum-exp"), size_t(4 * n));
+  EXPECT_EQ(loss_parallel.count("gathered logits"), 0u);
+  dims.loss_parallel = false;
+  const ClassifierBudget budget{2 * 2 * 5000 * 100};  // 100 rows of two whole-vocabulary buffers
+  const auto gathered = names(dims, budget);
+  EXPECT_EQ(cuda::gathered_logits_rows(dims, budget), 100);
+  EXPECT_EQ(gathered.at("gathered logits"), size_t(2 * 100 * 5000));
+  EXPECT_EQ(gathered.at("whole-vocabulary logits"), size_t(2 * 100 * 5000));
+  dims.float8 = true;
+  const auto both = cuda::backend_scratch(dims);
+  ASSERT_EQ(both.size(), 18u);
+  EXPECT_EQ(both[11].name, "float8 input");
+  EXPECT_EQ(both[16].name, "gathered logits");
+
+  ModelArgs a = small_args();
+  a.vocab_size = 38;
+  const BatchShape s{2, 64};
+  for (const bool lp : {true, false}) {
+    double want = 0;
+    for (const auto& b : plan_activations(a, s, {}, 2).buffers)
+      want += double(cuda::device_block_bytes(static_cast<size_t>(b.elements) * (b.f32 ? 4 : 2)));
+    PassDims sliced{s, a.dim, a.n_heads / 2, a.head_dim(), a.vocab_size / 2, a.ffn_hidden() / 2};
+    sliced.tp_degree = 2;
+    sliced.loss_parallel = lp;
+    for (const auto& b : cuda::backend_scratch(sliced)) want += double(cuda::device_block_bytes(b.bytes));
+    const auto e = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1, false, AttentionLibrary::titan,
+                                          false, 2, lp);
+    EXPECT_EQ(e.activations, want) << "loss parallel " << lp;
+  }
+  const auto whole = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1);
+  const auto half = train::estimate_memory(a, s, {}, train::EstimateBackend::cuda_model, 1, false, AttentionLibrary::titan,
+                                           false, 2);
+  const double norms = double((2 * a.n_layers + 1) * a.dim);  // replicated: whole on every rank
+  const double sliced = double(metrics::parameter_count(a)) - norms;
+  EXPECT_NEAR(half.optimizer / whole.optimizer, (sliced / 2 + norms) / (sliced + norms), 0.03);
 }
 
 TEST(OneModel, DecodingRunsTheBlocksOneRowAtATime) {

@@ -15,10 +15,12 @@ class VocabShards {
  public:
   virtual ~VocabShards() = default;
   virtual int degree() const = 0;
-  // Every rank's `count` values into `all` (degree() x count), rank 0's first.
+  // Every rank's `count` values into `all` (degree() x count), rank 0's first. Both buffers are
+  // the backend's (host memory on the CPU, device memory on a GPU).
   virtual void gather_stats(const double* mine, double* all, int64_t count) = 0;
-  // Without loss parallel: every rank's logits (`count` floats each) the same way.
-  virtual void gather_logits(const float* mine, float* all, int64_t count) = 0;
+  // Without loss parallel: every rank's logits (`count` elements of the backend's compute
+  // dtype each) the same way.
+  virtual void gather_logits(const void* mine, void* all, int64_t count) = 0;
 };
 
 class TensorParallelHooks : public VocabShards {

@@ -61,6 +61,11 @@ struct PassDims {
   int64_t dim = 0, heads = 0, head_dim = 0, vocab = 0;
   int64_t ffn_hidden = 0;
   bool float8 = false;  // some linear runs in float8: the backend keeps room for its casts
+  // Tensor parallel: vocab is this rank's slice of degree; the classifier keeps room for the
+  // slices' row statistics (loss parallel) or for the gathered logits (without it).
+  int tp_degree = 1;
+  bool loss_parallel = true;
+  bool operator==(const PassDims&) const = default;
 };
 
 class Backend {

@@ -99,6 +99,13 @@ class NcclGroupImpl final : public NcclGroup {
     check_nccl(nccl().reduce_scatter(send, recv, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream),
                "ncclReduceScatter");
   }
+  void reduce_scatter_bf16(const cuda::bf16* send, cuda::bf16* recv, int64_t count, cudaStream_t stream) override {
+    check_nccl(nccl().reduce_scatter(send, recv, static_cast<size_t>(count), ncclBfloat16, ncclSum, comm_, stream),
+               "ncclReduceScatter");
+  }
+  void all_gather_bytes(const void* send, void* recv, int64_t bytes, cudaStream_t stream) override {
+    check_nccl(nccl().all_gather(send, recv, static_cast<size_t>(bytes), ncclUint8, comm_, stream), "ncclAllGather");
+  }
   void all_reduce_f32(float* data, int64_t count, cudaStream_t stream) override {
     check_nccl(nccl().all_reduce(data, data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream),
                "ncclAllReduce");

@@ -31,9 +31,9 @@ void TensorParallel::gather_stats(const double* mine, double* all, int64_t count
   volume_.all_gather += double(degree() - 1) * double(bytes);
 }
 
-void TensorParallel::gather_logits(const float* mine, float* all, int64_t count) {
+void TensorParallel::gather_logits(const void* mine, void* all, int64_t count) {
   const std::vector<int64_t> counts(static_cast<size_t>(degree()), count);
-  group_.all_gather(mine, all, counts);
+  group_.all_gather(static_cast<const float*>(mine), static_cast<float*>(all), counts);
   volume_.all_gather += 4.0 * double(degree() - 1) * double(count);
 }
 
@@ -63,13 +63,14 @@ CommVolume TensorParallel::take_volume() {
 
 double TensorParallel::analytic_volume(const llama3::ModelArgs& a, llama3::BatchShape s,
                                        const llama3::ActivationCheckpointing& ac, int degree, int64_t micro_batches,
-                                       int fsdp_shards, bool loss_parallel) {
+                                       int fsdp_shards, bool loss_parallel, int activation_bytes) {
   if (degree <= 1) return 0;
-  const double t = degree, rows = double(s.rows()) / t, stream = (t - 1) * rows * double(a.dim) * 4;
+  const double t = degree, rows = double(s.rows()) / t, bytes = activation_bytes;
+  const double stream = (t - 1) * rows * double(a.dim) * bytes;
   double regions = 8.0 * double(a.n_layers) + 4;
   for (int64_t i = 0; i < a.n_layers; ++i)
     regions += ac.recomputes_block(i) ? 4 : ac.recomputes_selected_ops() ? 3 : 0;
-  const double stats = loss_parallel ? (t - 1) * double(s.rows()) * 16 : (t - 1) * double(s.rows()) * double(a.vocab_size) / t * 4;
+  const double stats = loss_parallel ? (t - 1) * double(s.rows()) * 16 : (t - 1) * double(s.rows()) * double(a.vocab_size) / t * bytes;
   const double replicated = double((2 * a.n_layers + 1) * a.dim) / fsdp_shards;
   return double(micro_batches) * (regions * stream + stats) + 2 * (t - 1) / t * 4 * replicated;
 }

@@ -30,7 +30,7 @@ class TensorParallel final : public TensorParallelHooks {
   void gather_rows(const void* shard, void* whole, int64_t rows, int64_t width) override;
   void reduce_scatter_rows(const void* whole, void* shard, int64_t rows, int64_t width) override;
   void gather_stats(const double* mine, double* all, int64_t count) override;
-  void gather_logits(const float* mine, float* all, int64_t count) override;
+  void gather_logits(const void* mine, void* all, int64_t count) override;
 
   // After a step's micro-batches: the replicated tensors (the norms) got each rank's rows'
   // share of their gradient; sums those shards over the group (one all-reduce per step).
@@ -45,10 +45,12 @@ class TensorParallel final : public TensorParallelHooks {
   // them plus one per recomputed region (4 for a fully recomputed block, 3 for selective_op),
   // and loss parallel's statistics (degree - 1) x rows x 16 (without loss parallel the logits:
   // (degree - 1) x rows x vocab/degree x 4); per step the replicated gradients' all-reduce adds
-  // 2 (degree - 1)/degree x 4 x their elements / fsdp_shards.
+  // 2 (degree - 1)/degree x 4 x their elements / fsdp_shards. `activation_bytes`: 4 for the CPU's
+  // float32 activations and logits, 2 for the GPU's bfloat16 (the statistics and the replicated
+  // gradients keep their 8 and 4 bytes).
   static double analytic_volume(const llama3::ModelArgs& args, llama3::BatchShape s,
                                 const llama3::ActivationCheckpointing& ac, int degree, int64_t micro_batches,
-                                int fsdp_shards, bool loss_parallel);
+                                int fsdp_shards, bool loss_parallel, int activation_bytes = 4);
 
  private:
   ProcessGroup& group_;

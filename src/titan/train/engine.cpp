@@ -59,6 +59,11 @@ void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& arg
   if (args.tie_word_embeddings && plan.cuda_model == config::RunPlan::CudaModel::legacy)
     throw UserError(concat(plan.origin("model.flavor"), ": tied embeddings are not built for the legacy CUDA model: set "
                            "training.cuda_model = \"model\" (the one model, not yet run on a card) or train on the CPU"));
+  if (plan.tensor_parallel_degree > 1 && plan.cuda_model == config::RunPlan::CudaModel::legacy)
+    throw UserError(concat(plan.origin("training.tensor_parallel_degree"),
+                           ": tensor parallel is not built for the legacy CUDA model: set training.cuda_model = "
+                           "\"model\" (the one model, whose CUDA backend has the tensor-parallel classifier and "
+                           "embedding), or train on the CPU"));
   if (plan.float8.fsdp_all_gather)
     throw UserError(concat(plan.origin("float8.enable_fsdp_float8_all_gather"),
                            ": the FP8 all-gather is built for the CPU backend's FSDP so far (the device unit store gathers "
@@ -115,13 +120,15 @@ double device_memory_bytes(bool on_cuda) {
 }
 
 std::unique_ptr<Engine> make_engine(const config::RunPlan& plan, llama3::Transformer& model, optim::AdamW& optimizer,
-                                    cuda::DeviceCollectives* fsdp, cuda::DeviceCollectives* replicas) {
+                                    cuda::DeviceCollectives* fsdp, cuda::DeviceCollectives* replicas,
+                                    cuda::DeviceCollectives* tensor_parallel) {
 #ifdef TITAN_WITH_CUDA
-  if (resolve_device(plan, model.args())) return make_cuda_engine(plan, model, optimizer, fsdp, replicas);
+  if (resolve_device(plan, model.args()))
+    return make_cuda_engine(plan, model, optimizer, fsdp, replicas, tensor_parallel);
 #else
   resolve_device(plan, model.args());
 #endif
-  TITAN_CHECK(fsdp == nullptr && replicas == nullptr, "device collectives for the CPU engine");
+  TITAN_CHECK(fsdp == nullptr && replicas == nullptr && tensor_parallel == nullptr, "device collectives for the CPU engine");
   return std::make_unique<CpuEngine>(model, optimizer);
 }
 

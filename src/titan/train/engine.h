@@ -58,6 +58,9 @@ class Engine {
   // After a step's micro-batches, on a GPU engine with replicas (HSDP): sums the gradient
   // shards over the replicas on the device. The CPU's are summed by DataParallel.
   virtual void reduce_replica_gradients() {}
+  // After a step's micro-batches, on a GPU engine under tensor parallel: sums the replicated
+  // tensors' gradients (the norms') over the TP group on the device. The CPU's: TensorParallel.
+  virtual void reduce_tensor_parallel_gradients() {}
   virtual size_t peak_unsharded_bytes() const { return 0; }
 };
 
@@ -76,8 +79,10 @@ double device_memory_bytes(bool cuda);
 // Throws UserError when the choice cannot run here.
 // `fsdp` (GPU only): the collectives FSDP runs over; the model's parameters are that group's shards.
 // `replicas` (GPU, the one model only): the collectives HSDP sums gradients over.
+// `tensor_parallel` (GPU, the one model only): the TP group's; the model's weights are its slices.
 std::unique_ptr<Engine> make_engine(const config::RunPlan& plan, llama3::Transformer& model, optim::AdamW& optimizer,
-                                    cuda::DeviceCollectives* fsdp = nullptr, cuda::DeviceCollectives* replicas = nullptr);
+                                    cuda::DeviceCollectives* fsdp = nullptr, cuda::DeviceCollectives* replicas = nullptr,
+                                    cuda::DeviceCollectives* tensor_parallel = nullptr);
 
 #ifdef TITAN_WITH_CUDA
 }  // namespace titan::train
@@ -94,13 +99,14 @@ metrics::MemorySample device_memory_sample(const cuda::AllocatorStats& stats);
 // over those collectives.
 std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                                optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp,
-                                               cuda::DeviceCollectives* replicas);
+                                               cuda::DeviceCollectives* replicas,
+                                               cuda::DeviceCollectives* tensor_parallel = nullptr);
 // The GPU this rank uses: the launcher's local rank (torchrun's LOCAL_RANK, mpirun's or
 // srun's), made current. UserError when there is no such device.
 int select_cuda_device();
 std::unique_ptr<Engine> make_cuda_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                          optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp,
-                                         cuda::DeviceCollectives* replicas);
+                                         cuda::DeviceCollectives* replicas, cuda::DeviceCollectives* tensor_parallel);
 #endif
 
 }  // namespace titan::train

@@ -125,11 +125,12 @@ int select_cuda_device() {
 
 std::unique_ptr<Engine> make_cuda_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                          optim::AdamW& optimizer, cuda::DeviceCollectives* fsdp,
-                                         cuda::DeviceCollectives* replicas) {
+                                         cuda::DeviceCollectives* replicas, cuda::DeviceCollectives* tensor_parallel) {
   check_cuda_config(plan, model.args());  // resolve_device has run these checks; cheap to repeat
   if (plan.cuda_model == config::RunPlan::CudaModel::model)
-    return make_cuda_model_engine(plan, model, optimizer, select_cuda_device(), fsdp, replicas);
-  TITAN_CHECK(replicas == nullptr, "replicas on the legacy CUDA model (the trainer refuses them)");
+    return make_cuda_model_engine(plan, model, optimizer, select_cuda_device(), fsdp, replicas, tensor_parallel);
+  TITAN_CHECK(replicas == nullptr && tensor_parallel == nullptr,
+              "replicas or tensor parallel on the legacy CUDA model (refused before it is made)");
   return std::make_unique<CudaEngine>(model, optimizer, select_cuda_device(), plan.compile, plan.phase_times, fsdp,
                                       plan.reshard, plan.attention);
 }

@@ -12,6 +12,7 @@
 #include "titan/ops/cuda/cuda_check.h"
 #include "titan/ops/cuda/device_parameters.h"
 #include "titan/ops/cuda/host_plan.h"
+#include "titan/parallel/device_tensor_parallel.h"
 #include "titan/parallel/device_unit_store.h"
 #include "titan/parallel/fsdp.h"
 #include "titan/train/engine.h"
@@ -33,10 +34,12 @@ cuda::AdamWStep adamw_step(const optim::AdamWFactors& f, float grad_coef) {
 class CudaModelEngine final : public Engine {
  public:
   // With `fsdp` the host parameters are shards of fsdp->rank() of fsdp->size(); FSDP's policy
-  // (parallel/fsdp.h) drives the device unit store through the model's unit hooks.
+  // (parallel/fsdp.h) drives the device unit store through the model's unit hooks. With
+  // `tensor_parallel` they are that group's rank's slices (the host model's layout says which),
+  // and the model's tensor-parallel hooks run over it.
   CudaModelEngine(llama3::Transformer& host, optim::AdamW& optimizer, int device, bool compile, bool phase_times,
                   AttentionLibrary attention, cuda::DeviceCollectives* fsdp, ReshardPolicy policy,
-                  cuda::DeviceCollectives* replicas)
+                  cuda::DeviceCollectives* replicas, cuda::DeviceCollectives* tensor_parallel, bool loss_parallel)
       : host_(host),
         optimizer_(optimizer),
         device_(device),
@@ -49,9 +52,16 @@ class CudaModelEngine final : public Engine {
         units_(fsdp ? std::make_unique<parallel::DeviceUnitStore>(host.layout().unit_tensors(), params_, *fsdp, backend_)
                     : nullptr),
         fsdp_(units_ ? std::make_unique<parallel::FullyShardedDataParallel>(*units_, policy, true) : nullptr),
-        model_(host.args(), backend_, units_ ? static_cast<WeightStore&>(*units_) : params_),
+        tp_collectives_(tensor_parallel),
+        tp_(tensor_parallel ? std::make_unique<parallel::DeviceTensorParallel>(*tensor_parallel, backend_.stream(),
+                                                                               host.layout())
+                            : nullptr),
+        model_(host.args(), backend_, units_ ? static_cast<WeightStore&>(*units_) : params_,
+               host.layout().tensor_parallel()),
         replicas_(replicas) {
     model_.set_hooks(fsdp_.get());
+    model_.set_tensor_parallel(tp_.get(), loss_parallel);
+    if (tp_) tp_partials_ = cuda::DeviceBuffer(backend_.allocator(), sizeof(double) * params_.count());
     TITAN_CUDA_CHECK(cudaMallocHost(&host_sums_, 2 * sizeof(double)));
     TITAN_CUDA_CHECK(cudaEventCreateWithFlags(&sums_ready_, cudaEventDisableTiming));
     step_factors_ = cuda::DeviceBuffer(backend_.allocator(), sizeof(cuda::AdamWStep));
@@ -59,8 +69,7 @@ class CudaModelEngine final : public Engine {
   ~CudaModelEngine() override {
     drop_graphs();
     try {  // with the collectives' deadline first: a peer that died must not hang this rank here
-      if (units_) units_->synchronize();
-      else if (replicas_) replicas_->synchronize(backend_.stream());
+      synchronize();
     } catch (...) {
     }
     cudaStreamSynchronize(backend_.stream());
@@ -70,9 +79,10 @@ class CudaModelEngine final : public Engine {
 
   std::string description() const override {
     return concat(backend_.description(), ", float32 master weights, gradients and optimizer state, the one model (",
-                  units_ || replicas_ ? "no CUDA graph under FSDP or HSDP yet" : mode_why_, ")",
+                  units_ || replicas_ || tp_ ? "no CUDA graph under FSDP, HSDP or tensor parallel yet" : mode_why_, ")",
                   units_ ? ", FSDP over NCCL" : "", replicas_ ? concat(", gradients summed over ", replicas_->size(),
-                                                                         " replicas (NCCL)") : "");
+                                                                         " replicas (NCCL)") : "",
+                  tp_ ? concat(", tensor parallel over ", tp_->degree(), " ranks (NCCL)") : "");
   }
   bool on_cpu() const override { return false; }
   double peak_flops() const override { return metrics::peak_bf16_flops(cuda::device_name(device_)); }
@@ -97,8 +107,15 @@ class CudaModelEngine final : public Engine {
     if (units_) units_->release_all();
     return model_.forward_loss(tokens, labels, s);
   }
+  // Under tensor parallel: this rank's share (its slices, and the replicated tensors on rank 0
+  // only); the trainer sums the shares over the group.
   double grad_sq_sum() override {
     backend_.mark(cuda::Phase::optimizer);
+    if (tp_) {
+      synchronize();  // the replicated gradients' all-reduce, with the group's deadline
+      const std::vector<bool> skip = tp_->rank() == 0 ? std::vector<bool>(params_.count(), false) : tp_->replicated();
+      return params_.grad_sq_sum_except(skip, tp_partials_.as<double>(), backend_.reduce_scratch());
+    }
     params_.grad_sq_sum(backend_.sums() + 1, backend_.reduce_scratch());
     double out = 0;
     TITAN_CUDA_CHECK(cudaMemcpyAsync(&out, backend_.sums() + 1, sizeof(double), cudaMemcpyDeviceToHost, backend_.stream()));
@@ -117,7 +134,7 @@ class CudaModelEngine final : public Engine {
 
   bool fused_step(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s, float grad_scale, double lr,
                   double max_norm, StepOutcome& out) override {
-    if (!compile_ || units_ || replicas_) return false;  // one op per kernel, FSDP or HSDP: the plain path
+    if (!compile_ || units_ || replicas_ || tp_) return false;  // one op per kernel, FSDP, HSDP or TP: the plain path
     const optim::AdamWFactors f = optimizer_.advance(lr);
     try {
       out = run_step(tokens, labels, s, grad_scale, adamw_step(f, 1.0f), max_norm);
@@ -143,7 +160,7 @@ class CudaModelEngine final : public Engine {
     params_.upload(host_.parameters());
   }
   double take_comm_bytes() override {
-    const double b = (units_ ? units_->take_comm_bytes() : 0) + replica_bytes_;
+    const double b = (units_ ? units_->take_comm_bytes() : 0) + replica_bytes_ + (tp_ ? tp_->take_volume().total() : 0);
     replica_bytes_ = 0;
     return b;
   }
@@ -154,6 +171,12 @@ class CudaModelEngine final : public Engine {
     replicas_->all_reduce_f32(params_.gradients(), params_.total(), backend_.stream());
     const double r = replicas_->size();
     replica_bytes_ += 2.0 * (r - 1) / r * 4.0 * static_cast<double>(params_.total());  // a ring all-reduce
+  }
+  void reduce_tensor_parallel_gradients() override {
+    if (!tp_) return;
+    if (units_) units_->release_all();  // the reduce-scatters into the shards come first
+    backend_.mark(cuda::Phase::communication);
+    tp_->reduce_replicated_gradients(params_);
   }
   size_t peak_unsharded_bytes() const override { return units_ ? units_->peak_unsharded_bytes() : 0; }
   metrics::MemorySample memory() const override { return device_memory_sample(backend_.memory_stats()); }
@@ -167,6 +190,7 @@ class CudaModelEngine final : public Engine {
   };
 
   void synchronize() {
+    if (tp_collectives_) tp_collectives_->synchronize(backend_.stream());  // with the group's deadline
     if (units_) units_->synchronize();  // collectives in flight: wait with the group's deadline
     else if (replicas_) replicas_->synchronize(backend_.stream());
     else backend_.synchronize();
@@ -280,6 +304,9 @@ class CudaModelEngine final : public Engine {
   cuda::DeviceParameters params_;
   std::unique_ptr<parallel::DeviceUnitStore> units_;  // FSDP only
   std::unique_ptr<parallel::FullyShardedDataParallel> fsdp_;
+  cuda::DeviceCollectives* tp_collectives_ = nullptr;  // tensor parallel only
+  std::unique_ptr<parallel::DeviceTensorParallel> tp_;  // before the model, which calls it
+  cuda::DeviceBuffer tp_partials_;                      // the gradient norm's partial sums under TP
   llama3::Model model_;
   cuda::DeviceCollectives* replicas_ = nullptr;  // HSDP only
   double replica_bytes_ = 0;
@@ -293,9 +320,11 @@ class CudaModelEngine final : public Engine {
 
 std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llama3::Transformer& model,
                                                optim::AdamW& optimizer, int device, cuda::DeviceCollectives* fsdp,
-                                               cuda::DeviceCollectives* replicas) {
+                                               cuda::DeviceCollectives* replicas,
+                                               cuda::DeviceCollectives* tensor_parallel) {
   auto engine = std::make_unique<CudaModelEngine>(model, optimizer, device, plan.compile, plan.phase_times,
-                                                  plan.attention, fsdp, plan.reshard, replicas);
+                                                  plan.attention, fsdp, plan.reshard, replicas, tensor_parallel,
+                                                  plan.loss_parallel);
   engine->set_activation_checkpointing(plan.ac);
   if (plan.float8.enabled)  // the same selection the trainer logged for the host model
     engine->set_float8_linears(llama3::select_float8_linears(model.layout(), plan.float8.recipe, plan.float8.filter_fqns));

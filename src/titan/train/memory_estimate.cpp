@@ -67,10 +67,12 @@ double cuda_plan_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, int64_t
 // and of the backend's scratch, as the allocator rounds it; the flat parameter buffers over
 // this rank's padded shards; under FSDP (parallel/device_unit_store.h) the root and two blocks
 // gathered (all of them with keep_blocks), two blocks' whole gradients and one unit's reduced shards.
+// Under tensor parallel the parameters are rank 0's slices (the slices are even), and the plan
+// and scratch those of its share of heads, feed-forward width and vocabulary.
 double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
-                        int64_t shards, bool keep_blocks, bool float8, double* param_bytes, double* grad_bytes,
-                        double* opt_bytes) {
-  const llama3::ModelLayout layout(a);
+                        int64_t shards, bool keep_blocks, bool float8, int tp, bool loss_parallel, double* param_bytes,
+                        double* grad_bytes, double* opt_bytes) {
+  const llama3::ModelLayout layout(a, {0, tp});
   std::vector<int64_t> shard;
   std::vector<double> gathered(static_cast<size_t>(layout.units())), reduced(gathered.size());
   for (const auto& t : layout.tensors()) {
@@ -90,9 +92,10 @@ double cuda_model_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, const 
                    device_block(4 * *std::max_element(reduced.begin(), reduced.end()));
   }
   double act = 0;
-  const llama3::ActivationPlan plan = llama3::plan_activations(a, s, ac);
+  const llama3::ActivationPlan plan = llama3::plan_activations(a, s, ac, tp);
   for (const auto& b : plan.buffers) act += device_block(double(b.elements) * (b.f32 ? 4 : 2));
-  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads, a.head_dim(), a.vocab_size, a.ffn_hidden(), float8}))
+  for (const auto& b : cuda::backend_scratch({s, a.dim, a.n_heads / tp, a.head_dim(), a.vocab_size / tp,
+                                              a.ffn_hidden() / tp, float8, tp, loss_parallel}))
     act += device_block(double(b.bytes));
   return act;
 }
@@ -124,19 +127,21 @@ bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& a
 
 MemoryEstimate estimate_memory(const llama3::ModelArgs& a, llama3::BatchShape s, const llama3::ActivationCheckpointing& ac,
                                EstimateBackend backend, int64_t shards, bool keep_gathered_blocks, AttentionLibrary attention,
-                               bool float8_linears, int tp) {
+                               bool float8_linears, int tp, bool loss_parallel) {
   TITAN_CHECK(shards >= 1 && tp >= 1, "shards ", shards, ", tensor parallel ", tp);
   MemoryEstimate e;
   if (backend == EstimateBackend::cuda_model) {
-    e.activations = cuda_model_bytes(a, s, ac, shards, keep_gathered_blocks, float8_linears, &e.parameters, &e.gradients,
-                                     &e.optimizer);
+    e.activations = cuda_model_bytes(a, s, ac, shards, keep_gathered_blocks, float8_linears, tp, loss_parallel,
+                                     &e.parameters, &e.gradients, &e.optimizer);
     e.buffers = double(32 << 20) + device_block(sizeof(double) * 4 + 64);  // cuBLASLt workspace, step factors
-    if (attention != AttentionLibrary::titan && cudnn_attention_takes(s.seq, a.n_heads, a.n_kv_heads, a.head_dim()))
-      e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads, a.head_dim())));
+    // cuDNN sees this rank's heads under tensor parallel.
+    if (attention != AttentionLibrary::titan &&
+        cudnn_attention_takes(s.seq, a.n_heads / tp, a.n_kv_heads / tp, a.head_dim()))
+      e.buffers += device_block(double(cudnn_attention_scratch_bytes(s.batch, s.seq, a.n_heads / tp, a.head_dim())));
     return e;
   }
   if (backend == EstimateBackend::cuda) {
-    TITAN_CHECK(ac.mode == Mode::none, "the legacy CUDA model has no activation checkpointing");
+    TITAN_CHECK(ac.mode == Mode::none && tp == 1, "the legacy CUDA model has no activation checkpointing or tensor parallel");
     e.activations = cuda_plan_bytes(a, s, shards, keep_gathered_blocks, &e.parameters, &e.gradients, &e.optimizer);
     e.buffers = double(32 << 20) + device_block(1056 * 8) + 2 * 512.0;  // cuBLASLt workspace, reduction scratch (ops/cuda/reduce.cu), sums, step factors
     // cuDNN attention's backward scratch, where the run would ask for it (auto: where cuDNN
@@ -205,7 +210,7 @@ int estimate_main(const std::vector<std::string>& args) {
     if (args[i] == "--help" || args[i] == "-h") {
       std::cout << "usage: titan estimate --config FILE [--ngpu N] [--device cuda|cpu] [--section.key VALUE ...]\n"
                    "  per-device memory of a training run (GPU: bf16 mixed precision; CPU: fp32); N > 1 devices: groups of\n"
-                   "  training.tensor_parallel_degree (CPU backend) and FSDP shards over the rest\n";
+                   "  training.tensor_parallel_degree and FSDP shards over the rest\n";
       return 0;
     }
     if (flag == "--config") {
@@ -251,13 +256,9 @@ int estimate_main(const std::vector<std::string>& args) {
   } catch (const UserError& e) {
     throw UserError(concat("estimate --ngpu ", ngpu, ": ", e.what()));
   }
-  if (tp > 1 && device == "cuda")
-    std::cout << "note: training.tensor_parallel_degree = " << tp << ": tensor parallel is built for the CPU backend so "
-              << "far; a GPU run refuses it. Below: the GPU estimate without it (FSDP over " << shards
-              << " of the devices), or --device cpu for the tensor-parallel one\n";
   auto e = estimate_memory(a, s, plan.ac, device == "cuda" ? cuda_estimate_backend(plan) : EstimateBackend::cpu, shards,
-                           plan.keep_gathered_blocks, plan.attention, runs_float8_linears(plan, a),
-                           device == "cuda" ? 1 : tp);
+                           plan.keep_gathered_blocks, plan.attention, runs_float8_linears(plan, a), tp,
+                           plan.loss_parallel);
   if (device == "cpu")
     e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards * tp) + float8_all_gather_bytes(plan, a, shards);
   std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
@@ -281,7 +282,7 @@ int estimate_main(const std::vector<std::string>& args) {
                                          shards > 1 ? concat(", FSDP over ", shards, " devices",
                                                              device == "cuda" ? " (GPU FSDP memory: not yet measured on several cards)" : "")
                                                     : "",
-                                         tp > 1 && device == "cpu" ? concat(", tensor parallel over ", tp) : ""),
+                                         tp > 1 ? concat(", tensor parallel over ", tp) : ""),
                                0)
             << "\n";
   return 0;

@@ -35,7 +35,7 @@ EstimateBackend cuda_estimate_backend(const config::RunPlan& plan);
 MemoryEstimate estimate_memory(const llama3::ModelArgs& args, llama3::BatchShape micro_batch,
                                const llama3::ActivationCheckpointing& ac, EstimateBackend backend, int64_t shards, bool keep_gathered_blocks = false,
                                AttentionLibrary attention = AttentionLibrary::titan, bool float8_linears = false,
-                               int tp = 1);
+                               int tp = 1, bool loss_parallel = true);
 
 // Activation bytes of the CPU plan (equals Transformer::memory().activation_bytes); with
 // float8_linears, the room for the emulated casts too.

@@ -141,7 +141,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
 #ifdef TITAN_WITH_CUDA
   if (on_cuda) select_cuda_device();  // before anything touches a GPU: each rank its own
 #endif
-  make_tensor_parallel_groups(on_cuda);
+  make_tensor_parallel_groups();
   parallel::MeshShape mesh;
   try {
     mesh = parallel::resolve_mesh(static_cast<int>(ranks), plan_.replicate_degree, plan_.shard_degree);
@@ -161,7 +161,7 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
   const llama3::TensorParallelRank tp_rank{tp_group_ ? tp_group_->rank() : 0, plan_.tensor_parallel_degree};
   model_ = std::make_unique<llama3::Transformer>(args_, dp_->shard_rank(), mesh.shard, tp_rank);
   dp_->apply(*model_, !on_cuda);
-  if (tp_group_) {
+  if (tp_group_) {  // the host model computes on the CPU only; a GPU engine applies TP to its own
     tp_ = std::make_unique<parallel::TensorParallel>(*tp_group_, model_->layout());
     model_->model().set_tensor_parallel(tp_.get(), plan_.loss_parallel);
   }
@@ -175,7 +175,10 @@ Trainer::Trainer(const config::JobConfig& cfg, std::ostream& log, parallel::Proc
     if (plan_.float8.fsdp_all_gather) enable_float8_all_gather(f8);
   }
   cuda::DeviceCollectives* shards = device_collectives(on_cuda);
-  engine_ = make_engine(plan_, *model_, optimizer_, shards, replica_collectives(on_cuda));
+  // One statement each: every rank makes its NCCL communicators in the same order.
+  cuda::DeviceCollectives* replicas = replica_collectives(on_cuda);
+  cuda::DeviceCollectives* tensor_parallel = tensor_parallel_collectives(on_cuda);
+  engine_ = make_engine(plan_, *model_, optimizer_, shards, replicas, tensor_parallel);
   if (plan_.phase_times && engine_->on_cpu())
     log_ << "notice: profiling.phase_times = true: no effect on the CPU backend (use profiling.enable_profiling)\n";
   if (plan_.compile && engine_->on_cpu())
@@ -261,7 +264,7 @@ void Trainer::enable_float8_all_gather(const llama3::Float8Linears& f8) {
        << "\n";
 }
 
-void Trainer::make_tensor_parallel_groups(bool on_cuda) {
+void Trainer::make_tensor_parallel_groups() {
   const int tp = plan_.tensor_parallel_degree;
   data_ranks_ = &group_;
   if (tp == 1) return;
@@ -269,8 +272,12 @@ void Trainer::make_tensor_parallel_groups(bool on_cuda) {
   auto refuse = [&](const std::string& why) {
     throw UserError(concat(where, ": training.tensor_parallel_degree = ", tp, ": ", why));
   };
-  if (on_cuda) refuse("tensor parallel is built for the CPU backend so far (training.device = \"cpu\"); the GPU's comes later");
   if (plan_.float8.enabled) refuse("float8 linears under tensor parallel are a later step: set float8.enable_float8_linear = false");
+#ifdef TITAN_WITH_CUDA
+  if (dynamic_cast<parallel::NcclGroup*>(&group_))  // torchrun-style variables: no MPI to split the world with
+    refuse("the tensor-parallel groups are split from an MPI world: launch with mpirun or srun (scripts/run_train.sh), "
+           "not torchrun-style variables");
+#endif
   const int rank = group_.rank();
   tp_group_ = group_.split(rank / tp, rank);  // neighbouring ranks: one node's NVLink on a GPU cluster
   dp_ranks_ = group_.split(rank % tp, rank);
@@ -317,6 +324,19 @@ cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
 #endif
 }
 
+cuda::DeviceCollectives* Trainer::tensor_parallel_collectives(bool on_cuda) {
+  if (!on_cuda || !tp_group_) return nullptr;
+#ifdef TITAN_WITH_CUDA
+  select_cuda_device();  // NCCL binds to the current device
+  auto group = parallel::make_nccl_group(*tp_group_, job_.comm_timeout_seconds);
+  cuda::DeviceCollectives* collectives = group.get();
+  nccl_tensor_parallel_ = std::move(group);  // declared before the engine, so it outlives it
+  return collectives;
+#else
+  return nullptr;  // resolve_device has refused CUDA in this build
+#endif
+}
+
 cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
   if (!on_cuda || dp_->mesh().replicate == 1) return nullptr;
 #ifdef TITAN_WITH_CUDA
@@ -334,7 +354,7 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
 void Trainer::check_memory_estimate(bool cuda, int shards) const {
   auto e = estimate_memory(args_, shape_, plan_.ac, cuda ? cuda_estimate_backend(plan_) : EstimateBackend::cpu, shards,
                            plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_),
-                           cuda ? 1 : plan_.tensor_parallel_degree);
+                           plan_.tensor_parallel_degree, plan_.loss_parallel);
   if (!cuda)
     e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards * plan_.tensor_parallel_degree) +
                  float8_all_gather_bytes(plan_, args_, shards);
@@ -439,9 +459,18 @@ void Trainer::resume_from(const std::string& dir, data::WindowSource& source) {
        << (meta.world != 1 ? concat(", saved by ", meta.world, " ranks") : "") << ")\n" << std::flush;
 }
 
+// This rank's squared gradient norm, summed over its tensor-parallel group (the replicated
+// tensors counted once); FSDP's shards are summed after.
+double Trainer::grad_sq_over_tensor_parallel() {
+  if (tp_ && engine_->on_cpu()) return tp_->grad_sq(model_->parameters());
+  double sq = engine_->grad_sq_sum();  // a GPU engine under TP: this rank's share
+  if (tp_group_) tp_group_->all_reduce_sum(&sq, 1);
+  return sq;
+}
+
 double Trainer::tensor_parallel_volume() const {
   return parallel::TensorParallel::analytic_volume(args_, shape_, plan_.ac, plan_.tensor_parallel_degree, accumulation_,
-                                                   dp_->mesh().shard, plan_.loss_parallel);
+                                                   dp_->mesh().shard, plan_.loss_parallel, engine_->on_cpu() ? 4 : 2);
 }
 
 int64_t Trainer::global_batch() const { return shape_.batch * accumulation_ * data_ranks_->size(); }
@@ -477,7 +506,8 @@ void Trainer::print_start_summary() {
   auto mem = model_->memory();
   if (!engine_->on_cpu()) {  // what the GPU holds: the CUDA plan's terms, as titan estimate gives them
     const auto e = estimate_memory(args_, shape_, plan_.ac, cuda_estimate_backend(plan_), dp_->mesh().shard,
-                                   plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_));
+                                   plan_.keep_gathered_blocks, plan_.attention, runs_float8_linears(plan_, args_),
+                                   plan_.tensor_parallel_degree, plan_.loss_parallel);
     mem.parameter_bytes = static_cast<size_t>(e.parameters);
     mem.gradient_bytes = static_cast<size_t>(e.gradients);
     mem.optimizer_bytes = static_cast<size_t>(e.optimizer);
@@ -507,10 +537,10 @@ void Trainer::print_start_summary() {
   if (group_.size() == 1 && dp_->sharded()) log_ << "data parallel: " << dp_->describe() << "\n";
   if (group_.size() > 1) {
     log_ << "ranks: " << group_.size() << " (" << group_.backend() << "), "
-         << (tp_ ? concat(data_ranks_->size(), " data-parallel x ", tp_->degree(), " tensor-parallel; data parallel: ") : "")
+         << (tp_group_ ? concat(data_ranks_->size(), " data-parallel x ", tp_group_->size(), " tensor-parallel; data parallel: ") : "")
          << dp_->describe() << "\n";
-    if (tp_)
-      log_ << "tensor parallel: " << tp_->degree() << " neighbouring ranks per group (" << data_ranks_->size()
+    if (tp_group_)
+      log_ << "tensor parallel: " << tp_group_->size() << " neighbouring ranks per group (" << data_ranks_->size()
            << " data-parallel): wq, wk, wv, w1, w3 and the classifier sliced column-wise, wo and w2 row-wise, the "
               "embedding over the vocabulary; sequence parallel between them, "
            << (plan_.loss_parallel ? "loss parallel" : "the logits gathered (no loss parallel)") << "\n";
@@ -562,9 +592,10 @@ StepMetrics Trainer::train_step(int64_t step) {
     count += r.count;
   }
   reduce_loss(loss_sum, count);
-  if (tp_) {
+  if (tp_group_) {
     Tracer::Span span(&tracer_, "replicated gradients all-reduce across tensor-parallel ranks");
-    tp_->reduce_replicated_gradients(model_->parameters());
+    if (engine_->on_cpu()) tp_->reduce_replicated_gradients(model_->parameters());
+    else engine_->reduce_tensor_parallel_gradients();
   }
   {
     Tracer::Span span(&tracer_, "gradient all-reduce across replicas");
@@ -573,7 +604,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   }
   m.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
   Tracer::Span span(&tracer_, "optimizer (grad norm, clipping, AdamW)");
-  m.grad_norm = std::sqrt(dp_->global_grad_sq(tp_ ? tp_->grad_sq(model_->parameters()) : engine_->grad_sq_sum()));
+  m.grad_norm = std::sqrt(dp_->global_grad_sq(grad_sq_over_tensor_parallel()));
   if (finite_or_stop(step, m)) engine_->update(m.grad_norm, job_.max_norm, m.lr);
   else m.skipped = true;
   dp_->weights_changed();  // FP8-gathered weights take new scales

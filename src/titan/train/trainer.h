@@ -56,6 +56,8 @@ class Trainer {
   cuda::DeviceCollectives* device_collectives(bool on_cuda);
   // The replicas' NCCL group of a GPU run with HSDP or replicated data parallel (null otherwise).
   cuda::DeviceCollectives* replica_collectives(bool on_cuda);
+  // A GPU run's tensor-parallel NCCL group over tp_group_ (null otherwise).
+  cuda::DeviceCollectives* tensor_parallel_collectives(bool on_cuda);
   // Sums the loss and token count over the ranks.
   void reduce_loss(double& loss_sum, int64_t& count);
   // Mean and max over the ranks of this rank's bytes per step in the window.
@@ -69,7 +71,7 @@ class Trainer {
   // Rank 0 locks the dump folder and the checkpoint folder before any rank touches them.
   void lock_run_folders();
   // Splits the world into the TP groups and the data-parallel ranks; refuses what TP does not run with.
-  void make_tensor_parallel_groups(bool on_cuda);
+  void make_tensor_parallel_groups();
   void enable_float8_all_gather(const llama3::Float8Linears& f8);
   void write_resolved_config(const std::string& dump);
   void resume_from(const std::string& dir, data::WindowSource& source);
@@ -78,8 +80,9 @@ class Trainer {
                           const std::string& hint) const;
   void initial_load();
   void save_checkpoint(int64_t step);
-  int64_t global_batch() const;
-  double tensor_parallel_volume() const;  // analytic bytes per rank per step (0 without TP)  // sequences per optimizer step over all ranks
+  int64_t global_batch() const;  // sequences per optimizer step over all ranks
+  double tensor_parallel_volume() const;  // analytic bytes per rank per step (0 without TP)
+  double grad_sq_over_tensor_parallel();
   // The model as a Hugging Face folder `<checkpoint folder>/<name><step>` (sharded over files of
   // at most max_shard_bytes; 0: one file).
   void export_weights(int64_t step, const std::string& name, int64_t max_shard_bytes);
@@ -100,9 +103,11 @@ class Trainer {
   std::unique_ptr<parallel::ProcessGroup> tp_group_, dp_ranks_;
   parallel::ProcessGroup* data_ranks_ = nullptr;  // dp_ranks_, or group_
   std::unique_ptr<parallel::DataParallel> dp_;  // FSDP/HSDP applied to model_
-  std::unique_ptr<parallel::TensorParallel> tp_;  // tensor parallel applied to model_ (degree > 1)
+  // Tensor parallel applied to the host model_ (degree > 1); on a GPU the engine applies its own.
+  std::unique_ptr<parallel::TensorParallel> tp_;
   std::unique_ptr<parallel::ProcessGroup> nccl_;  // GPU FSDP's collectives, when this trainer made them
   std::unique_ptr<parallel::ProcessGroup> nccl_replicas_;  // GPU HSDP's across the replicas
+  std::unique_ptr<parallel::ProcessGroup> nccl_tensor_parallel_;  // GPU tensor parallel's, over tp_group_
   std::unique_ptr<llama3::Transformer> model_;  // owns the parameters (init, checkpoints)
   std::unique_ptr<Engine> engine_;              // runs the steps: CPU or GPU
   std::unique_ptr<data::DataLoader> loader_;

@@ -33,6 +33,7 @@ void Model::set_tensor_parallel(TensorParallelHooks* tp, bool loss_parallel) {
   TITAN_CHECK((tp ? tp->degree() : 1) == layout_.tensor_parallel().degree, "tensor parallel hooks of degree ",
               tp ? tp->degree() : 1, " for a model sliced over ", layout_.tensor_parallel().degree);
   tp_ = tp && tp->degree() > 1 ? tp : nullptr;
+  ac_planned_ = false;  // the backend's classifier scratch follows loss parallel
 }
 
 void Model::gather_norm_output(int buffer, int64_t rows) {
@@ -91,7 +92,8 @@ void Model::plan(BatchShape s) {
   backend_.upload_f32(f32(plan_.rope_sin), sin.data(), s.seq * half);
   bool float8 = false;
   for (const auto& t : layout_.tensors()) float8 |= t.precision == LinearPrecision::float8;
-  backend_.prepare({s, args_.dim, heads_, args_.head_dim(), vocab_, ffn_, float8});
+  backend_.prepare({s, args_.dim, heads_, args_.head_dim(), vocab_, ffn_, float8, layout_.tensor_parallel().degree,
+                    loss_parallel_});
   ac_planned_ = true;
 }
 

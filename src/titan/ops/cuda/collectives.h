@@ -20,6 +20,11 @@ class DeviceCollectives {
   // `send` holds size() x count floats; this rank receives the sum over the ranks of its slice
   // [rank() x count, + count).
   virtual void reduce_scatter_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) = 0;
+  // Tensor parallel's sequence-parallel boundaries: the same reduce-scatter on bf16 activations
+  // (summed in bf16, as torch's TP reduce-scatters its bf16 partial outputs).
+  virtual void reduce_scatter_bf16(const bf16* send, bf16* recv, int64_t count, cudaStream_t stream) = 0;
+  // Every rank sends `bytes` bytes; `recv` gets size() x bytes (loss parallel's row statistics).
+  virtual void all_gather_bytes(const void* send, void* recv, int64_t bytes, cudaStream_t stream) = 0;
   // In place: every rank gets the elementwise sum (HSDP's gradient sum across replicas).
   virtual void all_reduce_f32(float* data, int64_t count, cudaStream_t stream) = 0;
   // Collectives issued between these two run as one launch (per-parameter calls of a unit).

@@ -66,7 +66,85 @@ __global__ void cross_entropy_kernel(bf16_t* logits, const int32_t* labels, int6
     x = to_bf(g);
   });
 }
+// Loss parallel, pass 1: one block per row of a vocabulary slice, the same online (max, sum of
+// exp) as above.
+__global__ void vocab_slice_stats_kernel(const bf16_t* logits, const int32_t* labels, int64_t vocab,
+                                         int64_t vocab_begin, double* stats) {
+  __shared__ float red[32];
+  const bf16_t* z = logits + blockIdx.x * vocab;
+  const int64_t label = static_cast<int64_t>(labels[blockIdx.x]) - vocab_begin;
+  float m = -INFINITY, s = 0;
+  for_each_in_row<false>(const_cast<bf16_t*>(z), vocab, [&](int64_t, bf16_t& x) {
+    const float v = to_f(x);
+    if (v > m) {
+      s = s * __expf(m - v) + 1.0f;
+      m = v;
+    } else {
+      s += __expf(v - m);
+    }
+  });
+  const float mx = block_max(m, red);
+  const float total = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx), red);
+  if (threadIdx.x != 0) return;
+  stats[2 * blockIdx.x] = static_cast<double>(mx) + log(static_cast<double>(total));
+  stats[2 * blockIdx.x + 1] = label >= 0 && label < vocab ? static_cast<double>(to_f(z[label])) : 0.0;
+}
+
+// One thread per row: the slices combined in rank order (the same sum on every rank).
+__global__ void combine_vocab_stats_kernel(const double* all, const int32_t* labels, int64_t n, int degree,
+                                           int32_t ignore_index, float* lse, float* loss) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  double mx = -INFINITY, sum = 0, target = 0;
+  for (int k = 0; k < degree; ++k) mx = fmax(mx, all[k * 2 * n + 2 * i]);
+  for (int k = 0; k < degree; ++k) {
+    sum += exp(all[k * 2 * n + 2 * i] - mx);
+    target += all[k * 2 * n + 2 * i + 1];
+  }
+  const double whole = mx + log(sum);
+  lse[i] = static_cast<float>(whole);
+  loss[i] = labels[i] == ignore_index ? 0.0f : static_cast<float>(whole - target);
+}
+
+// Loss parallel, pass 2: one block per row, the slice's logits overwritten by their gradient.
+__global__ void vocab_slice_gradient_kernel(bf16_t* logits, const int32_t* labels, const float* lse, int64_t vocab,
+                                            int64_t vocab_begin, int32_t ignore_index, float grad_scale) {
+  bf16_t* z = logits + blockIdx.x * vocab;
+  const bool ignored = labels[blockIdx.x] == ignore_index;
+  const int64_t label = static_cast<int64_t>(labels[blockIdx.x]) - vocab_begin;
+  const float row_lse = lse[blockIdx.x];
+  for_each_in_row<true>(z, vocab, [&](int64_t j, bf16_t& x) {
+    float g = ignored ? 0.0f : __expf(to_f(x) - row_lse) * grad_scale;
+    if (!ignored && j == label) g -= grad_scale;
+    x = to_bf(g);
+  });
+}
 }  // namespace
+
+void vocab_slice_stats(const bf16* logits, const int32_t* labels, int64_t rows, int64_t vocab, int64_t vocab_begin,
+                       double* stats, cudaStream_t stream) {
+  if (rows == 0) return;
+  vocab_slice_stats_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(as_bf16(logits), labels, vocab,
+                                                                                 vocab_begin, stats);
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+void combine_vocab_stats(const double* all, const int32_t* labels, int64_t n, int degree, int32_t ignore_index,
+                         float* lse, float* loss, cudaStream_t stream) {
+  if (n == 0) return;
+  constexpr int kRowThreads = 256;
+  combine_vocab_stats_kernel<<<static_cast<unsigned>((n + kRowThreads - 1) / kRowThreads), kRowThreads, 0, stream>>>(
+      all, labels, n, degree, ignore_index, lse, loss);
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+void vocab_slice_gradient(bf16* logits, const int32_t* labels, const float* lse, int64_t rows, int64_t vocab,
+                          int64_t vocab_begin, int32_t ignore_index, float grad_scale, cudaStream_t stream) {
+  if (rows == 0) return;
+  vocab_slice_gradient_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+      as_bf16(logits), labels, lse, vocab, vocab_begin, ignore_index, grad_scale);
+  TITAN_CUDA_CHECK_LAUNCH();
+}
 
 void cross_entropy_rows(bf16* logits, const int32_t* labels, int64_t rows, int64_t vocab, int32_t ignore_index,
                         float grad_scale, float* loss, bool with_grad, cudaStream_t stream) {

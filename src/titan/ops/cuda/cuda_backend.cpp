@@ -66,25 +66,25 @@ DeviceBuffer CudaBackend::scratch(size_t bytes) {
 }
 
 void CudaBackend::prepare(const PassDims& p) {
-  if (p.shape == prepared_.shape && p.dim == prepared_.dim && p.heads == prepared_.heads && p.head_dim == prepared_.head_dim &&
-      p.vocab == prepared_.vocab && p.float8 == prepared_.float8 && p.ffn_hidden == prepared_.ffn_hidden &&
-      scratch_bytes_ > 0)
-    return;
+  if (p == prepared_ && scratch_bytes_ > 0) return;
   synchronize();  // the old scratch may still be read
-  for (DeviceBuffer* d : {&delta_, &norm_partial_, &logits_, &row_loss_, &reduce_scratch_, &sums_, &tokens_, &labels_,
-                          &embed_ids_, &embed_offsets_, &embed_positions_, &fp8_input_, &fp8_grad_, &fp8_grad_t_,
-                          &fp8_weight_, &fp8_scales_})
-    d->reset();
+  std::vector<DeviceBuffer*> slots = {&delta_,     &norm_partial_,  &logits_,     &row_loss_,
+                                      &reduce_scratch_, &sums_,    &tokens_,     &labels_,
+                                      &embed_ids_, &embed_offsets_, &embed_positions_};
+  const std::vector<DeviceBuffer*> float8 = {&fp8_input_, &fp8_grad_, &fp8_grad_t_, &fp8_weight_, &fp8_scales_};
+  const std::vector<DeviceBuffer*> tp = {&tp_first_, &tp_second_};
+  for (DeviceBuffer* d : slots) d->reset();
+  for (DeviceBuffer* d : float8) d->reset();
+  for (DeviceBuffer* d : tp) d->reset();
+  if (p.float8) slots.insert(slots.end(), float8.begin(), float8.end());
+  if (p.tp_degree > 1) slots.insert(slots.end(), tp.begin(), tp.end());
   scratch_bytes_ = 0;
   const std::vector<ScratchBuffer> plan = backend_scratch(p, budget_);
-  DeviceBuffer* slots[] = {&delta_,          &norm_partial_, &logits_,    &row_loss_,
-                           &reduce_scratch_, &sums_,         &tokens_,    &labels_,
-                           &embed_ids_,      &embed_offsets_, &embed_positions_,
-                           &fp8_input_,      &fp8_grad_,     &fp8_grad_t_, &fp8_weight_, &fp8_scales_};
-  const size_t expected = std::size(slots) - (p.float8 ? 0 : 5);
-  TITAN_CHECK(plan.size() == expected, "the CUDA scratch plan names ", plan.size(), " buffers, expected ", expected);
+  TITAN_CHECK(plan.size() == slots.size(), "the CUDA scratch plan names ", plan.size(), " buffers, expected ",
+              slots.size());
   for (size_t i = 0; i < plan.size(); ++i) *slots[i] = scratch(plan[i].bytes);
   classifier_rows_ = classifier_rows(p.shape.rows(), p.vocab, budget_);
+  gathered_rows_ = p.tp_degree > 1 && !p.loss_parallel ? gathered_logits_rows(p, budget_) : 0;
   prepared_ = p;
 }
 
@@ -120,19 +120,15 @@ void CudaBackend::load_batch(const int32_t* tokens, const int32_t* labels, int64
 
 void CudaBackend::embedding_forward(const void* w, void* out, int64_t n, int64_t d, int64_t vocab_begin,
                                     int64_t vocab) {
-  (void)vocab;
-  TITAN_CHECK(vocab_begin == 0, "an embedding slice on the GPU (tensor parallel is built for the CPU)");
   mark(Phase::embedding);
-  cuda::embedding_forward(tokens_.as<int32_t>(), b(w), b(out), n, d, stream_);
+  cuda::embedding_forward(tokens_.as<int32_t>(), b(w), b(out), n, d, stream_, vocab_begin, vocab);
 }
 
 void CudaBackend::embedding_backward(const void* dout, float* dw, int64_t /*n*/, int64_t d, int64_t vocab_begin,
                                      int64_t vocab) {
-  (void)vocab;
-  TITAN_CHECK(vocab_begin == 0, "an embedding slice on the GPU (tensor parallel is built for the CPU)");
   mark(Phase::embedding);
   cuda::embedding_backward(embed_ids_.as<int32_t>(), embed_offsets_.as<int32_t>(), embed_positions_.as<int32_t>(),
-                           embed_groups_, b(dout), dw, d, stream_);
+                           embed_groups_, b(dout), dw, d, stream_, vocab_begin, vocab);
 }
 
 void CudaBackend::set_float8_recipe(const float8::Recipe& recipe) { float8_ = recipe; }
@@ -301,9 +297,75 @@ void CudaBackend::classifier(const void* h, const void* w, void* dh, float* dw, 
   sum_f32(row_loss_.as<float>(), n, sums_.as<double>(), reduce_scratch_.as<double>(), stream_);
 }
 
-void CudaBackend::classifier_vocab_shard(const void*, const void*, void*, float*, int64_t, int64_t, int64_t, int64_t,
-                                         int64_t, int32_t, float, VocabShards&, bool) {
-  throw UserError("loss parallel is built for the CPU backend only so far (tensor parallel on the GPU is a later step)");
+// Loss parallel, as the CPU's (ops/cpu/classifier.cpp): pass 1 takes each row's statistics over
+// this rank's slice of the vocabulary, one all-gather of them gives every row's whole
+// log-sum-exp, and pass 2 recomputes the slice's logits into their gradient. The logits are
+// computed twice and never leave the rank.
+void CudaBackend::classifier_vocab_shard(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d,
+                                         int64_t vocab, int64_t vocab_begin, int64_t vocab_total, int32_t ignore_index,
+                                         float grad_scale, VocabShards& shards, bool loss_parallel) {
+  mark(Phase::classifier);
+  const int degree = shards.degree();
+  TITAN_CHECK(vocab * degree == vocab_total, "vocabulary slices of ", vocab, " over ", degree,
+              " ranks for a vocabulary of ", vocab_total);
+  TITAN_CHECK(prepared_.tp_degree == degree && prepared_.loss_parallel == loss_parallel && n == prepared_.shape.rows(),
+              "the classifier over ", degree, " vocabulary slices (loss parallel ", loss_parallel,
+              ") before prepare() for them");
+  if (!loss_parallel)
+    return classifier_gathered_logits(h, w, dh, dw, n, d, vocab, vocab_begin, ignore_index, grad_scale, shards);
+  double* mine = tp_first_.as<double>();
+  double* all = mine + 2 * n;
+  float* lse = tp_second_.as<float>();
+  const int32_t* labels = labels_.as<int32_t>();
+  for (int64_t r0 = 0; r0 < n; r0 += classifier_rows_) {
+    const int64_t rows = std::min(classifier_rows_, n - r0);
+    gemm_->run(false, true, rows, vocab, d, b(h) + r0 * d, b(w), logits_.as<void>(), OutType::bf16, 1.0f, 0.0f);
+    vocab_slice_stats(logits_.as<bf16>(), labels + r0, rows, vocab, vocab_begin, mine + 2 * r0, stream_);
+  }
+  shards.gather_stats(mine, all, 2 * n);
+  combine_vocab_stats(all, labels, n, degree, ignore_index, lse, row_loss_.as<float>(), stream_);
+  sum_f32(row_loss_.as<float>(), n, sums_.as<double>(), reduce_scratch_.as<double>(), stream_);
+  if (!dh) return;
+  for (int64_t r0 = 0; r0 < n; r0 += classifier_rows_) {
+    const int64_t rows = std::min(classifier_rows_, n - r0);
+    const bf16* hr = b(h) + r0 * d;
+    gemm_->run(false, true, rows, vocab, d, hr, b(w), logits_.as<void>(), OutType::bf16, 1.0f, 0.0f);
+    vocab_slice_gradient(logits_.as<bf16>(), labels + r0, lse + r0, rows, vocab, vocab_begin, ignore_index, grad_scale,
+                         stream_);
+    gemm_->run(false, false, rows, d, vocab, logits_.as<bf16>(), b(w), b(dh) + r0 * d, OutType::bf16, 1.0f, 0.0f);
+    gemm_->run(true, false, vocab, d, rows, logits_.as<bf16>(), hr, dw, OutType::f32, 1.0f, r0 == 0 ? grad_beta() : 1.0f);
+  }
+}
+
+// Without loss parallel (torchtitan's disable_loss_parallel): each group's logits gathered from
+// every rank (rank-major), laid out row-major over the whole vocabulary (global id k * vocab + j
+// is rank k's column j), the one-rank cross-entropy over them, and this rank's columns of the
+// gradient copied back for the slice's backward GEMMs.
+void CudaBackend::classifier_gathered_logits(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d,
+                                             int64_t vocab, int64_t vocab_begin, int32_t ignore_index,
+                                             float grad_scale, VocabShards& shards) {
+  const int degree = shards.degree();
+  const int64_t total = vocab * degree, rank = vocab_begin / vocab;
+  const size_t slice_pitch = static_cast<size_t>(vocab) * sizeof(bf16), whole_pitch = static_cast<size_t>(total) * sizeof(bf16);
+  bf16* gathered = tp_first_.as<bf16>();
+  bf16* whole = tp_second_.as<bf16>();
+  for (int64_t r0 = 0; r0 < n; r0 += gathered_rows_) {
+    const int64_t rows = std::min(gathered_rows_, n - r0), block = rows * vocab;
+    const bf16* hr = b(h) + r0 * d;
+    gemm_->run(false, true, rows, vocab, d, hr, b(w), logits_.as<void>(), OutType::bf16, 1.0f, 0.0f);
+    shards.gather_logits(logits_.as<void>(), gathered, block);
+    for (int k = 0; k < degree; ++k)
+      TITAN_CUDA_CHECK(cudaMemcpy2DAsync(whole + k * vocab, whole_pitch, gathered + k * block, slice_pitch, slice_pitch,
+                                         static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream_));
+    cuda::cross_entropy_rows(whole, labels_.as<int32_t>() + r0, rows, total, ignore_index, grad_scale,
+                             row_loss_.as<float>() + r0, dh != nullptr, stream_);
+    if (!dh) continue;
+    TITAN_CUDA_CHECK(cudaMemcpy2DAsync(logits_.as<bf16>(), slice_pitch, whole + rank * vocab, whole_pitch, slice_pitch,
+                                       static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream_));
+    gemm_->run(false, false, rows, d, vocab, logits_.as<bf16>(), b(w), b(dh) + r0 * d, OutType::bf16, 1.0f, 0.0f);
+    gemm_->run(true, false, vocab, d, rows, logits_.as<bf16>(), hr, dw, OutType::f32, 1.0f, r0 == 0 ? grad_beta() : 1.0f);
+  }
+  sum_f32(row_loss_.as<float>(), n, sums_.as<double>(), reduce_scratch_.as<double>(), stream_);
 }
 
 double CudaBackend::loss_sum() {

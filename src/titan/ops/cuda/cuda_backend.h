@@ -101,6 +101,8 @@ class CudaBackend final : public Backend {
                                   const float8::Cast& cast, float8::Axis axis, int slot, uint8_t* out, uint8_t* out_t,
                                   bool transposed_scales);
   void match_scale_modes(Gemm::Float8Operand& a, int64_t a_rows, Gemm::Float8Operand& b, int64_t b_rows);
+  void classifier_gathered_logits(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
+                                  int64_t vocab_begin, int32_t ignore_index, float grad_scale, VocabShards& shards);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -113,12 +115,15 @@ class CudaBackend final : public Backend {
   std::unique_ptr<PhaseTimer> phases_;
   ClassifierBudget budget_;
   PassDims prepared_{};
-  int64_t classifier_rows_ = 0;
+  int64_t classifier_rows_ = 0, gathered_rows_ = 0;
   size_t scratch_bytes_ = 0;
   DeviceBuffer delta_, norm_partial_, logits_, row_loss_, reduce_scratch_, sums_;
   DeviceBuffer tokens_, labels_, embed_ids_, embed_offsets_, embed_positions_;
   std::optional<float8::Recipe> float8_;
   DeviceBuffer fp8_input_, fp8_grad_, fp8_grad_t_, fp8_weight_, fp8_scales_;
+  // Tensor parallel's classifier: the row statistics and log-sum-exp (loss parallel), or the
+  // gathered and the rearranged logits (without it).
+  DeviceBuffer tp_first_, tp_second_;
   EmbeddingIndex embed_index_;
   std::vector<int32_t> embed_counts_;
   int64_t embed_groups_ = 0;

@@ -50,13 +50,18 @@ void add(const bf16* a, const bf16* b, bf16* y, int64_t count, cudaStream_t stre
 // dst += src (fp32): gradient shards accumulating a reduce-scatter's result.
 void accumulate_f32(float* dst, const float* src, int64_t count, cudaStream_t stream);
 
-// out[i] = w[tokens[i]].
-void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream);
+// out[i] = w[tokens[i]]. Under tensor parallel w holds the rows [first, first + rows) of the
+// table and tokens outside them get zero rows (the ranks' partial lookups are then summed).
+constexpr int64_t kAllRows = INT64_MAX;
+void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream,
+                       int64_t first = 0, int64_t rows = kAllRows);
 // Deterministic backward from a host-built grouping of positions by token:
-// dw[ids[u]] += sum of dout[positions[offsets[u] .. offsets[u+1])] in position order, for u in
-// [0, groups). Empty groups do nothing, so callers may pad to a fixed count (CUDA graphs).
+// dw[ids[u] - first] += sum of dout[positions[offsets[u] .. offsets[u+1])] in position order, for
+// u in [0, groups) whose token lies in [first, first + rows). Empty groups do nothing, so callers
+// may pad to a fixed count (CUDA graphs).
 void embedding_backward(const int32_t* ids, const int32_t* offsets, const int32_t* positions, int64_t unique,
-                        const bf16* dout, float* dw, int64_t d, cudaStream_t stream);
+                        const bf16* dout, float* dw, int64_t d, cudaStream_t stream, int64_t first = 0,
+                        int64_t rows = kAllRows);
 
 // Causal grouped-query attention (own flash-attention kernels; bf16 data, fp32 softmax and
 // accumulation): q/o [batch, seq, heads, head_dim]; k/v [batch, seq, kv_heads, head_dim];
@@ -78,6 +83,21 @@ void attention_backward(const bf16* q, const bf16* k, const bf16* v, const bf16*
 // is ignore_index), and with_grad the logits are overwritten by (softmax - onehot) * grad_scale.
 void cross_entropy_rows(bf16* logits, const int32_t* labels, int64_t rows, int64_t vocab, int32_t ignore_index,
                         float grad_scale, float* loss, bool with_grad, cudaStream_t stream);
+
+// Loss parallel (the vocabulary sliced over tensor-parallel ranks; the logits never gathered).
+// Per row of a slice's bf16 logits [rows, vocab] (the slice starts at vocab_begin):
+// stats[2r] = the slice's log-sum-exp, stats[2r + 1] = the label's logit where the slice holds
+// the label, else 0.
+void vocab_slice_stats(const bf16* logits, const int32_t* labels, int64_t rows, int64_t vocab, int64_t vocab_begin,
+                       double* stats, cudaStream_t stream);
+// From every slice's stats (`all`: degree blocks of 2n, rank 0's first): each row's whole
+// log-sum-exp into lse[n] and its loss (0 where ignored) into loss[n], as the one-rank kernel.
+void combine_vocab_stats(const double* all, const int32_t* labels, int64_t n, int degree, int32_t ignore_index,
+                         float* lse, float* loss, cudaStream_t stream);
+// A slice's logits overwritten by their gradient (softmax - onehot) * grad_scale, given each
+// row's whole log-sum-exp (zeros on ignored rows).
+void vocab_slice_gradient(bf16* logits, const int32_t* labels, const float* lse, int64_t rows, int64_t vocab,
+                          int64_t vocab_begin, int32_t ignore_index, float grad_scale, cudaStream_t stream);
 
 // Sum of x[0..n) in a fixed order into *out (one double); `scratch` holds reduce_scratch_doubles().
 int64_t reduce_scratch_doubles();

@@ -88,6 +88,30 @@ void DeviceParameters::grad_sq_sum(double* out, double* scratch) {
   sum_squares_f32(grad_.as<float>(), layout_.total, out, scratch, stream_);
 }
 
+double DeviceParameters::grad_sq_sum_except(const std::vector<bool>& skip, double* partials, double* scratch) {
+  TITAN_CHECK(skip.size() == count(), "a skip list of ", skip.size(), " for ", count(), " parameters");
+  const size_t n = count();
+  int runs = 0;
+  for (size_t i = 0; i < n;) {
+    if (skip[i]) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < n && !skip[j]) ++j;
+    const int64_t begin = layout_.offset[i], end = j < n ? layout_.offset[j] : layout_.total;  // alignment pads are zero
+    sum_squares_f32(grad_.as<float>() + begin, end - begin, partials + runs++, scratch, stream_);
+    i = j;
+  }
+  std::vector<double> host(static_cast<size_t>(runs));
+  if (runs > 0)
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(host.data(), partials, host.size() * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  TITAN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  double sum = 0;
+  for (const double v : host) sum += v;
+  return sum;
+}
+
 void DeviceParameters::adamw(const AdamWStep& step) {
   cuda::adamw(master_.as<float>(), grad_.as<float>(), exp_avg_.as<float>(), exp_avg_sq_.as<float>(), weights_.as<bf16>(),
               layout_.total, step, stream_);

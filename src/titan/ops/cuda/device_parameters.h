@@ -43,6 +43,11 @@ class DeviceParameters final : public WeightStore {
   void adamw_device_step(const AdamWStep* step, const double* grad_sq_sum, const double* loss_sum, double max_norm);
   std::vector<float> gradient(size_t i);  // tests: this rank's rows
   int64_t total() const { return layout_.total; }
+  size_t count() const { return layout_.offset.size(); }
+  // Sum of squares of the gradients of the parameters not skipped (skip[i]), summed on the host
+  // in parameter order from one partial per run of kept parameters; `partials` holds count()
+  // doubles on the device. Synchronises.
+  double grad_sq_sum_except(const std::vector<bool>& skip, double* partials, double* scratch);
   bool sharded() const { return world_ > 1 || force_sharded_; }
   // The shards' layout: parameters are rank() of world() (0 of 1 when whole).
   int world() const { return world_; }

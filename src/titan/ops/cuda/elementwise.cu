@@ -119,20 +119,26 @@ __global__ void accumulate_f32_kernel(float* dst, const float* src, int64_t n) {
     dst[i] += src[i];
 }
 
-// One block per row.
-__global__ void embedding_forward_kernel(const int32_t* tokens, const bf16_t* w, bf16_t* out, int64_t d) {
-  const int64_t row = blockIdx.x;
-  const bf16_t* src = w + static_cast<int64_t>(tokens[row]) * d;
+// One block per row; w holds the table's rows [first, first + rows): other tokens get zeros.
+__global__ void embedding_forward_kernel(const int32_t* tokens, const bf16_t* w, bf16_t* out, int64_t d, int64_t first,
+                                         int64_t rows) {
+  const int64_t row = blockIdx.x, id = static_cast<int64_t>(tokens[row]) - first;
+  if (id < 0 || id >= rows) {
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[row * d + j] = to_bf(0.0f);
+    return;
+  }
+  const bf16_t* src = w + id * d;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[row * d + j] = src[j];
 }
 
-// One block per distinct token; threads over columns; positions summed in order.
+// One block per distinct token; threads over columns; positions summed in order. dw holds the
+// rows [first, first + rows) of the table's gradient: other tokens' groups do nothing.
 __global__ void embedding_backward_kernel(const int32_t* ids, const int32_t* offsets, const int32_t* positions,
-                                          const bf16_t* dout, float* dw, int64_t d) {
-  const int64_t u = blockIdx.x;
-  float* row = dw + static_cast<int64_t>(ids[u]) * d;
+                                          const bf16_t* dout, float* dw, int64_t d, int64_t first, int64_t rows) {
+  const int64_t u = blockIdx.x, id = static_cast<int64_t>(ids[u]) - first;
   const int32_t begin = offsets[u], end = offsets[u + 1];
-  if (begin == end) return;  // padding: must not touch (and race on) any row
+  if (begin == end || id < 0 || id >= rows) return;  // padding, or another rank's slice
+  float* row = dw + id * d;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     float acc = row[j];
     for (int32_t p = begin; p < end; ++p) acc += to_f(dout[static_cast<int64_t>(positions[p]) * d + j]);
@@ -192,17 +198,19 @@ void accumulate_f32(float* dst, const float* src, int64_t count, cudaStream_t st
   TITAN_CUDA_CHECK_LAUNCH();
 }
 
-void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream) {
+void embedding_forward(const int32_t* tokens, const bf16* w, bf16* out, int64_t n, int64_t d, cudaStream_t stream,
+                       int64_t first, int64_t rows) {
   if (n == 0) return;
-  embedding_forward_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(tokens, as_bf16(w), as_bf16(out), d);
+  embedding_forward_kernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(tokens, as_bf16(w), as_bf16(out), d, first,
+                                                                          rows);
   TITAN_CUDA_CHECK_LAUNCH();
 }
 
 void embedding_backward(const int32_t* ids, const int32_t* offsets, const int32_t* positions, int64_t unique,
-                        const bf16* dout, float* dw, int64_t d, cudaStream_t stream) {
+                        const bf16* dout, float* dw, int64_t d, cudaStream_t stream, int64_t first, int64_t rows) {
   if (unique == 0) return;
   embedding_backward_kernel<<<static_cast<unsigned>(unique), 128, 0, stream>>>(ids, offsets, positions,
-                                                                               as_bf16(dout), dw, d);
+                                                                               as_bf16(dout), dw, d, first, rows);
   TITAN_CUDA_CHECK_LAUNCH();
 }
 

@@ -26,7 +26,28 @@ std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget b
           {"embedding index ids", 4 * n},
           {"embedding index offsets", 4 * (n + 1)},
           {"embedding index positions", 4 * n}};
-  if (!p.float8) return out;
+  if (p.float8) add_float8_scratch(p, out);
+  if (p.tp_degree == 1) return out;
+  const auto degree = static_cast<size_t>(p.tp_degree);
+  if (p.loss_parallel) {  // this rank's (log-sum-exp, label logit) per row, every rank's, the whole log-sum-exp
+    out.push_back({"loss parallel row statistics", 8 * 2 * n * (degree + 1)});
+    out.push_back({"loss parallel log-sum-exp", 4 * n});
+  } else {  // a group of rows' logits as gathered (rank-major), then row-major over the whole vocabulary
+    const auto whole = static_cast<size_t>(p.vocab) * degree;
+    const auto rows_gathered = static_cast<size_t>(gathered_logits_rows(p, budget));
+    out.push_back({"gathered logits", 2 * rows_gathered * whole});
+    out.push_back({"whole-vocabulary logits", 2 * rows_gathered * whole});
+  }
+  return out;
+}
+
+int64_t gathered_logits_rows(const PassDims& p, ClassifierBudget budget) {
+  // The two buffers of the gathered path share the classifier's budget.
+  return classifier_rows(p.shape.rows(), 2 * p.vocab * p.tp_degree, budget);
+}
+
+void add_float8_scratch(const PassDims& p, std::vector<ScratchBuffer>& out) {
+  const auto n = static_cast<size_t>(p.shape.rows()), d = static_cast<size_t>(p.dim);
   // The float8 copies of the largest linear's operands (one byte each; the backward's
   // transposed copies reuse them) and the amax, scale and 1/scale of two operands at a time.
   const auto widest = static_cast<size_t>(std::max(p.heads * p.head_dim, p.ffn_hidden));
@@ -36,7 +57,6 @@ std::vector<ScratchBuffer> backend_scratch(const PassDims& p, ClassifierBudget b
     out.push_back({name, operand});
   out.push_back({"float8 weight", d * widest});
   out.push_back({"float8 scales", 4 * 6 * longest});
-  return out;
 }
 
 ScaleSpan scale_span(const float8::Cast& cast, float8::Axis axis) {

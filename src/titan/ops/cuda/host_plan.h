@@ -24,8 +24,13 @@ struct ScratchBuffer {
   std::string name;
   size_t bytes = 0;
 };
-// What CudaBackend::prepare allocates for passes of these dimensions.
+// What CudaBackend::prepare allocates for passes of these dimensions, in this order: 11 buffers
+// always, 5 with float8 linears, 2 under tensor parallel.
 std::vector<ScratchBuffer> backend_scratch(const PassDims& dims, ClassifierBudget budget = {});
+// The float8 casts' buffers (appended to `out`).
+void add_float8_scratch(const PassDims& dims, std::vector<ScratchBuffer>& out);
+// Rows per group of the classifier without loss parallel (its logits gathered whole).
+int64_t gathered_logits_rows(const PassDims& dims, ClassifierBudget budget = {});
 
 // `elements` rounded up to the parameter alignment.
 int64_t aligned_elements(int64_t elements);
