@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The one model's checks on a card (issue 19 built it; the GPU-switch issue needs these to pass
 # before it becomes the default), in one call of about 6 minutes, with prebuilt binaries
-# (scripts/gpu_bundle.sh): the kernel, one-model and tensor-parallel (threads on one card) gpu
-# tests; the debug model on the one model
+# (scripts/gpu_bundle.sh): the kernel and one-model gpu tests; the debug model on the one model
 # against the legacy CudaTransformer under training.deterministic (bit for bit, eager and
 # graphs); every activation-checkpointing mode against none on the GPU (bit for bit); FSDP over
 # one NCCL rank against the plain run; and 1B old/new/old/new for speed and peak memory.
@@ -17,7 +16,7 @@ note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1
 export TITAN_GPU_TESTS_MUST_RUN=1  # a skipped GPU test is a failure here
 
-for t in kernels one_model_cuda cuda_model tensor_parallel_cuda; do
+for t in kernels one_model_cuda cuda_model; do
   if timeout 150 $GPU/bin/test_gpu_$t "--gtest_filter=-CudnnDeviceless.*" > "$OUT/test_$t.log" 2>&1; then
     note "gpu.$t: PASS"
   else

@@ -6,8 +6,10 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -88,6 +90,28 @@ class ThreadCollectives final : public cuda::DeviceCollectives {
     TITAN_CUDA_CHECK(cudaStreamSynchronize(stream));  // every rank's reads of `staged` are done (exchange's last wait)
     m_.arrive_and_wait();
     TITAN_CUDA_CHECK(cudaFree(staged));
+  }
+  void all_reduce_max_f32(float* data, int64_t count, cudaStream_t stream) override {
+    // A few floats (the weights' amaxes): through host memory.
+    std::vector<float> mine(static_cast<size_t>(count)), out;
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(mine.data(), data, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    TITAN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    m_.send[rank_] = mine.data();
+    m_.arrive_and_wait();
+    out = mine;
+    auto bits = [](float v) {  // as NCCL's run compares them: unsigned bits, NaN above inf
+      uint32_t u;
+      std::memcpy(&u, &v, sizeof u);
+      return u;
+    };
+    for (int q = 0; q < m_.world; ++q)
+      for (int64_t i = 0; i < count; ++i) {
+        const float v = static_cast<const float*>(m_.send[q])[i];
+        if (bits(v) > bits(out[i])) out[i] = v;
+      }
+    m_.arrive_and_wait();  // nobody's `mine` goes before every rank has read it
+    TITAN_CUDA_CHECK(cudaMemcpyAsync(data, out.data(), count * sizeof(float), cudaMemcpyHostToDevice, stream));
+    TITAN_CUDA_CHECK(cudaStreamSynchronize(stream));  // `out` is about to go
   }
   void group_start() override {}
   void group_end() override {}

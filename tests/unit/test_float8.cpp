@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "titan/config/run_plan.h"
 #include "titan/core/error.h"
 #include "titan/models/llama3/float8_linears.h"
 #include "titan/models/llama3/transformer.h"
@@ -119,6 +120,38 @@ TEST(Float8, EstimateCountsTheEmulationScratch) {
   const auto e = train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 1, false, AttentionLibrary::titan, true);
   EXPECT_EQ(e.activations, static_cast<double>(m.memory().activation_bytes));
   EXPECT_GT(e.activations, train::estimate_memory(a, s, {}, train::EstimateBackend::cpu, 1).activations);
+}
+
+// The device store's own buffers for the FP8 all-gather: the largest unit's e4m3 shards (each
+// 256-byte aligned), and the amax plus an aligned (scale, 1/scale) pair per float8 weight.
+TEST(Float8, EstimateCountsTheDeviceAllGatherBuffers) {
+  ModelArgs a;  // shards that are not multiples of 256 bytes: the alignment shows
+  a.dim = 48;
+  a.n_layers = 2;
+  a.n_heads = 6;
+  a.n_kv_heads = 2;
+  a.vocab_size = 37;
+  a.multiple_of = 32;
+  config::RunPlan plan;
+  plan.float8.enabled = true;
+  plan.float8.recipe = recipe("");
+  plan.float8.filter_fqns = {"output"};
+  EXPECT_EQ(train::float8_all_gather_bytes(plan, a, 2, true), 0.0) << "off unless enable_fsdp_float8_all_gather";
+  plan.float8.fsdp_all_gather = true;
+  EXPECT_EQ(train::float8_all_gather_bytes(plan, a, 1, true), 0.0) << "nothing gathered without shards";
+  const llama3::ModelLayout layout(a);
+  const int64_t kv = layout[layout.block_index(0, llama3::Role::wk)].shape[0], ffn = a.ffn_hidden();
+  auto shard = [](int64_t rows, int64_t cols) {
+    const int64_t bytes = (rows + 1) / 2 * cols;
+    return double((bytes + 255) / 256 * 256);
+  };
+  // A block: wq, wo (dim x dim), wk, wv (kv x dim), w1, w3 (ffn x dim), w2 (dim x ffn), over 2 shards.
+  const double block = shard(a.dim, a.dim) * 2 + shard(kv, a.dim) * 2 + shard(ffn, a.dim) * 2 + shard(a.dim, ffn);
+  const double weights = 7.0 * double(a.n_layers);
+  const double scales = 4 * (std::ceil(weights / 8) * 8 + 8 * weights);
+  const double want = double(cuda::device_block_bytes(static_cast<size_t>(block))) +
+                      double(cuda::device_block_bytes(static_cast<size_t>(scales)));
+  EXPECT_EQ(train::float8_all_gather_bytes(plan, a, 2, true), want);
 }
 
 // One step of the emulated model moves the loss off the fp32 model's, by about float8's error.

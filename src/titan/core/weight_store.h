@@ -19,8 +19,9 @@ class WeightStore {
   // mirror's), else null: float8 casts weights from it, so every mode quantises the same values.
   virtual const float* master(size_t /*i*/) { return nullptr; }
   // Where the store gathered weight i already cast to float8 (FP8 all-gather): its tensorwise
-  // scale; else null.
+  // scale, and 1/scale where the backend wants it (a GPU store: both in device memory); else null.
   virtual const float* float8_scale(size_t /*i*/) { return nullptr; }
+  virtual const float* float8_inv_scale(size_t /*i*/) { return nullptr; }
 };
 
 // Host parameters: each one's `full` weight and `full_grad` (whole, or FSDP's gathered views).

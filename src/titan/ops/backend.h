@@ -33,7 +33,9 @@ struct LinearWeight {
   const void* w = nullptr;              // the whole weight, in the compute dtype
   const float* master = nullptr;        // its fp32 master where the store holds it whole apart from w
   const float* float8_scale = nullptr;  // set (FP8 all-gather): w holds the weight already cast to
-                                        // e4m3 with this tensorwise scale (and dequantised on the CPU)
+                                        // e4m3 with this tensorwise scale (and dequantised on the CPU;
+                                        // the e4m3 bytes themselves on a GPU, whose store also gives
+  const float* float8_inv_scale = nullptr;  // 1/scale, both in device memory)
 };
 
 struct AttentionDims {

@@ -91,8 +91,8 @@ CommVolume DataParallel::take_volume() {
 }
 
 void DataParallel::enable_float8_all_gather(const std::vector<const Parameter*>& weights, bool precompute) {
-  if (!units_) return;
-  units_->enable_float8_gather(weights, precompute);
+  // Counted for the analytic traffic whichever store gathers (a GPU engine's device store does).
+  if (units_) units_->enable_float8_gather(weights, precompute);
   precompute_float8_ = precompute;
   for (size_t u = 0; u < unit_params_.size(); ++u)
     for (const Parameter* p : unit_params_[u])

@@ -5,6 +5,7 @@
 
 #include "titan/core/error.h"
 #include "titan/ops/cuda/cuda_check.h"
+#include "titan/ops/cuda/float8_kernels.h"
 #include "titan/ops/cuda/host_plan.h"
 
 namespace titan::parallel {
@@ -96,7 +97,86 @@ const void* DeviceUnitStore::weight(size_t i) {
   const size_t u = unit_of_.at(i);
   TITAN_CHECK(gathered_[u].bytes() > 0 && !awaiting_[u], "FSDP: weight ", i, " used while its unit ", u,
               " is not gathered, or its gather was not waited for");
-  return gathered_[u].as<bf16>() + unit_offset_[i];
+  return gathered_[u].as<bf16>() + unit_offset_[i];  // an FP8-gathered weight's bytes start here too
+}
+
+// Slot layout of float8_scales_: the amaxes (rounded up to 8 floats), then per slot 8 floats:
+// scale at 0, 1/scale at 4, each 16-byte aligned for cuBLASLt's scale pointers.
+namespace {
+int64_t amax_floats(int64_t slots) { return (slots + 7) / 8 * 8; }
+}  // namespace
+
+const float* DeviceUnitStore::float8_slot(size_t i, int which) {
+  if (float8_slot_.empty() || float8_slot_.at(i) < 0) return nullptr;
+  weight(i);  // the same checks: the unit is gathered and waited for, so are its scales
+  return float8_scales_.as<float>() + amax_floats(float8_slots_) + 8 * float8_slot_[i] + (which == 1 ? 0 : 4);
+}
+
+const float* DeviceUnitStore::float8_scale(size_t i) { return float8_slot(i, 1); }
+const float* DeviceUnitStore::float8_inv_scale(size_t i) { return float8_slot(i, 2); }
+
+void DeviceUnitStore::enable_float8_gather(const std::vector<Float8Weight>& weights, bool precompute) {
+  const size_t n = unit_of_.size();
+  float8_slot_.assign(n, -1);
+  float8_cols_.assign(n, 0);
+  send_offset_.assign(n, 0);
+  float8_slots_ = 0;
+  for (const auto& w : weights) {
+    TITAN_CHECK(w.index < n && w.cols > 0 && shards_.shard_elements(w.index) % w.cols == 0, "FP8 all-gather: parameter ",
+                w.index, " of ", n, " with rows of ", w.cols, " elements");
+    float8_slot_[w.index] = float8_slots_++;
+    float8_cols_[w.index] = w.cols;
+  }
+  int64_t send_bytes = 0;  // the largest unit's e4m3 shards, each 256-byte aligned
+  for (const auto& unit : units_) {
+    int64_t bytes = 0;
+    for (size_t i : unit)
+      if (float8_slot_[i] >= 0) {
+        send_offset_[i] = bytes;
+        bytes += (shards_.shard_elements(i) + 255) / 256 * 256;
+      }
+    send_bytes = std::max(send_bytes, bytes);
+  }
+  float8_scales_ = DeviceBuffer(backend_.allocator(), sizeof(float) * static_cast<size_t>(amax_floats(float8_slots_) +
+                                                                                          8 * std::max<int64_t>(float8_slots_, 1)));
+  float8_send_ = DeviceBuffer(backend_.allocator(), static_cast<size_t>(std::max<int64_t>(send_bytes, 1)));
+  precompute_ = precompute;
+  scales_valid_ = false;
+}
+
+void DeviceUnitStore::amax_of_shard(size_t i, float* amax) {
+  const int64_t cols = float8_cols_[i];
+  cuda::float8_amax(shards_.masters() + shards_.offset(i), shards_.shard_elements(i) / cols, cols, cuda::ScaleSpan::tensor,
+                    amax, comm_);  // the padding rows are zero: no amax of theirs
+}
+
+// Scales from the fp32 master shards' amax, the max over the ranks: every rank casts its shard
+// with the scale a whole-tensor cast would use, so the gathered bytes are the whole weight's
+// cast. (torchao reduces the same amax; it computes the scale in fp64 as scales_kernel does.)
+void DeviceUnitStore::float8_scales_for(size_t u) {
+  float* amax = float8_scales_.as<float>();
+  float* scales = amax + amax_floats(float8_slots_);
+  const auto others = static_cast<double>(collectives_.size() - 1);
+  if (precompute_) {
+    if (scales_valid_) return;
+    for (size_t i = 0; i < float8_slot_.size(); ++i)
+      if (float8_slot_[i] >= 0) amax_of_shard(i, amax + float8_slot_[i]);
+    collectives_.all_reduce_max_f32(amax, float8_slots_, comm_);
+    comm_bytes_ += 4.0 * others * static_cast<double>(float8_slots_);  // counted as the CPU store counts it
+    ++amax_reductions_;
+    cuda::float8_scales(amax, float8_slots_, float8::Format::e4m3, false, scales, scales + 4, comm_, 8);
+    scales_valid_ = true;
+    return;
+  }
+  for (size_t i : units_[u]) {
+    const int64_t slot = float8_slot_[i];
+    if (slot < 0) continue;
+    amax_of_shard(i, amax + slot);
+    collectives_.all_reduce_max_f32(amax + slot, 1, comm_);
+    comm_bytes_ += 4.0 * others;
+    ++amax_reductions_;
+    cuda::float8_scales(amax + slot, 1, float8::Format::e4m3, false, scales + 8 * slot, scales + 8 * slot + 4, comm_);
+  }
 }
 
 float* DeviceUnitStore::grad(size_t i) {
@@ -129,10 +209,29 @@ void DeviceUnitStore::gather(int unit) {
   gathered_[u] = DeviceBuffer(backend_.allocator(), static_cast<size_t>(unit_elems_[u]) * sizeof(bf16));
   track(gathered_[u].bytes(), true);
   comm_after_compute();
+  const bool float8 = std::any_of(units_[u].begin(), units_[u].end(),
+                                  [&](size_t i) { return !float8_slot_.empty() && float8_slot_[i] >= 0; });
+  if (float8) {  // amaxes reduced and the shards cast before the group: NCCL runs a group's calls at its end
+    float8_scales_for(u);
+    const float* scales = float8_scales_.as<float>() + amax_floats(float8_slots_);
+    for (size_t i : units_[u])
+      if (float8_slot_[i] >= 0) {
+        const int64_t cols = float8_cols_[i];
+        cuda::float8_cast(shards_.masters() + shards_.offset(i), shards_.shard_elements(i) / cols, cols,
+                          scales + 8 * float8_slot_[i], cuda::ScaleSpan::tensor, float8::Format::e4m3,
+                          float8_send_.as<uint8_t>() + send_offset_[i], nullptr, comm_);
+      }
+  }
   {
     CollectiveGroup group(collectives_);
     for (size_t i : units_[u]) {
       const int64_t shard = shards_.shard_elements(i);
+      if (float8 && float8_slot_[i] >= 0) {  // one byte an element; the gathered [rows, cols] e4m3 weight
+        collectives_.all_gather_bytes(float8_send_.as<uint8_t>() + send_offset_[i], gathered_[u].as<bf16>() + unit_offset_[i],
+                                      shard, comm_);
+        comm_bytes_ += static_cast<double>((collectives_.size() - 1) * shard);
+        continue;
+      }
       collectives_.all_gather_bf16(shards_.weights_bf16() + shards_.offset(i), gathered_[u].as<bf16>() + unit_offset_[i],
                                    shard, comm_);
       comm_bytes_ += 2.0 * static_cast<double>((collectives_.size() - 1) * shard);

@@ -106,6 +106,12 @@ class NcclGroupImpl final : public NcclGroup {
   void all_gather_bytes(const void* send, void* recv, int64_t bytes, cudaStream_t stream) override {
     check_nccl(nccl().all_gather(send, recv, static_cast<size_t>(bytes), ncclUint8, comm_, stream), "ncclAllGather");
   }
+  void all_reduce_max_f32(float* data, int64_t count, cudaStream_t stream) override {
+    // As bits: NCCL's float max drops NaN (fmaxf); for non-negative floats the unsigned order is
+    // the value order with NaN above inf.
+    check_nccl(nccl().all_reduce(data, data, static_cast<size_t>(count), ncclUint32, ncclMax, comm_, stream),
+               "ncclAllReduce");
+  }
   void all_reduce_f32(float* data, int64_t count, cudaStream_t stream) override {
     check_nccl(nccl().all_reduce(data, data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream),
                "ncclAllReduce");

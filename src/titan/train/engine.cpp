@@ -64,10 +64,6 @@ void check_cuda_config(const config::RunPlan& plan, const llama3::ModelArgs& arg
                            ": tensor parallel is not built for the legacy CUDA model: set training.cuda_model = "
                            "\"model\" (the one model, whose CUDA backend has the tensor-parallel classifier and "
                            "embedding), or train on the CPU"));
-  if (plan.float8.fsdp_all_gather)
-    throw UserError(concat(plan.origin("float8.enable_fsdp_float8_all_gather"),
-                           ": the FP8 all-gather is built for the CPU backend's FSDP so far (the device unit store gathers "
-                           "bf16): set it to false on the GPU, or train on the CPU (training.device = \"cpu\")"));
   if (plan.float8.enabled && plan.micro_batch.rows() % 16 != 0)
     throw UserError(concat(plan.origin("training.batch_size"), ": float8 on the GPU needs training.batch_size x seq_len (",
                            plan.micro_batch.batch, " x ", plan.micro_batch.seq, ") to be a multiple of 16: it is the "

@@ -62,6 +62,8 @@ class Engine {
   // tensors' gradients (the norms') over the TP group on the device. The CPU's: TensorParallel.
   virtual void reduce_tensor_parallel_gradients() {}
   virtual size_t peak_unsharded_bytes() const { return 0; }
+  // A GPU engine whose FSDP gathers float8 weights in e4m3: the weight-amax all-reduces so far.
+  virtual int64_t float8_amax_reductions() const { return 0; }
 };
 
 // What the CUDA backend refuses in a run plan, checkable without a GPU (bf16 only, activation

@@ -92,6 +92,14 @@ class CudaModelEngine final : public Engine {
   }
   void set_activation_checkpointing(const llama3::ActivationCheckpointing& ac) { model_.set_activation_checkpointing(ac); }
   void set_float8_linears(const llama3::Float8Linears& f) { model_.set_float8_linears(f); }
+  // FSDP gathers these linears' weights in e4m3 (nothing without FSDP: the weights are whole here).
+  void enable_float8_all_gather(const llama3::Float8Linears& f, bool precompute) {
+    if (!units_) return;
+    std::vector<parallel::DeviceUnitStore::Float8Weight> weights;
+    for (const size_t i : f.converted) weights.push_back({i, host_.layout()[i].shape[1]});
+    units_->enable_float8_gather(weights, precompute);
+  }
+  int64_t float8_amax_reductions() const override { return units_ ? units_->float8_amax_reductions() : 0; }
 
   cpu::ClassifierResult forward_backward(const int32_t* tokens, const int32_t* labels, llama3::BatchShape s,
                                          float grad_scale, Tracer* tracer) override {
@@ -128,6 +136,7 @@ class CudaModelEngine final : public Engine {
     const float coef = max_norm > 0 && grad_norm > max_norm ? static_cast<float>(max_norm / (grad_norm + 1e-6)) : 1.0f;
     if (units_) units_->release_all();  // no gather may still read the weights AdamW rewrites
     backend_.mark(cuda::Phase::optimizer);
+    if (units_) units_->weights_changed();  // FP8-gathered weights take new scales (first: adamw may throw)
     params_.adamw(adamw_step(f, coef));
     finish_step();
   }
@@ -156,6 +165,7 @@ class CudaModelEngine final : public Engine {
   }
   void from_host() override {
     if (units_) units_->release_all();  // gathered copies of the old weights must not survive
+    if (units_) units_->weights_changed();
     synchronize();
     params_.upload(host_.parameters());
   }
@@ -326,8 +336,11 @@ std::unique_ptr<Engine> make_cuda_model_engine(const config::RunPlan& plan, llam
                                                   plan.attention, fsdp, plan.reshard, replicas, tensor_parallel,
                                                   plan.loss_parallel);
   engine->set_activation_checkpointing(plan.ac);
-  if (plan.float8.enabled)  // the same selection the trainer logged for the host model
-    engine->set_float8_linears(llama3::select_float8_linears(model.layout(), plan.float8.recipe, plan.float8.filter_fqns));
+  if (plan.float8.enabled) {  // the same selection the trainer logged for the host model
+    const auto f8 = llama3::select_float8_linears(model.layout(), plan.float8.recipe, plan.float8.filter_fqns);
+    engine->set_float8_linears(f8);
+    if (plan.float8.fsdp_all_gather) engine->enable_float8_all_gather(f8, plan.float8.precompute_scales);
+  }
   return engine;
 }
 

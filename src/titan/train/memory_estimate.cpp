@@ -108,16 +108,26 @@ double cpu_activation_bytes(const llama3::ModelArgs& a, llama3::BatchShape s, co
              {s, a.dim, a.n_heads / tp, a.head_dim(), a.vocab_size / tp, a.ffn_hidden() / tp, float8_linears});
 }
 
-double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards) {
-  if (!plan.float8.fsdp_all_gather || shards < 2) return 0;
+double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards, bool cuda) {
+  // The device store exists under fsdp_on_one_rank too (over one NCCL rank).
+  if (!plan.float8.fsdp_all_gather || (shards < 2 && !(cuda && plan.fsdp_on_one_rank))) return 0;
   const llama3::ModelLayout layout(args);
+  const auto converted = llama3::select_float8_linears(layout, plan.float8.recipe, plan.float8.filter_fqns).converted;
   double largest = 0, largest_shard = 0;
-  for (const size_t i : llama3::select_float8_linears(layout, plan.float8.recipe, plan.float8.filter_fqns).converted) {
+  std::vector<double> unit_send(static_cast<size_t>(layout.units()), 0.0);
+  for (const size_t i : converted) {
     const auto& shape = layout[i].shape;
+    const double shard = double((shape[0] + shards - 1) / shards * shape[1]);
     largest = std::max(largest, double(layout[i].numel()));
-    largest_shard = std::max(largest_shard, double((shape[0] + shards - 1) / shards * shape[1]));
+    largest_shard = std::max(largest_shard, shard);
+    unit_send[static_cast<size_t>(layout[i].unit)] += std::ceil(shard / 256) * 256;
   }
-  return largest + largest_shard;
+  if (!cuda) return largest + largest_shard;
+  // The device store: one unit's e4m3 shards to send (the gathered bytes live in the unit's
+  // bf16-sized buffer), and the amax, scale and 1/scale of every weight.
+  const double slots = double(converted.size());
+  return device_block(*std::max_element(unit_send.begin(), unit_send.end())) +
+         device_block(4 * (std::ceil(slots / 8) * 8 + 8 * std::max(slots, 1.0)));
 }
 
 bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& args) {
@@ -261,6 +271,8 @@ int estimate_main(const std::vector<std::string>& args) {
                            plan.loss_parallel);
   if (device == "cpu")
     e.buffers += async_checkpoint_bytes(job.checkpoint, a, shards * tp) + float8_all_gather_bytes(plan, a, shards);
+  else
+    e.buffers += float8_all_gather_bytes(plan, a, shards, true);
   std::cout << "model: llama3 " << job.model.flavor << ", " << metrics::parameter_count(a)
             << " parameters, vocabulary " << a.vocab_size << " (" << vocab_from << "); micro-batch " << s.batch
             << " x " << s.seq << "; activation checkpointing " << cfg.get_string("activation_checkpoint.mode") << "\n";

@@ -48,9 +48,11 @@ double cpu_activation_bytes(const llama3::ModelArgs& args, llama3::BatchShape s,
 // some linear left by the filter).
 bool runs_float8_linears(const config::RunPlan& plan, const llama3::ModelArgs& args);
 
-// Host bytes of the FP8 all-gather's own buffers under FSDP over `shards` (the largest float8
-// weight's e4m3 bytes and its shard's); 0 when it is off.
-double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards);
+// Bytes of the FP8 all-gather's own buffers under FSDP over `shards`; 0 when it is off. Host
+// (cuda false): the largest float8 weight's e4m3 bytes and its shard's. Device: one unit's e4m3
+// shards and the scales.
+double float8_all_gather_bytes(const config::RunPlan& plan, const llama3::ModelArgs& args, int64_t shards,
+                               bool cuda = false);
 
 // Host bytes of the async checkpoint snapshot (weights and both AdamW moments) when the config
 // turns async checkpointing on; 0 otherwise.

@@ -358,6 +358,8 @@ void Trainer::check_memory_estimate(bool cuda, int shards) const {
   if (!cuda)
     e.buffers += async_checkpoint_bytes(job_.checkpoint, args_, shards * plan_.tensor_parallel_degree) +
                  float8_all_gather_bytes(plan_, args_, shards);
+  else
+    e.buffers += float8_all_gather_bytes(plan_, args_, shards, true);
   const double have = device_memory_bytes(cuda);
   if (e.total() <= have || job_.skip_memory_check) return;
   throw UserError(concat(format_estimate(e, cuda ? "memory estimate (GPU)" : "memory estimate (CPU)", have),
@@ -547,7 +549,8 @@ void Trainer::print_start_summary() {
     char volume[160];
     std::snprintf(volume, sizeof volume,
                   "communication per rank per step (analytic, %s gathers): %.3f MiB\n",
-                  plan_.float8.fsdp_all_gather ? "e4m3 float8-linear and float32 other"
+                  plan_.float8.fsdp_all_gather ? (engine_->on_cpu() ? "e4m3 float8-linear and float32 other"
+                                                                     : "e4m3 float8-linear and bfloat16 other")
                   : engine_->on_cpu()          ? "float32"
                                                : "bfloat16",
                   (dp_->analytic_volume(accumulation_, engine_->on_cpu() ? 4 : 2) + tensor_parallel_volume()) /
@@ -766,7 +769,8 @@ std::vector<StepMetrics> Trainer::run() {
     log_ << "FSDP: at most " << std::max(dp_->peak_unsharded_bytes(), engine_->peak_unsharded_bytes())
          << " bytes of whole weights and gradients were gathered at once on rank 0\n";
   if (plan_.float8.fsdp_all_gather && dp_->sharded())
-    log_ << "FP8 all-gather: " << dp_->float8_amax_reductions() << " weight-amax all-reduce(s) over "
+    log_ << "FP8 all-gather: " << dp_->float8_amax_reductions() + engine_->float8_amax_reductions()
+         << " weight-amax all-reduce(s) over "
          << history.size() << " step(s) on rank 0" << (plan_.float8.precompute_scales ? " (precomputed: one per step)" : "")
          << "\n";
   log_ << engine_->phase_report() << std::flush;

@@ -97,7 +97,9 @@ class Model {
   float* f32(int buffer) const { return buffers_[static_cast<size_t>(buffer)].as<float>(); }
   const void* w(size_t i) { return weights_.weight(i); }
   float* dw(size_t i) { return weights_.grad(i); }
-  LinearWeight linear_weight(size_t i) { return {weights_.weight(i), weights_.master(i), weights_.float8_scale(i)}; }
+  LinearWeight linear_weight(size_t i) {
+    return {weights_.weight(i), weights_.master(i), weights_.float8_scale(i), weights_.float8_inv_scale(i)};
+  }
   void linear(const void* x, size_t weight, void* y, int64_t n);
   void linear_backward(const void* x, size_t weight, const void* dy, void* dx, int64_t n, float dx_beta);
   void forward_hidden(BatchShape s, bool backward_follows, Tracer* tracer, KvCache* cache = nullptr);

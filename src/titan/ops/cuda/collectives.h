@@ -25,6 +25,9 @@ class DeviceCollectives {
   virtual void reduce_scatter_bf16(const bf16* send, bf16* recv, int64_t count, cudaStream_t stream) = 0;
   // Every rank sends `bytes` bytes; `recv` gets size() x bytes (loss parallel's row statistics).
   virtual void all_gather_bytes(const void* send, void* recv, int64_t bytes, cudaStream_t stream) = 0;
+  // In place: every rank gets the elementwise max of non-negative floats (the FP8 all-gather's
+  // weight amaxes), compared as unsigned bits as the amax kernel compares them: NaN wins.
+  virtual void all_reduce_max_f32(float* data, int64_t count, cudaStream_t stream) = 0;
   // In place: every rank gets the elementwise sum (HSDP's gradient sum across replicas).
   virtual void all_reduce_f32(float* data, int64_t count, cudaStream_t stream) = 0;
   // Collectives issued between these two run as one launch (per-parameter calls of a unit).

@@ -169,6 +169,26 @@ void CudaBackend::match_scale_modes(Gemm::Float8Operand& a, int64_t a_rows, Gemm
   scalar.per_row = true;
 }
 
+// A weight the FP8 all-gather delivered as e4m3 [out, in] with its tensorwise scale: the
+// forward's operand as it is; for dX (rows > 0) turned K-major into the weight scratch. The
+// bytes equal what cast_float8 makes of the fp32 master with the same scale (the store's is
+// the whole tensor's amax), so the GEMMs see the same operands as without the gather.
+Gemm::Float8Operand CudaBackend::gathered_float8_weight(const LinearWeight& lw, int64_t rows, int64_t cols) {
+  TITAN_CHECK(lw.float8_inv_scale, "a weight gathered in float8 without its 1/scale on the device");
+  // The store casts as tensorwise's weight casts (no power-of-two rounding); the dX GEMM's other
+  // operand must be tensorwise too (cuBLASLt takes no scalar/vector mix, and match_scale_modes
+  // writes into the backend's own scale slots only).
+  TITAN_CHECK(float8_->weight.scaling == float8::Scaling::tensorwise &&
+                  float8_->weight_for_grad_input.scaling == float8::Scaling::tensorwise &&
+                  float8_->grad_output.scaling == float8::Scaling::tensorwise && !float8_->power_of_2_scales &&
+                  float8_->weight.format == float8::Format::e4m3 && float8_->weight_for_grad_input.format == float8::Format::e4m3,
+              "weights gathered in e4m3 under a recipe that is not tensorwise");
+  const auto* bytes = static_cast<const uint8_t*>(lw.w);
+  if (rows == 0) return {bytes, float8::Format::e4m3, lw.float8_inv_scale, false};
+  float8_transpose(bytes, rows, cols, fp8_weight_.as<uint8_t>(), stream_);
+  return {fp8_weight_.as<uint8_t>(), float8::Format::e4m3, lw.float8_inv_scale, false};
+}
+
 // torchao's float8 linear on the GPU (docs/float8.md): each operand cast with its recipe's
 // scales into float8 scratch, K-major, and cuBLASLt's scaled FP8 GEMM. The weight is cast from
 // its fp32 master where the store holds one (the bf16 copy otherwise: under FSDP).
@@ -177,12 +197,14 @@ void CudaBackend::linear_forward(const void* x, const LinearWeight& lw, void* y,
   mark(Phase::gemm);
   const void* w = lw.w;
   const float* w_master = lw.master;
+  TITAN_CHECK(!lw.float8_scale || precision == LinearPrecision::float8, "a weight gathered in e4m3 for a bf16 linear");
   if (precision != LinearPrecision::float8) return gemm_->run(false, true, n, out, in, b(x), b(w), y, OutType::bf16, 1.0f, 0.0f);
   TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
-  TITAN_CHECK(!lw.float8_scale, "weights gathered in float8: the device unit store does not gather them so yet");
   using float8::Axis;
   const auto xq = cast_float8(x, nullptr, n, in, float8_->input, Axis::rows, 0, fp8_input_.as<uint8_t>(), nullptr, false);
-  const auto wq = cast_float8(w, w_master, out, in, float8_->weight, Axis::rows, 1, fp8_weight_.as<uint8_t>(), nullptr, false);
+  const auto wq = lw.float8_scale ? gathered_float8_weight(lw)
+                                  : cast_float8(w, w_master, out, in, float8_->weight, Axis::rows, 1,
+                                                fp8_weight_.as<uint8_t>(), nullptr, false);
   gemm_->run_float8(out, n, in, wq, xq, y, OutType::bf16, 0.0f, true);  // y [n, out] = x W^T
 }
 
@@ -191,14 +213,16 @@ void CudaBackend::linear_backward(const void* x, const LinearWeight& lw, const v
   mark(Phase::gemm);
   const void* w = lw.w;
   const float* w_master = lw.master;
+  TITAN_CHECK(!lw.float8_scale || precision == LinearPrecision::float8, "a weight gathered in e4m3 for a bf16 linear");
   if (precision == LinearPrecision::float8) {
     TITAN_CHECK(float8_, "a float8 linear before the backend has a float8 recipe");
     using float8::Axis;
     const float8::Recipe& r = *float8_;
     // dX [n, in] = dY W: dY per row (K = out), W per column, as W^T [in, out].
     auto dyq = cast_float8(dy, nullptr, n, out, r.grad_output, Axis::rows, 0, fp8_grad_.as<uint8_t>(), nullptr, false);
-    auto wtq = cast_float8(w, w_master, out, in, r.weight_for_grad_input, Axis::columns, 1, nullptr,
-                           fp8_weight_.as<uint8_t>(), true);
+    auto wtq = lw.float8_scale ? gathered_float8_weight(lw, out, in)
+                               : cast_float8(w, w_master, out, in, r.weight_for_grad_input, Axis::columns, 1, nullptr,
+                                             fp8_weight_.as<uint8_t>(), true);
     match_scale_modes(wtq, in, dyq, n);
     gemm_->run_float8(in, n, out, wtq, dyq, dx, OutType::bf16, dx_beta, false);
     if (r.grad_output_for_grad_weight.scaling == float8::Scaling::disabled) {  // rowwise_with_gw_hp: dW in bf16

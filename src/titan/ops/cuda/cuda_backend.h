@@ -101,6 +101,7 @@ class CudaBackend final : public Backend {
                                   const float8::Cast& cast, float8::Axis axis, int slot, uint8_t* out, uint8_t* out_t,
                                   bool transposed_scales);
   void match_scale_modes(Gemm::Float8Operand& a, int64_t a_rows, Gemm::Float8Operand& b, int64_t b_rows);
+  Gemm::Float8Operand gathered_float8_weight(const LinearWeight& lw, int64_t rows = 0, int64_t cols = 0);
   void classifier_gathered_logits(const void* h, const void* w, void* dh, float* dw, int64_t n, int64_t d, int64_t vocab,
                                   int64_t vocab_begin, int32_t ignore_index, float grad_scale, VocabShards& shards);
 

@@ -57,6 +57,7 @@ class DeviceParameters final : public WeightStore {
   int64_t shard_elements(size_t i) const { return shard_[i]; }
   bf16* weights_bf16() const { return weights_.as<bf16>(); }
   float* gradients() const { return grad_.as<float>(); }
+  const float* masters() const { return master_.as<float>(); }
 
  private:
   cudaStream_t stream_;

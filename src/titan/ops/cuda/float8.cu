@@ -74,15 +74,15 @@ __global__ void repeat_kernel(const float* value, float* dst, int64_t count) {
 }
 
 __global__ void scales_kernel(const float* amax, int64_t count, double max_finite, bool power_of_2, float* scale,
-                              float* inv_scale) {
+                              float* inv_scale, int64_t stride) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= count) return;
   const float a = amax[i];
   // torchao's amax_to_scale: in double, amax floored at 1e-12 (NaN stays NaN), then float.
   float s = isnan(a) ? a : static_cast<float>(max_finite / fmax(static_cast<double>(a), 1e-12));
   if (power_of_2 && isfinite(s) && s > 0.0f) s = __uint_as_float(__float_as_uint(s) & 0xFF800000u);
-  scale[i] = s;
-  inv_scale[i] = 1.0f / s;
+  scale[i * stride] = s;
+  inv_scale[i * stride] = 1.0f / s;
 }
 
 template <typename T>
@@ -105,6 +105,20 @@ __global__ void cast_kernel(const T* src, int64_t rows, int64_t cols, const floa
   for (int dx = threadIdx.y; dx < kTile; dx += kRowsPerPass) {  // the tile's columns become rows
     const int64_t c = c0 + dx, r = r0 + threadIdx.x;
     if (r < rows && c < cols) out_t[c * rows + r] = tile[threadIdx.x][dx];
+  }
+}
+
+__global__ void transpose_kernel(const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst) {
+  __shared__ uint8_t tile[kTile][kTile + 4];
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kTile), c0 = blockIdx.x * static_cast<int64_t>(kTile);
+  for (int dy = threadIdx.y; dy < kTile; dy += kRowsPerPass) {
+    const int64_t r = r0 + dy, c = c0 + threadIdx.x;
+    if (r < rows && c < cols) tile[dy][threadIdx.x] = src[r * cols + c];
+  }
+  __syncthreads();
+  for (int dx = threadIdx.y; dx < kTile; dx += kRowsPerPass) {  // the tile's columns become rows
+    const int64_t c = c0 + dx, r = r0 + threadIdx.x;
+    if (r < rows && c < cols) dst[c * rows + r] = tile[threadIdx.x][dx];
   }
 }
 
@@ -150,10 +164,17 @@ void float8_amax(const float* src, int64_t rows, int64_t cols, ScaleSpan span, f
 }
 
 void float8_scales(const float* amax, int64_t count, float8::Format format, bool power_of_2, float* scale,
-                   float* inv_scale, cudaStream_t stream) {
+                   float* inv_scale, cudaStream_t stream, int64_t stride) {
   if (count == 0) return;
   scales_kernel<<<grid_for(count, 256), 256, 0, stream>>>(amax, count, float8::max_finite(format), power_of_2, scale,
-                                                           inv_scale);
+                                                           inv_scale, stride);
+  TITAN_CUDA_CHECK_LAUNCH();
+}
+
+void float8_transpose(const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  const dim3 grid(static_cast<unsigned>((cols + kTile - 1) / kTile), static_cast<unsigned>((rows + kTile - 1) / kTile));
+  transpose_kernel<<<grid, dim3(kTile, kRowsPerPass), 0, stream>>>(src, rows, cols, dst);
   TITAN_CUDA_CHECK_LAUNCH();
 }
 
