@@ -21,6 +21,7 @@
 #include "titan/parallel/data_parallel.h"
 #include "titan/parallel/fsdp.h"
 #include "titan/parallel/launch_env.h"
+#include "titan/parallel/split_plan.h"
 #include "titan/parallel/tensor_parallel.h"
 #include "titan/train/memory_estimate.h"
 
@@ -207,6 +208,50 @@ TEST(Mesh, DegreesResolveAgainstTheWorld) {
       EXPECT_NE(std::string(e.what()).find("data_parallel_shard_degree"), std::string::npos) << e.what();
     }
   }
+}
+
+// The host side of a split without MPI (an NCCL world from torchrun-style variables): each rank
+// learns its place as MPI_Comm_split gives it (by key, ties by parent rank) and every color's
+// leader (its lowest parent rank), colors in ascending order, so each rank joins the same
+// broadcasts in the same order.
+TEST(ProcessGroup, SplitPlanRanksAsMpiCommSplit) {
+  auto table = [](const std::vector<std::pair<int, int>>& ck) {
+    std::vector<int32_t> t;
+    for (const auto& [c, k] : ck) {
+      t.push_back(c);
+      t.push_back(k);
+    }
+    return t;
+  };
+  // The trainer's mesh at 8 ranks, TP 2: TP groups of neighbours, then the data-parallel ranks.
+  std::vector<std::pair<int, int>> tp, dp;
+  for (int r = 0; r < 8; ++r) {
+    tp.push_back({r / 2, r});
+    dp.push_back({r % 2, r});
+  }
+  for (int r = 0; r < 8; ++r) {
+    const auto t = parallel::plan_split(table(tp), r);
+    EXPECT_EQ(t.size, 2);
+    EXPECT_EQ(t.rank, r % 2);
+    EXPECT_EQ(t.leaders, (std::vector<int>{0, 2, 4, 6}));
+    EXPECT_EQ(t.mine, static_cast<size_t>(r / 2));
+    const auto d = parallel::plan_split(table(dp), r);
+    EXPECT_EQ(d.size, 4);
+    EXPECT_EQ(d.rank, r / 2);
+    EXPECT_EQ(d.leaders, (std::vector<int>{0, 1}));
+    EXPECT_EQ(d.mine, static_cast<size_t>(r % 2));
+  }
+  // Keys out of order, ties broken by the parent rank, colors not in rank order.
+  const std::vector<std::pair<int, int>> mixed = {{7, 5}, {3, 0}, {7, 1}, {7, 5}, {3, -2}, {9, 0}};
+  const std::vector<int> want_rank = {1, 1, 0, 2, 0, 0}, want_size = {3, 2, 3, 3, 2, 1};
+  for (int r = 0; r < 6; ++r) {
+    const auto p = parallel::plan_split(table(mixed), r);
+    EXPECT_EQ(p.rank, want_rank[static_cast<size_t>(r)]) << "parent rank " << r;
+    EXPECT_EQ(p.size, want_size[static_cast<size_t>(r)]) << "parent rank " << r;
+    EXPECT_EQ(p.leaders, (std::vector<int>{1, 0, 5})) << "colors 3, 7, 9";
+    EXPECT_EQ(p.leaders[p.mine], r == 1 || r == 4 ? 1 : r == 5 ? 5 : 0);
+  }
+  EXPECT_THROW(parallel::plan_split({1, 2, 3}, 0), InternalError);
 }
 
 TEST(ProcessGroup, GroupOfOneCollectivesCopy) {

@@ -13,6 +13,7 @@
 #include "titan/core/dynamic_library.h"
 #include "titan/core/error.h"
 #include "titan/ops/cuda/cuda_check.h"
+#include "titan/parallel/split_plan.h"
 
 namespace titan::parallel {
 
@@ -174,8 +175,22 @@ class NcclGroupImpl final : public NcclGroup {
     float one = 1;
     all_reduce_sum(&one, 1);
   }
-  std::unique_ptr<ProcessGroup> split(int, int) override {
-    throw UserError("sub-groups over NCCL (HSDP on GPUs) are not built yet: set training.data_parallel_replicate_degree = 1");
+  // Without MPI to split with (a torchrun-style start): every rank's (color, key) meets over
+  // this group, each color's lowest rank makes its sub-group's NCCL id, and the ids go out by
+  // one broadcast per color, in color order, so every rank takes part in each.
+  std::unique_ptr<ProcessGroup> split(int color, int key) override {
+    const int32_t mine[2] = {color, key};
+    std::vector<int32_t> all(static_cast<size_t>(2 * world_));
+    ProcessGroup::all_gather_bytes(reinterpret_cast<const uint8_t*>(mine), reinterpret_cast<uint8_t*>(all.data()),
+                                   std::vector<int64_t>(static_cast<size_t>(world_), sizeof mine));
+    const SplitPlan plan = plan_split(all, rank_);
+    std::string id;
+    for (size_t c = 0; c < plan.leaders.size(); ++c) {
+      std::string sent = rank_ == plan.leaders[c] ? nccl_unique_id() : std::string(sizeof(ncclUniqueId), '\0');
+      broadcast(sent.data(), static_cast<int64_t>(sent.size()), plan.leaders[c]);
+      if (c == plan.mine) id = std::move(sent);
+    }
+    return make_nccl_group(plan.rank, plan.size, id, timeout_);
   }
   void abort(int exit_code) override {
     nccl().comm_abort(comm_);

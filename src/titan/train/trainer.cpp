@@ -273,11 +273,6 @@ void Trainer::make_tensor_parallel_groups() {
     throw UserError(concat(where, ": training.tensor_parallel_degree = ", tp, ": ", why));
   };
   if (plan_.float8.enabled) refuse("float8 linears under tensor parallel are a later step: set float8.enable_float8_linear = false");
-#ifdef TITAN_WITH_CUDA
-  if (dynamic_cast<parallel::NcclGroup*>(&group_))  // torchrun-style variables: no MPI to split the world with
-    refuse("the tensor-parallel groups are split from an MPI world: launch with mpirun or srun (scripts/run_train.sh), "
-           "not torchrun-style variables");
-#endif
   const int rank = group_.rank();
   tp_group_ = group_.split(rank / tp, rank);  // neighbouring ranks: one node's NVLink on a GPU cluster
   dp_ranks_ = group_.split(rank % tp, rank);
@@ -328,6 +323,7 @@ cuda::DeviceCollectives* Trainer::tensor_parallel_collectives(bool on_cuda) {
   if (!on_cuda || !tp_group_) return nullptr;
 #ifdef TITAN_WITH_CUDA
   select_cuda_device();  // NCCL binds to the current device
+  if (auto* nccl = dynamic_cast<parallel::NcclGroup*>(tp_group_.get())) return nccl;  // split from a torchrun-style world
   auto group = parallel::make_nccl_group(*tp_group_, job_.comm_timeout_seconds);
   cuda::DeviceCollectives* collectives = group.get();
   nccl_tensor_parallel_ = std::move(group);  // declared before the engine, so it outlives it
@@ -341,6 +337,7 @@ cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
   if (!on_cuda || dp_->mesh().replicate == 1) return nullptr;
 #ifdef TITAN_WITH_CUDA
   select_cuda_device();  // NCCL binds to the current device
+  if (auto* nccl = dynamic_cast<parallel::NcclGroup*>(&dp_->replicate_group())) return nccl;  // a torchrun-style world's
   auto group = parallel::make_nccl_group(dp_->replicate_group(), job_.comm_timeout_seconds);
   cuda::DeviceCollectives* collectives = group.get();
   nccl_replicas_ = std::move(group);  // declared before the engine, so it outlives it
