@@ -30,7 +30,7 @@ MeshShape resolve_mesh(int world, int64_t replicate_degree, int64_t shard_degree
 DataParallel::DataParallel(ProcessGroup& world, MeshShape mesh, ReshardPolicy fsdp) : mesh_(mesh) {
   TITAN_CHECK(mesh.replicate * mesh.shard == world.size(), "mesh ", mesh.replicate, " x ", mesh.shard, " for ",
               world.size(), " ranks");
-  // Only a two-dimensional mesh needs sub-groups (NCCL's world, for one, cannot split yet).
+  // Only a two-dimensional mesh needs sub-groups.
   const int rank = world.rank();
   if (mesh.replicate == 1) {
     shard_group_ = &world;

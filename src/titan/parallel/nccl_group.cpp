@@ -179,6 +179,7 @@ class NcclGroupImpl final : public NcclGroup {
   // this group, each color's lowest rank makes its sub-group's NCCL id, and the ids go out by
   // one broadcast per color, in color order, so every rank takes part in each.
   std::unique_ptr<ProcessGroup> split(int color, int key) override {
+    TITAN_CUDA_CHECK(cudaSetDevice(device_));  // the sub-group's communicator on this group's GPU
     const int32_t mine[2] = {color, key};
     std::vector<int32_t> all(static_cast<size_t>(2 * world_));
     ProcessGroup::all_gather_bytes(reinterpret_cast<const uint8_t*>(mine), reinterpret_cast<uint8_t*>(all.data()),

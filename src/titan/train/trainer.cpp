@@ -305,46 +305,34 @@ void Trainer::write_resolved_config(const std::string& dump) {
   if (!out) log_ << "warning: " << path.string() << ": cannot write the resolved config; the run goes on\n";
 }
 
-cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
-  if (!on_cuda || !dp_->sharded()) return nullptr;
+// NCCL over `host`'s ranks: the group itself where it is NCCL already (a torchrun-style world or
+// a group split from one), else a communicator made here and kept in `keep`, which is declared
+// before the engine so it outlives the model that uses it.
+cuda::DeviceCollectives* Trainer::nccl_over(parallel::ProcessGroup& host, std::unique_ptr<parallel::ProcessGroup>& keep) {
 #ifdef TITAN_WITH_CUDA
   select_cuda_device();  // NCCL binds to the current device
-  if (auto* world = dynamic_cast<parallel::NcclGroup*>(&dp_->shard_group())) return world;  // a torchrun-style start
-  auto group = parallel::make_nccl_group(dp_->shard_group(), job_.comm_timeout_seconds);
+  if (auto* nccl = dynamic_cast<parallel::NcclGroup*>(&host)) return nccl;
+  auto group = parallel::make_nccl_group(host, job_.comm_timeout_seconds);
   cuda::DeviceCollectives* collectives = group.get();
-  nccl_ = std::move(group);  // declared before the engine, so it outlives the model that uses it
+  keep = std::move(group);
   return collectives;
 #else
+  (void)host;
+  (void)keep;
   return nullptr;  // resolve_device has refused CUDA in this build
 #endif
+}
+
+cuda::DeviceCollectives* Trainer::device_collectives(bool on_cuda) {
+  return on_cuda && dp_->sharded() ? nccl_over(dp_->shard_group(), nccl_) : nullptr;
 }
 
 cuda::DeviceCollectives* Trainer::tensor_parallel_collectives(bool on_cuda) {
-  if (!on_cuda || !tp_group_) return nullptr;
-#ifdef TITAN_WITH_CUDA
-  select_cuda_device();  // NCCL binds to the current device
-  if (auto* nccl = dynamic_cast<parallel::NcclGroup*>(tp_group_.get())) return nccl;  // split from a torchrun-style world
-  auto group = parallel::make_nccl_group(*tp_group_, job_.comm_timeout_seconds);
-  cuda::DeviceCollectives* collectives = group.get();
-  nccl_tensor_parallel_ = std::move(group);  // declared before the engine, so it outlives it
-  return collectives;
-#else
-  return nullptr;  // resolve_device has refused CUDA in this build
-#endif
+  return on_cuda && tp_group_ ? nccl_over(*tp_group_, nccl_tensor_parallel_) : nullptr;
 }
 
 cuda::DeviceCollectives* Trainer::replica_collectives(bool on_cuda) {
-  if (!on_cuda || dp_->mesh().replicate == 1) return nullptr;
-#ifdef TITAN_WITH_CUDA
-  select_cuda_device();  // NCCL binds to the current device
-  if (auto* nccl = dynamic_cast<parallel::NcclGroup*>(&dp_->replicate_group())) return nccl;  // a torchrun-style world's
-  auto group = parallel::make_nccl_group(dp_->replicate_group(), job_.comm_timeout_seconds);
-  cuda::DeviceCollectives* collectives = group.get();
-  nccl_replicas_ = std::move(group);  // declared before the engine, so it outlives it
-  return collectives;
-#else
-  return nullptr;  // resolve_device has refused CUDA in this build
-#endif
+  return on_cuda && dp_->mesh().replicate > 1 ? nccl_over(dp_->replicate_group(), nccl_replicas_) : nullptr;
 }
 
 // Refuses, before allocating anything, a run whose estimate exceeds the device's memory.

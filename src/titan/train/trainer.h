@@ -58,6 +58,7 @@ class Trainer {
   cuda::DeviceCollectives* replica_collectives(bool on_cuda);
   // A GPU run's tensor-parallel NCCL group over tp_group_ (null otherwise).
   cuda::DeviceCollectives* tensor_parallel_collectives(bool on_cuda);
+  cuda::DeviceCollectives* nccl_over(parallel::ProcessGroup& host, std::unique_ptr<parallel::ProcessGroup>& keep);
   // Sums the loss and token count over the ranks.
   void reduce_loss(double& loss_sum, int64_t& count);
   // Mean and max over the ranks of this rank's bytes per step in the window.

@@ -35,16 +35,12 @@ __device__ __forceinline__ void for_each_in_row(bf16_t* z, int64_t n, F f) {
   for (int64_t j = head + 8 * vecs + threadIdx.x; j < n; j += blockDim.x) f(j, z[j]);
 }
 
-// One block per row: one pass for an online (max, sum of exp), one that overwrites the logits
-// with their gradient.
-__global__ void cross_entropy_kernel(bf16_t* logits, const int32_t* labels, int64_t vocab, int32_t ignore_index,
-                                     float grad_scale, float* loss, bool with_grad) {
-  __shared__ float red[32];
-  bf16_t* z = logits + blockIdx.x * vocab;
-  const int32_t label = labels[blockIdx.x];
-  const bool ignored = label == ignore_index;
-  // Read before the barriers in the reductions below; the gradient pass overwrites it after them.
-  const float label_logit = threadIdx.x == 0 && !ignored ? to_f(z[label]) : 0.0f;
+// One block per row: the row's max and sum of exp(z - max), online in one pass (every thread
+// gets both).
+struct RowMaxSum {
+  float max, sum;
+};
+__device__ __forceinline__ RowMaxSum row_max_sum(bf16_t* z, int64_t vocab, float* red) {
   float m = -INFINITY, s = 0;
   for_each_in_row<false>(z, vocab, [&](int64_t, bf16_t& x) {
     const float v = to_f(x);
@@ -56,7 +52,21 @@ __global__ void cross_entropy_kernel(bf16_t* logits, const int32_t* labels, int6
     }
   });
   const float mx = block_max(m, red);
-  const float total = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx), red);
+  return {mx, block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx), red)};
+}
+
+// One block per row: one pass for an online (max, sum of exp), one that overwrites the logits
+// with their gradient.
+__global__ void cross_entropy_kernel(bf16_t* logits, const int32_t* labels, int64_t vocab, int32_t ignore_index,
+                                     float grad_scale, float* loss, bool with_grad) {
+  __shared__ float red[32];
+  bf16_t* z = logits + blockIdx.x * vocab;
+  const int32_t label = labels[blockIdx.x];
+  const bool ignored = label == ignore_index;
+  // Read before the barriers in the reductions below; the gradient pass overwrites it after them.
+  const float label_logit = threadIdx.x == 0 && !ignored ? to_f(z[label]) : 0.0f;
+  const RowMaxSum r = row_max_sum(z, vocab, red);
+  const float mx = r.max, total = r.sum;
   const float lse = mx + __logf(total);
   if (threadIdx.x == 0) loss[blockIdx.x] = ignored ? 0.0f : lse - label_logit;
   if (!with_grad) return;
@@ -73,18 +83,8 @@ __global__ void vocab_slice_stats_kernel(const bf16_t* logits, const int32_t* la
   __shared__ float red[32];
   const bf16_t* z = logits + blockIdx.x * vocab;
   const int64_t label = static_cast<int64_t>(labels[blockIdx.x]) - vocab_begin;
-  float m = -INFINITY, s = 0;
-  for_each_in_row<false>(const_cast<bf16_t*>(z), vocab, [&](int64_t, bf16_t& x) {
-    const float v = to_f(x);
-    if (v > m) {
-      s = s * __expf(m - v) + 1.0f;
-      m = v;
-    } else {
-      s += __expf(v - m);
-    }
-  });
-  const float mx = block_max(m, red);
-  const float total = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx), red);
+  const RowMaxSum r = row_max_sum(const_cast<bf16_t*>(z), vocab, red);
+  const float mx = r.max, total = r.sum;
   if (threadIdx.x != 0) return;
   stats[2 * blockIdx.x] = static_cast<double>(mx) + log(static_cast<double>(total));
   stats[2 * blockIdx.x + 1] = label >= 0 && label < vocab ? static_cast<double>(to_f(z[label])) : 0.0;
